@@ -1,0 +1,52 @@
+"""Service settings, read from the environment with the prefix CULTURECTL_."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.clock import ScaledClock, utcnow
+
+
+class Settings(BaseSettings):
+    """Every setting has an environment variable CULTURECTL_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="CULTURECTL_", extra="forbid")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://... of an existing server; unset: an embedded PostgreSQL in data_dir",
+    )
+    data_dir: Path = Field(default=Path("./culturectl-data"), description="embedded database, spool, state")
+    devices_file: Path | None = Field(default=None, description="devices YAML; unset: the bundled simulators")
+    clock_epoch: datetime | None = Field(
+        default=None, description="wall-clock instant the scaled clock is anchored at (UTC); unset: start-up"
+    )
+    clock_origin: datetime | None = Field(
+        default=None, description="what the clock reads at clock_epoch; unset: clock_epoch itself"
+    )
+    time_scale: float = Field(default=1.0, gt=0, lt=1e7, description="clock seconds per wall second")
+    host: str = Field(default="127.0.0.1", description="bind address of the HTTP service")
+    port: int = Field(default=8000, ge=0, le=65535, description="bind port of the HTTP service")
+    connect_devices: bool = Field(default=True, description="start a supervisor per device")
+    ingest_buffer_size: int = Field(default=100_000, ge=100, description="readings held before overflow")
+    ingest_batch_size: int = Field(default=5_000, ge=1, le=100_000, description="rows per COPY")
+    ingest_flush_interval: float = Field(default=0.5, gt=0, le=60, description="wall seconds between flushes")
+    max_points: int = Field(default=10_000, ge=10, description="most points one telemetry request returns")
+    log_level: str = Field(default="INFO")
+
+    @field_validator("clock_epoch", "clock_origin")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("must include a UTC offset, e.g. 2026-11-21T12:00:00Z")
+        return v
+
+    def make_clock(self) -> ScaledClock:
+        return ScaledClock(epoch=self.clock_epoch or utcnow(), scale=self.time_scale, origin=self.clock_origin)
+
+    def database_dsn(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None

@@ -1,0 +1,62 @@
+"""The point maps of the two device types, defined once for drivers, simulators and docs.
+
+Incubator (OPC UA): variables live in namespace `INCUBATOR_NAMESPACE` under the object
+`Incubator`, with string NodeIds `ns=<index>;s=Incubator.<Name>`. The index is looked up by URI at
+connect time, so the map stores the string part only.
+
+Culture system (Modbus TCP, unit/device id 1): float32 values take two registers, high word first
+(big-endian words, big-endian bytes); int16/uint16 values are raw integers times `scale`.
+"""
+
+from __future__ import annotations
+
+from drivers.base import PointSpec
+
+INCUBATOR_NAMESPACE = "urn:culturectl:simulator:incubator"
+CULTURE_SYSTEM_DEVICE_ID = 1
+MODBUS_WORD_ORDER = "big"
+
+INCUBATOR_POINTS: tuple[PointSpec, ...] = (
+    PointSpec("temperature", "degC", "Incubator.Temperature", description="chamber temperature"),
+    PointSpec("co2", "%", "Incubator.CO2", description="chamber CO2"),
+    PointSpec("humidity", "%RH", "Incubator.Humidity", description="chamber relative humidity"),
+    PointSpec("door_open", "bool", "Incubator.DoorOpen", kind="boolean", description="door open (1) or shut (0)"),
+    PointSpec(
+        "temperature_setpoint", "degC", "Incubator.TemperatureSetpoint",
+        description="temperature setpoint", writable=True, min=30.0, max=40.0,
+    ),
+    PointSpec(
+        "co2_setpoint", "%", "Incubator.CO2Setpoint",
+        description="CO2 setpoint", writable=True, min=0.0, max=10.0,
+    ),
+)
+
+CULTURE_SYSTEM_POINTS: tuple[PointSpec, ...] = (
+    PointSpec("viable_cell_density", "cells/mL", 0, register_type="input", data_type="float32",
+              description="viable cells per mL"),
+    PointSpec("viability", "%", 2, register_type="input", data_type="float32", description="viable fraction"),
+    PointSpec("cd7_percent", "%", 4, register_type="input", data_type="float32",
+              description="CD7+ share of viable cells"),
+    PointSpec("ph", "pH", 6, register_type="input", data_type="uint16", scale=0.001, description="medium pH"),
+    PointSpec("dissolved_o2", "%", 7, register_type="input", data_type="float32",
+              description="dissolved O2, % air saturation"),
+    PointSpec("medium_pumped", "mL", 9, register_type="input", data_type="float32",
+              description="medium pumped since start"),
+    PointSpec("temperature", "degC", 11, register_type="input", data_type="int16", scale=0.01,
+              description="culture temperature"),
+    PointSpec("pump_rate_setpoint", "mL/h", 100, register_type="holding", data_type="float32",
+              description="medium pump rate setpoint", writable=True, min=0.0, max=50.0),
+)
+
+POINT_MAPS: dict[str, tuple[PointSpec, ...]] = {
+    "incubator": INCUBATOR_POINTS,
+    "culture-system": CULTURE_SYSTEM_POINTS,
+}
+
+
+def point_map(kind: str) -> tuple[PointSpec, ...]:
+    """The point map of a device kind; KeyError names the known kinds."""
+    try:
+        return POINT_MAPS[kind]
+    except KeyError:
+        raise KeyError(f"unknown device kind {kind!r}; known: {', '.join(sorted(POINT_MAPS))}") from None
