@@ -1,0 +1,72 @@
+"""Device and channel registry: the devices file mirrored into the device and channel tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from app.db import DBConnection
+from drivers.devices import DeviceConfig
+
+_UPSERT_DEVICE = """
+INSERT INTO device (name, kind, protocol, endpoint, description)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (name) DO UPDATE
+SET kind = EXCLUDED.kind, protocol = EXCLUDED.protocol,
+    endpoint = EXCLUDED.endpoint, description = EXCLUDED.description
+WHERE (device.kind, device.protocol, device.endpoint, device.description)
+      IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.protocol, EXCLUDED.endpoint, EXCLUDED.description)
+"""
+
+# Channels are never deleted here: telemetry of a point that left the map keeps its channel row.
+_UPSERT_CHANNELS = """
+INSERT INTO channel (device_id, name, unit, kind)
+SELECT $1, p.name, p.unit, p.kind
+FROM unnest($2::text[], $3::text[], $4::text[]) AS p(name, unit, kind)
+ON CONFLICT (device_id, name) DO UPDATE
+SET unit = EXCLUDED.unit, kind = EXCLUDED.kind
+WHERE (channel.unit, channel.kind) IS DISTINCT FROM (EXCLUDED.unit, EXCLUDED.kind)
+"""
+
+
+def channel_key(device: str, point: str) -> str:
+    """The channel key used in Readings: "<device>.<point>"."""
+    return f"{device}.{point}"
+
+
+async def sync_devices(conn: DBConnection, devices: Sequence[DeviceConfig]) -> dict[str, int]:
+    """Upsert each device and one channel per point of its map; return channel key -> channel id.
+
+    Idempotent: running it again with the same devices changes no row (updates only rows that differ).
+    """
+    async with conn.transaction():
+        for dev in devices:
+            await conn.execute(
+                _UPSERT_DEVICE, dev.name, dev.kind, dev.protocol, dev.endpoint, dev.description
+            )
+            device_id = await conn.fetchval("SELECT id FROM device WHERE name = $1", dev.name)
+            points = dev.points
+            await conn.execute(
+                _UPSERT_CHANNELS,
+                device_id,
+                [p.name for p in points],
+                [p.unit for p in points],
+                [p.kind for p in points],
+            )
+        names = [d.name for d in devices]
+        rows = await conn.fetch(
+            "SELECT d.name AS device, c.name AS point, c.id "
+            "FROM channel c JOIN device d ON d.id = c.device_id WHERE d.name = ANY($1::text[])",
+            names,
+        )
+    wanted = {channel_key(d.name, p.name) for d in devices for p in d.points}
+    return {
+        key: int(r["id"]) for r in rows if (key := channel_key(r["device"], r["point"])) in wanted
+    }
+
+
+async def channel_ids(conn: DBConnection) -> dict[str, int]:
+    """Every known channel key -> id (including channels whose point left the map)."""
+    rows = await conn.fetch(
+        "SELECT d.name AS device, c.name AS point, c.id FROM channel c JOIN device d ON d.id = c.device_id"
+    )
+    return {channel_key(r["device"], r["point"]): int(r["id"]) for r in rows}

@@ -1,0 +1,1 @@
+"""Alembic migrations of culturectl (a package so the installed service finds them with importlib)."""

@@ -1,0 +1,67 @@
+"""Device registry: devices file -> device and channel rows, idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from app import db
+from app.registry import channel_ids, sync_devices
+from drivers.devices import DeviceConfig, load_devices
+from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS
+
+
+@pytest.fixture(scope="module")
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await db.connect(db_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def _snapshot(conn: asyncpg.Connection) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    devices = await conn.fetch(
+        "SELECT id, name, kind, protocol, endpoint, description, xmin::text FROM device ORDER BY id"
+    )
+    channels = await conn.fetch("SELECT id, device_id, name, unit, kind, xmin::text FROM channel ORDER BY id")
+    return [tuple(r) for r in devices], [tuple(r) for r in channels]
+
+
+async def test_sync_default_devices_is_idempotent(conn: asyncpg.Connection) -> None:
+    devices = load_devices()
+    ids = await sync_devices(conn, devices)
+    expected = {f"incubator-1.{p.name}" for p in INCUBATOR_POINTS} | {
+        f"culture-system-1.{p.name}" for p in CULTURE_SYSTEM_POINTS
+    }
+    assert set(ids) == expected
+    assert len(set(ids.values())) == len(ids)  # one channel per point
+
+    before = await _snapshot(conn)
+    again = await sync_devices(conn, devices)
+    assert again == ids
+    # not even rewritten: xmin (the writing transaction) is unchanged
+    assert await _snapshot(conn) == before
+
+    kinds = dict(await conn.fetch("SELECT name, kind FROM channel WHERE name IN ('door_open', 'co2')"))
+    assert kinds == {"door_open": "boolean", "co2": "analog"}
+    assert await channel_ids(conn) == ids
+
+
+async def test_changed_endpoint_updates_in_place(conn: asyncpg.Connection) -> None:
+    first = DeviceConfig(name="cs-moved", kind="culture-system", protocol="modbus", endpoint="modbus://127.0.0.1:5021")
+    ids = await sync_devices(conn, [first])
+    moved = first.model_copy(update={"endpoint": "modbus://127.0.0.1:5099", "description": "bay 9"})
+    assert await sync_devices(conn, [moved]) == ids  # same channel ids: history stays attached
+    row = await conn.fetchrow("SELECT endpoint, description FROM device WHERE name = 'cs-moved'")
+    assert tuple(row) == ("modbus://127.0.0.1:5099", "bay 9")
+    assert await conn.fetchval("SELECT count(*) FROM device WHERE name = 'cs-moved'") == 1
+
+
+async def test_only_requested_devices_returned(conn: asyncpg.Connection) -> None:
+    one = DeviceConfig(name="inc-only", kind="incubator", protocol="opcua", endpoint="opc.tcp://127.0.0.1:1/x")
+    ids = await sync_devices(conn, [one])
+    assert ids and all(k.startswith("inc-only.") for k in ids)
+    assert await sync_devices(conn, []) == {}
