@@ -1,0 +1,1 @@
+"""Hardware simulators: pure physics models and the OPC UA / Modbus TCP servers around them."""

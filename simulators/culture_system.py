@@ -1,0 +1,226 @@
+"""Modbus TCP server standing in for a closed culture system, driven by `CultureModel` on the clock.
+
+Registers follow `CULTURE_SYSTEM_POINTS`: input registers are computed from the model when a client
+reads them (so a read is never stale), the holding register `pump_rate_setpoint` is writable and read
+by the model; a value outside its limits is refused with ILLEGAL_VALUE. Reading input addresses with
+function 3, or holding addresses with function 4, is refused with ILLEGAL_ADDRESS.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from app.clock import Clock
+from drivers.base import PointError, PointSpec
+from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS, MODBUS_WORD_ORDER
+from simulators._net import pick_free_port
+from simulators.physics import CultureModel
+
+log = logging.getLogger(__name__)
+
+READ_INPUT = 4
+HOLDING_FUNCTIONS = frozenset({3, 6, 16, 22, 23})
+
+_SIM_TYPES = {"float32": DataType.FLOAT32, "int16": DataType.INT16, "uint16": DataType.UINT16}
+
+
+def encode_point(spec: PointSpec, value: float, word_order: str = MODBUS_WORD_ORDER) -> list[int]:
+    """Registers for `value` of `spec`: float32 as two words in `word_order`, 16-bit as round(value/scale)."""
+    if spec.data_type == "float32":
+        hi, lo = struct.unpack(">HH", struct.pack(">f", value))
+        return [hi, lo] if word_order == "big" else [lo, hi]
+    raw = round(value / spec.scale) if math.isfinite(value) else 0
+    if spec.data_type == "int16":
+        raw = max(-32768, min(32767, raw))
+        return [raw & 0xFFFF]
+    if spec.data_type == "uint16":
+        return [max(0, min(0xFFFF, raw))]
+    raise ValueError(f"point {spec.name!r}: data type {spec.data_type!r} is not a register type")
+
+
+def decode_point(spec: PointSpec, registers: Sequence[int], word_order: str = MODBUS_WORD_ORDER) -> float:
+    """Inverse of `encode_point`."""
+    if spec.data_type == "float32":
+        hi, lo = (registers[0], registers[1]) if word_order == "big" else (registers[1], registers[0])
+        return float(struct.unpack(">f", struct.pack(">HH", hi, lo))[0])
+    raw = registers[0]
+    if spec.data_type == "int16" and raw >= 0x8000:
+        raw -= 0x10000
+    return raw * spec.scale
+
+
+def _covers(specs: Sequence[PointSpec], address: int, count: int) -> bool:
+    """Whether every register in [address, address + count) belongs to one of `specs`."""
+    owned = {int(s.address) + i for s in specs for i in range(s.register_count)}
+    return all(a in owned for a in range(address, address + count))
+
+
+async def _no_such_device(
+    function_code: int,
+    start_address: int,
+    address: int,
+    count: int,
+    registers: list[int],
+    set_values: list[int] | list[bool] | None,
+) -> ExcCodes | None:
+    """What a gateway answers for a unit id nobody has."""
+    return ExcCodes.GATEWAY_NO_RESPONSE
+
+
+class CultureSystemSimulator:
+    """A Modbus TCP culture system; `stop()` keeps the model and the port for a later `start()`."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+        t0: datetime | None = None,
+        profile: str = "mobilized",
+        device_id: int = CULTURE_SYSTEM_DEVICE_ID,
+        model: CultureModel | None = None,
+    ) -> None:
+        self.clock = clock
+        self.host = host
+        # port 0: choose once, so a restart comes back where clients expect it
+        self._port = port or pick_free_port(host)
+        self.seed = seed
+        self.device_id = device_id
+        self.model = model or CultureModel(t0 or clock.now(), seed, profile, start=clock.now())
+        self._server: ModbusTcpServer | None = None
+        self._inputs = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "input"]
+        self._holdings = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "holding"]
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"modbus://{self.host}:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def t0(self) -> datetime:
+        return self.model.t0
+
+    def _device(self) -> SimDevice:
+        values = self.model.values()
+        simdata = [
+            SimData(
+                address=int(spec.address),
+                values=self._sim_value(spec, values[spec.name]),
+                datatype=_SIM_TYPES[spec.data_type],
+                readonly=not spec.writable,
+            )
+            for spec in CULTURE_SYSTEM_POINTS
+        ]
+        return SimDevice(id=self.device_id, simdata=simdata, action=self._action)
+
+    def _other_devices(self) -> SimDevice:
+        """Device id 0 catches every other id; pymodbus would otherwise log a traceback per request."""
+        span = max(int(s.address) + s.register_count for s in CULTURE_SYSTEM_POINTS)
+        return SimDevice(
+            id=0, simdata=SimData(address=0, count=span, datatype=DataType.REGISTERS), action=_no_such_device
+        )
+
+    @staticmethod
+    def _sim_value(spec: PointSpec, value: float) -> int | float:
+        if spec.data_type == "float32":
+            return float(value)
+        raw = encode_point(spec, value)[0]
+        # SimData wants the signed value for INT16
+        return raw - 0x10000 if spec.data_type == "int16" and raw >= 0x8000 else raw
+
+    async def start(self) -> None:
+        """Listen on the kept port; returns when clients can connect."""
+        if self._server is not None:
+            return
+        self.model.step(self.clock.now())
+        devices = [self._device()] if self.device_id == 0 else [self._device(), self._other_devices()]
+        server = ModbusTcpServer(devices, address=(self.host, self._port))
+        await server.serve_forever(background=True)
+        self._server = server
+        log.debug("culture-system simulator listening on %s (device id %d)", self.endpoint, self.device_id)
+
+    async def stop(self) -> None:
+        """Close the listener and every client connection; the model keeps its state."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+            log.info("culture-system simulator on port %d stopped", self._port)
+
+    async def __aenter__(self) -> CultureSystemSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _fill(self, specs: Sequence[PointSpec], start_address: int, registers: list[int]) -> None:
+        """Write the model's current values of `specs` into the device's register image."""
+        now = self.clock.now()
+        self.model.step(now)
+        values = self.model.values()
+        for spec in specs:
+            offset = int(spec.address) - start_address
+            registers[offset : offset + spec.register_count] = encode_point(spec, values[spec.name])
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Called by pymodbus before each access: compute reads from the model, validate writes."""
+        if function_code == READ_INPUT:
+            if not _covers(self._inputs, address, count):
+                return ExcCodes.ILLEGAL_ADDRESS
+            self._fill(self._inputs, start_address, registers)
+            return None
+        if function_code not in HOLDING_FUNCTIONS:
+            return ExcCodes.ILLEGAL_FUNCTION
+        if not _covers(self._holdings, address, count):
+            return ExcCodes.ILLEGAL_ADDRESS
+        if not set_values:
+            self._fill(self._holdings, start_address, registers)
+            return None
+        # a write: decode the registers as they would be after it, then check and apply
+        image = list(registers)
+        offset = address - start_address
+        image[offset : offset + len(set_values)] = [int(v) for v in set_values]
+        now = self.clock.now()
+        updates: list[tuple[PointSpec, float]] = []
+        for spec in self._holdings:
+            a = int(spec.address)
+            if a + spec.register_count <= address or a >= address + len(set_values):
+                continue
+            value = decode_point(spec, image[a - start_address : a - start_address + spec.register_count])
+            try:
+                updates.append((spec, spec.check_write(value)))
+            except PointError:
+                log.info("culture-system %s: refused write of %r", spec.name, value)
+                return ExcCodes.ILLEGAL_VALUE
+        for spec, value in updates:
+            if spec.name == "pump_rate_setpoint":
+                self.model.set_pump_rate(value, now)
+                log.info("culture-system pump rate set to %s mL/h by a client", value)
+        return None

@@ -1,0 +1,338 @@
+"""Pure models of an incubator and a closed culture system (no I/O); see ../shared/PROCESS.md.
+
+Both models are deterministic for a given seed: noise is a function of (seed, channel, whole clock
+second), never of how often a model is stepped, and the incubator integrates with the exact
+exponential step, so stepping once over an hour or 3600 times over it gives the same state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from drivers.base import PointError, PointNotWritable
+from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS
+
+AMBIENT_TEMPERATURE = 22.0
+AMBIENT_CO2 = 0.04
+AMBIENT_HUMIDITY = 45.0
+CHAMBER_HUMIDITY = 93.0
+
+Profile = Literal["mobilized", "cord"]
+
+# Fold over 7 days per cell source; mobilized blood expands less than cord blood. Both stay inside
+# 10-50x with room for the measurement noise.
+PROFILE_FOLD_RANGE: dict[str, tuple[float, float]] = {
+    "mobilized": (11.0, 28.0),
+    "cord": (22.0, 48.0),
+}
+
+_INCUBATOR_SPECS = {p.name: p for p in INCUBATOR_POINTS}
+_CULTURE_SPECS = {p.name: p for p in CULTURE_SYSTEM_POINTS}
+
+
+def noise(seed: int, channel: str, when: datetime) -> float:
+    """A reproducible value in [-1, 1) for this seed, channel and whole second of `when`."""
+    second = math.floor(when.timestamp())
+    digest = hashlib.blake2b(f"{seed}:{channel}:{second}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**63 - 1.0
+
+
+def relax(x: float, target: float, dt: float, tau: float) -> float:
+    """Exact first-order step of `x` toward `target` over `dt` seconds; stable for any dt."""
+    if dt <= 0.0:
+        return x
+    return x + (target - x) * (1.0 - math.exp(-dt / tau))
+
+
+@dataclass(frozen=True, slots=True)
+class IncubatorTimeConstants:
+    """First-order time constants in seconds, door shut and door open."""
+
+    temperature: float = 600.0
+    co2: float = 300.0
+    humidity: float = 900.0
+    temperature_door_open: float = 240.0
+    co2_door_open: float = 60.0
+    humidity_door_open: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class IncubatorNoise:
+    """Half-width of the uniform measurement noise per channel."""
+
+    temperature: float = 0.03
+    co2: float = 0.03
+    humidity: float = 0.3
+
+
+class IncubatorModel:
+    """A CO2 incubator: temperature, CO2 and RH relax to setpoints, or to ambient with the door open."""
+
+    def __init__(
+        self,
+        start: datetime,
+        seed: int = 0,
+        *,
+        temperature_setpoint: float = 37.0,
+        co2_setpoint: float = 5.0,
+        temperature: float | None = None,
+        co2: float | None = None,
+        humidity: float | None = None,
+        door_open: bool = False,
+        tau: IncubatorTimeConstants | None = None,
+        noise_amplitude: IncubatorNoise | None = None,
+    ) -> None:
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        self.seed = seed
+        self.tau = tau or IncubatorTimeConstants()
+        self.noise_amplitude = noise_amplitude or IncubatorNoise()
+        self._now = start
+        self._temperature_setpoint = _INCUBATOR_SPECS["temperature_setpoint"].check_write(
+            temperature_setpoint
+        )
+        self._co2_setpoint = _INCUBATOR_SPECS["co2_setpoint"].check_write(co2_setpoint)
+        # None: a running incubator that has settled at its setpoints
+        self.temperature = temperature_setpoint if temperature is None else temperature
+        self.co2 = co2_setpoint if co2 is None else co2
+        self.humidity = CHAMBER_HUMIDITY if humidity is None else humidity
+        self._door_open = door_open
+
+    @property
+    def now(self) -> datetime:
+        return self._now
+
+    @property
+    def door_open(self) -> bool:
+        return self._door_open
+
+    @property
+    def temperature_setpoint(self) -> float:
+        return self._temperature_setpoint
+
+    @property
+    def co2_setpoint(self) -> float:
+        return self._co2_setpoint
+
+    def step(self, now: datetime) -> None:
+        """Advance the state to `now`; a time earlier than the model's is ignored."""
+        dt = (now - self._now).total_seconds()
+        if dt <= 0.0:
+            return
+        tau = self.tau
+        if self._door_open:
+            self.temperature = relax(self.temperature, AMBIENT_TEMPERATURE, dt, tau.temperature_door_open)
+            self.co2 = relax(self.co2, AMBIENT_CO2, dt, tau.co2_door_open)
+            self.humidity = relax(self.humidity, AMBIENT_HUMIDITY, dt, tau.humidity_door_open)
+        else:
+            self.temperature = relax(self.temperature, self._temperature_setpoint, dt, tau.temperature)
+            self.co2 = relax(self.co2, self._co2_setpoint, dt, tau.co2)
+            self.humidity = relax(self.humidity, CHAMBER_HUMIDITY, dt, tau.humidity)
+        self._now = now
+
+    def _advance(self, now: datetime | None) -> None:
+        # events take effect at their own time, so the state before them is integrated first
+        if now is not None:
+            self.step(now)
+
+    def open_door(self, now: datetime | None = None) -> None:
+        self._advance(now)
+        self._door_open = True
+
+    def close_door(self, now: datetime | None = None) -> None:
+        self._advance(now)
+        self._door_open = False
+
+    def set_temperature_setpoint(self, value: float, now: datetime | None = None) -> None:
+        """Set the temperature setpoint; raises PointLimitError outside 30..40 C."""
+        value = _INCUBATOR_SPECS["temperature_setpoint"].check_write(value)
+        self._advance(now)
+        self._temperature_setpoint = value
+
+    def set_co2_setpoint(self, value: float, now: datetime | None = None) -> None:
+        """Set the CO2 setpoint; raises PointLimitError outside 0..10 %."""
+        value = _INCUBATOR_SPECS["co2_setpoint"].check_write(value)
+        self._advance(now)
+        self._co2_setpoint = value
+
+    def write(self, point: str, value: float, now: datetime | None = None) -> None:
+        """Write a point by its point-map name; raises PointError if unknown, read-only or out of limits."""
+        spec = _INCUBATOR_SPECS.get(point)
+        if spec is None:
+            raise PointError(f"unknown incubator point {point!r}")
+        spec.check_write(value)
+        if point == "temperature_setpoint":
+            self.set_temperature_setpoint(value, now)
+        elif point == "co2_setpoint":
+            self.set_co2_setpoint(value, now)
+        else:
+            raise PointNotWritable(f"point {point!r} has no setter in the model")
+
+    def values(self) -> dict[str, float]:
+        """Measured values at the model's time, keyed by the incubator point names."""
+        t, amp = self._now, self.noise_amplitude
+        return {
+            "temperature": self.temperature + amp.temperature * noise(self.seed, "temperature", t),
+            "co2": max(0.0, self.co2 + amp.co2 * noise(self.seed, "co2", t)),
+            "humidity": min(100.0, max(0.0, self.humidity + amp.humidity * noise(self.seed, "humidity", t))),
+            "door_open": 1.0 if self._door_open else 0.0,
+            "temperature_setpoint": self._temperature_setpoint,
+            "co2_setpoint": self._co2_setpoint,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CultureParameters:
+    """The per-run constants a seed and a profile pick."""
+
+    fold_7d: float
+    cd7_final: float
+    cd7_midpoint_h: float
+    viability_base: float
+
+
+def culture_parameters(seed: int, profile: str) -> CultureParameters:
+    """Deterministic run parameters for `seed` inside the profile's ranges."""
+    if profile not in PROFILE_FOLD_RANGE:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILE_FOLD_RANGE))}")
+    rng = random.Random(f"culture:{seed}:{profile}")
+    lo, hi = PROFILE_FOLD_RANGE[profile]
+    return CultureParameters(
+        fold_7d=rng.uniform(lo, hi),
+        cd7_final=rng.uniform(55.0, 75.0),
+        cd7_midpoint_h=rng.uniform(80.0, 100.0),
+        viability_base=rng.uniform(90.0, 94.0),
+    )
+
+
+RUN_DAYS = 7.0
+FRESH_MEDIUM_PH = 7.40
+MIN_PH = 6.8
+PH_DRIFT_PER_DAY = 0.02  # medium ageing, independent of cells
+PH_DRIFT_PER_DAY_PER_1E6 = 0.06  # acidification by metabolism, per 1e6 viable cells/mL
+CD7_SLOPE_H = 14.0
+CARRYING_CAPACITY_OVER_FINAL = 1.5  # K / density at day 7: growth still visible at harvest
+
+
+class CultureModel:
+    """A closed culture system: closed-form logistic growth, CD7+ rise, pH, DO, medium pumped."""
+
+    def __init__(
+        self,
+        t0: datetime,
+        seed: int = 0,
+        profile: str = "mobilized",
+        *,
+        seeding_density: float = 1.0e5,
+        pump_rate: float = 2.0,
+        feeds_h: tuple[float, ...] = (72.0, 120.0),
+        start: datetime | None = None,
+    ) -> None:
+        if t0.tzinfo is None:
+            raise ValueError("t0 must be timezone-aware")
+        self.t0 = t0
+        self.seed = seed
+        self.profile = profile
+        self.params = culture_parameters(seed, profile)
+        self.seeding_density = seeding_density
+        self.feeds_h = tuple(sorted(feeds_h))
+        self._now = start or t0
+        n0, fold = seeding_density, self.params.fold_7d
+        self.capacity = CARRYING_CAPACITY_OVER_FINAL * fold * n0
+        self._a = self.capacity / n0 - 1.0
+        # r per day so that N(7 d) / N0 == fold exactly
+        self.rate = -math.log((self.capacity / (fold * n0) - 1.0) / self._a) / RUN_DAYS
+        self._pump_rate = _CULTURE_SPECS["pump_rate_setpoint"].check_write(pump_rate)
+        self._pumped_ml = 0.0
+        self._pump_since = t0  # the pump runs at its default rate from seeding on
+
+    @property
+    def now(self) -> datetime:
+        return self._now
+
+    @property
+    def pump_rate(self) -> float:
+        return self._pump_rate
+
+    def step(self, now: datetime) -> None:
+        """Move the model's time to `now` (the model is closed-form; only the pump integrates)."""
+        if now > self._now:
+            self._now = now
+
+    def set_pump_rate(self, value: float, now: datetime | None = None) -> None:
+        """Set the pump rate (mL/h); raises PointLimitError outside 0..50."""
+        value = _CULTURE_SPECS["pump_rate_setpoint"].check_write(value)
+        if now is not None:
+            self.step(now)
+        self._pumped_ml = self._medium_pumped(self._now)
+        self._pump_since = self._now
+        self._pump_rate = value
+
+    def _days(self, when: datetime) -> float:
+        return (when - self.t0).total_seconds() / 86400.0
+
+    def density_true(self, days: float) -> float:
+        """Noise-free viable cells/mL `days` after T0 (seeding density before T0)."""
+        if days <= 0.0:
+            return self.seeding_density
+        return self.capacity / (1.0 + self._a * math.exp(-self.rate * days))
+
+    def _log_exp_plus_a(self, x: float) -> float:
+        # ln(e^x + A) without overflowing for long demo runs
+        return x + math.log1p(self._a * math.exp(-x)) if x > 0.0 else math.log(math.exp(x) + self._a)
+
+    def density_integral(self, d0: float, d1: float) -> float:
+        """Integral of the density over [d0, d1] days after T0, in cells/mL x days."""
+        d0, d1 = max(d0, 0.0), max(d1, 0.0)
+        if d1 <= d0:
+            return 0.0
+        r = self.rate
+        return self.capacity / r * (self._log_exp_plus_a(r * d1) - self._log_exp_plus_a(r * d0))
+
+    def ph_true(self, days: float) -> float:
+        """Noise-free pH: drifts down from fresh medium since the last feed, faster at higher density."""
+        if days <= 0.0:
+            return FRESH_MEDIUM_PH
+        hours = days * 24.0
+        last_feed = max((f for f in self.feeds_h if f <= hours), default=0.0) / 24.0
+        drift = PH_DRIFT_PER_DAY * (days - last_feed)
+        drift += PH_DRIFT_PER_DAY_PER_1E6 * self.density_integral(last_feed, days) / 1.0e6
+        return max(MIN_PH, FRESH_MEDIUM_PH - drift)
+
+    def cd7_true(self, days: float) -> float:
+        """Noise-free %CD7+: a sigmoid from 0 at T0 to the run's final share at day 7."""
+        if days <= 0.0:
+            return 0.0
+
+        def s(h: float) -> float:
+            return 1.0 / (1.0 + math.exp(-(h - self.params.cd7_midpoint_h) / CD7_SLOPE_H))
+
+        base, end = s(0.0), s(RUN_DAYS * 24.0)
+        return self.params.cd7_final * (s(days * 24.0) - base) / (end - base)
+
+    def _medium_pumped(self, when: datetime) -> float:
+        start = max(self._pump_since, self.t0)
+        hours = max(0.0, (when - start).total_seconds() / 3600.0)
+        return self._pumped_ml + self._pump_rate * hours
+
+    def values(self) -> dict[str, float]:
+        """Measured values at the model's time, keyed by the culture-system point names."""
+        t, seed = self._now, self.seed
+        days = self._days(t)
+        density = self.density_true(days)
+        viability = self.params.viability_base - 3.0 * density / self.capacity
+        return {
+            "viable_cell_density": density * (1.0 + 0.02 * noise(seed, "density", t)),
+            "viability": min(95.0, max(85.0, viability + 0.4 * noise(seed, "viability", t))),
+            "cd7_percent": max(0.0, self.cd7_true(days) + 0.5 * noise(seed, "cd7", t)),
+            "ph": self.ph_true(days) + 0.005 * noise(seed, "ph", t),
+            "dissolved_o2": 20.0 + 75.0 * math.exp(-density / 2.5e6) + 0.5 * noise(seed, "do", t),
+            "medium_pumped": self._medium_pumped(t),
+            "temperature": 37.0 + 0.05 * math.sin(2.0 * math.pi * days) + 0.03 * noise(seed, "temp", t),
+            "pump_rate_setpoint": self._pump_rate,
+        }
