@@ -20,7 +20,8 @@ INCUBATOR_POINTS: tuple[PointSpec, ...] = (
     PointSpec("temperature", "degC", "Incubator.Temperature", description="chamber temperature"),
     PointSpec("co2", "%", "Incubator.CO2", description="chamber CO2"),
     PointSpec("humidity", "%RH", "Incubator.Humidity", description="chamber relative humidity"),
-    PointSpec("door_open", "bool", "Incubator.DoorOpen", kind="boolean", description="door open (1) or shut (0)"),
+    PointSpec("door_open", "bool", "Incubator.DoorOpen", kind="boolean",
+              description="door open (1) or shut (0)"),
     PointSpec(
         "temperature_setpoint", "degC", "Incubator.TemperatureSetpoint",
         description="temperature setpoint", writable=True, min=30.0, max=40.0,
@@ -60,3 +61,27 @@ def point_map(kind: str) -> tuple[PointSpec, ...]:
         return POINT_MAPS[kind]
     except KeyError:
         raise KeyError(f"unknown device kind {kind!r}; known: {', '.join(sorted(POINT_MAPS))}") from None
+
+
+def register_map_markdown() -> str:
+    """The culture system's register map as the Markdown table the README shows."""
+    lines = [
+        "| point | address | register | data type | word order | scale | unit | writable (min..max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in CULTURE_SYSTEM_POINTS:
+        order = MODBUS_WORD_ORDER if p.data_type == "float32" else "-"
+        span = f"{p.address}-{int(p.address) + 1}" if p.register_count == 2 else str(p.address)
+        rw = f"yes ({p.min:g}..{p.max:g})" if p.writable else "no"
+        lines.append(f"| {p.name} | {span} | {p.register_type} | {p.data_type} | {order} | {p.scale:g} | "
+                     f"{p.unit} | {rw} |")
+    return "\n".join(lines)
+
+
+def node_map_markdown() -> str:
+    """The incubator's OPC UA variables as the Markdown table the README shows."""
+    lines = ["| point | NodeId | unit | writable (min..max) |", "|---|---|---|---|"]
+    for p in INCUBATOR_POINTS:
+        rw = f"yes ({p.min:g}..{p.max:g})" if p.writable else "no"
+        lines.append(f"| {p.name} | `ns=<{INCUBATOR_NAMESPACE}>;s={p.address}` | {p.unit} | {rw} |")
+    return "\n".join(lines)
