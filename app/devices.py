@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from app.clock import Clock
-from drivers.base import DeviceState, PointError, Reading
+from drivers.base import DeviceState, PointError, Reading, find_point
 from drivers.devices import DeviceConfig
 from drivers.supervisor import DeviceSupervisor, make_driver
 
@@ -82,10 +82,7 @@ class DeviceHub:
         status = self.status.get(device)
         if status is None:
             raise PointError(f"unknown device {device!r}")
-        spec = next((p for p in status.config.points if p.name == point), None)
-        if spec is None:
-            raise PointError(f"device {device!r} has no point {point!r}")
-        spec.check_write(value)
+        find_point(status.config.points, point, device).check_write(value)
         sup = self._supervisors[device]
         result = await sup.write(point, value)
         log.info("wrote %s.%s = %s (read back %s)", device, point, value, result)

@@ -92,6 +92,14 @@ class PointSpec:
         return value
 
 
+def find_point(points: Sequence[PointSpec], name: str, device: str) -> PointSpec:
+    """The spec of point `name` in a device's map; PointError names the device and the point."""
+    for p in points:
+        if p.name == name:
+            return p
+    raise PointError(f"{device}: unknown point {name!r}")
+
+
 class DriverError(Exception):
     """Base of every error a driver raises."""
 

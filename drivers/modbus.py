@@ -35,6 +35,7 @@ from drivers.base import (
     Quality,
     Reading,
     RegisterType,
+    find_point,
 )
 from drivers.devices import DeviceConfig
 from drivers.points import CULTURE_SYSTEM_DEVICE_ID, MODBUS_WORD_ORDER
@@ -262,15 +263,9 @@ class ModbusDriver:
                 next_poll = now
             await asyncio.sleep(next_poll - now)
 
-    def _point(self, point: str) -> PointSpec:
-        for p in self.points:
-            if p.name == point:
-                return p
-        raise PointError(f"{self.name}: unknown point {point!r}")
-
     async def write(self, point: str, value: float) -> float:
         """Write an absolute value, read it back and return the read-back value."""
-        spec = self._point(point)
+        spec = find_point(self.points, point, self.name)
         checked = spec.check_write(float(value))
         if spec.register_type != "holding":
             raise PointError(f"{self.name}: point {point!r} is not a holding register")

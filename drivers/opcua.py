@@ -34,10 +34,10 @@ from drivers.base import (
     DeviceProtocolError,
     DeviceUnavailable,
     DriverError,
-    PointError,
     PointSpec,
     Quality,
     Reading,
+    find_point,
 )
 from drivers.devices import DeviceConfig
 from drivers.points import INCUBATOR_NAMESPACE
@@ -287,15 +287,9 @@ class OpcUaDriver:
                 raise DeviceUnavailable(f"{self.name}: {self._lost or 'connection lost'}")
             yield item
 
-    def _point(self, point: str) -> PointSpec:
-        for p in self.points:
-            if p.name == point:
-                return p
-        raise PointError(f"{self.name}: unknown point {point!r}")
-
     async def write(self, point: str, value: float) -> float:
         """Write an absolute Double to a writable point, read it back and return the read-back."""
-        spec = self._point(point)
+        spec = find_point(self.points, point, self.name)
         checked = spec.check_write(float(value))
         node = self._nodes.get(spec.name)
         if node is None or not self.connected:
