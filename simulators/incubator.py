@@ -194,6 +194,11 @@ class IncubatorSimulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if server is not None:
+            # asyncua's stop() leaves the sessions of still-connected clients running (their timeout and
+            # subscription loops); close them as a real device's power-off would.
+            for session in list(server.iserver._external_sessions.values()):
+                with contextlib.suppress(Exception):
+                    await session.close_session(delete_subs=True)
             await server.stop()
             log.info("incubator simulator on port %d stopped", self._port)
 
