@@ -15,12 +15,17 @@ from typing import Annotated, Literal
 import typer
 from pydantic import SecretStr
 
+from app.cli_admin import apikey_app, user_app
+from app.cli_audit import audit_app
 from app.clock import ScaledClock, utcnow
 from app.settings import Settings
 
 app = typer.Typer(help="culturectl: monitor and control 7-day cell-culture runs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(audit_app, name="audit")
 
 DEMO_SCALE = 7 * 24 * 60 / 30  # 7 days in 30 minutes
 
@@ -155,6 +160,7 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
     import uvicorn
 
     from app import db
+    from app.demo import KEY_FILE, ensure_demo_accounts
     from app.main import create_app
     from drivers.devices import DeviceConfig, dump_devices
     from simulators.culture_system import CultureSystemSimulator
@@ -166,6 +172,11 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
     sims: list[IncubatorSimulator | CultureSystemSimulator] = []
     try:
         await db.upgrade_async(dsn)
+        conn = await db.connect(dsn)
+        try:
+            demo_accounts = await ensure_demo_accounts(conn, data_dir)
+        finally:
+            await conn.close()
         # Continue the simulated time where the last demo stopped, so reused data stays in order.
         last = await db.last_telemetry_time(dsn)
         wall = utcnow()
@@ -201,6 +212,9 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
             f"  clock           x{scale:g} (7 days in {7 * 24 * 60 / scale:.0f} min), now {clock.now():%Y-%m-%d %H:%M} "
             f"UTC, culture day {day:.1f}\n"
             f"  service         http://127.0.0.1:{port}  (API docs: http://127.0.0.1:{port}/docs)\n"
+            f"  users           {', '.join(f'{u} ({r.value})' for u, r in demo_accounts.users)}; "
+            f"password {demo_accounts.password}\n"
+            f"  automation key  {demo_accounts.automation_key}  (also in {data_dir / KEY_FILE})\n"
             "Ctrl-C stops everything."
         )
         if exit_after is not None:

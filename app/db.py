@@ -220,10 +220,24 @@ async def connect(dsn: str, **kw: Any) -> asyncpg.Connection:
     return await asyncpg.connect(**asyncpg_connect_kwargs(dsn), **kw)
 
 
-async def create_pool(dsn: str, **kw: Any) -> asyncpg.Pool:
-    """An asyncpg pool (extra keyword arguments go to `asyncpg.create_pool`)."""
+APP_ROLE = "culturectl_app"
+"""The database role the service acts as (created by migration 20261121_0003): no UPDATE, DELETE or TRUNCATE
+on the audit trail. Connections log in as the configured user (the schema owner, who runs the migrations) and
+switch to it with SET ROLE."""
+
+
+async def assume_app_role(conn: DBConnection) -> None:
+    """SET ROLE culturectl_app on a connection (survives the pool's RESET ALL between uses)."""
+    await conn.execute(f"SET ROLE {APP_ROLE}")
+
+
+async def create_pool(dsn: str, *, app_role: bool = True, **kw: Any) -> asyncpg.Pool:
+    """An asyncpg pool (extra keyword arguments go to `asyncpg.create_pool`); its connections act as
+    `APP_ROLE` unless `app_role=False` (the database must be migrated to head first)."""
     kw.setdefault("min_size", 1)
     kw.setdefault("max_size", 10)
+    if app_role:
+        kw.setdefault("init", assume_app_role)
     pool = await asyncpg.create_pool(**asyncpg_connect_kwargs(dsn), **kw)
     assert pool is not None
     return pool

@@ -6,9 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from app.api import channels, devices, health, stream
+from app.api import apikeys, auth, channels, devices, health, stream, users
+from app.api import audit as audit_api
+from app.api import signatures as signatures_api
+from app.auth.deps import current_principal
 from app.clock import Clock
 from app.problems import install_problem_handlers
 from app.runtime import Runtime
@@ -43,6 +46,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.runtime = runtime
     install_problem_handlers(app)
     app.include_router(health.router)
+    # Every API route needs credentials and a role the policy table (app/auth/policy.py) allows.
     for module in (devices, channels, stream):
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(current_principal)])
+    # These declare CurrentPrincipal per route (login is public).
+    for module in (auth, users, apikeys, audit_api, signatures_api):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     ingest_flush_interval: float = Field(default=0.5, gt=0, le=60, description="wall seconds between flushes")
     max_points: int = Field(default=10_000, ge=10, description="most points one telemetry request returns")
     log_level: str = Field(default="INFO")
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="key that signs session tokens (HS256); unset: generated once into data_dir/secret.key (0600)",
+    )
+    token_ttl_minutes: float = Field(default=15.0, gt=0, le=24 * 60, description="lifetime of a login token")
+    cookie_secure: bool = Field(default=False, description="mark the session cookie Secure (set it behind HTTPS)")
+    lockout_threshold: int = Field(default=5, ge=1, le=100, description="consecutive failed logins that lock a user")
 
     @field_validator("clock_epoch", "clock_origin")
     @classmethod

@@ -598,6 +598,7 @@ class TelemetryWriter:
             conn = await db.connect(
                 self._dsn, timeout=self._connect_timeout, command_timeout=self._command_timeout
             )
+            await db.assume_app_role(conn)
             if self._timescale is None:
                 self._timescale = await db.timescale_enabled(conn)
                 log.info("telemetry writer: TimescaleDB path %s", "on" if self._timescale else "off")

@@ -14,6 +14,7 @@ import pytest
 
 from app import db
 
+HEAD = "20261121_0003"  # the newest migration
 TABLES = {"schema_info", "device", "channel", "culture_run", "telemetry", "telemetry_gap"}
 
 
@@ -48,7 +49,7 @@ async def test_upgrade_downgrade_upgrade(fresh_dsn: str) -> None:
     await db.upgrade_async(fresh_dsn)
     conn = await db.connect(fresh_dsn)
     try:
-        assert await db.current_revision(conn) == "20261121_0001"
+        assert await db.current_revision(conn) == HEAD
         assert await _relations(conn) >= TABLES | {"telemetry_5m"}
         # schema_info tells which path was taken, and it matches what the server can do
         assert await db.timescale_enabled(conn) == await _timescale_loadable(conn)
@@ -96,7 +97,7 @@ async def test_upgrade_is_idempotent(db_dsn: str) -> None:
     await db.upgrade_async(db_dsn)  # already at head: nothing to do, nothing fails
     conn = await db.connect(db_dsn)
     try:
-        assert await db.current_revision(conn) == "20261121_0001"
+        assert await db.current_revision(conn) == HEAD
         assert await conn.fetchval("SELECT count(*) FROM schema_info WHERE key = 'timescale'") == 1
     finally:
         await conn.close()
@@ -107,7 +108,7 @@ def test_migrations_found_through_the_package() -> None:
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(cfg)
-    assert script.get_current_head() == "20261121_0001"
+    assert script.get_current_head() == HEAD
     # the % of the encoded socket path and password survive ConfigParser interpolation
     assert cfg.get_main_option("sqlalchemy.url") == db.sqlalchemy_url("postgresql://u:p%40ss@/d?host=/sock%2Fdir")
 

@@ -14,6 +14,9 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
+from app import db
+from app.auth import accounts
+from app.auth.principal import Role, cli_principal
 from app.clock import ScaledClock
 from app.main import create_app
 from app.runtime import Runtime
@@ -55,6 +58,24 @@ async def serve(settings: Settings, clock: ScaledClock) -> AsyncIterator[tuple[s
         await asyncio.wait_for(task, timeout=30)
 
 
+E2E_PASSWORD = "Seven-Day-Culture-42"
+
+
+async def login(client: httpx.AsyncClient, dsn: str, role: Role) -> str:
+    """Create a user of `role` through app.auth.accounts and log it in over HTTP; returns the token."""
+    username = f"e2e-{role.value}"
+    conn = await db.connect(dsn)
+    try:
+        if await accounts.get_user_by_name(conn, username) is None:
+            await accounts.create_user(conn, username=username, display_name=f"E2E {role.value.title()}",
+                                       role=role, password=E2E_PASSWORD, actor=cli_principal())
+    finally:
+        await conn.close()
+    r = await client.post("/api/v1/auth/login", json={"username": username, "password": E2E_PASSWORD})
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
 @pytest.fixture(scope="module")
 async def stack(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("e2e")
@@ -74,6 +95,10 @@ async def stack(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     try:
         async with serve(settings, clock) as (base_url, runtime), \
                 httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            # Every API call needs credentials: an operator logs in and the client sends its token.
+            token = await login(client, db_dsn, Role.OPERATOR)
+            client.headers["Authorization"] = f"Bearer {token}"
+            client.cookies.clear()
             yield Stack(base_url, clock, incubator, culture, runtime, client, settings)
     finally:
         await culture.stop()

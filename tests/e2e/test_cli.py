@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 
 from app import db
+from app.demo import DEMO_PASSWORD, KEY_FILE
 from tests.support import free_port, wait_for
 
 CULTURECTL = [sys.executable, "-m", "app.cli"]
@@ -26,11 +27,13 @@ async def _run_demo(data_dir: Path, port: int, exit_after: float) -> asyncio.sub
 
 
 async def _online(client: httpx.AsyncClient) -> bool:
+    """Both devices online, as the public readiness probe reports them (the API needs credentials)."""
     try:
-        r = await client.get("/api/v1/devices")
+        r = await client.get("/readyz")
     except httpx.TransportError:
         return False
-    return r.status_code == 200 and {d["state"] for d in r.json()} == {"online"}
+    devices = r.json().get("devices") or {} if r.status_code == 200 else {}
+    return len(devices) == 2 and {d["state"] for d in devices.values()} == {"online"}
 
 
 async def _last_time(data_dir: Path) -> object:
@@ -45,6 +48,7 @@ async def _last_time(data_dir: Path) -> object:
 async def test_demo_starts_everything_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     port = free_port()
+    keys_seen: set[str] = set()
     for run in range(2):
         proc = await _run_demo(data_dir, port, exit_after=10 if run == 0 else 6)
         try:
@@ -52,6 +56,14 @@ async def test_demo_starts_everything_stops_cleanly_and_reuses_its_data(tmp_path
                 await wait_for(lambda c=client: _online(c), timeout=45, what="demo devices online")
                 ready = await client.get("/readyz")
                 assert ready.status_code == 200
+                # The demo's users and automation key work: what it prints is what a newcomer types.
+                login = await client.post("/api/v1/auth/login",
+                                          json={"username": "operator", "password": DEMO_PASSWORD})
+                assert login.status_code == 200, login.text
+                key = (data_dir / KEY_FILE).read_text().strip()
+                devices = await client.get("/api/v1/devices", headers={"Authorization": f"Bearer {key}"})
+                assert devices.status_code == 200 and len(devices.json()) == 2
+                keys_seen.add(key)
             out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
         finally:
             if proc.returncode is None:
@@ -61,11 +73,13 @@ async def test_demo_starts_everything_stops_cleanly_and_reuses_its_data(tmp_path
         assert proc.returncode == 0, text
         assert f"http://127.0.0.1:{port}" in text and "opc.tcp://127.0.0.1:" in text and "modbus://127.0.0.1:" in text
         assert "culturectl demo stopped" in text
+        assert f"automation key  {key}" in text and "operator (operator)" in text
         # The embedded server was stopped with the demo.
         assert not (data_dir / "pg" / "postmaster.pid").exists()
         if run == 0:
             first_last = await _last_time(data_dir)
             assert first_last is not None
+    assert len(keys_seen) == 1, "the second run reuses the demo key it kept"
     # The second run continued the simulated clock: its data comes after the first run's.
     assert await _last_time(data_dir) > first_last  # type: ignore[operator]
 

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import asyncpg
+import httpx
 
 from drivers.base import Quality, Reading
 from tests.e2e.conftest import Stack
@@ -82,6 +83,29 @@ async def test_readings_arrive_on_the_sse_stream_with_increasing_ids_and_resume(
         async with asyncio.timeout(10):
             async for ev in sse_events(r):
                 assert int(ev.id or 0) > last
+                break
+
+
+async def test_stream_and_api_without_credentials_are_401(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as anonymous:
+        for path in ("/api/v1/stream", "/api/v1/devices", "/api/v1/channels"):
+            r = await anonymous.get(path)
+            assert r.status_code == 401, (path, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "credentials" in r.json()["detail"]
+        # The probes and metrics stay public.
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await anonymous.get(path)).status_code == 200, path
+
+
+async def test_stream_authenticates_with_the_session_cookie(stack: Stack) -> None:
+    token = stack.client.headers["Authorization"].removeprefix("Bearer ")
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10,
+                                 cookies={"culturectl_session": token}) as browser, \
+            browser.stream("GET", "/api/v1/stream", params={"kinds": "device_state,reading"}) as r:
+        assert r.status_code == 200
+        async with asyncio.timeout(10):
+            async for _ev in sse_events(r):
                 break
 
 

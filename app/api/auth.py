@@ -1,0 +1,88 @@
+"""Login (token + session cookie), logout (the session ends at once) and who am I."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import ConnectionDep, RuntimeDep
+from app.auth import accounts, tokens
+from app.auth.deps import CurrentPrincipal, client_address, signing_key
+from app.auth.principal import PrincipalKind
+from app.problems import PROBLEM_JSON
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=63)
+    password: str = Field(min_length=1, max_length=1024, repr=False)
+
+
+class UserPublic(BaseModel):
+    id: int
+    username: str
+    display_name: str = Field(description="the printed name on electronic signatures")
+    role: str
+    disabled: bool
+    locked: bool
+    locked_at: datetime | None
+    failed_logins: int
+    password_changed_at: datetime
+    created_at: datetime
+
+
+class LoginResponse(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: datetime
+    user: UserPublic
+
+
+class Me(BaseModel):
+    kind: PrincipalKind
+    id: int | None
+    name: str
+    display_name: str
+    role: str
+    can_sign: bool
+
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"description": "wrong username or password", "content": {PROBLEM_JSON: {}}},
+    403: {"description": "the account is locked or disabled", "content": {PROBLEM_JSON: {}}},
+}
+
+
+@router.post("/login", response_model=LoginResponse, responses=_ERRORS,
+             summary="Log in: a short-lived token, and an HttpOnly session cookie for the dashboard")
+async def login(body: LoginRequest, request: Request, response: Response, conn: ConnectionDep,
+                runtime: RuntimeDep) -> LoginResponse:
+    s = runtime.settings
+    result = await accounts.login(conn, body.username, body.password, key=signing_key(request),
+                                  ttl=timedelta(minutes=s.token_ttl_minutes), threshold=s.lockout_threshold,
+                                  client=client_address(request))
+    t = result.token
+    response.set_cookie(tokens.COOKIE_NAME, t.token, max_age=max(1, int((t.expires_at - t.issued_at).total_seconds())),
+                        path="/", secure=s.cookie_secure, httponly=True, samesite="strict")
+    return LoginResponse(access_token=t.token, expires_at=t.expires_at,
+                         user=UserPublic(**accounts.user_public(result.user)))
+
+
+@router.post("/logout", status_code=204, summary="End this login session: its token and cookie stop working")
+async def logout(principal: CurrentPrincipal, request: Request, response: Response, conn: ConnectionDep,
+                 runtime: RuntimeDep) -> None:
+    await accounts.logout(conn, principal, client=client_address(request))
+    response.delete_cookie(tokens.COOKIE_NAME, path="/", secure=runtime.settings.cookie_secure, httponly=True,
+                           samesite="strict")
+
+
+@router.get("/me", response_model=Me, summary="Who the credentials belong to")
+async def me(principal: CurrentPrincipal) -> Me:
+    return Me(kind=principal.kind, id=principal.id, name=principal.name, display_name=principal.display_name,
+              role=principal.role.value, can_sign=principal.can_sign)

@@ -1,0 +1,88 @@
+"""User accounts (admin), the user list (admin, QA) and one's own password."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.auth import UserPublic
+from app.api.deps import ConnectionDep, RuntimeDep
+from app.auth import accounts
+from app.auth.deps import CurrentPrincipal, client_address
+from app.auth.principal import Role
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=2, max_length=63, description=accounts.NAME_RULE)
+    display_name: str = Field(min_length=1, max_length=200, description="printed name on signatures")
+    role: Role
+    password: str = Field(min_length=1, max_length=1024, repr=False,
+                          description="at least 12 characters, two character classes, not the username")
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="why (recorded in the audit trail)")
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024, repr=False)
+    new_password: str = Field(min_length=1, max_length=1024, repr=False)
+
+
+def _public(row: object) -> UserPublic:
+    return UserPublic(**accounts.user_public(row))  # type: ignore[arg-type]
+
+
+@router.get("", response_model=list[UserPublic], summary="Every user (admin, QA)")
+async def list_users(principal: CurrentPrincipal, conn: ConnectionDep) -> list[UserPublic]:
+    return [_public(r) for r in await accounts.list_users(conn)]
+
+
+@router.post("", response_model=UserPublic, status_code=201, summary="Create a user (admin)")
+async def create_user(body: UserCreate, principal: CurrentPrincipal, request: Request,
+                      conn: ConnectionDep) -> UserPublic:
+    row = await accounts.create_user(conn, username=body.username, display_name=body.display_name, role=body.role,
+                                     password=body.password, actor=principal, client=client_address(request),
+                                     reason=body.reason)
+    return _public(row)
+
+
+@router.post("/me/password", status_code=204,
+             summary="Change one's own password (users only): the current one again, and the password rules")
+async def change_password(body: PasswordChange, principal: CurrentPrincipal, request: Request,
+                          conn: ConnectionDep, runtime: RuntimeDep) -> None:
+    assert principal.id is not None
+    await accounts.change_password(conn, principal.id, body.current_password, body.new_password, actor=principal,
+                                   client=client_address(request), threshold=runtime.settings.lockout_threshold)
+
+
+@router.post("/{user_id}/disable", response_model=UserPublic,
+             summary="Disable a user (admin): refused at once, sessions end")
+async def disable_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
+                       conn: ConnectionDep) -> UserPublic:
+    return _public(await accounts.set_disabled(conn, user_id, True, actor=principal, reason=body.reason,
+                                               client=client_address(request)))
+
+
+@router.post("/{user_id}/enable", response_model=UserPublic, summary="Enable a disabled user (admin)")
+async def enable_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
+                      conn: ConnectionDep) -> UserPublic:
+    return _public(await accounts.set_disabled(conn, user_id, False, actor=principal, reason=body.reason,
+                                               client=client_address(request)))
+
+
+@router.post("/{user_id}/unlock", response_model=UserPublic,
+             summary="Unlock a user locked by failed logins (admin)")
+async def unlock_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
+                      conn: ConnectionDep) -> UserPublic:
+    return _public(await accounts.unlock_user(conn, user_id, actor=principal, reason=body.reason,
+                                              client=client_address(request)))

@@ -1,0 +1,1 @@
+"""Identity: accounts, roles, tokens, API keys and the role x endpoint policy."""

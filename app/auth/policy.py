@@ -1,0 +1,104 @@
+"""The role x endpoint table: who may call what. Every route of the app has an entry (a test checks it).
+
+An entry is PUBLIC (no credentials), ANY (any authenticated user or API key), USERS (any user, not an API
+key) or a set of roles. The dependency in app.auth.deps looks the matched route up here on every request;
+a route without an entry is refused (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.auth.principal import Principal, Role
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may call one endpoint."""
+
+    public: bool = False
+    roles: frozenset[Role] | None = None  # None: every role
+    users_only: bool = False  # API keys are refused
+    note: str = ""  # a rule the endpoint adds on top (shown in the README)
+
+    def allows(self, principal: Principal) -> bool:
+        if self.public:
+            return True
+        if self.users_only and principal.kind != "user":
+            return False
+        return self.roles is None or principal.role in self.roles
+
+    def describe(self) -> str:
+        text = self._who()
+        return f"{text} ({self.note})" if self.note else text
+
+    def _who(self) -> str:
+        if self.public:
+            return "public"
+        if self.roles is None:
+            return "any user" if self.users_only else "any user or API key"
+        listed = ", ".join(r.value for r in Role if r in self.roles)
+        return f"users: {listed}" if self.users_only else listed
+
+
+def roles(*allowed: Role, note: str = "") -> Access:
+    return Access(roles=frozenset(allowed), note=note)
+
+
+PUBLIC = Access(public=True)
+ANY = Access()
+USERS = Access(users_only=True)
+ADMIN = roles(Role.ADMIN)
+QA_ADMIN = roles(Role.QA, Role.ADMIN)
+SIGNERS = roles(Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.ADMIN,
+                note="and only people: API keys and automation accounts never sign")
+
+V1 = "/api/v1"
+
+POLICY: dict[tuple[str, str], Access] = {
+    # The process itself and the API's description: no data, no credentials.
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    ("POST", f"{V1}/auth/login"): PUBLIC,
+    # Reading the plant: anyone signed in.
+    ("GET", f"{V1}/devices"): ANY,
+    ("GET", f"{V1}/channels"): ANY,
+    ("GET", f"{V1}/channels/{{channel_id}}/telemetry"): ANY,
+    ("GET", f"{V1}/stream"): ANY,
+    ("GET", f"{V1}/auth/me"): ANY,
+    ("POST", f"{V1}/auth/logout"): ANY,
+    ("GET", f"{V1}/signatures"): ANY,
+    # One's own password: people only.
+    ("POST", f"{V1}/users/me/password"): USERS,
+    # Accounts and keys.
+    ("GET", f"{V1}/users"): QA_ADMIN,
+    ("POST", f"{V1}/users"): ADMIN,
+    ("POST", f"{V1}/users/{{user_id}}/disable"): ADMIN,
+    ("POST", f"{V1}/users/{{user_id}}/enable"): ADMIN,
+    ("POST", f"{V1}/users/{{user_id}}/unlock"): ADMIN,
+    ("GET", f"{V1}/apikeys"): ADMIN,
+    ("POST", f"{V1}/apikeys"): ADMIN,
+    ("POST", f"{V1}/apikeys/{{key_id}}/revoke"): ADMIN,
+    # Records.
+    ("GET", f"{V1}/audit"): QA_ADMIN,
+    ("GET", f"{V1}/audit/verify"): QA_ADMIN,
+    ("POST", f"{V1}/signatures"): SIGNERS,  # plus Principal.can_sign, checked by the signature service
+}
+
+
+def access_for(method: str, path: str) -> Access | None:
+    """The entry of a route (`path` as declared, e.g. /api/v1/channels/{channel_id}/telemetry); HEAD is GET."""
+    method = "GET" if method == "HEAD" else method
+    return POLICY.get((method, path))
+
+
+def policy_markdown() -> str:
+    """The table as the README shows it (a test keeps the README equal to this)."""
+    lines = ["| method and path | who |", "|---|---|"]
+    lines += [f"| `{m} {p}` | {a.describe()} |" for (m, p), a in POLICY.items()]
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""Walk the OpenAPI description: every mutating operation needs credentials (401), refuses the roles the policy
+does not allow (403), and, for an allowed principal with a valid body, writes exactly one audit record whose actor
+is that principal.
+
+Each operation needs an entry in BODIES (how to make a valid request for it): a new endpoint without one fails
+the walk, so nothing that changes state can dodge it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app import db
+from app.auth.policy import access_for
+from app.auth.principal import Principal, Role
+from tests.api.conftest import Service, new_password
+
+MUTATING = {"post", "put", "patch", "delete"}
+PUBLIC_OPERATIONS = {("POST", "/api/v1/auth/login")}  # creates a session; audited, tested in test_auth.py
+
+
+@dataclass
+class Actor:
+    principal: Principal
+    password: str | None
+    headers: dict[str, str]
+
+
+Request = tuple[str, dict[str, Any] | None]  # concrete path, JSON body
+Builder = Callable[[Service, Actor], Awaitable[Request]]
+
+
+async def _run(service: Service) -> int:
+    conn = await db.connect(service.dsn)
+    try:
+        return int(await conn.fetchval("INSERT INTO culture_run (code) VALUES ($1) RETURNING id",
+                                       f"WALK-{uuid.uuid4().hex[:8]}"))
+    finally:
+        await conn.close()
+
+
+async def _target_user(service: Service) -> int:
+    return (await service.create_user(Role.OPERATOR))[0]
+
+
+async def _target_key(service: Service) -> int:
+    return (await service.api_key(Role.AUTOMATION))[0]
+
+
+def _fixed(path: str, body: dict[str, Any] | None) -> Builder:
+    async def build(service: Service, actor: Actor) -> Request:
+        return path, body
+    return build
+
+
+async def _new_user(service: Service, actor: Actor) -> Request:
+    return "/api/v1/users", {"username": f"walk-{uuid.uuid4().hex[:8]}", "display_name": "Walk Tester",
+                             "role": "operator", "password": new_password()}
+
+
+async def _password(service: Service, actor: Actor) -> Request:
+    return "/api/v1/users/me/password", {"current_password": actor.password or "x", "new_password": new_password()}
+
+
+def _user_action(verb: str) -> Builder:
+    async def build(service: Service, actor: Actor) -> Request:
+        return f"/api/v1/users/{await _target_user(service)}/{verb}", {"reason": f"walk: {verb}"}
+    return build
+
+
+async def _new_key(service: Service, actor: Actor) -> Request:
+    return "/api/v1/apikeys", {"name": f"walk-{uuid.uuid4().hex[:8]}", "role": "automation"}
+
+
+async def _revoke(service: Service, actor: Actor) -> Request:
+    return f"/api/v1/apikeys/{await _target_key(service)}/revoke", {"reason": "walk: revoke"}
+
+
+async def _sign(service: Service, actor: Actor) -> Request:
+    return "/api/v1/signatures", {"entity_type": "culture_run", "entity_id": str(await _run(service)),
+                                  "meaning": "reviewed", "password": actor.password or "x"}
+
+
+BODIES: dict[tuple[str, str], Builder] = {
+    ("POST", "/api/v1/auth/logout"): _fixed("/api/v1/auth/logout", None),
+    ("POST", "/api/v1/users"): _new_user,
+    ("POST", "/api/v1/users/me/password"): _password,
+    ("POST", "/api/v1/users/{user_id}/disable"): _user_action("disable"),
+    ("POST", "/api/v1/users/{user_id}/enable"): _user_action("enable"),
+    ("POST", "/api/v1/users/{user_id}/unlock"): _user_action("unlock"),
+    ("POST", "/api/v1/apikeys"): _new_key,
+    ("POST", "/api/v1/apikeys/{key_id}/revoke"): _revoke,
+    ("POST", "/api/v1/signatures"): _sign,
+}
+
+# Rules beyond the role table: a principal that passes the policy but is still refused with 403.
+EXTRA_DENY: dict[tuple[str, str], Callable[[Principal], bool]] = {
+    ("POST", "/api/v1/signatures"): lambda p: not p.can_sign,  # API keys never sign
+}
+
+
+async def _operations(service: Service) -> list[tuple[str, str]]:
+    spec = (await service.client.get("/openapi.json")).json()
+    ops = [(method.upper(), path) for path, item in spec["paths"].items() for method in item if method in MUTATING]
+    return sorted(set(ops) - PUBLIC_OPERATIONS)
+
+
+async def _user_actor(service: Service, role: Role) -> Actor:
+    user_id, username, password, headers = await service.user(role)
+    return Actor(Principal(kind="user", id=user_id, name=username, role=role), password, headers)
+
+
+async def _key_actor(service: Service, role: Role) -> Actor:
+    key_id, _, headers = await service.api_key(role)
+    conn = await db.connect(service.dsn)
+    try:
+        name = str(await conn.fetchval("SELECT name FROM api_keys WHERE id = $1", key_id))
+    finally:
+        await conn.close()
+    return Actor(Principal(kind="apikey", id=key_id, name=name, role=role), None, headers)
+
+
+def _allowed(op: tuple[str, str], p: Principal) -> bool:
+    access = access_for(*op)
+    assert access is not None, f"{op} has no entry in the role x endpoint table"
+    return access.allows(p) and not EXTRA_DENY.get(op, lambda _: False)(p)
+
+
+async def _seq(service: Service) -> int:
+    conn = await db.connect(service.dsn)
+    try:
+        return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM audit_log"))
+    finally:
+        await conn.close()
+
+
+async def _new_rows(service: Service, after: int) -> list[asyncpg.Record]:
+    conn = await db.connect(service.dsn)
+    try:
+        return list(await conn.fetch("SELECT seq, action, actor_kind, actor_id, actor_name FROM audit_log "
+                                     "WHERE seq > $1 ORDER BY seq", after))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def others(service: Service) -> list[Actor]:
+    """One user of every role and one API key of every role a key may have: the candidates to refuse."""
+    actors = [await _user_actor(service, role) for role in Role]
+    actors += [await _key_actor(service, role) for role in Role if role is not Role.ADMIN]
+    return actors
+
+
+async def test_every_mutating_operation_has_a_body_entry(service: Service) -> None:
+    ops = await _operations(service)
+    assert ops, "the walk found no mutating operation"
+    missing = [op for op in ops if op not in BODIES]
+    assert missing == [], f"add these operations to BODIES so the walk covers them: {missing}"
+    stale = [op for op in BODIES if op not in ops]
+    assert stale == [], f"BODIES names operations the API no longer has: {stale}"
+
+
+async def test_without_credentials_every_mutating_operation_is_401(service: Service) -> None:
+    nobody = Actor(Principal(kind="user", id=None, name="nobody", role=Role.OPERATOR), "x", {})
+    for op in await _operations(service):
+        path, body = await BODIES[op](service, nobody)
+        before = await _seq(service)
+        r = await service.client.request(op[0], path, json=body)
+        assert r.status_code == 401, (op, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json"), op
+        assert await _new_rows(service, before) == [], f"{op}: a refused request wrote an audit record"
+
+
+async def test_roles_the_policy_does_not_allow_get_403(service: Service, others: list[Actor]) -> None:
+    checked = 0
+    for op in await _operations(service):
+        for actor in others:
+            if _allowed(op, actor.principal):
+                continue
+            path, body = await BODIES[op](service, actor)
+            before = await _seq(service)
+            r = await service.client.request(op[0], path, json=body, headers=actor.headers)
+            who = f"{actor.principal.kind} {actor.principal.role.value}"
+            assert r.status_code == 403, (op, who, r.status_code, r.text)
+            assert await _new_rows(service, before) == [], f"{op} by {who}: a refused request wrote an audit record"
+            checked += 1
+    assert checked > 0
+
+
+async def test_an_allowed_principal_writes_exactly_one_audit_record_as_itself(service: Service) -> None:
+    for op in await _operations(service):
+        role = next(r for r in Role if _allowed(op, Principal(kind="user", id=1, name="x", role=r)))
+        actor = await _user_actor(service, role)  # fresh: logout and password change end its session
+        path, body = await BODIES[op](service, actor)
+        before = await _seq(service)
+        r = await service.client.request(op[0], path, json=body, headers=actor.headers)
+        assert 200 <= r.status_code < 300, (op, role.value, r.status_code, r.text)
+        rows = await _new_rows(service, before)
+        assert len(rows) == 1, f"{op}: {len(rows)} audit records: {[x['action'] for x in rows]}"
+        row = rows[0]
+        assert (row["actor_kind"], row["actor_id"], row["actor_name"]) == \
+            ("user", actor.principal.id, actor.principal.name), (op, dict(row))
+
+
+async def test_unknown_body_fields_are_rejected_everywhere(service: Service) -> None:
+    """Mass assignment: actor, times, status and signatures come from the server, never from a body."""
+    for op in await _operations(service):
+        role = next(r for r in Role if _allowed(op, Principal(kind="user", id=1, name="x", role=r)))
+        actor = await _user_actor(service, role)
+        path, body = await BODIES[op](service, actor)
+        if body is None:
+            continue
+        before = await _seq(service)
+        r = await service.client.request(op[0], path, json={**body, "actor": "someone-else"}, headers=actor.headers)
+        assert r.status_code == 422 and "actor" in r.text, (op, r.status_code, r.text)
+        assert await _new_rows(service, before) == [], op
