@@ -16,6 +16,8 @@ PROBLEM_BASE = "https://culturectl.example/problems/"
 class Problem(Exception):
     """An error the API reports as problem JSON; `extra` members are added to the body."""
 
+    headers: dict[str, str] | None = None
+
     def __init__(self, status: int, kind: str, title: str, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
@@ -56,7 +58,10 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
-        return problem_response(request, exc.status, exc.kind, exc.title, exc.detail, **exc.extra)
+        response = problem_response(request, exc.status, exc.kind, exc.title, exc.detail, **exc.extra)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from app import audit
+from app.auth.principal import SYSTEM, Principal
 from app.db import DBConnection
 from drivers.devices import DeviceConfig
+
+_DEVICE_FIELDS = ("name", "kind", "protocol", "endpoint", "description")
 
 _UPSERT_DEVICE = """
 INSERT INTO device (name, kind, protocol, endpoint, description)
@@ -33,17 +38,36 @@ def channel_key(device: str, point: str) -> str:
     return f"{device}.{point}"
 
 
-async def sync_devices(conn: DBConnection, devices: Sequence[DeviceConfig]) -> dict[str, int]:
+def _device_record(row: Any) -> dict[str, Any]:
+    return {f: row[f] for f in _DEVICE_FIELDS}
+
+
+async def sync_devices(
+    conn: DBConnection, devices: Sequence[DeviceConfig], *, actor: Principal = SYSTEM
+) -> dict[str, int]:
     """Upsert each device and one channel per point of its map; return channel key -> channel id.
 
     Idempotent: running it again with the same devices changes no row (updates only rows that differ).
+    A new or changed device is audited (device.register / device.update) in the same transaction.
     """
     async with conn.transaction():
         for dev in devices:
+            old = await conn.fetchrow(f"SELECT id, {', '.join(_DEVICE_FIELDS)} FROM device WHERE name = $1",
+                                      dev.name)
             await conn.execute(
                 _UPSERT_DEVICE, dev.name, dev.kind, dev.protocol, dev.endpoint, dev.description
             )
-            device_id = await conn.fetchval("SELECT id FROM device WHERE name = $1", dev.name)
+            new = await conn.fetchrow(f"SELECT id, {', '.join(_DEVICE_FIELDS)} FROM device WHERE name = $1",
+                                      dev.name)
+            assert new is not None
+            device_id = new["id"]
+            if old is None:
+                await audit.record(conn, actor=actor, action="device.register", entity_type="device",
+                                   entity_id=device_id, old=None, new=_device_record(new), reason=None)
+            elif _device_record(old) != _device_record(new):
+                await audit.record(conn, actor=actor, action="device.update", entity_type="device",
+                                   entity_id=device_id, old=_device_record(old), new=_device_record(new),
+                                   reason="the devices file changed")
             points = dev.points
             await conn.execute(
                 _UPSERT_CHANNELS,

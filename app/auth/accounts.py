@@ -42,6 +42,8 @@ KEY_COLUMNS = "id, name, role, prefix, created_by, created_at, last_used_at, rev
 class AuthError(Problem):
     """401: the credentials are missing, wrong, expired or revoked (detail says which)."""
 
+    headers = {"WWW-Authenticate": 'Bearer realm="culturectl"'}
+
     def __init__(self, detail: str, kind: str = "not-authenticated") -> None:
         super().__init__(401, kind, "Not authenticated", detail)
 

@@ -88,6 +88,7 @@ async def test_unknown_fields_and_garbage_credentials_are_rejected(service: Serv
         r = await service.client.get(ME, headers=headers)
         assert r.status_code == 401, (headers, r.text)
         assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["www-authenticate"].startswith("Bearer")
     # A well-formed token signed with another key.
     forged = jwt.encode({"sub": "1", "jti": "x", "iat": 0, "exp": 4102444800, "iss": "culturectl"}, "k" * 40,
                         algorithm="HS256")

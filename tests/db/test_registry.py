@@ -65,3 +65,24 @@ async def test_only_requested_devices_returned(conn: asyncpg.Connection) -> None
     ids = await sync_devices(conn, [one])
     assert ids and all(k.startswith("inc-only.") for k in ids)
     assert await sync_devices(conn, []) == {}
+
+
+async def test_device_registration_and_changes_are_audited(conn: asyncpg.Connection) -> None:
+    async def audit_rows() -> list[asyncpg.Record]:
+        return await conn.fetch("SELECT action, entity_id, old, new, reason, actor_name FROM audit_log "
+                                "WHERE entity_type = 'device' ORDER BY seq")
+
+    base = DeviceConfig(name="audited-incubator", kind="incubator", protocol="opcua",
+                        endpoint="opc.tcp://127.0.0.1:4999/culturectl/incubator")
+    before = len(await audit_rows())
+    await sync_devices(conn, [base])
+    await sync_devices(conn, [base])  # unchanged: nothing to audit
+    rows = (await audit_rows())[before:]
+    assert [r["action"] for r in rows] == ["device.register"]
+    assert rows[0]["actor_name"] == "culturectl" and '"audited-incubator"' in rows[0]["new"]
+
+    moved = base.model_copy(update={"endpoint": "opc.tcp://127.0.0.1:5999/culturectl/incubator"})
+    await sync_devices(conn, [moved])
+    rows = (await audit_rows())[before:]
+    assert [r["action"] for r in rows] == ["device.register", "device.update"]
+    assert "4999" in rows[1]["old"] and "5999" in rows[1]["new"] and rows[1]["reason"]
