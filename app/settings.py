@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=5_000, ge=1, le=100_000, description="rows per COPY")
     ingest_flush_interval: float = Field(default=0.5, gt=0, le=60, description="wall seconds between flushes")
     max_points: int = Field(default=10_000, ge=10, description="most points one telemetry request returns")
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR (at DEBUG the OPC UA and Modbus libraries log too)"
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="key that signs session tokens (HS256); unset: generated once into data_dir/secret.key (0600)",
