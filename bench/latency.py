@@ -27,12 +27,16 @@ import uvicorn
 from pydantic import SecretStr
 
 from app import db
+from app.auth import accounts
+from app.auth.principal import SYSTEM, Role
 from app.clock import ScaledClock
 from app.main import create_app
 from app.settings import Settings
 from drivers.devices import DeviceConfig, dump_devices
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
+
+BENCH_PASSWORD = "Timing-probe-42"
 
 
 def _free_port() -> int:
@@ -75,24 +79,18 @@ async def main(seconds: float, poll_interval: float) -> None:
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
             await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(timeout=None) as client, client.stream(
-            "GET", f"http://127.0.0.1:{port}/api/v1/stream", params={"kinds": "reading"}
-        ) as response:
-            end = time.monotonic() + seconds
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds + 5):
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        now = time.time()
-                        data = json.loads(line[5:])
-                        if data["value"] is None:
-                            continue
-                        src = datetime.fromisoformat(data["time"]).timestamp()
-                        proto = "opcua" if data["device"] == "incubator-1" else "modbus"
-                        delays[proto].append((now - src) * 1000)
-                        if time.monotonic() > end:
-                            break
+        conn = await db.connect(dsn)
+        try:
+            if await accounts.get_user_by_name(conn, "bench") is None:
+                await accounts.create_user(conn, username="bench", display_name="Latency Bench", role=Role.OPERATOR,
+                                           password=BENCH_PASSWORD, actor=SYSTEM)
+        finally:
+            await conn.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None) as client:
+            login = await client.post("/api/v1/auth/login", json={"username": "bench", "password": BENCH_PASSWORD})
+            login.raise_for_status()
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            await _collect(client, headers, seconds, delays)
     finally:
         server.should_exit = True
         await task
@@ -100,6 +98,31 @@ async def main(seconds: float, poll_interval: float) -> None:
         await incubator.stop()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+    _report(delays, seconds, poll_interval)
+
+
+async def _collect(client: httpx.AsyncClient, headers: dict[str, str], seconds: float,
+                   delays: dict[str, list[float]]) -> None:
+    async with client.stream("GET", "/api/v1/stream", params={"kinds": "reading"}, headers=headers) as response:
+        response.raise_for_status()
+        end = time.monotonic() + seconds
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds + 5):
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    now = time.time()
+                    data = json.loads(line[5:])
+                    if data["value"] is None:
+                        continue
+                    src = datetime.fromisoformat(data["time"]).timestamp()
+                    proto = "opcua" if data["device"] == "incubator-1" else "modbus"
+                    delays[proto].append((now - src) * 1000)
+                    if time.monotonic() > end:
+                        break
+
+
+def _report(delays: dict[str, list[float]], seconds: float, poll_interval: float) -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"{seconds:g} s of live readings, Modbus poll every {poll_interval:g} s")
     print(f"{'path':<40} {'events':>7} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}")
