@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from app.cli_admin import apikey_app, user_app
 from app.cli_audit import audit_app
+from app.cli_recipe import recipe_app
 from app.clock import ScaledClock, utcnow
 from app.settings import Settings
 
@@ -26,6 +27,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(audit_app, name="audit")
+app.add_typer(recipe_app, name="recipe")
 
 DEMO_SCALE = 7 * 24 * 60 / 30  # 7 days in 30 minutes
 

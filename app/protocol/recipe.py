@@ -1,0 +1,400 @@
+"""Protocol recipes: the versioned YAML that says which steps a culture run takes, when, and what they record.
+
+A recipe is identified by `key` + `version`; `content_hash` is the SHA-256 of the canonical JSON of the
+validated model (sorted keys, no whitespace), so YAML formatting, comments and key order do not change it.
+Every number PROCESS.md marks [A] lives here as data, never as a constant in code. Unknown fields are
+rejected everywhere (extra="forbid"), and `Recipe` cross-checks what one field cannot: step keys and
+anchors exist, the step order has no cycle, windows are ordered, units and device points are known.
+
+Windows are in hours relative to an anchor: "t0" (the moment the `t0_step`, seeding, is done; before that
+the planned T0) or another step's key (that step's done time, else its planned target).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers.points import POINT_MAPS
+
+Meaning = Literal["performed", "verified", "reviewed", "approved"]
+InputKind = Literal["number", "integer", "text", "bool", "choice"]
+Severity = Literal["deviation", "alert"]
+CellSource = Literal["mobilized", "cord"]
+
+# Units an input may carry; posted values must use exactly the recipe's unit (no conversion).
+KNOWN_UNITS: frozenset[str] = frozenset({
+    "h", "min", "d", "degC", "%", "%RH", "mL", "cm2", "kg", "cells", "cells/mL", "cells/cm2", "cells/kg",
+    "CD7+ cells/kg", "EU/kg/h", "ug/mL", "ng/mL", "x", "pH",
+})
+# Run attributes an acceptance limit may compare a value with (`expected_from`).
+CONTEXT_KEYS: frozenset[str] = frozenset({"donor_id", "patient_id", "cell_source"})
+DEFAULT_RECIPE = "htlp-dl4-tnfa-v1.yaml"
+
+Key = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Hours = Annotated[float, Field(allow_inf_nan=False, ge=-24 * 30, le=24 * 60)]
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be read or does not validate; `errors` lists each problem as `where: what`."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(errors))
+        self.source = source
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Window(_Model):
+    """When a step may be done, in hours after its anchor; hard_latest None means latest is the hard limit."""
+
+    anchor: str = "t0"
+    earliest: Hours
+    target: Hours
+    latest: Hours
+    hard_latest: Hours | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        hard = self.latest if self.hard_latest is None else self.hard_latest
+        if not self.earliest <= self.target <= self.latest <= hard:
+            raise ValueError(
+                "window must have earliest <= target <= latest <= hard_latest, got "
+                f"{self.earliest:g} / {self.target:g} / {self.latest:g} / "
+                f"{'none' if self.hard_latest is None else f'{self.hard_latest:g}'}"
+            )
+        return self
+
+
+class StepInput(_Model):
+    """One value a step records: its type and unit, the range a value must be in, and its acceptance limits."""
+
+    name: Key
+    kind: InputKind
+    unit: str | None = None
+    required: bool = True
+    description: str = ""
+    min: Finite | None = None  # valid range: outside it the post is refused (422)
+    max: Finite | None = None
+    max_length: int = Field(default=200, ge=1, le=10_000)  # text
+    choices: tuple[str, ...] = ()
+    accept_min: Finite | None = None  # acceptance: outside it the step is recorded and a failure reported
+    accept_max: Finite | None = None
+    expected: bool | float | str | None = None
+    expected_from: str | None = None
+    severity: Severity = "deviation"
+    limit_label: str = ""  # what a failure is called, e.g. "low viability"
+
+    @field_validator("expected")
+    @classmethod
+    def _finite(cls, v: bool | float | str | None) -> bool | float | str | None:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("expected must be finite")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StepInput:
+        numeric = self.kind in ("number", "integer")
+        if self.unit is not None and self.unit not in KNOWN_UNITS:
+            raise ValueError(f"unknown unit {self.unit!r}; known: {', '.join(sorted(KNOWN_UNITS))}")
+        if numeric and self.unit is None:
+            raise ValueError(f"a {self.kind} input needs a unit")
+        if not numeric and any(v is not None for v in (self.min, self.max, self.accept_min, self.accept_max)):
+            raise ValueError(f"min/max/accept_min/accept_max apply to number and integer inputs, not {self.kind}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"valid range min {self.min:g} > max {self.max:g}")
+        if self.accept_min is not None and self.accept_max is not None and self.accept_min > self.accept_max:
+            raise ValueError(f"acceptance accept_min {self.accept_min:g} > accept_max {self.accept_max:g}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError("a choice input needs choices, and only a choice input has them")
+        if self.expected is not None and self.expected_from is not None:
+            raise ValueError("give expected or expected_from, not both")
+        has_range = self.accept_min is not None or self.accept_max is not None
+        if has_range and (self.expected is not None or self.expected_from is not None):
+            raise ValueError("give accept_min/accept_max or an expected value, not both")
+        if self.expected_from is not None and self.expected_from not in CONTEXT_KEYS:
+            raise ValueError(f"expected_from {self.expected_from!r} is not a run attribute; "
+                             f"known: {', '.join(sorted(CONTEXT_KEYS))}")
+        if self.expected is not None:
+            ok = {"bool": isinstance(self.expected, bool), "text": isinstance(self.expected, str),
+                  "choice": self.expected in self.choices,
+                  "number": isinstance(self.expected, float), "integer": isinstance(self.expected, float)}
+            if not ok[self.kind]:
+                raise ValueError(f"expected {self.expected!r} does not fit a {self.kind} input"
+                                 + (f" with choices {list(self.choices)}" if self.kind == "choice" else ""))
+        return self
+
+    @property
+    def has_limit(self) -> bool:
+        """True when the input has an acceptance limit."""
+        return any(v is not None for v in (self.accept_min, self.accept_max, self.expected, self.expected_from))
+
+
+class Setpoint(_Model):
+    """A device setpoint to apply when the step opens (its phase starts) or when it is done."""
+
+    device_kind: str
+    point: str
+    value: Finite
+    apply: Literal["on_open", "on_done"] = "on_done"
+
+    @model_validator(mode="after")
+    def _writable(self) -> Setpoint:
+        if self.device_kind not in POINT_MAPS:
+            raise ValueError(f"unknown device kind {self.device_kind!r}; known: {', '.join(sorted(POINT_MAPS))}")
+        spec = {p.name: p for p in POINT_MAPS[self.device_kind]}.get(self.point)
+        if spec is None or not spec.writable:
+            writable = [p.name for p in POINT_MAPS[self.device_kind] if p.writable]
+            raise ValueError(f"{self.device_kind}.{self.point} is not a writable point; writable: {writable}")
+        if (spec.min is not None and self.value < spec.min) or (spec.max is not None and self.value > spec.max):
+            raise ValueError(f"{self.device_kind}.{self.point} = {self.value:g} is outside {spec.min:g}..{spec.max:g}")
+        return self
+
+
+class Step(_Model):
+    """One protocol step (an ISA-88 phase of an operation) with its window, inputs and signatures."""
+
+    key: Key
+    title: str
+    operation: str = Field(min_length=1)  # ISA-88 operation, e.g. "preparation", "expansion"
+    phase: str = Field(min_length=1)  # ISA-88 phase, e.g. "coat", "feed"
+    window: Window
+    predecessors: tuple[str, ...] = ()
+    optional: bool = False
+    inputs: tuple[StepInput, ...] = ()
+    signatures: tuple[Meaning, ...] = ()
+    setpoints: tuple[Setpoint, ...] = ()
+    channels: tuple[str, ...] = ()  # "<device kind>.<point>" the step concerns
+    door_opening: bool = False  # door alarms are suppressed by design inside its window
+
+    @model_validator(mode="after")
+    def _own_fields(self) -> Step:
+        names = [i.name for i in self.inputs]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"duplicate input names {dup}")
+        if len(set(self.signatures)) != len(self.signatures):
+            raise ValueError(f"duplicate signature meanings {list(self.signatures)}")
+        for ch in self.channels:
+            kind, _, point = ch.partition(".")
+            if point not in {p.name for p in POINT_MAPS.get(kind, ())}:
+                raise ValueError(f"unknown channel {ch!r}: use <device kind>.<point> of a point map")
+        return self
+
+    def input(self, name: str) -> StepInput | None:
+        """The input called `name`, or None."""
+        return next((i for i in self.inputs if i.name == name), None)
+
+
+class SourceRanges(_Model):
+    """Expected total fold (T0 to harvest) and %CD7+ at harvest for one cell source."""
+
+    fold: tuple[Finite, Finite]
+    cd7_percent: tuple[Finite, Finite]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SourceRanges:
+        if not 1 <= self.fold[0] <= self.fold[1]:
+            raise ValueError(f"fold range must be 1 <= low <= high, got {list(self.fold)}")
+        if not 0 < self.cd7_percent[0] <= self.cd7_percent[1] <= 100:
+            raise ValueError(f"cd7_percent range must be 0 < low <= high <= 100, got {list(self.cd7_percent)}")
+        return self
+
+
+class Projection(_Model):
+    """Parameters of the dose projection (see app/protocol/dose.py for the model)."""
+
+    culture_hours: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    sources: dict[CellSource, SourceRanges]
+    day3_low_fold: Annotated[float, Field(gt=0, allow_inf_nan=False)]  # below it: "low expansion" alert
+    day3_uncertainty: Annotated[float, Field(ge=1, allow_inf_nan=False)]  # band factor around the extrapolation
+    split_threshold_cells_per_ml: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Dose(_Model):
+    """Allowed target doses and the acceptance of the achieved dose."""
+
+    allowed_per_kg: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = Field(min_length=1)
+    acceptance_percent: tuple[Finite, Finite]
+    patient_weight_kg: tuple[Finite, Finite]  # plausible range of a patient's weight
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Dose:
+        if not 0 < self.acceptance_percent[0] <= 100 <= self.acceptance_percent[1]:
+            raise ValueError(f"acceptance_percent must be low <= 100 <= high, got {list(self.acceptance_percent)}")
+        if not 0 < self.patient_weight_kg[0] <= self.patient_weight_kg[1]:
+            raise ValueError(f"patient_weight_kg must be 0 < low <= high, got {list(self.patient_weight_kg)}")
+        return self
+
+
+class Planning(_Model):
+    """How T0 is planned backwards from the transplant (HSCT) and where infusion must fall."""
+
+    infusion_window_days: tuple[Finite, Finite]  # infusion allowed on HSCT day +low .. +high
+    planned_infusion_day: Finite  # HSCT day the plan aims the infusion at
+    infusion_after_t0_hours: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Planning:
+        lo, hi = self.infusion_window_days
+        if not lo <= self.planned_infusion_day <= hi:
+            raise ValueError(f"planned_infusion_day {self.planned_infusion_day:g} is outside "
+                             f"infusion_window_days {lo:g}..{hi:g}")
+        return self
+
+
+class Recipe(_Model):
+    """A validated protocol recipe."""
+
+    key: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
+    version: Annotated[int, Field(ge=1)]
+    title: str
+    description: str = ""
+    t0_step: str  # the step whose completion sets T0 (seeding)
+    dose: Dose
+    planning: Planning
+    projection: Projection
+    steps: tuple[Step, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Recipe:
+        keys = [s.key for s in self.steps]
+        if dup := sorted({k for k in keys if keys.count(k) > 1}):
+            raise ValueError(f"duplicate step keys {dup}")
+        known = set(keys)
+        errors: list[str] = []
+        if self.t0_step not in known:
+            errors.append(f"t0_step {self.t0_step!r} is not a step of this recipe")
+        for s in self.steps:
+            for p in s.predecessors:
+                if p not in known:
+                    errors.append(f"step {s.key!r}: predecessor {p!r} is not a step of this recipe")
+                elif p == s.key:
+                    errors.append(f"step {s.key!r}: a step cannot be its own predecessor")
+            a = s.window.anchor
+            if a != "t0" and a not in known:
+                errors.append(f"step {s.key!r}: window anchor {a!r} is neither t0 nor a step of this recipe")
+            elif a == s.key:
+                errors.append(f"step {s.key!r}: a window cannot be anchored to its own step")
+        if errors:
+            raise ValueError("; ".join(errors))
+        if self.step(self.t0_step).window.anchor != "t0":
+            raise ValueError(f"t0_step {self.t0_step!r} must be anchored to t0")
+        if cycle := _find_cycle({s.key: _depends_on(s) for s in self.steps}):
+            raise ValueError("cycle in step order (predecessors and anchors): " + " -> ".join(cycle))
+        return self
+
+    def step(self, key: str) -> Step:
+        """The step called `key`; KeyError names the known steps."""
+        for s in self.steps:
+            if s.key == key:
+                return s
+        raise KeyError(f"unknown step {key!r}; steps: {', '.join(s.key for s in self.steps)}")
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of the validated recipe."""
+        return hashlib.sha256(canonical_json(self).encode("utf-8")).hexdigest()
+
+    @property
+    def step_keys(self) -> tuple[str, ...]:
+        """The step keys in recipe order."""
+        return tuple(s.key for s in self.steps)
+
+
+def _depends_on(step: Step) -> tuple[str, ...]:
+    return step.predecessors + (() if step.window.anchor == "t0" else (step.window.anchor,))
+
+
+def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str] | None:
+    """A cycle in `graph` as a path that ends where it starts, or None."""
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def canonical_json(recipe: Recipe) -> str:
+    """The canonical JSON of a recipe: every field (defaults included), sorted keys, no whitespace."""
+    return json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _where(loc: tuple[int | str, ...], data: Any) -> str:
+    """A validation error location with step keys instead of list indexes, e.g. steps[seed].inputs[volume]."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int) and isinstance(node, list) and 0 <= item < len(node):
+            node = node[item]
+            label = node.get("key", node.get("name", item)) if isinstance(node, dict) else item
+            parts.append(f"[{label}]")
+        else:
+            node = node.get(item) if isinstance(node, dict) else None
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "recipe"
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    """Parse and validate recipe YAML; RecipeError lists every problem with where it is."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise RecipeError(source, ["a recipe is a mapping with key, version, steps, ..."])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors():
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field"
+            errors.append(f"{_where(tuple(e['loc']), data)}: {msg}")
+        raise RecipeError(source, errors) from None
+
+
+def load_recipe(path: str | Path | None = None) -> Recipe:
+    """Load a recipe from a YAML file, or the packaged default recipe when `path` is None."""
+    if path is None:
+        text = resources.files("app.protocol").joinpath("recipes").joinpath(DEFAULT_RECIPE).read_text(encoding="utf-8")
+        return parse_recipe(text, DEFAULT_RECIPE)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(str(p), [f"cannot read: {exc.strerror or exc}"]) from None
+    return parse_recipe(text, str(p))
+
+
+@functools.cache
+def default_recipe() -> Recipe:
+    """The packaged default recipe, htlp-dl4-tnfa v1."""
+    return load_recipe(None)
