@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from app.cli_admin import apikey_app, user_app
 from app.cli_audit import audit_app
 from app.cli_recipe import recipe_app
+from app.cli_run import run_app, step_app
 from app.clock import ScaledClock, utcnow
 from app.settings import Settings
 
@@ -28,6 +29,8 @@ app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(audit_app, name="audit")
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(run_app, name="run")
+app.add_typer(step_app, name="step")
 
 DEMO_SCALE = 7 * 24 * 60 / 30  # 7 days in 30 minutes
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-recipe_app = typer.Typer(help="Protocol recipes: validate a recipe file.", no_args_is_help=True)
+recipe_app = typer.Typer(help="Protocol recipes: validate a recipe file, release one (QA, signed).",
+                         no_args_is_help=True)
 
 
 @recipe_app.command("validate")
@@ -35,3 +36,39 @@ def validate(
     else:
         typer.echo(f"ok {recipe.key} v{recipe.version}: {len(recipe.steps)} steps "
                    f"({', '.join(recipe.step_keys)}); content hash {recipe.content_hash}")
+
+
+@recipe_app.command("release")
+def release(
+    file: Annotated[Path, typer.Argument(help="recipe YAML file", dir_okay=False)],
+    user: Annotated[str, typer.Option("--user", help="the QA (or admin) user who signs the release")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                 help="read the password from the first line of stdin")] = False,
+    comment: Annotated[str | None, typer.Option("--comment", help="kept with the signature")] = None,
+) -> None:
+    """Release a recipe into the database, signed 'approved' by a QA user (password prompted)."""
+    from app.auth.principal import Principal, Role
+    from app.cli_admin import _read_password, _run
+    from app.problems import Problem
+    from app.protocol import store
+    from app.protocol.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(file)
+    except RecipeError as exc:
+        typer.echo(f"{file}: invalid recipe", err=True)
+        for e in exc.errors:
+            typer.echo(f"  {e}", err=True)
+        raise typer.Exit(1) from None
+    password = _read_password(password_stdin, confirm=False)
+
+    async def action(conn: Any) -> tuple[dict[str, Any], bool]:
+        row = await conn.fetchrow("SELECT id, username, role FROM users WHERE username = $1", user)
+        if row is None:
+            raise Problem(404, "user-not-found", "No such user", f"there is no user {user!r}")
+        principal = Principal(kind="user", id=int(row["id"]), name=row["username"], role=Role(row["role"]))
+        return await store.release_recipe_as(conn, recipe, principal, password, comment=comment, client="cli")
+
+    view, created = _run(action)
+    verb = "released" if created else "already released (same content)"
+    typer.echo(f"{verb}: {view['key']} v{view['version']} (id {view['id']}), content hash {view['content_hash']}")

@@ -88,6 +88,23 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", f"{V1}/audit"): QA_ADMIN,
     ("GET", f"{V1}/audit/verify"): QA_ADMIN,
     ("POST", f"{V1}/signatures"): SIGNERS,  # plus Principal.can_sign, checked by the signature service
+    # The protocol: recipes, runs, steps, deviations.
+    ("GET", f"{V1}/recipes"): ANY,
+    ("POST", f"{V1}/recipes"): roles(Role.QA, Role.ADMIN, note="signed 'approved' by a person"),
+    ("GET", f"{V1}/recipes/{{key}}/{{version}}"): ANY,
+    ("GET", f"{V1}/runs"): ANY,
+    ("POST", f"{V1}/runs"): roles(Role.OPERATOR, Role.SUPERVISOR, Role.ADMIN),
+    ("GET", f"{V1}/runs/{{run_id}}"): ANY,
+    ("POST", f"{V1}/runs/{{run_id}}/steps/{{step_key}}"): roles(
+        Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.AUTOMATION,
+        note="override: supervisor only; the release step: QA, signed 'approved'"),
+    ("POST", f"{V1}/runs/{{run_id}}/hold"): roles(Role.SUPERVISOR, Role.QA),
+    ("POST", f"{V1}/runs/{{run_id}}/resume"): roles(Role.QA, note="signed 'approved' by a person"),
+    ("POST", f"{V1}/runs/{{run_id}}/abort"): roles(Role.SUPERVISOR, Role.QA),
+    ("GET", f"{V1}/deviations"): ANY,
+    ("GET", f"{V1}/deviations/{{deviation_id}}"): ANY,
+    ("POST", f"{V1}/deviations/{{deviation_id}}/comments"): USERS,
+    ("POST", f"{V1}/deviations/{{deviation_id}}/close"): roles(Role.QA, note="signed 'approved' by a person"),
 }
 
 

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from app import db
 from app.auth import accounts
 from app.auth.principal import Role, cli_principal
+from app.clock import Clock
 from app.main import create_app
 from app.settings import Settings
 
@@ -87,10 +88,11 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def running_service(dsn: str, data_dir: Path, **settings: Any) -> AsyncIterator[Service]:
-    """The app with its lifespan running, and a cookie-less client on it."""
+async def running_service(dsn: str, data_dir: Path, *, clock: Clock | None = None,
+                          **settings: Any) -> AsyncIterator[Service]:
+    """The app with its lifespan running, and a cookie-less client on it (on `clock`, e.g. a ManualClock)."""
     s = Settings(database_url=SecretStr(dsn), data_dir=data_dir, connect_devices=False, **settings)
-    app = create_app(s)
+    app = create_app(s, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("10.0.0.7", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://culturectl.test", timeout=30) as client:

@@ -8,9 +8,12 @@ the walk, so nothing that changes state can dodge it.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,9 +22,13 @@ import pytest
 from app import db
 from app.auth.policy import access_for
 from app.auth.principal import Principal, Role
+from app.protocol.recipe import DEFAULT_RECIPE
 from tests.api.conftest import Service, new_password
+from tests.api.protocol_support import INPUTS, ensure_recipe, make_run, open_deviation, run_body
 
 MUTATING = {"post", "put", "patch", "delete"}
+RECIPE_YAML = (Path(__file__).resolve().parents[2] / "app" / "protocol" / "recipes" / DEFAULT_RECIPE).read_text()
+_versions = itertools.count(1000)
 PUBLIC_OPERATIONS = {("POST", "/api/v1/auth/login")}  # creates a session; audited, tested in test_auth.py
 
 
@@ -87,7 +94,56 @@ async def _sign(service: Service, actor: Actor) -> Request:
                                   "meaning": "reviewed", "password": actor.password or "x"}
 
 
+def _now(service: Service) -> datetime:
+    now: datetime = service.app.state.runtime.clock.now()
+    return now
+
+
+async def _release(service: Service, actor: Actor) -> Request:
+    text = RECIPE_YAML.replace("\nversion: 1\n", f"\nversion: {next(_versions)}\n")
+    return "/api/v1/recipes", {"yaml": text, "signature": {"meaning": "approved", "password": actor.password or "x"}}
+
+
+async def _new_run(service: Service, actor: Actor) -> Request:
+    await ensure_recipe(service)
+    return "/api/v1/runs", run_body(_now(service) + timedelta(days=2))
+
+
+async def _step(service: Service, actor: Actor) -> Request:
+    run_id = await make_run(service, _now(service))  # planned T0 in 10 h: coating is open now
+    return f"/api/v1/runs/{run_id}/steps/coat_vessels", {"inputs": INPUTS["coat_vessels"]}
+
+
+def _run_action(verb: str, status: str) -> Builder:
+    async def build(service: Service, actor: Actor) -> Request:
+        run_id = await make_run(service, _now(service), status=status)
+        body: dict[str, Any] = {"reason": f"walk: {verb}"}
+        if verb == "resume":
+            body["signature"] = {"meaning": "approved", "password": actor.password or "x"}
+        return f"/api/v1/runs/{run_id}/{verb}", body
+    return build
+
+
+async def _comment(service: Service, actor: Actor) -> Request:
+    dev = await open_deviation(service, await make_run(service, _now(service)))
+    return f"/api/v1/deviations/{dev}/comments", {"text": "walk: comment"}
+
+
+async def _close(service: Service, actor: Actor) -> Request:
+    dev = await open_deviation(service, await make_run(service, _now(service)))
+    return f"/api/v1/deviations/{dev}/close", {"reason": "walk: close",
+                                               "signature": {"meaning": "approved", "password": actor.password or "x"}}
+
+
 BODIES: dict[tuple[str, str], Builder] = {
+    ("POST", "/api/v1/recipes"): _release,
+    ("POST", "/api/v1/runs"): _new_run,
+    ("POST", "/api/v1/runs/{run_id}/steps/{step_key}"): _step,
+    ("POST", "/api/v1/runs/{run_id}/hold"): _run_action("hold", "running"),
+    ("POST", "/api/v1/runs/{run_id}/resume"): _run_action("resume", "held"),
+    ("POST", "/api/v1/runs/{run_id}/abort"): _run_action("abort", "planned"),
+    ("POST", "/api/v1/deviations/{deviation_id}/comments"): _comment,
+    ("POST", "/api/v1/deviations/{deviation_id}/close"): _close,
     ("POST", "/api/v1/auth/logout"): _fixed("/api/v1/auth/logout", None),
     ("POST", "/api/v1/users"): _new_user,
     ("POST", "/api/v1/users/me/password"): _password,
@@ -97,6 +153,14 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/apikeys"): _new_key,
     ("POST", "/api/v1/apikeys/{key_id}/revoke"): _revoke,
     ("POST", "/api/v1/signatures"): _sign,
+}
+
+# Endpoints that sign their own change: the change's record and the signature's own record (signature.create,
+# written by app.signatures.sign_within in the same transaction), both with the caller as actor.
+SIGNED_CHANGE: dict[tuple[str, str], str] = {
+    ("POST", "/api/v1/recipes"): "recipe.release",
+    ("POST", "/api/v1/runs/{run_id}/resume"): "run.resume",
+    ("POST", "/api/v1/deviations/{deviation_id}/close"): "deviation.close",
 }
 
 # Rules beyond the role table: a principal that passes the policy but is still refused with 403.
@@ -202,10 +266,13 @@ async def test_an_allowed_principal_writes_exactly_one_audit_record_as_itself(se
         r = await service.client.request(op[0], path, json=body, headers=actor.headers)
         assert 200 <= r.status_code < 300, (op, role.value, r.status_code, r.text)
         rows = await _new_rows(service, before)
-        assert len(rows) == 1, f"{op}: {len(rows)} audit records: {[x['action'] for x in rows]}"
-        row = rows[0]
-        assert (row["actor_kind"], row["actor_id"], row["actor_name"]) == \
-            ("user", actor.principal.id, actor.principal.name), (op, dict(row))
+        if op in SIGNED_CHANGE:
+            assert [x["action"] for x in rows] == [SIGNED_CHANGE[op], "signature.create"], (op, rows)
+        else:
+            assert len(rows) == 1, f"{op}: {len(rows)} audit records: {[x['action'] for x in rows]}"
+        for row in rows:
+            assert (row["actor_kind"], row["actor_id"], row["actor_name"]) == \
+                ("user", actor.principal.id, actor.principal.name), (op, dict(row))
 
 
 async def test_unknown_body_fields_are_rejected_everywhere(service: Service) -> None:

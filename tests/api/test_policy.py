@@ -29,6 +29,12 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/apikeys": {"admin"},
     "/api/v1/audit": {"qa", "admin"},
     "/api/v1/audit/verify": {"qa", "admin"},
+    "/api/v1/recipes": SIGNED_IN,
+    "/api/v1/recipes/{key}/{version}": SIGNED_IN,
+    "/api/v1/runs": SIGNED_IN,
+    "/api/v1/runs/{run_id}": SIGNED_IN,
+    "/api/v1/deviations": SIGNED_IN,
+    "/api/v1/deviations/{deviation_id}": SIGNED_IN,
 }
 STREAMS = {"/api/v1/stream"}  # endless responses: tested on a real server in tests/e2e
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/api/v1/auth/login"),

@@ -14,8 +14,9 @@ import pytest
 
 from app import db
 
-HEAD = "20261121_0003"  # the newest migration
-TABLES = {"schema_info", "device", "channel", "culture_run", "telemetry", "telemetry_gap"}
+HEAD = "20261122_0004"  # the newest migration
+TABLES = {"schema_info", "device", "channel", "culture_run", "telemetry", "telemetry_gap", "recipe", "step_record",
+          "deviation", "deviation_comment", "idempotency_key"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,48 @@
+"""Deviations of culture runs: list, view, comment (any user), close (QA, signed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+
+from app import signatures
+from app.api.deps import ConnectionDep, RuntimeDep
+from app.auth.deps import CurrentPrincipal, client_address
+from app.protocol import store
+
+router = APIRouter(prefix="/deviations", tags=["deviations"])
+
+
+@router.get("", summary="Deviations, oldest first (filters: run, status)")
+async def list_deviations(
+    principal: CurrentPrincipal, conn: ConnectionDep,
+    run_id: Annotated[int | None, Query(description="only this run's")] = None,
+    status: Annotated[Literal["open", "closed"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[dict[str, Any]]:
+    return await store.list_deviations(conn, run_id, status, limit)
+
+
+@router.get("/{deviation_id}", summary="One deviation with its facts and comments")
+async def get_deviation(deviation_id: int, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
+    return await store.deviation_view(conn, deviation_id)
+
+
+@router.post("/{deviation_id}/comments", status_code=201, summary="Comment on a deviation (any user)")
+async def comment(deviation_id: int, body: store.CommentIn, principal: CurrentPrincipal, request: Request,
+                  conn: ConnectionDep) -> dict[str, Any]:
+    return await store.comment_deviation(conn, deviation_id, body.text, principal=principal,
+                                         client=client_address(request))
+
+
+@router.post("/{deviation_id}/close", summary="Close a deviation (QA): reason + signature 'approved'")
+async def close(deviation_id: int, body: store.SignedReason, principal: CurrentPrincipal, request: Request,
+                conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    client = client_address(request)
+    await store.deviation_view(conn, deviation_id, comments=False)  # 404 before asking for the password
+    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="deviation",
+                                                  entity_id=str(deviation_id), client=client,
+                                                  threshold=runtime.settings.lockout_threshold)
+    return await store.close_deviation(conn, deviation_id, body, principal=principal, signer=signer,
+                                       now=runtime.clock.now(), client=client)

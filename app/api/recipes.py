@@ -1,0 +1,55 @@
+"""Protocol recipes: release one (QA, signed), list them, read one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app import signatures
+from app.api.deps import ConnectionDep, RuntimeDep
+from app.auth.deps import CurrentPrincipal, client_address
+from app.problems import Problem
+from app.protocol import store
+from app.protocol.recipe import RecipeError, parse_recipe
+
+router = APIRouter(prefix="/recipes", tags=["recipes"])
+
+
+class RecipeRelease(BaseModel):
+    """A recipe to release: its YAML text and QA's signature (meaning 'approved')."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    yaml: str = Field(min_length=1, max_length=1_000_000, description="the recipe file's text")
+    signature: signatures.SignatureInput
+
+
+@router.post("", status_code=201,
+             summary="Release a recipe (QA, admin): YAML text + signature 'approved'; 200 if already released as is")
+async def release_recipe(body: RecipeRelease, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+                         runtime: RuntimeDep) -> Any:
+    try:
+        recipe = parse_recipe(body.yaml, "yaml")
+    except RecipeError as exc:
+        raise Problem(422, "recipe-invalid", "Recipe is not valid", "; ".join(exc.errors), rule="recipe_invalid",
+                      errors=exc.errors) from None
+    client = client_address(request)
+    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="recipe",
+                                                  entity_id=f"{recipe.key}/{recipe.version}", client=client,
+                                                  threshold=runtime.settings.lockout_threshold)
+    view, created = await store.release_recipe(conn, recipe, principal=principal, signer=signer,
+                                               signature=body.signature, client=client)
+    return view if created else JSONResponse(view, status_code=200)
+
+
+@router.get("", summary="Released recipes (key, version, content hash, steps)")
+async def list_recipes(principal: CurrentPrincipal, conn: ConnectionDep) -> list[dict[str, Any]]:
+    return await store.list_recipes(conn)
+
+
+@router.get("/{key}/{version}", summary="One released recipe with its content")
+async def get_recipe(key: str, version: int, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
+    return store.recipe_view(await store.find_recipe(conn, key, version), with_content=True)

@@ -1,0 +1,94 @@
+"""Culture runs: plan one from a released recipe, list, view with its schedule; post steps; hold, resume, abort."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from app import audit, signatures
+from app.api.deps import ConnectionDep, RuntimeDep
+from app.auth.deps import CurrentPrincipal, client_address
+from app.problems import Problem
+from app.protocol import store
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post("", status_code=201,
+             summary="Plan a run from a released recipe (operator, supervisor, admin): T0 proposal, infusion warning")
+async def create_run(body: store.RunCreate, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+                     runtime: RuntimeDep) -> dict[str, Any]:
+    return await store.create_run(conn, body, principal=principal, now=runtime.clock.now(),
+                                  client=client_address(request))
+
+
+@router.get("", summary="Culture runs, newest first")
+async def list_runs(
+    principal: CurrentPrincipal, conn: ConnectionDep,
+    status: Literal["planned", "running", "held", "completed", "aborted"] | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    return await store.list_runs(conn, status, max(1, min(limit, 1000)))
+
+
+@router.get("/{run_id}", summary="A run with its schedule (windows, step states), next due step, dose, deviations")
+async def get_run(run_id: int, principal: CurrentPrincipal, conn: ConnectionDep,
+                  runtime: RuntimeDep) -> dict[str, Any]:
+    return await store.run_view(conn, run_id, runtime.clock.now())
+
+
+@router.post("/{run_id}/steps/{step_key}", status_code=201,
+             summary="Record a step (operator, supervisor, QA, automation): windows, order, inputs, acceptance")
+async def post_step(
+    run_id: int, step_key: str, body: store.StepPost, principal: CurrentPrincipal, request: Request,
+    conn: ConnectionDep, runtime: RuntimeDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200,
+                                                  description="same key + same body: the first answer again")] = None,
+) -> Any:
+    idem: tuple[str, str] | None = None
+    if idempotency_key is not None:
+        path = f"/api/v1/runs/{run_id}/steps/{step_key}"
+        digest = audit.canonical_hash({"path": path, "body": body.model_dump(
+            mode="json", exclude={"signature": {"password"}})})
+        replay = await store.idempotent_reply(conn, principal, idempotency_key, path, digest)
+        if replay is not None:
+            return JSONResponse(replay[1], status_code=replay[0], headers={"Idempotent-Replayed": "true"})
+        idem = (idempotency_key, digest)
+    try:
+        return await store.post_step(conn, run_id, step_key, body, principal=principal, now=runtime.clock.now(),
+                                     client=client_address(request), threshold=runtime.settings.lockout_threshold,
+                                     idempotency=idem)
+    except Problem:
+        if idem is not None:  # a concurrent request with the same key may have won: answer as it did
+            replay = await store.idempotent_reply(conn, principal, idem[0], path, idem[1])
+            if replay is not None:
+                return JSONResponse(replay[1], status_code=replay[0], headers={"Idempotent-Replayed": "true"})
+        raise
+
+
+@router.post("/{run_id}/hold", summary="Hold a running run (supervisor, QA), with a reason")
+async def hold(run_id: int, body: store.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+               runtime: RuntimeDep) -> dict[str, Any]:
+    return await store.hold_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
+                                client=client_address(request))
+
+
+@router.post("/{run_id}/resume", summary="Resume a held run (QA): reason + signature 'approved'")
+async def resume(run_id: int, body: store.SignedReason, principal: CurrentPrincipal, request: Request,
+                 conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    client = client_address(request)
+    await store.run_row(conn, run_id)  # 404 before asking for the password
+    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="culture_run",
+                                                  entity_id=str(run_id), client=client,
+                                                  threshold=runtime.settings.lockout_threshold)
+    return await store.resume_run(conn, run_id, body, principal=principal, signer=signer, now=runtime.clock.now(),
+                                  client=client)
+
+
+@router.post("/{run_id}/abort", summary="Abort a run (supervisor, QA), with a reason; it never changes again")
+async def abort(run_id: int, body: store.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+                runtime: RuntimeDep) -> dict[str, Any]:
+    return await store.abort_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
+                                 client=client_address(request))

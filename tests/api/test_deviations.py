@@ -1,0 +1,90 @@
+"""Deviations: comment, close by QA with a signature; open deviations hold release; a completed run never changes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.clock import ManualClock
+from tests.api.conftest import Service, running_service
+from tests.api.protocol_support import INPUTS, create_run_api, ensure_recipe, post_step
+
+START = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture(scope="module")
+async def service(db_dsn: str, tmp_path_factory: pytest.TempPathFactory, clock: ManualClock) -> AsyncIterator[Service]:
+    async with running_service(db_dsn, tmp_path_factory.mktemp("deviations"), clock=clock) as svc:
+        await ensure_recipe(svc)
+        yield svc
+
+
+async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(service: Service,
+                                                                          clock: ManualClock) -> None:
+    op = await service.login("operator")
+    t0 = START + timedelta(hours=20)
+    run_id = await create_run_api(service, op, t0)
+    plan = [("coat_vessels", -18), ("receive_cells", -3), ("incubator_ready", -2), ("seed", 0), ("feed_day3", 72),
+            ("harvest", 168), ("formulate", 172)]
+    dev_id = None
+    for key, at in plan:
+        clock.set(t0 + timedelta(hours=at))
+        inputs = dict(INPUTS[key])
+        if key == "formulate":
+            inputs["endotoxin"] = 9.0  # above 5 EU/kg/h: a deviation
+        r = await post_step(service, op, run_id, key, inputs)
+        assert r.status_code == 201, (key, r.text)
+        if key == "formulate":
+            [dev] = r.json()["deviations"]
+            dev_id = dev["id"]
+        if key == "harvest":
+            achieved = r.json()["dose"]["achieved"]
+            assert achieved["percent_of_target"] == pytest.approx(3.0e8 / 70 / 4.0e6 * 100)
+            assert achieved["within_acceptance"] and r.json()["deviations"] == []
+    assert dev_id is not None
+    clock.set(t0 + timedelta(hours=174))
+    _, _, qpw, qa = await service.user("qa")
+    release = {"inputs": INPUTS["release"], "signature": {"meaning": "approved", "password": qpw}}
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
+    assert r.status_code == 409 and r.json()["rule"] == "open_deviations" and r.json()["deviation_ids"] == [dev_id]
+    assert str(dev_id) in r.json()["detail"]
+    # the operator cannot release; QA needs the signature
+    assert (await post_step(service, op, run_id, "release")).status_code == 403
+    # comments by anyone signed in; closing is QA's, signed
+    r = await service.client.post(f"/api/v1/deviations/{dev_id}/comments", json={"text": "retest ordered"},
+                                  headers=op)
+    assert r.status_code == 201 and r.json()["comments"][0]["text"] == "retest ordered"
+    _, _, spw, sup = await service.user("supervisor")
+    close = {"reason": "retest 0.4 EU/kg/h, lab error", "signature": {"meaning": "approved", "password": spw}}
+    assert (await service.client.post(f"/api/v1/deviations/{dev_id}/close", json=close,
+                                      headers=sup)).status_code == 403
+    close["signature"]["password"] = qpw
+    r = await service.client.post(f"/api/v1/deviations/{dev_id}/close", json=close, headers=qa)
+    assert r.status_code == 200 and r.json()["status"] == "closed" and r.json()["close_reason"] == close["reason"]
+    sigs = (await service.client.get("/api/v1/signatures", params={"entity_type": "deviation",
+                                                                     "entity_id": str(dev_id)}, headers=qa)).json()
+    assert [(s["meaning"], s["valid"]) for s in sigs] == [("approved", True)]
+    again = await service.client.post(f"/api/v1/deviations/{dev_id}/close", json=close, headers=qa)
+    assert again.status_code == 409
+    # released: the run completes and never changes again
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
+    assert r.status_code == 201 and r.json()["run"]["status"] == "completed", r.text
+    view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=op)).json()
+    assert view["status"] == "completed" and view["ended_at"] and view["open_deviations"] == 0
+    assert (await post_step(service, op, run_id, "feed_day5")).json()["rule"] == "run_not_running"
+    for verb in ("hold", "abort"):
+        r = await service.client.post(f"/api/v1/runs/{run_id}/{verb}", json={"reason": "x"}, headers=qa)
+        assert r.status_code == 409
+    one = (await service.client.get(f"/api/v1/deviations/{dev_id}", headers=op)).json()
+    assert one["status"] == "closed" and one["facts"]["field"] == "endotoxin"
+    closed = (await service.client.get("/api/v1/deviations", params={"status": "closed", "run_id": run_id},
+                                       headers=op)).json()
+    assert [d["id"] for d in closed] == [dev_id]
+    assert (await service.client.get("/api/v1/deviations/999999", headers=op)).status_code == 404
