@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,13 +26,16 @@ _TIMESCALE: dict[str, bool] = {}
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """Admin DSN of the test PostgreSQL server."""
     url = os.environ.get("DATABASE_URL")
     if url:
         yield db.plain_dsn(url)
         return
-    server = db.EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg") / "pgdata")
+    # Not under pytest's tmp root: another pytest session on the machine prunes old numbered roots (and
+    # chmods the root to 0700), which would pull the data directory from under the running server.
+    base = Path(tempfile.mkdtemp(prefix="culturectl-test-pg-"))
+    server = db.EmbeddedPostgres(base / "pgdata")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         dsn = server.start()
@@ -37,6 +43,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield dsn
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _db_name(request: pytest.FixtureRequest) -> str:
