@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import socket
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -129,10 +129,6 @@ def _with_database(action: object) -> None:
             embedded.stop()
 
 
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8") if path.exists() else ""
-
-
 def _free_or(port: int) -> int:
     """`port` when nothing listens on it, else a free one (so the demo runs beside other things)."""
     with socket.socket() as s:
@@ -165,9 +161,19 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
     import uvicorn
 
     from app import db
-    from app.demo import KEY_FILE, ensure_demo_accounts
+    from app.demo import (
+        DEMO_PASSWORD,
+        DEMO_T0_AFTER,
+        KEY_FILE,
+        active_demo_run,
+        create_demo_run,
+        ensure_demo_accounts,
+        ensure_demo_recipe,
+    )
+    from app.demo_client import DemoAutomation
     from app.main import create_app
-    from drivers.devices import DeviceConfig, dump_devices
+    from app.registry import sync_devices
+    from drivers.devices import DeviceConfig, dump_devices, load_devices
     from simulators.culture_system import CultureSystemSimulator
     from simulators.incubator import IncubatorSimulator
 
@@ -188,8 +194,14 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
         origin = max(wall, last + timedelta(seconds=1)) if last else wall
         clock = ScaledClock(epoch=wall, scale=scale, origin=origin)
         state_file = data_dir / "demo.json"
-        state = json.loads(await asyncio.to_thread(_read_text, state_file) or "{}")
-        t0 = datetime.fromisoformat(state["t0"]) if "t0" in state else origin
+        conn = await db.connect(dsn)
+        try:
+            await ensure_demo_recipe(conn)
+            demo_run = await active_demo_run(conn)
+        finally:
+            await conn.close()
+        # The culture simulator grows the cells from the demo run's T0 (a new run: planned a little after now).
+        t0 = demo_run.t0 if demo_run is not None else origin + DEMO_T0_AFTER
         await asyncio.to_thread(state_file.write_text, json.dumps({"t0": t0.isoformat(), "seed": seed}))
 
         incubator = IncubatorSimulator(clock, port=_free_or(4840), seed=seed)
@@ -204,6 +216,13 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
             DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus",
                          endpoint=culture.endpoint, description="closed culture system, bay 1 (Modbus simulator)"),
         ]))
+        if demo_run is None:  # the run is bound to the demo devices: register them first (the service does too)
+            conn = await db.connect(dsn)
+            try:
+                await sync_devices(conn, load_devices(devices_file))
+                demo_run = await create_demo_run(conn, origin, t0)
+            finally:
+                await conn.close()
         settings = Settings(database_url=SecretStr(dsn), data_dir=data_dir, devices_file=devices_file, clock_epoch=wall,
                             clock_origin=origin, time_scale=scale, host="127.0.0.1", port=port)
         server = uvicorn.Server(uvicorn.Config(create_app(settings, clock=clock), host="127.0.0.1", port=port,
@@ -220,6 +239,8 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
             f"  users           {', '.join(f'{u} ({r.value})' for u, r in demo_accounts.users)}; "
             f"password {demo_accounts.password}\n"
             f"  automation key  {demo_accounts.automation_key}  (also in {data_dir / KEY_FILE})\n"
+            f"  demo run        id {demo_run.id} ({demo_run.code}), T0 {t0:%Y-%m-%d %H:%M} UTC: "
+            f"http://127.0.0.1:{port}/api/v1/runs/{demo_run.id}\n"
             "Ctrl-C stops everything."
         )
         if exit_after is not None:
@@ -227,7 +248,13 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
                 await asyncio.sleep(exit_after)
                 server.should_exit = True
             stopper = asyncio.create_task(_stop_later())
+        automation = DemoAutomation(f"http://127.0.0.1:{port}", demo_accounts.automation_key, DEMO_PASSWORD,
+                                    demo_run.id, poll=min(1.0, max(0.05, 600 / scale)))
+        client_task = asyncio.create_task(automation.run(), name="demo-automation")
         await server.serve()
+        client_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await client_task
         if exit_after is not None:
             stopper.cancel()
     finally:

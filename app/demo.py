@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -61,3 +62,54 @@ async def ensure_demo_accounts(conn: asyncpg.Connection, data_dir: Path) -> Demo
                                                   actor=DEMO_ACTOR, reason="demo set-up")
         await asyncio.to_thread(_write_key, key_path, secret)
     return DemoAccounts(tuple((u, r) for u, _, r in DEMO_USERS), DEMO_PASSWORD, secret)
+
+
+async def ensure_demo_recipe(conn: asyncpg.Connection) -> int:
+    """The id of the default recipe, released (signed 'approved' by the demo QA user) unless it is released."""
+    from app.protocol import store
+    from app.protocol.recipe import default_recipe
+
+    recipe = default_recipe()
+    rid = await conn.fetchval("SELECT id FROM recipe WHERE key = $1 AND version = $2", recipe.key, recipe.version)
+    if rid is not None:
+        return int(rid)
+    user = await accounts.get_user_by_name(conn, "qa")
+    if user is None:
+        raise LookupError("the demo QA user does not exist: call ensure_demo_accounts first")
+    qa = Principal(kind="user", id=int(user["id"]), name="qa", role=Role.QA)
+    view, _ = await store.release_recipe_as(conn, recipe, qa, DEMO_PASSWORD, comment="demo: default recipe")
+    return int(view["id"])
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    id: int
+    code: str
+    t0: datetime
+
+
+DEMO_T0_AFTER = timedelta(hours=6)  # the preparation steps (coating, cells, incubator check) fit before T0
+
+
+async def active_demo_run(conn: asyncpg.Connection) -> DemoRun | None:
+    """The newest planned, running or held run, if any."""
+    row = await conn.fetchrow("SELECT id, code, coalesce(t0, planned_t0) AS t0 FROM culture_run "
+                              "WHERE status IN ('planned', 'running', 'held') AND recipe_id IS NOT NULL "
+                              "ORDER BY id DESC LIMIT 1")
+    return None if row is None else DemoRun(int(row["id"]), str(row["code"]), row["t0"])
+
+
+async def create_demo_run(conn: asyncpg.Connection, now: datetime, t0: datetime) -> DemoRun:
+    """A demo run on the demo devices, planned T0 `t0` (a small patient: the simulated harvest fits its dose)."""
+    from app.protocol import store
+    from app.protocol.recipe import default_recipe
+
+    recipe = default_recipe()
+    hsct = t0 + timedelta(hours=recipe.planning.infusion_after_t0_hours) - timedelta(
+        days=recipe.planning.planned_infusion_day)
+    body = store.RunCreate(recipe_key=recipe.key, donor_id="DEMO-DONOR-1", patient_id="DEMO-PATIENT-1",
+                           patient_weight_kg=8, target_dose_per_kg=1.5e6, cell_source="mobilized", hsct_at=hsct,
+                           planned_t0=t0, incubator="incubator-1", culture_system="culture-system-1",
+                           vessel_ids=["DEMO-V1"], reason="demo run")
+    view = await store.create_run(conn, body, principal=DEMO_ACTOR, now=now, client=None)
+    return DemoRun(int(view["id"]), str(view["code"]), t0)

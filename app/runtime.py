@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -22,6 +22,9 @@ from app.registry import sync_devices
 from app.settings import Settings
 from drivers.base import DeviceState, Reading
 from drivers.devices import DeviceConfig, load_devices
+
+if TYPE_CHECKING:
+    from app.protocol.engine import Engine
 
 log = logging.getLogger("culturectl.service")
 
@@ -57,6 +60,7 @@ class Runtime:
     live: LiveHub = field(default_factory=LiveHub)
     hub: DeviceHub | None = None
     started_at: datetime | None = None
+    engine: Engine | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -85,6 +89,11 @@ class Runtime:
                              on_state=self._publish_state)
         if s.connect_devices:
             self.hub.start()
+        if s.engine_enabled:
+            from app.protocol.engine import Engine  # the protocol store imports the API layer, which imports this
+
+            self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval)
+            self._tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))
 
     def _publish_reading(self, r: Reading) -> None:
         device, _, point = r.channel.partition(".")
@@ -103,6 +112,10 @@ class Runtime:
                                                    "since": since.isoformat()})
 
     async def stop(self) -> None:
+        for task in [t for t in self._tasks if t.get_name() == "schedule-engine"]:
+            task.cancel()  # first: it uses the pool, the hub and the live hub
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         self.live.close()
         if self.hub is not None:
             await self.hub.stop()

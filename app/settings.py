@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     )
     token_ttl_minutes: float = Field(default=15.0, gt=0, le=24 * 60, description="lifetime of a login token")
     cookie_secure: bool = Field(default=False, description="mark the session cookie Secure (set it behind HTTPS)")
+    engine_enabled: bool = Field(default=True,
+                                 description="run the schedule engine (step statuses, missed steps, setpoints)")
+    engine_interval: float = Field(default=1.0, gt=0, le=60,
+                                   description="wall seconds between schedule engine passes (at most 10 clock min)")
     lockout_threshold: int = Field(default=5, ge=1, le=100, description="consecutive failed logins that lock a user")
 
     @field_validator("clock_epoch", "clock_origin")

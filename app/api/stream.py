@@ -15,7 +15,7 @@ from app.problems import Problem
 
 router = APIRouter(tags=["live"])
 
-KINDS = ("reading", "device_state")
+KINDS = ("reading", "device_state", "step", "deviation", "run")
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ class Service:
 async def running_service(dsn: str, data_dir: Path, *, clock: Clock | None = None,
                           **settings: Any) -> AsyncIterator[Service]:
     """The app with its lifespan running, and a cookie-less client on it (on `clock`, e.g. a ManualClock)."""
+    settings.setdefault("engine_enabled", False)  # API tests drive the schedule by hand; engine tests turn it on
     s = Settings(database_url=SecretStr(dsn), data_dir=data_dir, connect_devices=False, **settings)
     app = create_app(s, clock=clock)
     async with app.router.lifespan_context(app):

@@ -36,6 +36,15 @@ async def _online(client: httpx.AsyncClient) -> bool:
     return len(devices) == 2 and {d["state"] for d in devices.values()} == {"online"}
 
 
+async def _done_steps(client: httpx.AsyncClient, key: str) -> list[str]:
+    auth = {"Authorization": f"Bearer {key}"}
+    runs = (await client.get("/api/v1/runs", headers=auth)).json()
+    if not runs:
+        return []
+    view = (await client.get(f"/api/v1/runs/{runs[0]['id']}", headers=auth)).json()
+    return [s["key"] for s in view["schedule"] if s["status"] == "done"]
+
+
 async def _last_time(data_dir: Path) -> object:
     with db.EmbeddedPostgres(data_dir / "pg") as dsn:
         conn = await asyncpg.connect(dsn)
@@ -64,6 +73,10 @@ async def test_demo_starts_everything_stops_cleanly_and_reuses_its_data(tmp_path
                 devices = await client.get("/api/v1/devices", headers={"Authorization": f"Bearer {key}"})
                 assert devices.status_code == 200 and len(devices.json()) == 2
                 keys_seen.add(key)
+                # The demo run exists and its automation client records the preparation steps in their windows.
+                done = await wait_for(lambda c=client, k=key: _done_steps(c, k), timeout=30,
+                                      what="the demo run's first recorded step")
+                assert "coat_vessels" in done
             out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
         finally:
             if proc.returncode is None:
@@ -72,7 +85,7 @@ async def test_demo_starts_everything_stops_cleanly_and_reuses_its_data(tmp_path
         text = out.decode()
         assert proc.returncode == 0, text
         assert f"http://127.0.0.1:{port}" in text and "opc.tcp://127.0.0.1:" in text and "modbus://127.0.0.1:" in text
-        assert "culturectl demo stopped" in text
+        assert "culturectl demo stopped" in text and "demo run        id " in text
         assert f"automation key  {key}" in text and "operator (operator)" in text
         # The embedded server was stopped with the demo.
         assert not (data_dir / "pg" / "postmaster.pid").exists()

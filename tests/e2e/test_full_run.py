@@ -1,0 +1,143 @@
+"""A whole 7-day run against the simulators and a real uvicorn on a fast clock: its first step is posted with
+`culturectl step post`, the demo automation client posts the rest inside
+their windows, and the run ends released with the achieved dose; the SSE stream carries the step events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from app import db
+from app.clock import ScaledClock
+from app.demo import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
+from app.demo_client import DemoAutomation
+from app.runtime import Runtime
+from app.settings import Settings
+from drivers.devices import DeviceConfig, dump_devices
+from simulators.culture_system import CultureSystemSimulator
+from simulators.incubator import IncubatorSimulator
+from tests.e2e.conftest import serve
+from tests.support import free_port, sse_events
+
+SCALE = 20_000.0  # 1 wall second = 5.6 clock hours: T0 - 23 h .. T0 + 168 h in about 35 s
+CULTURECTL = [sys.executable, "-m", "app.cli"]
+
+
+@dataclass
+class FastStack:
+    base_url: str
+    clock: ScaledClock
+    runtime: Runtime
+    key: str
+    t0_offset: timedelta
+
+
+@pytest.fixture
+async def fast(db_dsn: str, tmp_path: Path) -> AsyncIterator[FastStack]:
+    clock = ScaledClock(scale=SCALE)
+    t0_offset = timedelta(hours=23)
+    incubator = IncubatorSimulator(clock, seed=3)
+    culture = CultureSystemSimulator(clock, seed=3, t0=clock.now() + t0_offset)
+    await incubator.start()
+    await culture.start()
+    devices_file = tmp_path / "devices.yaml"
+    devices_file.write_text(dump_devices([
+        DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint),
+        DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus",
+                     endpoint=culture.endpoint, poll_interval=0.05),
+    ]))
+    settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp_path / "data", devices_file=devices_file,
+                        time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2, token_ttl_minutes=24 * 60,
+                        engine_interval=0.05)
+    conn = await db.connect(db_dsn)
+    try:
+        accounts = await ensure_demo_accounts(conn, tmp_path)
+        await ensure_demo_recipe(conn)
+    finally:
+        await conn.close()
+    try:
+        async with serve(settings, clock) as (base_url, runtime):
+            yield FastStack(base_url, clock, runtime, accounts.automation_key, t0_offset)
+    finally:
+        await culture.stop()
+        await incubator.stop()
+
+
+async def _cli(stack: FastStack, *args: str) -> tuple[int, str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CULTURECTL_")},
+           "CULTURECTL_URL": stack.base_url, "CULTURECTL_API_KEY": stack.key}
+    proc = await asyncio.create_subprocess_exec(*CULTURECTL, *args, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def _listen(stack: FastStack, run_id: int, seen: set[tuple[str, str]], listening: asyncio.Event) -> None:
+    """Collect the run's step events from the SSE stream until the release is done."""
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=None,
+                                 headers={"Authorization": f"Bearer {stack.key}"}) as http, \
+            http.stream("GET", "/api/v1/stream", params={"kinds": "step,deviation"}) as r:
+        assert r.status_code == 200
+        listening.set()
+        async for ev in sse_events(r):
+            data = ev.json()
+            assert isinstance(data, dict)
+            if ev.event == "step" and data["run_id"] == run_id:
+                seen.add((data["step"], data["new"]))
+            if ("release", "done") in seen:
+                return
+
+
+async def test_a_whole_run_from_create_to_release_in_under_a_minute(fast: FastStack) -> None:
+    started = time.monotonic()
+    t0 = fast.clock.now() + fast.t0_offset
+    async with httpx.AsyncClient(base_url=fast.base_url, timeout=10) as http:  # automation keys do not plan runs
+        r = await http.post("/api/v1/auth/login", json={"username": "supervisor", "password": DEMO_PASSWORD})
+        r = await http.post("/api/v1/runs", headers={"Authorization": f"Bearer {r.json()['access_token']}"}, json={
+            "recipe_key": "htlp-dl4-tnfa", "donor_id": "D-900", "patient_id": "P-900", "patient_weight_kg": 8,
+            "target_dose_per_kg": 1.5e6, "cell_source": "mobilized", "hsct_at": (t0 - timedelta(days=1)).isoformat(),
+            "planned_t0": t0.isoformat(), "incubator": "incubator-1", "culture_system": "culture-system-1",
+            "vessel_ids": ["V1"]})
+        assert r.status_code == 201, r.text
+        run_id = int(r.json()["id"])
+    code, out = await _cli(fast, "step", "post", str(run_id), "coat_vessels", "-v", "dl4_lot=DL4-9",
+                           "-v", "dl4_expiry=2027-01-01", "-v", "medium_lot=M-9", "-v", "cytokines_lot=C-9",
+                           "-v", "tnfa_lot=T-9", "-v", "coat_hours=16", "-v", "coat_temperature=37.0")
+    assert code == 0, out
+    seen: set[tuple[str, str]] = set()
+    listening = asyncio.Event()
+    listener = asyncio.create_task(_listen(fast, run_id, seen, listening))
+    await asyncio.wait_for(listening.wait(), timeout=10)
+    client = DemoAutomation(fast.base_url, fast.key, DEMO_PASSWORD, run_id, poll=0.02)
+    view = await asyncio.wait_for(client.run(), timeout=55)
+    assert view["status"] == "completed", view
+    assert time.monotonic() - started < 60
+    done = {s["key"] for s in view["schedule"] if s["status"] == "done"}
+    assert done >= {"coat_vessels", "incubator_ready", "receive_cells", "seed", "feed_day3", "harvest",
+                    "formulate", "release"}
+    achieved = view["dose"]["achieved"]
+    assert achieved["cd7_cells"] > 0 and achieved["percent_of_target"] > 0, achieved
+    code, out = await _cli(fast, "run", "list", "--json")
+    assert code == 0 and any(r["id"] == run_id and r["status"] == "completed" for r in json.loads(out)), out
+    await asyncio.wait_for(listener, timeout=10)
+    assert {("seed", "done"), ("feed_day3", "open"), ("harvest", "done"), ("release", "done")} <= seen
+    # Setpoints went to the incubator through the one write path, each audited with the read-back.
+    conn = await db.connect(fast.runtime.dsn)
+    try:
+        writes = await conn.fetch("SELECT new FROM audit_log WHERE action = 'device.setpoint' AND entity_id = $1",
+                                  "incubator-1")
+    finally:
+        await conn.close()
+    assert writes and all("read_back" in json.loads(w["new"]) for w in writes)
