@@ -22,6 +22,8 @@ log = logging.getLogger("culturectl.demo.client")
 VOLUME_ML = 20.0  # culture volume the counts are scaled by (seeded 2e6 cells at 1e5 cells/mL)
 SEEDED_CELLS = 2.0e6
 POST_AS: dict[str, str] = {"release": "qa"}
+# Who signs a step's record for each meaning when the poster did not (a verifier is a second person).
+SIGNED_BY: dict[str, str] = {"performed": "operator", "verified": "supervisor", "reviewed": "qa", "approved": "qa"}
 
 
 @dataclass
@@ -37,6 +39,7 @@ class DemoAutomation:
     poll: float = 0.5
     posted: list[str] = field(default_factory=list)
     _meanings: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _sessions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     async def run(self) -> dict[str, Any]:
         """Post steps until the run is completed or aborted; returns the final run view."""
@@ -58,9 +61,14 @@ class DemoAutomation:
         return r.json()
 
     async def _login(self, http: httpx.AsyncClient, role: str) -> dict[str, str]:
+        """A session per demo user, kept until it expires (a login costs an Argon2 check)."""
+        cached = self._sessions.get(role)
+        if cached is not None and (await http.get("/api/v1/auth/me", headers=cached)).status_code == 200:
+            return cached
         r = await http.post("/api/v1/auth/login", json={"username": self.users[role], "password": self.password})
         r.raise_for_status()
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        self._sessions[role] = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return self._sessions[role]
 
     async def _act(self, http: httpx.AsyncClient, key: dict[str, str], view: dict[str, Any]) -> None:
         if not self._meanings:
@@ -93,7 +101,7 @@ class DemoAutomation:
                 await self._signed(http, "qa", f"/api/v1/deviations/{d['id']}/close",
                                    {"reason": "demo: QA reviewed the deviation and accepts the batch"})
         late = step["status"] in ("late", "missed")
-        role = "supervisor" if late else POST_AS.get(name, "operator")
+        role = POST_AS.get(name, "supervisor" if late else "operator")
         headers = await self._login(http, role)
         body: dict[str, Any] = {"inputs": await self._inputs(http, key, view, name)}
         meanings = self._meanings.get(name, ())
@@ -105,8 +113,30 @@ class DemoAutomation:
         if r.status_code == 201:
             self.posted.append(name)
             log.info("demo client: run %s step %s recorded", view["code"], name)
+            signed = {body["signature"]["meaning"]} if "signature" in body else set()
+            await self._countersign(http, int(r.json()["step_record"]["id"]), meanings, signed)
+        elif r.status_code == 409 and r.json().get("rule") == "signatures_missing":
+            # Steps recorded by a script (which cannot sign) still need their people's signatures.
+            record_ids = {s["key"]: s["step_record_id"] for s in view["schedule"]}
+            for step_key, missing in r.json()["missing"].items():
+                await self._countersign(http, int(record_ids[step_key]), tuple(missing), set())
         else:
             log.warning("demo client: step %s -> %s %s", name, r.status_code, r.text[:300])
+
+    async def _countersign(self, http: httpx.AsyncClient, record_id: int, meanings: tuple[str, ...],
+                           signed: set[str]) -> None:
+        """The signatures the step still needs, each by the person a site would ask (verifier = a second person)."""
+        for meaning in meanings:
+            if meaning in signed:
+                continue
+            role = SIGNED_BY.get(meaning, "operator")
+            headers = await self._login(http, role)
+            r = await http.post("/api/v1/signatures", headers=headers, json={
+                "entity_type": "step_record", "entity_id": str(record_id), "meaning": meaning,
+                "password": self.password, "comment": f"demo: {role} {meaning}"})
+            if r.status_code >= 400:
+                log.warning("demo client: signing step record %s (%s) -> %s %s", record_id, meaning, r.status_code,
+                            r.text[:300])
 
     async def _inputs(self, http: httpx.AsyncClient, key: dict[str, str], view: dict[str, Any],
                       name: str) -> dict[str, Any]:

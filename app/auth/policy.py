@@ -97,7 +97,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", f"{V1}/runs/{{run_id}}"): ANY,
     ("POST", f"{V1}/runs/{{run_id}}/steps/{{step_key}}"): roles(
         Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.AUTOMATION,
-        note="override: supervisor only; the release step: QA, signed 'approved'"),
+        note="override: supervisor only, QA for the release step; the release step: QA, signed 'approved'"),
     ("POST", f"{V1}/runs/{{run_id}}/hold"): roles(Role.SUPERVISOR, Role.QA),
     ("POST", f"{V1}/runs/{{run_id}}/resume"): roles(Role.QA, note="signed 'approved' by a person"),
     ("POST", f"{V1}/runs/{{run_id}}/abort"): roles(Role.SUPERVISOR, Role.QA),

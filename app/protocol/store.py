@@ -523,10 +523,12 @@ async def _check_step(conn: DBConnection, run_id: int, step_key: str, body: Step
                "completed": "a completed run never changes", "aborted": "an aborted run never changes"}[status]
         raise Problem(409, "run-not-running", "Run is not running", f"{step_key}: run {run['code']} is {status}; {why}",
                       rule="run_not_running", run_status=status, step=step_key)
-    if body.override and principal.role is not Role.SUPERVISOR:
-        raise Problem(403, "override-needs-supervisor", "Override needs a supervisor",
-                      f"only a supervisor may override a step's window; {principal.label} is {principal.role.value}",
-                      rule="override_needs_supervisor")
+    # The release is QA's decision, so QA (not a supervisor) records a late release, with its deviation.
+    overrider = Role.QA if step_key == release_step(recipe).key else Role.SUPERVISOR
+    if body.override and principal.role is not overrider:
+        raise Problem(403, "override-needs-supervisor", f"Override needs {overrider.value}",
+                      f"only {overrider.value} may override the window of {step_key}; {principal.label} is "
+                      f"{principal.role.value}", rule="override_needs_supervisor")
     values, errors = acceptance.validate_inputs(step, body.inputs)
     if errors:
         first = errors[0]
@@ -560,7 +562,30 @@ async def _check_step(conn: DBConnection, run_id: int, step_key: str, body: Step
             raise Problem(409, "open-deviations", "Open deviations hold release",
                           f"{step_key}: run {run['code']} has open deviations {', '.join(map(str, open_ids))}; "
                           "QA closes them before release", rule="open_deviations", deviation_ids=open_ids)
+        unsigned = await missing_step_signatures(conn, recipe, records)
+        if unsigned:
+            listed = "; ".join(f"{k}: {', '.join(m)}" for k, m in unsigned.items())
+            raise Problem(409, "signatures-missing", "Step signatures missing",
+                          f"{step_key}: run {run['code']} has recorded steps without the signatures the recipe "
+                          f"requires ({listed}); sign them with POST /api/v1/signatures (entity_type step_record)",
+                          rule="signatures_missing", missing=unsigned)
     return _Checked(run, recipe, step, values, decision, records, t0)
+
+
+async def missing_step_signatures(conn: DBConnection, recipe: Recipe,
+                                  records: Mapping[str, asyncpg.Record]) -> dict[str, list[str]]:
+    """Per recorded step, the meanings its recipe step requires that have no valid signature on the record now."""
+    release = release_step(recipe).key
+    out: dict[str, list[str]] = {}
+    for key, rec in records.items():
+        required = recipe.step(key).signatures
+        if key == release or not required:
+            continue
+        have = {s.meaning for s in await signatures.list_signatures(conn, "step_record", str(rec["id"])) if s.valid}
+        missing: list[str] = [m for m in required if m not in have]
+        if missing:
+            out[key] = missing
+    return out
 
 
 def _dose_for(c: _Checked, now: datetime) -> tuple[dict[str, Any] | None, list[tuple[str, str, dict[str, Any]]]]:

@@ -28,7 +28,7 @@ async def service(db_dsn: str, tmp_path_factory: pytest.TempPathFactory, clock: 
 
 async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(service: Service,
                                                                           clock: ManualClock) -> None:
-    op = await service.login("operator")
+    _, _, opw, op = await service.user("operator")
     t0 = START + timedelta(hours=20)
     run_id = await create_run_api(service, op, t0)
     plan = [("coat_vessels", -18), ("receive_cells", -3), ("incubator_ready", -2), ("seed", 0), ("feed_day3", 72),
@@ -73,6 +73,20 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
     assert [(s["meaning"], s["valid"]) for s in sigs] == [("approved", True)]
     again = await service.client.post(f"/api/v1/deviations/{dev_id}/close", json=close, headers=qa)
     assert again.status_code == 409
+    # Every recorded step still lacks the signatures its recipe step requires: release names them.
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
+    assert r.status_code == 409 and r.json()["rule"] == "signatures_missing", r.text
+    missing = r.json()["missing"]
+    assert missing["coat_vessels"] == ["performed", "verified"] and "harvest" in missing
+    signer = {"performed": (opw, op), "verified": (spw, sup), "reviewed": (qpw, qa), "approved": (qpw, qa)}
+    view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=op)).json()
+    record_ids = {s["key"]: s["step_record_id"] for s in view["schedule"]}
+    for key, meanings in missing.items():
+        for meaning in meanings:
+            pw, headers = signer[meaning]
+            r = await service.client.post("/api/v1/signatures", headers=headers, json={
+                "entity_type": "step_record", "entity_id": str(record_ids[key]), "meaning": meaning, "password": pw})
+            assert r.status_code == 201, (key, meaning, r.text)
     # released: the run completes and never changes again
     r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
     assert r.status_code == 201 and r.json()["run"]["status"] == "completed", r.text

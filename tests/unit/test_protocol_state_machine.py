@@ -1,0 +1,314 @@
+"""A hypothesis state machine over the pure protocol functions: random steps posted at random clock times.
+
+The model is one culture run in memory (status, T0, recorded steps, deviations, the engine's persisted statuses).
+Posting a step mirrors `store._check_step` / `store.post_step` in order: the run state first (planned: only the
+T0 step and its preparation steps; running: any step; held, completed, aborted: refused), then
+`planner.check_step_post` (an override is a supervisor's, or QA's for the release step); an accepted release also
+needs no open deviation (checked before its own override deviation opens). An `accept_with_deviation` decision
+opens a deviation, the T0 step starts the run, the release step completes it. The engine tick is `engine.decide`
+applied to the model: missed-step deviations and the hold of a running run. No database, no clock, no I/O.
+
+Invariants, checked after every rule against windows computed here from the recipe (not taken from the planner):
+- a recorded step's predecessors were recorded before it (or were optional and past their deadline: skipped);
+- a step recorded outside its soft window [earliest, latest] has a deviation opened by that post;
+- a completed or aborted run never changes (posts, aborts, holds and engine ticks leave it as it was);
+- `planner.plan` agrees with the model: done exactly for the recorded steps, missed/skipped exactly past the
+  deadline, blocked_by exactly the predecessors neither done nor skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from app.protocol import planner
+from app.protocol.engine import MISSED_RULE, decide
+from app.protocol.recipe import Recipe, default_recipe
+from app.protocol.store import CLOSED, release_step
+
+R: Recipe = default_recipe()
+PLANNED_T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+START = PLANNED_T0 - timedelta(hours=30)  # before the first window opens (coat_vessels, T0 - 24 h)
+RELEASE = release_step(R).key
+WINDOW_RULES = frozenset({"before_earliest", "after_latest", "after_hard_latest"})
+
+
+def _pre_t0_steps(recipe: Recipe) -> frozenset[str]:
+    """The T0 step and everything it depends on (what a planned run may record)."""
+    out: set[str] = set()
+    todo = [recipe.t0_step]
+    while todo:
+        key = todo.pop()
+        if key not in out:
+            out.add(key)
+            todo.extend(recipe.step(key).predecessors)
+    return frozenset(out)
+
+
+PRE_T0 = _pre_t0_steps(R)
+
+
+@dataclass(frozen=True)
+class Win:
+    """A step's absolute soft window and deadline, computed independently of the planner."""
+
+    earliest: datetime
+    latest: datetime
+    deadline: datetime
+
+
+def window(key: str, t0: datetime, records: dict[str, Rec]) -> Win:
+    w = R.step(key).window
+    if w.anchor == "t0":
+        anchor = t0
+    else:
+        a = records.get(w.anchor)
+        anchor = a.done_at if a is not None else t0 + timedelta(hours=R.step(w.anchor).window.target)
+    hard = w.latest if w.hard_latest is None else w.hard_latest
+    return Win(anchor + timedelta(hours=w.earliest), anchor + timedelta(hours=w.latest),
+               anchor + timedelta(hours=hard))
+
+
+@dataclass
+class Rec:
+    """A recorded step, with what the model knew when it was posted."""
+
+    done_at: datetime
+    overridden: bool
+    seq: int
+    t0_at_post: datetime
+    deviation_ids: list[int]
+
+
+@dataclass
+class Dev:
+    id: int
+    step_key: str
+    rule: str
+    opened_at: datetime
+    open: bool = True
+
+
+@dataclass
+class Run:
+    status: str = "planned"
+    t0: datetime | None = None
+    records: dict[str, Rec] = field(default_factory=dict)
+    deviations: list[Dev] = field(default_factory=list)
+
+
+class ProtocolMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = START
+        self.run = Run()
+        self.persisted: dict[str, str] = {}  # the engine's step_status
+        self.seq = 0
+        self.closed_snapshot: Run | None = None
+        self.posts = {"accept": 0, "accept_with_deviation": 0, "refuse": 0}
+
+    # ---- helpers -------------------------------------------------------------------------------------
+
+    @property
+    def t0(self) -> datetime:
+        return self.run.t0 or PLANNED_T0
+
+    def records(self) -> dict[str, planner.StepRecord]:
+        return {k: planner.StepRecord(r.done_at, r.overridden) for k, r in self.run.records.items()}
+
+    def plan(self) -> list[planner.StepPlan]:
+        return planner.plan(R, self.t0, self.now, self.records())
+
+    def satisfied(self, key: str, at: datetime, t0: datetime) -> bool:
+        """Done, or optional and past its deadline (skipped), at `at` with T0 `t0`."""
+        if key in self.run.records:
+            return True
+        return R.step(key).optional and at > window(key, t0, self.run.records).deadline
+
+    def open_deviation(self, key: str, rule_name: str) -> int:
+        dev = Dev(len(self.run.deviations) + 1, key, rule_name, self.now)
+        self.run.deviations.append(dev)
+        return dev.id
+
+    def next_step(self) -> str | None:
+        for s in R.steps:
+            if s.key not in self.run.records and all(self.satisfied(p, self.now, self.t0) for p in s.predecessors):
+                return s.key
+        return None
+
+    def run_state_allows(self, key: str) -> bool:
+        status = self.run.status
+        return status == "running" or (status == "planned" and key in PRE_T0)
+
+    # ---- rules ---------------------------------------------------------------------------------------
+
+    @rule(minutes=st.one_of(st.integers(0, 6 * 60), st.integers(6 * 60, 40 * 60)))
+    def advance(self, minutes: int) -> None:
+        self.now += timedelta(minutes=minutes)
+
+    @rule(offset=st.integers(-90, 30))
+    def advance_to_next_window(self, offset: int) -> None:
+        """Jump near the next step's window (offset in 10-minute units from its earliest), never back in time."""
+        key = self.next_step()
+        if key is not None:
+            self.now = max(self.now, window(key, self.t0, self.run.records).earliest + timedelta(minutes=10 * offset))
+
+    @rule(override=st.booleans())
+    def post_next(self, override: bool) -> None:
+        """Post the first step whose predecessors are satisfied (so that runs get to their end)."""
+        key = self.next_step()
+        if key is not None:
+            self.post(key, override)
+
+    @rule(key=st.sampled_from(R.step_keys), override=st.booleans())
+    def post_any(self, key: str, override: bool) -> None:
+        self.post(key, override)
+
+    def post(self, key: str, override: bool) -> None:
+        if not self.run_state_allows(key):  # 409 run_not_running, before the planner
+            self.posts["refuse"] += 1
+            return
+        decision = planner.check_step_post(R, self.plan(), key, self.now, override)
+
+        # the planner's decision against the rules computed here
+        w = window(key, self.t0, self.run.records)
+        blocked = [p for p in R.step(key).predecessors if not self.satisfied(p, self.now, self.t0)]
+        if key in self.run.records:
+            expected = "refuse"
+            assert decision.rule == "already_done"
+        elif blocked:
+            expected = "refuse"
+            assert decision.rule == "out_of_order" and list(decision.blocked_by) == blocked, decision
+        elif w.earliest <= self.now <= w.latest:
+            expected = "accept"
+        else:
+            expected = "accept_with_deviation" if override else "refuse"
+            assert decision.rule in WINDOW_RULES and decision.overridable, decision
+        assert decision.outcome == expected, (decision, expected)
+
+        if decision.accepted and key == RELEASE and any(d.open for d in self.run.deviations):
+            decision_outcome = "refuse"  # 409 open_deviations
+        else:
+            decision_outcome = decision.outcome
+        self.posts[decision_outcome] += 1
+        if decision_outcome == "refuse":
+            return
+        dev_ids = [self.open_deviation(key, str(decision.rule))] if decision_outcome == "accept_with_deviation" else []
+        self.seq += 1
+        self.run.records[key] = Rec(self.now, override, self.seq, self.t0, dev_ids)
+        if key == R.t0_step:
+            self.run.status, self.run.t0 = "running", self.now
+        elif key == RELEASE:
+            self.run.status = "completed"
+
+    @rule()
+    def engine_tick(self) -> None:
+        acts = decide(R, self.run.status, self.plan(), self.persisted,
+                      {d.step_key for d in self.run.deviations if d.rule == MISSED_RULE}, self.now)
+        if self.run.status in CLOSED:
+            assert not acts.deviations and acts.hold_reason is None and not acts.setpoints, acts
+            assert all(t.new == "done" and t.step_key in self.run.records for t in acts.transitions), acts
+        for t in acts.transitions:
+            self.persisted[t.step_key] = t.new
+        for d in acts.deviations:
+            assert d.step_key not in self.run.records
+            self.open_deviation(d.step_key, MISSED_RULE)
+        if acts.hold_reason is not None:
+            assert self.run.status == "running"
+            self.run.status = "held"
+
+    @rule(dice=st.integers(0, 9))
+    def abort(self, dice: int) -> None:
+        """Abort, one time in ten (else runs seldom get to their end)."""
+        if dice == 0 and self.run.status in ("planned", "running", "held"):
+            self.run.status = "aborted"
+
+    @precondition(lambda self: self.run.status == "held")
+    @rule()
+    def resume(self) -> None:  # QA, signed
+        self.run.status = "running"
+
+    @precondition(lambda self: self.run.status not in CLOSED and any(d.open for d in self.run.deviations))
+    @rule()
+    def close_deviations(self) -> None:  # QA reviews and closes, which unblocks release
+        for d in self.run.deviations:
+            d.open = False
+
+    @precondition(lambda self: self.run.status == "running")
+    @rule()
+    def qa_closes_deviations_and_releases(self) -> None:
+        """QA's end of a run: close every open deviation, then post the release step (often its shortest path)."""
+        self.close_deviations()
+        self.post(RELEASE, False)
+
+    def teardown(self) -> None:
+        event(f"final status {self.run.status}")
+        event(f"steps recorded: {len(self.run.records)}")
+        event(f"override deviations: {any(d.rule in WINDOW_RULES for d in self.run.deviations)}")
+        event(f"missed-step deviations: {any(d.rule == MISSED_RULE for d in self.run.deviations)}")
+
+    # ---- invariants ----------------------------------------------------------------------------------
+
+    @invariant()
+    def predecessors_recorded_first(self) -> None:
+        for key, rec in self.run.records.items():
+            for p in R.step(key).predecessors:
+                before = p in self.run.records and self.run.records[p].seq < rec.seq
+                skipped = (R.step(p).optional and (p not in self.run.records or self.run.records[p].seq > rec.seq)
+                           and rec.done_at > window(p, rec.t0_at_post, self.run.records).deadline)
+                assert before or skipped, f"{key} recorded at {rec.done_at} before its predecessor {p}"
+
+    @invariant()
+    def out_of_window_steps_have_a_deviation(self) -> None:
+        for key, rec in self.run.records.items():
+            w = window(key, rec.t0_at_post, self.run.records)
+            if w.earliest <= rec.done_at <= w.latest:
+                continue
+            devs = [d for d in self.run.deviations if d.id in rec.deviation_ids]
+            assert any(d.step_key == key and d.rule in WINDOW_RULES and d.opened_at == rec.done_at for d in devs), (
+                f"{key} recorded at {rec.done_at} outside [{w.earliest}, {w.latest}] without a deviation")
+            assert rec.overridden
+
+    @invariant()
+    def closed_runs_never_change(self) -> None:
+        if self.run.status in CLOSED:
+            if self.closed_snapshot is None:
+                self.closed_snapshot = copy.deepcopy(self.run)
+            assert self.run == self.closed_snapshot, "a closed run changed"
+
+    @invariant()
+    def run_status_matches_records(self) -> None:
+        seeded = R.t0_step in self.run.records
+        assert (self.run.t0 is not None) == seeded
+        if self.run.status == "planned":
+            assert not seeded and set(self.run.records) <= PRE_T0
+        if self.run.status in ("running", "held", "completed"):
+            assert seeded
+        assert (self.run.status == "completed") == (RELEASE in self.run.records)
+        if self.run.status == "held":
+            assert any(d.rule == MISSED_RULE for d in self.run.deviations)
+
+    @invariant()
+    def plan_agrees_with_model(self) -> None:
+        for p in self.plan():
+            rec = self.run.records.get(p.key)
+            assert (p.status == "done") == (rec is not None), p
+            if rec is not None:
+                assert p.done_at == rec.done_at and p.overridden == rec.overridden
+                continue
+            past = self.now > window(p.key, self.t0, self.run.records).deadline
+            assert (p.status in ("missed", "skipped")) == past, p
+            blocked = tuple(q for q in R.step(p.key).predecessors if not self.satisfied(q, self.now, self.t0))
+            assert p.blocked_by == blocked, p
+
+
+ProtocolMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=100, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestProtocolStateMachine = ProtocolMachine.TestCase
