@@ -13,7 +13,6 @@ import math
 import struct
 from collections.abc import Sequence
 from datetime import datetime
-from types import TracebackType
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
@@ -22,7 +21,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from app.clock import Clock
 from drivers.base import PointError, PointSpec
 from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS, MODBUS_WORD_ORDER
-from simulators._net import pick_free_port
+from simulators._net import SimulatorServer
 from simulators.physics import CultureModel
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ async def _no_such_device(
     return ExcCodes.GATEWAY_NO_RESPONSE
 
 
-class CultureSystemSimulator:
+class CultureSystemSimulator(SimulatorServer):
     """A Modbus TCP culture system; `stop()` keeps the model and the port for a later `start()`."""
 
     def __init__(
@@ -90,10 +89,8 @@ class CultureSystemSimulator:
         device_id: int = CULTURE_SYSTEM_DEVICE_ID,
         model: CultureModel | None = None,
     ) -> None:
+        super().__init__(host, port)
         self.clock = clock
-        self.host = host
-        # port 0: choose once, so a restart comes back where clients expect it
-        self._port = port or pick_free_port(host)
         self.seed = seed
         self.device_id = device_id
         self.model = model or CultureModel(t0 or clock.now(), seed, profile, start=clock.now())
@@ -102,16 +99,8 @@ class CultureSystemSimulator:
         self._holdings = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "holding"]
 
     @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def endpoint(self) -> str:
         return f"modbus://{self.host}:{self._port}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
 
     @property
     def t0(self) -> datetime:
@@ -162,15 +151,6 @@ class CultureSystemSimulator:
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]
             log.info("culture-system simulator on port %d stopped", self._port)
-
-    async def __aenter__(self) -> CultureSystemSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def _fill(self, specs: Sequence[PointSpec], start_address: int, registers: list[int]) -> None:
         """Write the model's current values of `specs` into the device's register image."""

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
-from types import TracebackType
 from typing import Any, cast
 
 from asyncua import ua
@@ -26,7 +25,7 @@ from asyncua.ua.status_codes import StatusCodes
 from app.clock import Clock, utcnow
 from drivers.base import PointError, PointLimitError, PointSpec
 from drivers.points import INCUBATOR_NAMESPACE, INCUBATOR_POINTS
-from simulators._net import pick_free_port
+from simulators._net import SimulatorServer
 from simulators.physics import IncubatorModel
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class _SetpointAttributeService(AttributeService):
         return await super().write(params, user=user)
 
 
-class IncubatorSimulator:
+class IncubatorSimulator(SimulatorServer):
     """An OPC UA incubator on 127.0.0.1; `stop()` keeps the model and the port for a later `start()`."""
 
     def __init__(
@@ -107,10 +106,8 @@ class IncubatorSimulator:
         update_interval: float = 0.25,
         model: IncubatorModel | None = None,
     ) -> None:
+        super().__init__(host, port)
         self.clock = clock
-        self.host = host
-        # port 0: choose once, so a restart comes back where clients expect it
-        self._port = port or pick_free_port(host)
         self.seed = seed
         self.update_interval = update_interval
         self.model = model or IncubatorModel(clock.now(), seed)
@@ -120,16 +117,8 @@ class IncubatorSimulator:
         self._namespace_index: int | None = None
 
     @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def endpoint(self) -> str:
         return f"opc.tcp://{self.host}:{self._port}{ENDPOINT_PATH}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
 
     @property
     def namespace_index(self) -> int | None:
@@ -201,15 +190,6 @@ class IncubatorSimulator:
                     await session.close_session(delete_subs=True)
             await server.stop()
             log.info("incubator simulator on port %d stopped", self._port)
-
-    async def __aenter__(self) -> IncubatorSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @staticmethod
     def _variant(spec: PointSpec, value: float) -> ua.Variant:
