@@ -2,9 +2,10 @@
 
 Every event gets an increasing integer id; the hub keeps the last `history` events so a client that
 reconnects with Last-Event-ID gets what it missed. Each subscriber has one bounded queue whose
-overflow policy is "latest wins": an event with the same key as a pending one (the same channel's
-reading, the same device's state) replaces it, and past `max_pending` the oldest pending event is
-dropped and counted. Publishing never blocks and never awaits.
+overflow policy is "latest wins" for snapshot kinds (`collapsible`: a channel's reading, a device's
+state): a newer event with the same key replaces a pending one. Transitions (a step's status, a
+deviation, a run's state) are never replaced: each is delivered. Past `max_pending` the oldest pending
+event is dropped and counted. Publishing never blocks and never awaits.
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ class Subscriber:
 class LiveHub:
     """Publishes events to every subscriber; keeps a short history for resuming clients."""
 
-    def __init__(self, history: int = 5_000, max_pending: int = 1_000) -> None:
+    def __init__(self, history: int = 5_000, max_pending: int = 1_000,
+                 collapsible: frozenset[str] = frozenset({"reading", "device_state"})) -> None:
         # Ids start from the wall clock in microseconds so they keep increasing across restarts and a
         # client resuming with an id from before a restart is not mistaken for one from the future.
         self._ids = itertools.count(int(time.time() * 1_000_000))
         self._history: deque[LiveEvent] = deque(maxlen=history)
         self._subscribers: set[Subscriber] = set()
         self._max_pending = max_pending
+        self._collapsible = collapsible
         self.published = 0
         self._closed = False
 
@@ -88,7 +91,10 @@ class LiveHub:
 
     def publish(self, kind: str, key: str, data: dict[str, Any]) -> LiveEvent:
         """Give the event an id, keep it in history, offer it to every subscriber."""
-        event = LiveEvent(next(self._ids), kind, f"{kind}:{key}", data)
+        event_id = next(self._ids)
+        # A snapshot kind keys on what it describes (a newer one replaces it); a transition keys on itself.
+        event_key = f"{kind}:{key}" if kind in self._collapsible else f"{kind}:#{event_id}"
+        event = LiveEvent(event_id, kind, event_key, data)
         self._history.append(event)
         self.published += 1
         for sub in self._subscribers:
