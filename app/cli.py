@@ -173,9 +173,10 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
     from app.demo_client import DemoAutomation
     from app.main import create_app
     from app.registry import sync_devices
-    from drivers.devices import DeviceConfig, dump_devices, load_devices
+    from drivers.devices import dump_devices, load_devices
     from simulators.culture_system import CultureSystemSimulator
     from simulators.incubator import IncubatorSimulator
+    from simulators.runner import device_configs
 
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     embedded = db.EmbeddedPostgres(data_dir / "pg")
@@ -210,12 +211,7 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
             await sim.start()
             sims.append(sim)
         devices_file = data_dir / "demo-devices.yaml"
-        await asyncio.to_thread(devices_file.write_text, dump_devices([
-            DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint,
-                         description="CO2 incubator, bay 1 (OPC UA simulator)"),
-            DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus",
-                         endpoint=culture.endpoint, description="closed culture system, bay 1 (Modbus simulator)"),
-        ]))
+        await asyncio.to_thread(devices_file.write_text, dump_devices(device_configs(incubator, culture)))
         if demo_run is None:  # the run is bound to the demo devices: register them first (the service does too)
             conn = await db.connect(dsn)
             try:

@@ -32,9 +32,10 @@ from app.auth.principal import SYSTEM, Role
 from app.clock import ScaledClock
 from app.main import create_app
 from app.settings import Settings
-from drivers.devices import DeviceConfig, dump_devices
+from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
+from simulators.runner import device_configs
 
 BENCH_PASSWORD = "Timing-probe-42"
 
@@ -65,11 +66,7 @@ async def main(seconds: float, poll_interval: float) -> None:
     await incubator.start()
     await culture.start()
     devices = tmp / "devices.yaml"
-    devices.write_text(dump_devices([
-        DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint),
-        DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus", endpoint=culture.endpoint,
-                     poll_interval=poll_interval),
-    ]))
+    devices.write_text(dump_devices(device_configs(incubator, culture, poll_interval=poll_interval)))
     port = _free_port()
     settings = Settings(database_url=SecretStr(dsn), data_dir=tmp / "data", devices_file=devices, port=port)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, clock=clock), host="127.0.0.1", port=port,

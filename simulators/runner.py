@@ -8,12 +8,24 @@ import logging
 from typing import Literal
 
 from app.clock import Clock
+from drivers.devices import DeviceConfig
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
 
 log = logging.getLogger(__name__)
 
 Which = Literal["incubator", "culture-system", "all"]
+
+
+def device_configs(incubator: IncubatorSimulator, culture: CultureSystemSimulator, *,
+                   poll_interval: float = 1.0) -> list[DeviceConfig]:
+    """The devices file entries of a running pair of simulators (the demo's, the tests' and the benches')."""
+    return [
+        DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint,
+                     description="CO2 incubator, bay 1 (OPC UA simulator)"),
+        DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus", endpoint=culture.endpoint,
+                     poll_interval=poll_interval, description="closed culture system, bay 1 (Modbus simulator)"),
+    ]
 
 
 def quiet_protocol_loggers() -> None:

@@ -52,13 +52,6 @@ async def sim(clock: ManualClock) -> AsyncIterator[CultureSystemSimulator]:
         await simulator.stop()
 
 
-@pytest.fixture
-async def running_sim(sim: CultureSystemSimulator) -> CultureSystemSimulator:
-    if not sim.running:
-        await sim.start()
-    return sim
-
-
 def config(endpoint: str, poll_interval: float = 0.2, timeout: float = 1.0) -> DeviceConfig:
     return DeviceConfig(
         name="cs-1", kind="culture-system", protocol="modbus", endpoint=endpoint,

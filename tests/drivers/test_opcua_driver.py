@@ -39,14 +39,6 @@ async def sim(clock: ScaledClock) -> AsyncIterator[IncubatorSimulator]:
         await simulator.stop()
 
 
-@pytest.fixture
-async def running_sim(sim: IncubatorSimulator) -> IncubatorSimulator:
-    """The module's simulator, started again if a previous test left it stopped."""
-    if not sim.running:
-        await sim.start()
-    return sim
-
-
 def config(endpoint: str, timeout: float = 2.0) -> DeviceConfig:
     return DeviceConfig(name="inc-1", kind="incubator", protocol="opcua", endpoint=endpoint, timeout=timeout)
 

@@ -21,9 +21,10 @@ from app.clock import ScaledClock
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from drivers.devices import DeviceConfig, dump_devices
+from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
+from simulators.runner import device_configs
 from tests.support import free_port, wait_for
 
 # 1 wall second = 10 clock minutes: a day passes in 2.4 s.
@@ -85,11 +86,7 @@ async def stack(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     await incubator.start()
     await culture.start()
     devices_file = tmp / "devices.yaml"
-    devices_file.write_text(dump_devices([
-        DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint),
-        DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus",
-                     endpoint=culture.endpoint, poll_interval=0.2),
-    ]))
+    devices_file.write_text(dump_devices(device_configs(incubator, culture, poll_interval=0.2)))
     settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=devices_file,
                         time_scale=E2E_SCALE, port=free_port(), ingest_flush_interval=0.2, max_points=2000)
     try:

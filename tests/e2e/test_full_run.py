@@ -24,9 +24,10 @@ from app.demo import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
 from app.demo_client import DemoAutomation
 from app.runtime import Runtime
 from app.settings import Settings
-from drivers.devices import DeviceConfig, dump_devices
+from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
+from simulators.runner import device_configs
 from tests.e2e.conftest import serve
 from tests.support import free_port, sse_events
 
@@ -52,11 +53,7 @@ async def fast(db_dsn: str, tmp_path: Path) -> AsyncIterator[FastStack]:
     await incubator.start()
     await culture.start()
     devices_file = tmp_path / "devices.yaml"
-    devices_file.write_text(dump_devices([
-        DeviceConfig(name="incubator-1", kind="incubator", protocol="opcua", endpoint=incubator.endpoint),
-        DeviceConfig(name="culture-system-1", kind="culture-system", protocol="modbus",
-                     endpoint=culture.endpoint, poll_interval=0.05),
-    ]))
+    devices_file.write_text(dump_devices(device_configs(incubator, culture, poll_interval=0.05)))
     settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp_path / "data", devices_file=devices_file,
                         time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2, token_ttl_minutes=24 * 60,
                         engine_interval=0.05)
