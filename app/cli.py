@@ -73,24 +73,88 @@ def serve(
 
 @app.command()
 def simulate(
-    which: Annotated[str, typer.Argument(help="incubator, culture-system or all")] = "all",
+    which: Annotated[str, typer.Argument(
+        help="incubator, culture-system or all; or `fault` to talk to a running fault control interface")] = "all",
+    action: Annotated[str | None, typer.Argument(help="after `fault`: inject, clear or list")] = None,
+    spec: Annotated[str | None, typer.Argument(
+        help="after `fault inject|clear`: SIMULATOR:FAULT:POINT (simulator and point optional), "
+        "e.g. culture-system:frozen_sensor:ph")] = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     incubator_port: Annotated[int, typer.Option(help="OPC UA port")] = 4840,
     culture_port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5020,
     time_scale: Annotated[float | None, typer.Option(help="clock seconds per wall second")] = None,
     seed: Annotated[int, typer.Option(help="seed of the physics noise")] = 0,
+    fault: Annotated[list[str] | None, typer.Option(
+        "--fault", help="inject SIMULATOR:FAULT:POINT at start (repeatable; simulator and point optional); "
+        "the simulator defaults to the only one with that fault; faults: door_left_open, co2_supply_empty, "
+        "heater_stuck_on, heater_stuck_off, frozen_sensor, modbus_timeout, opcua_restart, setpoint_ignored")] = None,
+    control_port: Annotated[int | None, typer.Option(
+        help="serve the fault control interface on 127.0.0.1:PORT")] = None,
+    control: Annotated[str, typer.Option(help="with `fault`: URL of the control interface")]
+    = "http://127.0.0.1:8765",
 ) -> None:
-    """Run the hardware simulators on the shared clock (CULTURECTL_CLOCK_EPOCH / _TIME_SCALE)."""
+    """Run the hardware simulators on the shared clock (CULTURECTL_CLOCK_EPOCH / _TIME_SCALE), or drive their faults.
+
+    `culturectl simulate fault inject|clear|list --control URL` talks to simulators started with --control-port.
+    """
+    from simulators.faults import FaultRequest, parse_fault_spec
     from simulators.runner import run_simulators
 
+    def parse(text: str, option: str) -> FaultRequest:
+        try:
+            return parse_fault_spec(text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=option) from None
+
+    if which == "fault":
+        if action not in ("inject", "clear", "list"):
+            raise typer.BadParameter(f"{action!r}: choose inject, clear or list", param_hint="ACTION")
+        if action == "list":
+            _fault_call(control, "GET", "/faults")
+            return
+        if spec is None:
+            raise typer.BadParameter("give the fault as [simulator:]fault[:point]", param_hint="SPEC")
+        req = parse(spec, "SPEC")
+        if action == "inject":
+            _fault_call(control, "POST", "/faults",
+                        json={"simulator": req.simulator, "fault": str(req.fault), "point": req.point})
+        else:
+            _fault_call(control, "DELETE", f"/faults/{req.simulator}/{req.fault}",
+                        params={"point": req.point} if req.point else None)
+        return
     if which not in ("incubator", "culture-system", "all"):
-        raise typer.BadParameter(f"{which!r}: choose incubator, culture-system or all")
+        raise typer.BadParameter(f"{which!r}: choose incubator, culture-system, all or fault")
+    if action is not None or spec is not None:
+        raise typer.BadParameter(f"unexpected argument {action or spec!r} after {which!r}")
+    faults = [parse(text, "--fault") for text in fault or []]
+    wrong = [r for r in faults if which != "all" and r.simulator != which]
+    if wrong:
+        raise typer.BadParameter(f"{wrong[0].fault} is a fault of the {wrong[0].simulator} simulator, "
+                                 f"which is not being run", param_hint="--fault")
     settings = _settings(time_scale=time_scale)
     _logging(settings.log_level)
     kind: Literal["incubator", "culture-system", "all"] = which  # type: ignore[assignment]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulators(kind, settings.make_clock(), host=host, incubator_port=incubator_port,
-                                   culture_port=culture_port, seed=seed))
+                                   culture_port=culture_port, seed=seed, faults=faults, control_port=control_port))
+
+
+def _fault_call(control: str, method: str, path: str, **kwargs: object) -> None:
+    """One request to the fault control interface; prints the active faults, exits 2 on a refused fault."""
+    import httpx
+
+    try:
+        response = httpx.request(method, control.rstrip("/") + path, timeout=10, **kwargs)  # type: ignore[arg-type]
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot reach the fault control interface at {control}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    body = response.json() if response.content else {}
+    if response.status_code >= 400:
+        typer.echo(f"refused ({response.status_code}): {body.get('detail', body)}", err=True)
+        raise typer.Exit(2 if response.status_code == 400 else 1)
+    lines = [f"{f['simulator']}  {f['fault']}" + (f"  point={f['point']}" if f.get("point") else "")
+             + f"  since {f['since']}" for faults in body.values() for f in faults]
+    typer.echo("\n".join(lines) if lines else "no active faults")
 
 
 @db_app.command("upgrade")

@@ -1,4 +1,4 @@
-"""`python -m simulators [incubator|culture-system|all] --scale --seed --incubator-port --culture-port`."""
+"""`python -m simulators [incubator|culture-system|all] --scale --seed --incubator-port --culture-port --fault`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import signal
 from typing import cast
 
 from app.clock import ScaledClock
+from simulators.faults import FaultRequest, parse_fault_spec
 from simulators.runner import Which, run_simulators
+
+
+def _fault(text: str) -> FaultRequest:
+    try:
+        return parse_fault_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--incubator-port", type=int, default=4840)
     p.add_argument("--culture-port", type=int, default=5020)
+    p.add_argument("--fault", type=_fault, action="append", default=[],
+                   help="inject [simulator:]fault[:point] at start (repeatable)")
+    p.add_argument("--control-port", type=int, default=None, help="serve the fault control interface on 127.0.0.1")
     return p.parse_args(argv)
 
 
@@ -38,6 +49,8 @@ async def _main(args: argparse.Namespace) -> None:
         culture_port=args.culture_port,
         seed=args.seed,
         stop=stop,
+        faults=args.fault,
+        control_port=args.control_port,
     )
 
 

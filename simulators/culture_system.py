@@ -8,11 +8,13 @@ function 3, or holding addresses with function 4, is refused with ILLEGAL_ADDRES
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import struct
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
@@ -22,6 +24,7 @@ from app.clock import Clock
 from drivers.base import PointError, PointSpec
 from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS, MODBUS_WORD_ORDER
 from simulators._net import SimulatorServer
+from simulators.faults import ActiveFaults, Fault, as_fault, fault_point
 from simulators.physics import CultureModel
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,9 @@ class CultureSystemSimulator(SimulatorServer):
         self._server: ModbusTcpServer | None = None
         self._inputs = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "input"]
         self._holdings = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "holding"]
+        self._faults = ActiveFaults("culture-system")
+        # set while modbus_timeout is active: requests wait on it and are dropped unanswered when it fires
+        self._silence: asyncio.Event | None = None
 
     @property
     def endpoint(self) -> str:
@@ -145,8 +151,59 @@ class CultureSystemSimulator(SimulatorServer):
         self._server = server
         log.debug("culture-system simulator listening on %s (device id %d)", self.endpoint, self.device_id)
 
+    def active_faults(self) -> list[dict[str, Any]]:
+        """The injected faults still active, oldest first."""
+        return self._faults.as_list()
+
+    async def inject(self, fault: Fault | str, *, point: str | None = None) -> None:
+        """Give the culture system `fault` (see simulators.faults); ValueError if it does not apply here."""
+        f = as_fault(fault, "culture-system")
+        point = fault_point(f, point, "culture-system")
+        if self._faults.has(f, point):
+            return
+        now = self.clock.now()
+        if f is Fault.frozen_sensor:
+            assert point is not None
+            self.model.freeze(point, now)
+        elif f is Fault.modbus_timeout:
+            self._silence = asyncio.Event()
+        elif f is Fault.setpoint_ignored:
+            self.model.ignore_setpoint_writes = True
+        self._faults.add(f, point, now)
+        log.info("fault %s%s injected on culture-system :%d", f, f":{point}" if point else "", self._port)
+
+    async def clear(self, fault: Fault | str, *, point: str | None = None) -> None:
+        """Remove `fault` and return to normal behaviour; a fault that is not active is ignored."""
+        f = as_fault(fault, "culture-system")
+        point = fault_point(f, point, "culture-system")
+        if not self._faults.remove(f, point):
+            return
+        if f is Fault.frozen_sensor:
+            assert point is not None
+            self.model.unfreeze(point)
+        elif f is Fault.modbus_timeout:
+            self._release_silenced()
+        elif f is Fault.setpoint_ignored:
+            self.model.ignore_setpoint_writes = False
+        log.info("fault %s%s cleared on culture-system :%d", f, f":{point}" if point else "", self._port)
+
+    def _release_silenced(self) -> None:
+        silence, self._silence = self._silence, None
+        if silence is not None:
+            silence.set()
+
+    async def _never_answer(self, silence: asyncio.Event) -> None:
+        """Hold a request until modbus_timeout ends, then drop it without a response."""
+        await silence.wait()
+        # pymodbus sends nothing for a request whose handler is cancelled; a late answer would be wrong
+        raise asyncio.CancelledError
+
     async def stop(self) -> None:
         """Close the listener and every client connection; the model keeps its state."""
+        if self._silence is not None:
+            # let the held requests go (unanswered) so shutdown does not wait for them
+            self._silence.set()
+            self._silence = asyncio.Event()
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]
@@ -171,6 +228,8 @@ class CultureSystemSimulator(SimulatorServer):
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         """Called by pymodbus before each access: compute reads from the model, validate writes."""
+        if self._silence is not None:
+            await self._never_answer(self._silence)
         if function_code == READ_INPUT:
             if not _covers(self._inputs, address, count):
                 return ExcCodes.ILLEGAL_ADDRESS
@@ -201,6 +260,9 @@ class CultureSystemSimulator(SimulatorServer):
                 return ExcCodes.ILLEGAL_VALUE
         for spec, value in updates:
             if spec.name == "pump_rate_setpoint":
+                if self.model.ignore_setpoint_writes:
+                    log.info("culture-system pump rate write of %s mL/h ignored (fault setpoint_ignored)", value)
+                    continue
                 self.model.set_pump_rate(value, now)
                 log.info("culture-system pump rate set to %s mL/h by a client", value)
         return None

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from drivers.base import PointError, PointNotWritable
+from drivers.base import PointError, PointNotWritable, PointSpec
 from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS
 
 AMBIENT_TEMPERATURE = 22.0
 AMBIENT_CO2 = 0.04
 AMBIENT_HUMIDITY = 45.0
 CHAMBER_HUMIDITY = 93.0
+HEATER_STUCK_ON_TEMPERATURE = 45.0  # where a chamber heating at full power levels off
+
+HeaterMode = Literal["auto", "on", "off"]
 
 Profile = Literal["mobilized", "cord"]
 
@@ -59,6 +62,10 @@ class IncubatorTimeConstants:
     temperature_door_open: float = 240.0
     co2_door_open: float = 60.0
     humidity_door_open: float = 120.0
+    # heater off, door shut: the insulated chamber loses heat slowly
+    temperature_passive: float = 2400.0
+    # CO2 supply empty, door shut: the gas leaks out through the seals, slower than the supply regulates
+    co2_leak: float = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,11 @@ class IncubatorModel:
         self.co2 = co2_setpoint if co2 is None else co2
         self.humidity = CHAMBER_HUMIDITY if humidity is None else humidity
         self._door_open = door_open
+        # fault hooks: "auto" is normal control; "on"/"off" a stuck heater
+        self.heater: HeaterMode = "auto"
+        self.co2_supply = True
+        self.ignore_setpoint_writes = False
+        self.frozen: dict[str, float] = {}
 
     @property
     def now(self) -> datetime:
@@ -130,10 +142,38 @@ class IncubatorModel:
             self.co2 = relax(self.co2, AMBIENT_CO2, dt, tau.co2_door_open)
             self.humidity = relax(self.humidity, AMBIENT_HUMIDITY, dt, tau.humidity_door_open)
         else:
-            self.temperature = relax(self.temperature, self._temperature_setpoint, dt, tau.temperature)
-            self.co2 = relax(self.co2, self._co2_setpoint, dt, tau.co2)
+            if self.heater == "on":
+                self.temperature = relax(self.temperature, HEATER_STUCK_ON_TEMPERATURE, dt, tau.temperature)
+            elif self.heater == "off":
+                self.temperature = relax(self.temperature, AMBIENT_TEMPERATURE, dt, tau.temperature_passive)
+            else:
+                self.temperature = relax(self.temperature, self._temperature_setpoint, dt, tau.temperature)
+            if self.co2_supply:
+                self.co2 = relax(self.co2, self._co2_setpoint, dt, tau.co2)
+            else:
+                self.co2 = relax(self.co2, AMBIENT_CO2, dt, tau.co2_leak)
             self.humidity = relax(self.humidity, CHAMBER_HUMIDITY, dt, tau.humidity)
         self._now = now
+
+    def set_heater(self, mode: HeaterMode, now: datetime | None = None) -> None:
+        """Normal control ("auto") or a heater stuck "on" (toward ~45 C) or "off" (toward ambient)."""
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"heater mode {mode!r}: choose auto, on or off")
+        self._advance(now)
+        self.heater = mode
+
+    def set_co2_supply(self, available: bool, now: datetime | None = None) -> None:
+        """With the supply empty the CO2 decays toward ambient; back on, it returns to the setpoint."""
+        self._advance(now)
+        self.co2_supply = available
+
+    def freeze(self, point: str, now: datetime | None = None) -> None:
+        """Report the current value of `point` from now on (a stuck sensor); the physics goes on."""
+        self._advance(now)
+        self.frozen[point] = _check_freezable(_INCUBATOR_SPECS, "incubator", point, self.values())
+
+    def unfreeze(self, point: str) -> None:
+        self.frozen.pop(point, None)
 
     def _advance(self, now: datetime | None) -> None:
         # events take effect at their own time, so the state before them is integrated first
@@ -166,6 +206,9 @@ class IncubatorModel:
         if spec is None:
             raise PointError(f"unknown incubator point {point!r}")
         spec.check_write(value)
+        if self.ignore_setpoint_writes and spec.writable:
+            # a device that acknowledges the write but does not follow it
+            return
         if point == "temperature_setpoint":
             self.set_temperature_setpoint(value, now)
         elif point == "co2_setpoint":
@@ -176,7 +219,7 @@ class IncubatorModel:
     def values(self) -> dict[str, float]:
         """Measured values at the model's time, keyed by the incubator point names."""
         t, amp = self._now, self.noise_amplitude
-        return {
+        values = {
             "temperature": self.temperature + amp.temperature * noise(self.seed, "temperature", t),
             "co2": max(0.0, self.co2 + amp.co2 * noise(self.seed, "co2", t)),
             "humidity": min(100.0, max(0.0, self.humidity + amp.humidity * noise(self.seed, "humidity", t))),
@@ -184,6 +227,17 @@ class IncubatorModel:
             "temperature_setpoint": self._temperature_setpoint,
             "co2_setpoint": self._co2_setpoint,
         }
+        values.update(self.frozen)
+        return values
+
+
+def _check_freezable(specs: dict[str, PointSpec], device: str, point: str, values: dict[str, float]) -> float:
+    """The value to hold for `point`; ValueError unless it is an analog read-only point of `device`."""
+    spec = specs.get(point)
+    if spec is None or spec.kind != "analog" or spec.writable:
+        choices = ", ".join(name for name, s in specs.items() if s.kind == "analog" and not s.writable)
+        raise ValueError(f"{device} point {point!r} cannot be frozen; analog read-only points: {choices}")
+    return values[point]
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +304,9 @@ class CultureModel:
         self._pump_rate = _CULTURE_SPECS["pump_rate_setpoint"].check_write(pump_rate)
         self._pumped_ml = 0.0
         self._pump_since = t0  # the pump runs at its default rate from seeding on
+        # fault hooks
+        self.ignore_setpoint_writes = False
+        self.frozen: dict[str, float] = {}
 
     @property
     def now(self) -> datetime:
@@ -264,9 +321,20 @@ class CultureModel:
         if now > self._now:
             self._now = now
 
+    def freeze(self, point: str, now: datetime | None = None) -> None:
+        """Report the current value of `point` from now on (a stuck sensor); the culture goes on."""
+        if now is not None:
+            self.step(now)
+        self.frozen[point] = _check_freezable(_CULTURE_SPECS, "culture-system", point, self.values())
+
+    def unfreeze(self, point: str) -> None:
+        self.frozen.pop(point, None)
+
     def set_pump_rate(self, value: float, now: datetime | None = None) -> None:
-        """Set the pump rate (mL/h); raises PointLimitError outside 0..50."""
+        """Set the pump rate (mL/h); raises PointLimitError outside 0..50, ignored while setpoints are."""
         value = _CULTURE_SPECS["pump_rate_setpoint"].check_write(value)
+        if self.ignore_setpoint_writes:
+            return
         if now is not None:
             self.step(now)
         self._pumped_ml = self._medium_pumped(self._now)
@@ -326,7 +394,7 @@ class CultureModel:
         days = self._days(t)
         density = self.density_true(days)
         viability = self.params.viability_base - 3.0 * density / self.capacity
-        return {
+        values = {
             "viable_cell_density": density * (1.0 + 0.02 * noise(seed, "density", t)),
             "viability": min(95.0, max(85.0, viability + 0.4 * noise(seed, "viability", t))),
             "cd7_percent": max(0.0, self.cd7_true(days) + 0.5 * noise(seed, "cd7", t)),
@@ -336,3 +404,5 @@ class CultureModel:
             "temperature": 37.0 + 0.05 * math.sin(2.0 * math.pi * days) + 0.03 * noise(seed, "temp", t),
             "pump_rate_setpoint": self._pump_rate,
         }
+        values.update(self.frozen)
+        return values

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 from app.clock import Clock
 from drivers.devices import DeviceConfig
+from simulators.control import ControlServer
 from simulators.culture_system import CultureSystemSimulator
+from simulators.faults import FaultRequest
 from simulators.incubator import IncubatorSimulator
 
 log = logging.getLogger(__name__)
@@ -42,26 +45,44 @@ async def run_simulators(
     culture_port: int = 5020,
     seed: int = 0,
     stop: asyncio.Event | None = None,
+    faults: Sequence[FaultRequest] = (),
+    control_port: int | None = None,
 ) -> None:
-    """Start the chosen simulators, run until `stop` is set (or the task is cancelled), stop them cleanly."""
+    """Start the chosen simulators, run until `stop` is set (or the task is cancelled), stop them cleanly.
+
+    `faults` are injected once the simulators listen; with `control_port` (0: any free port) the fault control
+    interface (simulators.control) serves on 127.0.0.1.
+    """
     if which not in ("incubator", "culture-system", "all"):
         raise ValueError(f"unknown simulator {which!r}; choose incubator, culture-system or all")
+    named = ("incubator", "culture-system") if which == "all" else (which,)
+    for req in faults:
+        if req.simulator not in named:
+            raise ValueError(f"fault {req.fault} is for the {req.simulator} simulator, which is not being run")
     quiet_protocol_loggers()
-    sims: list[IncubatorSimulator | CultureSystemSimulator] = []
-    if which in ("incubator", "all"):
-        sims.append(IncubatorSimulator(clock, host=host, port=incubator_port, seed=seed))
-    if which in ("culture-system", "all"):
-        sims.append(CultureSystemSimulator(clock, host=host, port=culture_port, seed=seed))
+    sims: dict[str, IncubatorSimulator | CultureSystemSimulator] = {}
+    if "incubator" in named:
+        sims["incubator"] = IncubatorSimulator(clock, host=host, port=incubator_port, seed=seed)
+    if "culture-system" in named:
+        sims["culture-system"] = CultureSystemSimulator(clock, host=host, port=culture_port, seed=seed)
+    control: ControlServer | None = None
     try:
-        for sim in sims:
+        for kind, sim in sims.items():
             await sim.start()
-            kind = "incubator" if isinstance(sim, IncubatorSimulator) else "culture-system"
             log.info(
                 "%s simulator listening on %s (seed %d, clock x%g)", kind, sim.endpoint, seed, clock.scale
             )
+        for req in faults:
+            await sims[req.simulator].inject(req.fault, point=req.point)
+        if control_port is not None:
+            control = ControlServer(sims, port=control_port)
+            await control.start()
         await (stop or asyncio.Event()).wait()
     finally:
-        for sim in reversed(sims):
+        if control is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(control.stop())
+        for sim in reversed(sims.values()):
             # shielded so a cancelled runner still releases its ports
             with contextlib.suppress(Exception):
                 await asyncio.shield(sim.stop())

@@ -13,6 +13,7 @@ from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS
 from simulators.physics import (
     AMBIENT_CO2,
     AMBIENT_TEMPERATURE,
+    HEATER_STUCK_ON_TEMPERATURE,
     PROFILE_FOLD_RANGE,
     CultureModel,
     IncubatorModel,
@@ -277,3 +278,85 @@ def test_culture_is_deterministic_per_seed_and_seeds_differ() -> None:
     for x, y in zip(a, b, strict=True):
         assert x == pytest.approx(y, rel=1e-12)
     assert series(4, 24.0)[-1]["viable_cell_density"] != a[-1]["viable_cell_density"]
+
+
+# --- fault hooks ----------------------------------------------------------------------------------
+
+
+def test_stuck_heater_drives_temperature_to_45_or_ambient_and_auto_brings_it_back() -> None:
+    hot, cold = IncubatorModel(T0), IncubatorModel(T0)
+    hot.set_heater("on", T0)
+    cold.set_heater("off", T0)
+    ten_min = T0 + timedelta(minutes=10)
+    hot.step(ten_min)
+    cold.step(ten_min)
+    assert hot.temperature == pytest.approx(37.0 + 8.0 * (1 - math.exp(-1)), rel=1e-9)  # tau 10 min
+    assert hot.temperature > 39.0  # beyond HH within ten minutes
+    # no heating: tens of minutes to cool, passing L (36) and LL (35) within ten minutes
+    assert cold.tau.temperature_passive >= 1200.0
+    assert 30.0 < cold.temperature < 35.0
+    hot.step(T0 + timedelta(hours=3))
+    cold.step(T0 + timedelta(hours=3))
+    assert hot.temperature == pytest.approx(HEATER_STUCK_ON_TEMPERATURE, abs=0.1)
+    assert cold.temperature == pytest.approx(AMBIENT_TEMPERATURE, abs=2.0)
+    for m in (hot, cold):
+        m.set_heater("auto", T0 + timedelta(hours=3))
+        m.step(T0 + timedelta(hours=5))
+        assert m.temperature == pytest.approx(37.0, abs=0.1)
+    with pytest.raises(ValueError, match="heater mode"):
+        hot.set_heater("broken")  # type: ignore[arg-type]
+
+
+def test_empty_co2_supply_decays_to_ambient_no_faster_than_regulation_and_refill_recovers() -> None:
+    m = IncubatorModel(T0)
+    m.set_co2_supply(False, T0)
+    m.step(T0 + timedelta(seconds=m.tau.co2))
+    assert m.tau.co2_leak >= m.tau.co2
+    assert 5.0 - m.co2 == pytest.approx((5.0 - AMBIENT_CO2) * (1 - math.exp(-m.tau.co2 / m.tau.co2_leak)), rel=1e-9)
+    m.step(T0 + timedelta(hours=1))
+    assert m.co2 < 3.0  # LL
+    assert m.values()["door_open"] == 0.0 and m.temperature == pytest.approx(37.0)
+    m.set_co2_supply(True, T0 + timedelta(hours=1))
+    m.step(T0 + timedelta(hours=2))
+    assert m.co2 == pytest.approx(5.0, abs=0.05)
+
+
+def test_frozen_point_reports_one_value_while_the_physics_goes_on() -> None:
+    m = IncubatorModel(T0)
+    m.freeze("temperature", T0)
+    held = m.values()["temperature"]
+    m.set_heater("on", T0)
+    m.step(T0 + timedelta(minutes=30))
+    assert m.values()["temperature"] == held
+    assert m.temperature > 43.0  # the chamber underneath is hot
+    m.unfreeze("temperature")
+    assert m.values()["temperature"] > 43.0
+    for bad in ("door_open", "co2_setpoint", "pressure"):
+        with pytest.raises(ValueError, match="cannot be frozen"):
+            m.freeze(bad)
+    c = CultureModel(T0, seed=1)
+    c.step(T0 + 2 * DAY)
+    c.freeze("ph")
+    ph = c.values()["ph"]
+    c.step(T0 + 3 * DAY)
+    assert c.values()["ph"] == ph and c.values()["medium_pumped"] > 0.0
+    c.unfreeze("ph")
+    assert c.values()["ph"] != ph
+    with pytest.raises(ValueError, match="cannot be frozen"):
+        c.freeze("pump_rate_setpoint")
+
+
+def test_ignored_setpoint_writes_are_accepted_but_change_nothing() -> None:
+    m = IncubatorModel(T0)
+    m.ignore_setpoint_writes = True
+    m.write("temperature_setpoint", 34.0, T0)
+    assert m.temperature_setpoint == 37.0
+    with pytest.raises(PointLimitError):  # limits are still checked
+        m.write("co2_setpoint", 11.0, T0)
+    m.ignore_setpoint_writes = False
+    m.write("temperature_setpoint", 34.0, T0)
+    assert m.temperature_setpoint == 34.0
+    c = CultureModel(T0)
+    c.ignore_setpoint_writes = True
+    c.set_pump_rate(9.0, T0 + DAY)
+    assert c.values()["pump_rate_setpoint"] == 2.0
