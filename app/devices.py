@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from app.clock import Clock
-from drivers.base import DeviceState, PointError, Reading, find_point
+from drivers.base import DeviceState, DeviceUnavailable, Driver, PointError, Reading, find_point
 from drivers.devices import DeviceConfig
 from drivers.supervisor import DeviceSupervisor, make_driver
 
@@ -43,8 +43,11 @@ class DeviceHub:
         self._on_state = on_state
         self.status: dict[str, DeviceStatus] = {d.name: DeviceStatus(d) for d in devices}
         self._supervisors: dict[str, DeviceSupervisor] = {}
+        # The last value of each channel ("<device>.<point>"); None after a BAD reading (nothing known).
+        self.latest: dict[str, float | None] = {}
 
     def _reading(self, reading: Reading) -> None:
+        self.latest[reading.channel] = reading.value
         for sink in self._sinks:
             sink(reading)
 
@@ -57,16 +60,34 @@ class DeviceHub:
 
     def start(self) -> None:
         for name, status in self.status.items():
-            driver = make_driver(status.config, self._clock)
-            sup = DeviceSupervisor(driver, self._clock, on_reading=self._reading, on_state=self._state)
-            self._supervisors[name] = sup
-            status.since = self._clock.now()
-            sup.start()
+            self.attach(name, make_driver(status.config, self._clock))
+
+    def attach(self, name: str, driver: Driver) -> DeviceSupervisor:
+        """Supervise configured device `name` through `driver` (start() uses the real one; tests attach fakes)."""
+        status = self.status[name]
+        if name in self._supervisors:
+            raise RuntimeError(f"{name} is already supervised")
+        sup = DeviceSupervisor(driver, self._clock, on_reading=self._reading, on_state=self._state)
+        self._supervisors[name] = sup
+        status.since = self._clock.now()
+        sup.start()
+        return sup
 
     async def stop(self) -> None:
         for sup in self._supervisors.values():
             await sup.stop()
         self._supervisors.clear()
+
+    def state(self, name: str) -> DeviceState:
+        """The device's connection state (STOPPED when it is not supervised)."""
+        status = self.status.get(name)
+        if status is None or name not in self._supervisors:
+            return DeviceState.STOPPED
+        return status.state
+
+    def current(self, device: str, point: str) -> float | None:
+        """The last value the device reported for `point` (or the last read-back); None when unknown."""
+        return self.latest.get(f"{device}.{point}")
 
     def supervisor(self, name: str) -> DeviceSupervisor | None:
         return self._supervisors.get(name)
@@ -83,7 +104,11 @@ class DeviceHub:
         if status is None:
             raise PointError(f"unknown device {device!r}")
         find_point(status.config.points, point, device).check_write(value)
-        sup = self._supervisors[device]
+        sup = self._supervisors.get(device)
+        if sup is None:
+            raise DeviceUnavailable(f"{device} is not supervised (devices are not connected)")
         result = await sup.write(point, value)
+        # The read-back is the newest value known (a poll may only bring it later).
+        self.latest[f"{device}.{point}"] = result
         log.info("wrote %s.%s = %s (read back %s)", device, point, value, result)
         return result

@@ -9,7 +9,8 @@ Two halves:
 - `Engine` is the loop and only does I/O: every `interval` wall seconds (at most one clock `step` of the
   service clock), for every planned, running or held run (and a closed run whose last step the engine has not
   seen yet) it locks the run, plans, decides, writes the actions in one transaction (one audit record each,
-  actor `system:culturectl`), then publishes the events and writes the setpoints through `DeviceHub.write`.
+  actor `system:culturectl`), then publishes the events and sends the setpoints through the setpoint command
+  service (app/setpoints.py: limits, write, read-back, record, audit; no role or rate-of-change rule).
 
 Idempotent by the persisted status: a transition is only what differs from `step_status`, a missed-step
 deviation only opens for a step that has none, so a restart recomputes from the database and repeats nothing;
@@ -18,8 +19,9 @@ a step that passed its hard_latest while the service was down becomes a deviatio
 Decisions:
 - Setpoints are written after the transaction commits (a device write can take seconds and must not hold the
   run's lock); a service stop between the commit and the write loses that write (the next phase's setpoints and
-  the operator's checks catch it). A failed write is logged and audited (`device.setpoint_failed`), never
-  retried and never stops the loop.
+  the operator's checks catch it). An accepted command is recorded in setpoint_command and audited
+  (`device.setpoint`, with its result) by the service; a refused one is audited here (`device.setpoint_failed`).
+  Neither is retried nor stops the loop.
 - on_open setpoints apply when a step first becomes actionable (open, due or late from pending or unseen);
   on_done ones when it becomes done. Only for planned and running runs.
 - A missed step holds only a running run (a planned run has no T0 yet; a held run is already held).
@@ -44,9 +46,11 @@ from app.auth.principal import SYSTEM
 from app.clock import Clock
 from app.devices import DeviceHub
 from app.live import LiveHub
+from app.problems import Problem
 from app.protocol import planner, store
 from app.protocol.planner import ACTIONABLE, AbsWindow, StepPlan, StepStatus
 from app.protocol.recipe import Recipe
+from app.setpoints import SetpointFailed, SetpointRequest, SetpointService
 
 log = logging.getLogger("culturectl.engine")
 
@@ -173,6 +177,7 @@ class Engine:
     hub: Callable[[], DeviceHub | None]
     interval: float = 1.0
     clock_step: float = 600.0  # clock seconds: at high time scales the engine ticks more often than `interval`
+    setpoint_timeout: float = 5.0  # wall seconds for a setpoint's write and read-back
     ticks: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -281,22 +286,28 @@ class Engine:
             result.setpoints += 1
 
     async def _write(self, run_id: int, sp: SetpointAction, device: str | None) -> None:
-        """Write one setpoint through the one write path; audit it with the read-back, or the failure."""
+        """Send one phase setpoint through the setpoint command service (source recipe, actor system).
+
+        An accepted command is recorded and audited by the service (`device.setpoint`, also when the device does
+        not follow); a refusal (no device bound, limits, device offline) is audited here as
+        `device.setpoint_failed`. Neither stops the loop.
+        """
         what = {"run_id": run_id, "step": sp.step_key, "apply": sp.apply, "point": sp.point, "value": sp.value}
-        hub = self.hub()
+        service = SetpointService(self.pool, self.clock, self.live, self.hub, timeout=self.setpoint_timeout)
+        body = SetpointRequest(point=sp.point, value=sp.value, run_id=run_id,
+                               reason=f"schedule engine: {sp.step_key} {sp.apply}")
         try:
             if device is None:
                 raise LookupError(f"run {run_id} has no {sp.device_kind} device bound")
-            if hub is None:
-                raise LookupError("the device hub is not running")
-            read_back = await hub.write(device, sp.point, sp.value)
-        except Exception as exc:  # logged and audited, never fatal
+            await service.command(device, body, principal=SYSTEM, source="recipe")
+        except SetpointFailed as exc:  # written and recorded with its result by the service
+            log.warning("engine: setpoint %s.%s = %g for run %s step %s not confirmed: %s", device, sp.point,
+                        sp.value, run_id, sp.step_key, exc.detail)
+        except Exception as exc:  # refused before writing: logged and audited, never fatal
+            detail = exc.detail if isinstance(exc, Problem) else (str(exc) or type(exc).__name__)
             log.warning("engine: setpoint %s.%s = %g for run %s step %s failed: %s", device or sp.device_kind,
-                        sp.point, sp.value, run_id, sp.step_key, exc)
-            await self._audit_write("device.setpoint_failed", device or sp.device_kind,
-                                    {**what, "error": str(exc) or type(exc).__name__})
-            return
-        await self._audit_write("device.setpoint", device, {**what, "read_back": read_back})
+                        sp.point, sp.value, run_id, sp.step_key, detail)
+            await self._audit_write("device.setpoint_failed", device or sp.device_kind, {**what, "error": detail})
 
     async def _audit_write(self, action: str, device: str, new: dict[str, Any]) -> None:
         try:
