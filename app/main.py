@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from app.api import alarms as alarms_api
 from app.api import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
 from app.api import audit as audit_api
+from app.api import setpoints as setpoints_api
 from app.api import signatures as signatures_api
 from app.auth.deps import current_principal
 from app.clock import Clock
@@ -50,6 +52,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     for module in (devices, channels, stream):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(current_principal)])
     # These declare CurrentPrincipal per route (login is public).
-    for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations):
+    for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations, setpoints_api,
+                   alarms_api):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(alarms_api.runs_router, prefix=API_PREFIX)
     return app

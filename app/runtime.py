@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from app import db
+from app.alarms.service import AlarmService
 from app.clock import Clock
 from app.devices import DeviceHub
 from app.ingest.buffer import ReadingBuffer
@@ -61,6 +62,7 @@ class Runtime:
     hub: DeviceHub | None = None
     started_at: datetime | None = None
     engine: Engine | None = None
+    alarms: AlarmService | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -85,14 +87,26 @@ class Runtime:
             batch_size=s.ingest_batch_size, flush_interval=s.ingest_flush_interval,
         )
         self._tasks.append(asyncio.create_task(self.writer.run(), name="telemetry-writer"))
-        self.hub = DeviceHub(self.devices, self.clock, sinks=[self.buffer.put_nowait, self._publish_reading],
+        self.alarms = AlarmService(
+            self.clock, self.live, self.devices, pool=self.pool,
+            shelve_max=timedelta(minutes=s.alarm_shelve_max_minutes), stale_floor=s.alarm_stale_floor,
+            interval=s.alarm_interval, historian=self.writer.stats,
+        )
+        async with self.pool.acquire() as conn:
+            await self.alarms.restore(conn)
+            await self.alarms.refresh(conn)
+        self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
+        # Each reading goes to the ingest buffer, the alarm evaluation and the live stream, in that order.
+        self.hub = DeviceHub(self.devices, self.clock,
+                             sinks=[self.buffer.put_nowait, self.alarms.on_reading, self._publish_reading],
                              on_state=self._publish_state)
         if s.connect_devices:
             self.hub.start()
         if s.engine_enabled:
             from app.protocol.engine import Engine  # the protocol store imports the API layer, which imports this
 
-            self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval)
+            self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval,
+                                 setpoint_timeout=s.setpoint_timeout)
             self._tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))
 
     def _publish_reading(self, r: Reading) -> None:
@@ -108,6 +122,8 @@ class Runtime:
         })
 
     def _publish_state(self, device: str, state: DeviceState, since: datetime) -> None:
+        if self.alarms is not None:
+            self.alarms.on_device_state(device, state, since)
         self.live.publish("device_state", device, {"device": device, "state": state.value,
                                                    "since": since.isoformat()})
 
@@ -116,9 +132,16 @@ class Runtime:
             task.cancel()  # first: it uses the pool, the hub and the live hub
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.live.close()
         if self.hub is not None:
             await self.hub.stop()
+        for task in [t for t in self._tasks if t.get_name() == "alarms"]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.alarms is not None:
+            with contextlib.suppress(Exception):
+                await self.alarms.flush()  # the last transitions, e.g. the devices' own stop
+        self.live.close()
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 await self.writer.stop()

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     engine_interval: float = Field(default=1.0, gt=0, le=60,
                                    description="wall seconds between schedule engine passes (at most 10 clock min)")
     lockout_threshold: int = Field(default=5, ge=1, le=100, description="consecutive failed logins that lock a user")
+    alarm_interval: float = Field(default=0.5, gt=0, le=10,
+                                  description="wall seconds between alarm passes (delays, stale data, expiry, persist)")
+    alarm_shelve_max_minutes: float = Field(default=480.0, gt=0, le=7 * 24 * 60,
+                                            description="longest an alarm may be shelved, clock minutes")
+    alarm_stale_floor: float = Field(default=5.0, gt=0, le=600,
+                                     description="stale-data limit is at least this many wall seconds on a fast clock")
+    setpoint_timeout: float = Field(default=5.0, gt=0, le=120,
+                                    description="wall seconds a setpoint write and its read-back may take")
 
     @field_validator("clock_epoch", "clock_origin")
     @classmethod

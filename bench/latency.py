@@ -17,35 +17,12 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
-import uvicorn
-from pydantic import SecretStr
 
-from app import db
-from app.auth import accounts
-from app.auth.principal import SYSTEM, Role
-from app.clock import ScaledClock
-from app.main import create_app
-from app.settings import Settings
-from drivers.devices import dump_devices
-from simulators.culture_system import CultureSystemSimulator
-from simulators.incubator import IncubatorSimulator
-from simulators.runner import device_configs
-
-BENCH_PASSWORD = "Timing-probe-42"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench._stack import running_stack
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -54,47 +31,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def main(seconds: float, poll_interval: float) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="culturectl-latency-"))
-    embedded = None
-    dsn = os.environ.get("DATABASE_URL")
-    if dsn is None:
-        embedded = db.EmbeddedPostgres(tmp / "pg")
-        dsn = await asyncio.to_thread(embedded.start)
-    clock = ScaledClock(scale=1.0)
-    incubator = IncubatorSimulator(clock, seed=1)
-    culture = CultureSystemSimulator(clock, seed=1)
-    await incubator.start()
-    await culture.start()
-    devices = tmp / "devices.yaml"
-    devices.write_text(dump_devices(device_configs(incubator, culture, poll_interval=poll_interval)))
-    port = _free_port()
-    settings = Settings(database_url=SecretStr(dsn), data_dir=tmp / "data", devices_file=devices, port=port)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, clock=clock), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    task = asyncio.create_task(server.serve())
     delays: dict[str, list[float]] = {"opcua": [], "modbus": []}
-    try:
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.05)
-        conn = await db.connect(dsn)
-        try:
-            if await accounts.get_user_by_name(conn, "bench") is None:
-                await accounts.create_user(conn, username="bench", display_name="Latency Bench", role=Role.OPERATOR,
-                                           password=BENCH_PASSWORD, actor=SYSTEM)
-        finally:
-            await conn.close()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None) as client:
-            login = await client.post("/api/v1/auth/login", json={"username": "bench", "password": BENCH_PASSWORD})
-            login.raise_for_status()
-            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-            await _collect(client, headers, seconds, delays)
-    finally:
-        server.should_exit = True
-        await task
-        await culture.stop()
-        await incubator.stop()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    async with running_stack(1.0, poll_interval, prefix="culturectl-latency-") as stack:
+        await _collect(stack.client, {}, seconds, delays)
     _report(delays, seconds, poll_interval)
 
 

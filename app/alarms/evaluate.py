@@ -184,6 +184,9 @@ def evaluate(defn: AlarmDefinition, state: AlarmState, reading_value: float | No
              at: datetime) -> tuple[AlarmState, list[Transition]]:
     """Apply one reading of the alarm's channel at `at`."""
     _aware(at)
+    if isinstance(defn, StaleAlarm) and defn.changes_only and reading_value is not None \
+            and reading_value == state.last_value:
+        return state, []  # the same value again is not a new sample of a noisy signal
     st = _touch(state, at, reading_value)
     if not st.raw and st.active is None and isinstance(defn, LimitAlarm) and reading_value is not None:
         raw0, held0 = _conditions(defn, state, reading_value) if quality == Quality.GOOD else ((), None)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drivers.base import PointSpec
 from drivers.points import POINT_MAPS
 
 Seconds = Annotated[float, Field(allow_inf_nan=False, ge=0, le=7 * 24 * 3600)]
@@ -157,10 +158,15 @@ class RateAlarm(_Alarm):
 
 
 class StaleAlarm(_Alarm):
-    """No sample for more than max_age_s."""
+    """No new sample for more than max_age_s; with changes_only a repeated identical value is not new (frozen sensor).
+
+    changes_only suits analog points whose true signal always carries measurement noise: a value that stops
+    changing is a sensor that stopped measuring. OPC UA devices report only changes, so there it is the same test.
+    """
 
     kind: Literal["stale"] = "stale"
     max_age_s: Annotated[float, Field(allow_inf_nan=False, gt=0)] = 120.0
+    changes_only: bool = False
 
 
 class BadQualityAlarm(_Alarm):
@@ -182,22 +188,38 @@ AlarmDefinition = Annotated[
 _MIN = 60.0
 
 
-def _quality_alarms() -> tuple[AlarmDefinition, ...]:
-    return (
-        StaleAlarm(name="stale", max_age_s=2 * _MIN, description="no sample for > 2 min: the culture is unobserved"),
+# Analog points that change only when something acts on them (a totaliser): a constant value is not frozen.
+_STEADY_POINTS = frozenset({"culture-system.medium_pumped"})
+
+
+def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...]:
+    """Data-quality alarms of a read-only point: stale (frozen for noisy analog points), bad quality, comm loss.
+
+    Discrete points (the door) get no stale alarm: OPC UA reports them only when they change, so hours without a
+    sample are normal; a lost device still raises comm_loss.
+    """
+    quality: tuple[AlarmDefinition, ...] = (
         BadQualityAlarm(name="bad_quality", description="status not Good"),
         CommLossAlarm(name="comm_loss", description="device communication lost"),
     )
+    if spec.kind == "boolean":
+        return quality
+    changes = channel not in _STEADY_POINTS
+    what = "no new value" if changes else "no sample"
+    stale = StaleAlarm(name="stale", max_age_s=2 * _MIN, changes_only=changes,
+                       description=f"{what} for > 2 min: the culture is unobserved")
+    return (stale, *quality)
 
 
 def default_definitions() -> dict[str, tuple[AlarmDefinition, ...]]:
     """PROCESS.md alarm defaults keyed by "<device kind>.<point>"; every read-only point gets data-quality alarms."""
-    q = _quality_alarms()
     out: dict[str, tuple[AlarmDefinition, ...]] = {
-        f"{kind}.{p.name}": q for kind, points in POINT_MAPS.items() for p in points if not p.writable
+        f"{kind}.{p.name}": _quality_alarms(f"{kind}.{p.name}", p)
+        for kind, points in POINT_MAPS.items() for p in points if not p.writable
     }
     m = Priority.MEDIUM
     hi = Priority.HIGH
+    q = out["incubator.temperature"]
     out["incubator.temperature"] = (
         LimitAlarm(
             name="limit", deadband=0.2, description="chamber temperature out of 36-38 C",
@@ -210,6 +232,7 @@ def default_definitions() -> dict[str, tuple[AlarmDefinition, ...]]:
                   description="temperature changes > 0.5 C/min: sensor-fault diagnostic"),
         *q,
     )
+    q = out["incubator.co2"]
     out["incubator.co2"] = (
         LimitAlarm(
             name="limit", deadband=0.2, description="chamber CO2 out of 4-6 %",
@@ -219,11 +242,13 @@ def default_definitions() -> dict[str, tuple[AlarmDefinition, ...]]:
         ),
         *q,
     )
+    q = out["incubator.humidity"]
     out["incubator.humidity"] = (
         LimitAlarm(name="limit", deadband=2.0, description="relative humidity below 80 %",
                    l=Limit(value=80.0, on_delay_s=60 * _MIN, priority=Priority.ADVISORY)),
         *q,
     )
+    q = out["incubator.door_open"]
     out["incubator.door_open"] = (
         LimitAlarm(
             name="limit", description="door open: > 60 s advisory, > 5 min alarm", max_suppression_s=10 * _MIN,

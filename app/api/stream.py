@@ -15,7 +15,7 @@ from app.problems import Problem
 
 router = APIRouter(tags=["live"])
 
-KINDS = ("reading", "device_state", "step", "deviation", "run")
+KINDS = ("reading", "device_state", "step", "deviation", "run", "setpoint", "alarm")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,10 @@ def roles(*allowed: Role, note: str = "") -> Access:
     return Access(roles=frozenset(allowed), note=note)
 
 
+def people(*allowed: Role, note: str = "") -> Access:
+    return Access(roles=frozenset(allowed), users_only=True, note=note)
+
+
 PUBLIC = Access(public=True)
 ANY = Access()
 USERS = Access(users_only=True)
@@ -105,6 +109,21 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", f"{V1}/deviations/{{deviation_id}}"): ANY,
     ("POST", f"{V1}/deviations/{{deviation_id}}/comments"): USERS,
     ("POST", f"{V1}/deviations/{{deviation_id}}/close"): roles(Role.QA, note="signed 'approved' by a person"),
+    # Supervised control: people (and keys) of the process roles; QA reviews, admins manage accounts.
+    ("POST", f"{V1}/devices/{{name}}/setpoints"): roles(
+        Role.OPERATOR, Role.SUPERVISOR, note="a held run's devices: supervisor only; see Setpoint control"),
+    ("GET", f"{V1}/devices/{{name}}/setpoints"): ANY,
+    # Alarms (ISA-18.2): anyone reads; people act, with a comment (audited as the reason).
+    ("GET", f"{V1}/alarms"): ANY,
+    ("GET", f"{V1}/alarms/history"): ANY,
+    ("GET", f"{V1}/alarms/{{alarm_id}}"): ANY,
+    ("POST", f"{V1}/alarms/{{alarm_id}}/acknowledge"): people(Role.OPERATOR, Role.SUPERVISOR, note="comment required"),
+    ("POST", f"{V1}/alarms/{{alarm_id}}/shelve"): people(
+        Role.OPERATOR, Role.SUPERVISOR, note="comment required; at most CULTURECTL_ALARM_SHELVE_MAX_MINUTES"),
+    ("POST", f"{V1}/alarms/{{alarm_id}}/unshelve"): people(Role.OPERATOR, Role.SUPERVISOR, note="comment required"),
+    ("POST", f"{V1}/alarms/{{alarm_id}}/out-of-service"): people(Role.SUPERVISOR, note="comment required"),
+    ("POST", f"{V1}/alarms/{{alarm_id}}/return-to-service"): people(Role.SUPERVISOR, note="comment required"),
+    ("GET", f"{V1}/runs/{{run_id}}/excursions"): ANY,
 }
 
 

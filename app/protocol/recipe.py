@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.alarms.excursion import ExcursionRule
+from app.alarms.model import AlarmDefinition
 from drivers.points import POINT_MAPS
 
 Meaning = Literal["performed", "verified", "reviewed", "approved"]
@@ -255,6 +257,33 @@ class Planning(_Model):
         return self
 
 
+def _read_only_channel(channel: str) -> None:
+    kind, _, point = channel.partition(".")
+    spec = {p.name: p for p in POINT_MAPS.get(kind, ())}.get(point)
+    if spec is None or spec.writable:
+        raise ValueError(f"unknown channel {channel!r}: use <device kind>.<point> of a read-only point of a point map")
+
+
+class AlarmOverride(_Model):
+    """Alarm definitions of one channel that replace the defaults, for the whole run or while steps are in window.
+
+    Phase-aware: with `during`, the definitions apply while one of those steps is open, due or late (in its
+    window); otherwise the run's other overrides or the PROCESS.md defaults apply. The first match wins.
+    """
+
+    channel: str  # "<device kind>.<point>"
+    during: tuple[str, ...] = ()
+    definitions: tuple[AlarmDefinition, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> AlarmOverride:
+        _read_only_channel(self.channel)
+        names = [d.name for d in self.definitions]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"{self.channel}: duplicate alarm names {dup}")
+        return self
+
+
 class Recipe(_Model):
     """A validated protocol recipe."""
 
@@ -267,6 +296,8 @@ class Recipe(_Model):
     planning: Planning
     projection: Projection
     steps: tuple[Step, ...] = Field(min_length=1)
+    alarms: tuple[AlarmOverride, ...] = ()  # overrides of the PROCESS.md alarm defaults, per channel and phase
+    excursions: tuple[ExcursionRule, ...] = ()  # bands whose excursions are accounted per run (batch record)
 
     @model_validator(mode="after")
     def _cross(self) -> Recipe:
@@ -288,6 +319,14 @@ class Recipe(_Model):
                 errors.append(f"step {s.key!r}: window anchor {a!r} is neither t0 nor a step of this recipe")
             elif a == s.key:
                 errors.append(f"step {s.key!r}: a window cannot be anchored to its own step")
+        for o in self.alarms:
+            errors += [f"alarms of {o.channel}: during {k!r} is not a step of this recipe" for k in o.during
+                       if k not in known]
+        for e in self.excursions:
+            try:
+                _read_only_channel(e.channel)
+            except ValueError as exc:
+                errors.append(f"excursions: {exc}")
         if errors:
             raise ValueError("; ".join(errors))
         if self.step(self.t0_step).window.anchor != "t0":

@@ -111,7 +111,7 @@ async def test_logout_revokes_the_session_at_once(service: Service) -> None:
 
 
 async def test_token_expires_after_its_ttl(db_dsn: str, tmp_path: Path) -> None:
-    async with running_service(db_dsn, tmp_path, token_ttl_minutes=0.03) as short:
+    async with running_service(db_dsn, tmp_path, token_ttl_minutes=0.1) as short:
         headers = await short.login("operator")
         assert (await short.client.get(ME, headers=headers)).status_code == 200
 
@@ -119,7 +119,7 @@ async def test_token_expires_after_its_ttl(db_dsn: str, tmp_path: Path) -> None:
             r = await short.client.get(ME, headers=headers)
             return r.status_code == 401 and "expired" in r.json()["detail"]
 
-        await wait_for(expired, timeout=15, what="the token to expire")
+        await wait_for(expired, timeout=30, what="the token to expire")
         # The signing key was generated into the data directory, readable by the owner only.
         key_file = tmp_path / "secret.key"
         assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600 and len(key_file.read_text()) >= 32

@@ -20,11 +20,14 @@ import asyncpg
 import pytest
 
 from app import db
+from app.alarms import evaluate, initial_state, out_of_service, shelve
 from app.auth.policy import access_for
 from app.auth.principal import Principal, Role
 from app.protocol.recipe import DEFAULT_RECIPE
+from drivers.base import Quality
 from tests.api.conftest import Service, new_password
 from tests.api.protocol_support import INPUTS, ensure_recipe, make_run, open_deviation, run_body
+from tests.api.setpoint_support import attach_device
 
 MUTATING = {"post", "put", "patch", "delete"}
 RECIPE_YAML = (Path(__file__).resolve().parents[2] / "app" / "protocol" / "recipes" / DEFAULT_RECIPE).read_text()
@@ -135,7 +138,40 @@ async def _close(service: Service, actor: Actor) -> Request:
                                                "signature": {"meaning": "approved", "password": actor.password or "x"}}
 
 
+async def _setpoint(service: Service, actor: Actor) -> Request:
+    await attach_device(service)  # a scripted incubator at 37.0 C: the walk's one accepted command confirms
+    return "/api/v1/devices/incubator-1/setpoints", {"point": "temperature_setpoint", "value": 37.5,
+                                                     "reason": "walk: setpoint"}
+
+
+def _alarm_action(verb: str) -> Builder:
+    """The device comm-loss alarm of incubator-1, put in a state the action is allowed from."""
+    async def build(service: Service, actor: Actor) -> Request:
+        svc = service.app.state.runtime.alarms
+        alarm = svc.alarms["incubator-1:comm_loss"]
+        now = svc.clock.now()
+        st = initial_state(alarm.id, now)
+        if verb == "acknowledge":
+            st, _ = evaluate(alarm.defn, st, None, Quality.BAD, now)
+        elif verb == "unshelve":
+            st, _ = shelve(st, now, now + timedelta(hours=1), svc.shelve_max)
+        elif verb == "return-to-service":
+            st, _ = out_of_service(st, now)
+        alarm.state = st
+        body: dict[str, Any] = {"comment": f"walk: {verb}"}
+        if verb == "shelve":
+            body["minutes"] = 30
+        return f"/api/v1/alarms/{alarm.id}/{verb}", body
+    return build
+
+
 BODIES: dict[tuple[str, str], Builder] = {
+    ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): _alarm_action("acknowledge"),
+    ("POST", "/api/v1/alarms/{alarm_id}/shelve"): _alarm_action("shelve"),
+    ("POST", "/api/v1/alarms/{alarm_id}/unshelve"): _alarm_action("unshelve"),
+    ("POST", "/api/v1/alarms/{alarm_id}/out-of-service"): _alarm_action("out-of-service"),
+    ("POST", "/api/v1/alarms/{alarm_id}/return-to-service"): _alarm_action("return-to-service"),
+    ("POST", "/api/v1/devices/{name}/setpoints"): _setpoint,
     ("POST", "/api/v1/recipes"): _release,
     ("POST", "/api/v1/runs"): _new_run,
     ("POST", "/api/v1/runs/{run_id}/steps/{step_key}"): _step,

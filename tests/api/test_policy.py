@@ -35,6 +35,11 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/runs/{run_id}": SIGNED_IN,
     "/api/v1/deviations": SIGNED_IN,
     "/api/v1/deviations/{deviation_id}": SIGNED_IN,
+    "/api/v1/devices/{name}/setpoints": SIGNED_IN,
+    "/api/v1/alarms": SIGNED_IN,
+    "/api/v1/alarms/history": SIGNED_IN,
+    "/api/v1/alarms/{alarm_id}": SIGNED_IN,
+    "/api/v1/runs/{run_id}/excursions": SIGNED_IN,
 }
 STREAMS = {"/api/v1/stream"}  # endless responses: tested on a real server in tests/e2e
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/api/v1/auth/login"),

@@ -1,0 +1,657 @@
+"""The alarm service: the pure alarm core wired to ingest, the clock, the database and the live stream.
+
+- Every reading passes through `on_reading` (a DeviceHub sink, like the ingest buffer): each alarm of its channel
+  is evaluated right there, in memory, never by polling the database. Device connection changes come through
+  `on_device_state` (one communication-loss alarm per device, not one per point).
+- A loop on the service clock (`run`) applies the passage of time (`tick`: delays, stale data, shelve expiry,
+  end of suppression), raises the historian alarm from the writer's state, refreshes which run each device
+  serves (phase-aware definitions from the run's recipe, door suppression, excursions), and persists.
+- Transitions are published on the live stream at once (kind "alarm") and written to the journal
+  (`alarm_event`) and the current state (`alarm`) in order; while the database is down they wait in memory and are
+  written when it returns.
+- Operator actions (acknowledge, shelve, unshelve, out of service) need a comment; each writes its journal row,
+  the alarm row and one audit record in one transaction before the in-memory state changes.
+- Excursions of a run's channels (time and integral outside the band) are accounted from the same readings; the
+  recipe's rules open deviations on the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+
+from app import audit
+from app.alarms.evaluate import (
+    AlarmState,
+    IllegalTransition,
+    Transition,
+    acknowledge,
+    evaluate,
+    initial_state,
+    out_of_service,
+    return_to_service,
+    shelve,
+    suppress,
+    tick,
+    unshelve,
+)
+from app.alarms.excursion import ExcursionRule, ExcursionState, Trip, add_sample
+from app.alarms.model import (
+    AlarmDefinition,
+    AlarmStatus,
+    CommLossAlarm,
+    Severity,
+    StaleAlarm,
+    default_definitions,
+)
+from app.auth.principal import SYSTEM, Principal
+from app.clock import Clock
+from app.live import LiveHub
+from app.problems import Problem
+from drivers.base import DeviceState, Quality, Reading
+from drivers.devices import DeviceConfig
+
+log = logging.getLogger("culturectl.alarms")
+
+Action = Literal["acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service"]
+HISTORIAN = "culturectl"
+HISTORIAN_ALARM = f"{HISTORIAN}:historian"
+IN_WINDOW = ("open", "due", "late")
+EXCURSION_RUN_STATES = ("running", "held")
+BOUND_RUN_STATES = ("planned", "running", "held")
+ALARM_RULE = "excursion_alarm"
+
+_COMM_LOSS = CommLossAlarm(name="comm_loss", description="device communication lost: its channels are unobserved")
+_HISTORIAN_DEF = CommLossAlarm(
+    name="historian", description="the database (historian) is unavailable: telemetry is kept in the local spool")
+
+
+@dataclass
+class Alarm:
+    """One alarm of the service: a definition on a channel (or a device), its state and the run it serves."""
+
+    id: str
+    channel: str
+    device: str
+    defn: AlarmDefinition
+    state: AlarmState
+    run_id: int | None = None
+    active_since: datetime | None = None
+    changed_at: datetime | None = None
+
+    @property
+    def point(self) -> str | None:
+        return self.channel.partition(".")[2] or None
+
+    def priority(self) -> str:
+        sev = self.state.active
+        return (self.defn.priority_of(sev) if sev is not None else self.defn.priority).value
+
+    def view(self) -> dict[str, Any]:
+        """What the API and the stream show of the alarm."""
+        st = self.state
+        return {
+            "id": self.id, "channel": self.channel, "device": self.device, "point": self.point,
+            "name": self.defn.name, "kind": self.defn.kind, "description": self.defn.description,
+            "priority": self.priority(), "status": st.status.value,
+            "severity": st.active.value if st.active is not None else None,
+            "value": st.last_value, "active_since": _iso(self.active_since), "changed_at": _iso(self.changed_at),
+            "mode_until": _iso(st.mode_until), "run_id": self.run_id,
+        }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+@dataclass
+class _Binding:
+    """A run a device serves: its recipe's alarm overrides, excursion rules and the steps in their window."""
+
+    run_id: int
+    status: str
+    in_window: frozenset[str]
+    door_steps: frozenset[str]
+    overrides: tuple[Any, ...]
+    excursions: tuple[ExcursionRule, ...]
+
+
+@dataclass
+class _Excursion:
+    run_id: int
+    channel: str
+    rule: ExcursionRule
+    state: ExcursionState
+    dirty: bool = False
+
+
+@dataclass
+class _Event:
+    alarm: Alarm
+    row: dict[str, Any]
+    transition: Transition
+    actor: str | None = None
+    comment: str | None = None
+
+
+@dataclass
+class AlarmService:
+    """See the module docstring."""
+
+    clock: Clock
+    live: LiveHub
+    devices: Sequence[DeviceConfig]
+    pool: asyncpg.Pool | None = None
+    shelve_max: timedelta = timedelta(hours=8)
+    stale_floor: float = 5.0  # wall seconds: on a sped-up clock devices still sample in wall time
+    interval: float = 0.5
+    context_interval: float = 2.0
+    historian: Callable[[], Mapping[str, Any]] | None = None
+    max_pending: int = 100_000
+    alarms: dict[str, Alarm] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=lambda: {"readings": 0, "transitions": 0, "dropped": 0,
+                                                           "flush_errors": 0})
+    _by_channel: dict[str, list[Alarm]] = field(default_factory=dict)
+    _kinds: dict[str, str] = field(default_factory=dict)
+    _bindings: dict[str, _Binding] = field(default_factory=dict)  # device -> run binding
+    _excursions: dict[str, list[_Excursion]] = field(default_factory=dict)  # channel -> excursions
+    _pending: deque[_Event] = field(default_factory=deque)
+    _dirty: dict[str, Alarm] = field(default_factory=dict)
+    _trips: list[tuple[int, str, str, dict[str, Any], datetime]] = field(default_factory=list)
+    _restored: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _last_context: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self._kinds = {d.name: d.kind for d in self.devices}
+        now = self.clock.now()
+        defaults = default_definitions()
+        for d in self.devices:
+            self._add(Alarm(f"{d.name}:comm_loss", d.name, d.name, _COMM_LOSS, initial_state(f"{d.name}:comm_loss",
+                                                                                               now)))
+            for p in d.points:
+                channel = f"{d.name}.{p.name}"
+                self._set_channel(channel, defaults.get(f"{d.kind}.{p.name}", ()), None, now)
+        self._add(Alarm(HISTORIAN_ALARM, HISTORIAN, HISTORIAN, _HISTORIAN_DEF, initial_state(HISTORIAN_ALARM, now)))
+
+    # -- definitions -----------------------------------------------------------------------------------------
+
+    def _effective(self, defn: AlarmDefinition) -> AlarmDefinition:
+        if isinstance(defn, StaleAlarm):
+            floor = self.stale_floor * self.clock.scale
+            if floor > defn.max_age_s:
+                return defn.model_copy(update={"max_age_s": floor})
+        return defn
+
+    def _add(self, alarm: Alarm) -> None:
+        restored = self._restored.get(alarm.id)
+        if restored is not None:
+            alarm.state = _restore(alarm.state, restored)
+            alarm.active_since, alarm.changed_at = restored.get("active_since"), restored.get("changed_at")
+        self.alarms[alarm.id] = alarm
+        if alarm.channel != alarm.device:
+            self._by_channel.setdefault(alarm.channel, []).append(alarm)
+
+    def _set_channel(self, channel: str, defs: Sequence[AlarmDefinition], run_id: int | None, now: datetime) -> None:
+        """Install the definitions of a channel, keeping the state of alarms whose name and kind stay."""
+        device = channel.partition(".")[0]
+        wanted = {d.name: self._effective(d) for d in defs if not isinstance(d, CommLossAlarm)}
+        current = {a.defn.name: a for a in self._by_channel.get(channel, [])}
+        if {n: a.defn for n, a in current.items()} == wanted and all(a.run_id == run_id for a in current.values()):
+            return
+        kept: list[Alarm] = []
+        for name, defn in wanted.items():
+            old = current.pop(name, None)
+            if old is not None and old.defn.kind == defn.kind:
+                if old.defn != defn or old.run_id != run_id:
+                    old.defn, old.run_id = defn, run_id
+                    self._dirty[old.id] = old
+                kept.append(old)
+                continue
+            aid = f"{channel}:{name}"
+            alarm = Alarm(aid, channel, device, defn, initial_state(aid, now), run_id)
+            restored = self._restored.get(aid)
+            if restored is not None:
+                alarm.state = _restore(alarm.state, restored)
+                alarm.active_since, alarm.changed_at = restored.get("active_since"), restored.get("changed_at")
+            self.alarms[aid] = alarm
+            kept.append(alarm)
+        for gone in current.values():  # definitions the phase no longer has: they end in normal
+            if gone.state.status is not AlarmStatus.NORMAL:
+                tr = Transition(gone.id, gone.state.status, AlarmStatus.NORMAL, gone.state.active,
+                                gone.state.last_value, now, "definition removed by the recipe phase")
+                gone.state = initial_state(gone.id, now)
+                self._emit(gone, [tr])
+            self.alarms.pop(gone.id, None)
+        self._by_channel[channel] = kept
+
+    # -- the hot path ----------------------------------------------------------------------------------------
+
+    def on_reading(self, r: Reading) -> None:
+        """Evaluate every alarm of the reading's channel (a DeviceHub sink: never awaits)."""
+        self.stats["readings"] += 1
+        at = r.source_time
+        binding = None
+        if r.channel.endswith(".door_open") and r.value is not None and r.value >= 0.5:
+            binding = self._bindings.get(r.channel.partition(".")[0])
+        for alarm in self._by_channel.get(r.channel, ()):
+            st = alarm.state
+            if binding is not None and binding.in_window & binding.door_steps and (st.last_value is None
+                                                                                    or st.last_value < 0.5):
+                self._suppress_door(alarm, at)
+                st = alarm.state
+            new, trs = evaluate(alarm.defn, st, r.value, r.quality, at)
+            alarm.state = new
+            if trs:
+                self._emit(alarm, trs)
+        for ex in self._excursions.get(r.channel, ()):
+            ex.state, trips = add_sample(ex.rule, ex.state, r.value if r.quality == Quality.GOOD else None, at,
+                                         max_gap_s=max(300.0, self.stale_floor * self.clock.scale))
+            ex.dirty = True
+            for trip in trips:
+                self._trip(ex.run_id, ex.channel, trip)
+
+    def _suppress_door(self, alarm: Alarm, at: datetime) -> None:
+        """The door opened inside a scheduled door-opening step: suppress by design, bounded by the definition."""
+        most = alarm.defn.max_suppression_s
+        if most is None or alarm.state.status in (AlarmStatus.SHELVED, AlarmStatus.SUPPRESSED_BY_DESIGN,
+                                                  AlarmStatus.OUT_OF_SERVICE):
+            return
+        new, trs = suppress(alarm.defn, alarm.state, at, at + timedelta(seconds=most),
+                            reason="door opened inside a scheduled door-opening step")
+        alarm.state = new
+        self._emit(alarm, trs)
+
+    def on_device_state(self, device: str, state: DeviceState, at: datetime) -> None:
+        """A device connection change: one communication-loss alarm per device."""
+        alarm = self.alarms.get(f"{device}:comm_loss")
+        if alarm is None or state is DeviceState.CONNECTING:
+            return
+        value = None if state is DeviceState.OFFLINE else 1.0
+        if state is DeviceState.STOPPED:
+            return  # the service stopping its own supervisor is not a loss
+        new, trs = evaluate(alarm.defn, alarm.state, value, Quality.GOOD if value is not None else Quality.BAD, at)
+        alarm.state = new
+        self._emit(alarm, trs)
+
+    def _device_offline(self, device: str) -> bool:
+        alarm = self.alarms.get(f"{device}:comm_loss")
+        return alarm is not None and alarm.state.active is not None
+
+    def _emit(self, alarm: Alarm, trs: Sequence[Transition], actor: str | None = None,
+              comment: str | None = None, persist: bool = True) -> None:
+        for tr in trs:
+            if alarm.state.active is not None and (alarm.active_since is None or tr.reason == "activated"):
+                alarm.active_since = alarm.active_since or tr.at
+            if alarm.state.active is None:
+                alarm.active_since = None
+            alarm.changed_at = tr.at
+            self.stats["transitions"] += 1
+            row = {**alarm.view(), "from": tr.from_state.value, "to": tr.to_state.value,
+                   "transition_severity": tr.severity.value if tr.severity is not None else None,
+                   "reason": tr.reason, "at": tr.at.isoformat(), "actor": actor, "comment": comment}
+            if persist:
+                if len(self._pending) >= self.max_pending:
+                    self._pending.popleft()
+                    self.stats["dropped"] += 1
+                self._pending.append(_Event(alarm, row, tr, actor, comment))
+                self._dirty[alarm.id] = alarm
+            self.live.publish("alarm", alarm.id, row)
+            log.log(logging.WARNING if tr.to_state is AlarmStatus.ACTIVE_UNACK else logging.INFO,
+                    "alarm %s: %s -> %s (%s%s)", alarm.id, tr.from_state.value, tr.to_state.value, tr.reason,
+                    f", {tr.severity.value}" if tr.severity is not None else "")
+            self._alarm_rule(alarm, tr)
+
+    def _alarm_rule(self, alarm: Alarm, tr: Transition) -> None:
+        """Excursion rules that open a deviation when an alarm condition activates (CO2 LL)."""
+        if tr.severity is None or tr.reason not in ("activated", "escalated") or alarm.run_id is None:
+            return
+        binding = self._bindings.get(alarm.device)
+        if binding is None or binding.status not in EXCURSION_RUN_STATES:
+            return
+        kind_channel = f"{self._kinds.get(alarm.device, '')}.{alarm.point}"
+        for rule in binding.excursions:
+            if rule.channel == kind_channel and rule.deviation_on_alarm == f"{alarm.defn.name}:{tr.severity.value}":
+                self._trip(binding.run_id, alarm.channel, Trip(
+                    ALARM_RULE, f"{alarm.channel} alarm {alarm.defn.name} {tr.severity.value.upper()} activated at "
+                                f"{tr.value if tr.value is not None else '?'} {rule.unit}", tr.at, tr.value or 0.0))
+
+    def _trip(self, run_id: int, channel: str, trip: Trip) -> None:
+        facts = {"rule": trip.rule, "channel": channel, "value": trip.value, "at": trip.at.isoformat()}
+        self._trips.append((run_id, trip.rule, trip.description, facts, trip.at))
+        log.warning("run %s: %s", run_id, trip.description)
+
+    # -- the passage of time ---------------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> int:
+        """Apply time-only effects to every alarm; returns the number of transitions."""
+        now = now or self.clock.now()
+        n = 0
+        for alarm in list(self.alarms.values()):
+            if isinstance(alarm.defn, StaleAlarm) and self._device_offline(alarm.device) \
+                    and alarm.state.active is None:
+                continue  # the device's comm-loss alarm says it; do not flood with one stale alarm per point
+            new, trs = tick(alarm.defn, alarm.state, now)
+            alarm.state = new
+            if trs:
+                n += len(trs)
+                self._emit(alarm, trs)
+        if self.historian is not None:
+            stats = self.historian()
+            up = stats.get("db_down_since") is None  # not yet connected is not down
+            h = self.alarms[HISTORIAN_ALARM]
+            if (h.state.active is None) == (not up):
+                new, trs = evaluate(h.defn, h.state, 1.0 if up else None, Quality.GOOD if up else Quality.BAD, now)
+                h.state = new
+                n += len(trs)
+                self._emit(h, trs)
+        return n
+
+    # -- operator actions ------------------------------------------------------------------------------------
+
+    def get(self, alarm_id: str) -> Alarm:
+        alarm = self.alarms.get(alarm_id)
+        if alarm is None:
+            raise Problem(404, "alarm-not-found", "Alarm not found", f"there is no alarm {alarm_id!r}",
+                          rule="unknown_alarm")
+        return alarm
+
+    def _apply(self, alarm: Alarm, action: Action, st: AlarmState, now: datetime, until: datetime | None,
+               reason: str) -> tuple[AlarmState, list[Transition]]:
+        if action == "acknowledge":
+            return acknowledge(st, now, reason)
+        if action == "shelve":
+            assert until is not None
+            return shelve(st, now, until, self.shelve_max, reason)
+        if action == "unshelve":
+            return unshelve(st, now, reason)
+        if action == "out_of_service":
+            return out_of_service(st, now, reason)
+        return return_to_service(st, now, reason)
+
+    async def act(self, alarm_id: str, action: Action, *, principal: Principal, comment: str,
+                  until: datetime | None = None, client: str | None = None) -> dict[str, Any]:
+        """An operator action: checked by the pure core, journaled and audited, then applied and published."""
+        if self.pool is None:
+            raise Problem(503, "alarms-unavailable", "Alarms unavailable", "the alarm service has no database",
+                          rule="no_database")
+        alarm = self.get(alarm_id)
+        now = self.clock.now()
+        reason = action.replace("_", " ")
+        before = alarm.state
+        try:
+            new, trs = self._apply(alarm, action, before, now, until, reason)
+        except IllegalTransition as exc:
+            raise Problem(409, "illegal-alarm-transition", "Not allowed in this state", str(exc),
+                          rule="alarm_state", state=exc.state.value, action=action) from None
+        except ValueError as exc:
+            raise Problem(422, "shelve-not-allowed", "Shelve not allowed", str(exc), rule="shelve_duration",
+                          max_minutes=self.shelve_max.total_seconds() / 60) from None
+        actor = principal.label
+        async with self._lock, self.pool.acquire() as conn, conn.transaction():
+            await self._flush_pending(conn)
+            snapshot = replace(alarm, state=new)
+            await _upsert_alarm(conn, snapshot)
+            for tr in trs:
+                await _insert_event(conn, snapshot, tr, actor, comment)
+            await audit.record(conn, actor=principal, action=f"alarm.{action}", entity_type="alarm", entity_id=alarm_id,
+                               old={"status": before.status.value},
+                               new={"status": new.status.value, "until": until, "at": now,
+                                    "severity": new.active.value if new.active is not None else None},
+                               reason=comment, client=client)
+        # the hot path may have changed the alarm meanwhile: apply the action to what it is now
+        if alarm.state is not before:
+            try:
+                new, trs = self._apply(alarm, action, alarm.state, now, until, reason)
+            except (IllegalTransition, ValueError):
+                new, trs = alarm.state, []
+        alarm.state = new
+        self._emit(alarm, trs, actor, comment, persist=False)
+        return alarm.view()
+
+    # -- context: which run each device serves ---------------------------------------------------------------
+
+    async def refresh(self, conn: asyncpg.Connection) -> None:
+        """Bind devices to their runs: phase-aware definitions, door suppression windows, excursion accounting."""
+        from app.protocol.store import recipe_of  # the store imports the API layer, which imports the runtime
+
+        rows = await conn.fetch(
+            "SELECT r.id, r.status, r.recipe_id, rc.content, inc.name AS incubator, cs.name AS culture_system, "
+            "coalesce((SELECT array_agg(s.step_key) FROM step_status s WHERE s.run_id = r.id "
+            "AND s.status = ANY($2::text[])), '{}') AS in_window "
+            "FROM culture_run r JOIN recipe rc ON rc.id = r.recipe_id "
+            "LEFT JOIN device inc ON inc.id = r.incubator_device_id "
+            "LEFT JOIN device cs ON cs.id = r.culture_system_device_id "
+            "WHERE r.status = ANY($1::text[]) ORDER BY r.id", list(BOUND_RUN_STATES), list(IN_WINDOW))
+        bindings: dict[str, _Binding] = {}
+        for row in rows:
+            recipe = recipe_of({"id": row["recipe_id"], "content": row["content"]})
+            bound = _Binding(int(row["id"]), str(row["status"]), frozenset(row["in_window"]),
+                             frozenset(s.key for s in recipe.steps if s.door_opening), recipe.alarms,
+                             recipe.excursions)
+            for dev in (row["incubator"], row["culture_system"]):
+                if dev is not None:
+                    bindings[str(dev)] = bound  # the newest run wins if two claim a device
+        self._bindings = bindings
+        now = self.clock.now()
+        defaults = default_definitions()
+        for d in self.devices:
+            b = bindings.get(d.name)
+            for p in d.points:
+                if p.writable:
+                    continue
+                key = f"{d.kind}.{p.name}"
+                defs = defaults.get(key, ())
+                if b is not None:
+                    for o in b.overrides:
+                        if o.channel == key and (not o.during or b.in_window & set(o.during)):
+                            defs = o.definitions
+                            break
+                self._set_channel(f"{d.name}.{p.name}", defs, b.run_id if b else None, now)
+            comm = self.alarms.get(f"{d.name}:comm_loss")
+            if comm is not None and comm.run_id != (b.run_id if b else None):
+                comm.run_id = b.run_id if b else None
+        await self._bind_excursions(conn, bindings)
+
+    async def _bind_excursions(self, conn: asyncpg.Connection, bindings: Mapping[str, _Binding]) -> None:
+        wanted: dict[tuple[int, str], ExcursionRule] = {}
+        for d in self.devices:
+            b = bindings.get(d.name)
+            if b is None or b.status not in EXCURSION_RUN_STATES:
+                continue
+            for rule in b.excursions:
+                kind, _, point = rule.channel.partition(".")
+                if kind == d.kind:
+                    wanted[(b.run_id, f"{d.name}.{point}")] = rule
+        have = {(e.run_id, e.channel): e for exs in self._excursions.values() for e in exs}
+        if set(have) == set(wanted):
+            return
+        out: dict[str, list[_Excursion]] = {}
+        for (run_id, channel), rule in wanted.items():
+            ex = have.get((run_id, channel))
+            if ex is None:
+                row = await conn.fetchrow("SELECT * FROM excursion WHERE run_id = $1 AND channel = $2", run_id, channel)
+                ex = _Excursion(run_id, channel, rule, _excursion_state(row), dirty=row is None)
+            out.setdefault(channel, []).append(ex)
+        for key, ex in have.items():
+            if key not in wanted and ex.dirty:
+                await _upsert_excursion(conn, ex, self.clock.now())
+        self._excursions = out
+
+    # -- persistence -----------------------------------------------------------------------------------------
+
+    async def restore(self, conn: asyncpg.Connection) -> None:
+        """Take acknowledgement, shelving and out-of-service back from the database after a restart."""
+        rows = await conn.fetch("SELECT * FROM alarm")
+        self._restored = {str(r["id"]): dict(r) for r in rows}
+        for alarm in self.alarms.values():
+            r = self._restored.get(alarm.id)
+            if r is not None:
+                alarm.state = _restore(alarm.state, r)
+                alarm.active_since, alarm.changed_at = r.get("active_since"), r.get("changed_at")
+                alarm.run_id = r.get("run_id")
+
+    async def flush(self) -> None:
+        """Write pending transitions, changed alarms, excursions and tripped rules; on failure keep them."""
+        if self.pool is None:
+            return
+        async with self._lock:
+            if not (self._pending or self._dirty or self._trips
+                    or any(e.dirty for exs in self._excursions.values() for e in exs)):
+                return
+            published: list[tuple[int, dict[str, Any]]] = []
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._flush_pending(conn)
+                now = self.clock.now()
+                for exs in self._excursions.values():
+                    for ex in exs:
+                        if ex.dirty:
+                            await _upsert_excursion(conn, ex, now)
+                for run_id, rule, description, facts, at in self._trips:
+                    published.append((run_id, await _open_deviation(conn, run_id, rule, description, facts, at)))
+            self._trips.clear()
+            for exs in self._excursions.values():
+                for ex in exs:
+                    ex.dirty = False
+        for run_id, dev in published:
+            self.live.publish("deviation", str(dev["id"]), {"run_id": run_id, **dev})
+
+    async def _flush_pending(self, conn: asyncpg.Connection) -> None:
+        """Alarm rows first (the journal refers to them), then the journal in order. Caller holds the lock."""
+        if not (self._pending or self._dirty):
+            return
+        for alarm in list(self._dirty.values()):
+            await _upsert_alarm(conn, alarm)
+        events = list(self._pending)
+        if events:
+            await conn.executemany(_EVENT_SQL, [_event_args(e.alarm, e.transition, e.actor, e.comment)
+                                               for e in events])
+        self._dirty.clear()
+        for _ in events:
+            self._pending.popleft()
+
+    async def sync(self) -> None:
+        """Refresh the run context and persist now (tests, and the API before reading the journal)."""
+        if self.pool is None:
+            return
+        async with self.pool.acquire() as conn:
+            await self.refresh(conn)
+        await self.flush()
+
+    async def run(self) -> None:
+        """Tick, refresh the run context and persist until cancelled; database errors are retried."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.tick()
+                if self.pool is not None and loop.time() - self._last_context >= self.context_interval:
+                    async with self.pool.acquire() as conn:
+                        await self.refresh(conn)
+                    self._last_context = loop.time()
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self.stats["flush_errors"] += 1
+                if self.stats["flush_errors"] in (1, 10, 100) or self.stats["flush_errors"] % 1000 == 0:
+                    log.warning("alarm service: database unavailable (%s); %d transitions kept in memory", exc,
+                                len(self._pending))
+            except Exception:
+                log.exception("alarm service cycle failed; retrying")
+            await asyncio.sleep(self.interval)
+
+    def active(self) -> list[Alarm]:
+        """Alarms not in state normal, most urgent first."""
+        order = {"high": 0, "medium": 1, "low": 2, "advisory": 3}
+        out = [a for a in self.alarms.values() if a.state.status is not AlarmStatus.NORMAL]
+        return sorted(out, key=lambda a: (order.get(a.priority(), 9), a.id))
+
+
+def _restore(st: AlarmState, row: Mapping[str, Any]) -> AlarmState:
+    status = AlarmStatus(row["status"])
+    sev = Severity(row["severity"]) if row.get("severity") else None
+    mode = status if status in (AlarmStatus.SHELVED, AlarmStatus.SUPPRESSED_BY_DESIGN,
+                                AlarmStatus.OUT_OF_SERVICE) else None
+    unacked = status in (AlarmStatus.ACTIVE_UNACK, AlarmStatus.RETURNED_UNACK)
+    return replace(st, active=sev, unacked=unacked, mode=mode, mode_until=row.get("mode_until"),
+                   last_value=row.get("value"))
+
+
+def _excursion_state(row: Mapping[str, Any] | None) -> ExcursionState:
+    if row is None:
+        return ExcursionState()
+    return ExcursionState(
+        seconds_outside=row["seconds_outside"], integral=row["integral"], worst=row["worst"],
+        episodes=row["episodes"], hard_episodes=row["hard_episodes"], cumulative_tripped=row["cumulative_tripped"],
+        outside=row["outside"], beyond_hard=row["beyond_hard"], last_value=row["last_value"], last_at=row["last_at"],
+        first_outside_at=row["first_outside_at"])
+
+
+_ALARM_SQL = (
+    "INSERT INTO alarm (id, channel, device, name, kind, description, priority, status, severity, value, "
+    "active_since, mode_until, run_id, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+    "$14) ON CONFLICT (id) DO UPDATE SET description = EXCLUDED.description, priority = EXCLUDED.priority, "
+    "kind = EXCLUDED.kind, status = EXCLUDED.status, severity = EXCLUDED.severity, value = EXCLUDED.value, "
+    "active_since = EXCLUDED.active_since, mode_until = EXCLUDED.mode_until, run_id = EXCLUDED.run_id, "
+    "changed_at = EXCLUDED.changed_at"
+)
+_EVENT_SQL = (
+    "INSERT INTO alarm_event (alarm_id, at, from_state, to_state, severity, priority, value, reason, actor, comment, "
+    "run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+
+
+async def _upsert_alarm(conn: asyncpg.Connection, a: Alarm) -> None:
+    st = a.state
+    await conn.execute(_ALARM_SQL, a.id, a.channel, a.device, a.defn.name, a.defn.kind, a.defn.description,
+                       a.priority(), st.status.value, st.active.value if st.active is not None else None,
+                       st.last_value, a.active_since, st.mode_until, a.run_id,
+                       a.changed_at or st.last_sample_at or st.started_at)
+
+
+def _event_args(a: Alarm, tr: Transition, actor: str | None, comment: str | None) -> tuple[Any, ...]:
+    sev = tr.severity
+    prio = (a.defn.priority_of(sev) if sev is not None else a.defn.priority).value
+    return (a.id, tr.at, tr.from_state.value, tr.to_state.value, sev.value if sev is not None else None, prio,
+            tr.value, tr.reason, actor, comment, a.run_id)
+
+
+async def _insert_event(conn: asyncpg.Connection, a: Alarm, tr: Transition, actor: str | None,
+                        comment: str | None) -> None:
+    await conn.execute(_EVENT_SQL, *_event_args(a, tr, actor, comment))
+
+
+async def _upsert_excursion(conn: asyncpg.Connection, ex: _Excursion, now: datetime) -> None:
+    s, r = ex.state, ex.rule
+    await conn.execute(
+        "INSERT INTO excursion (run_id, channel, unit, band_low, band_high, seconds_outside, integral, worst, "
+        "episodes, hard_episodes, cumulative_tripped, outside, beyond_hard, last_value, last_at, first_outside_at, "
+        "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+        "ON CONFLICT (run_id, channel) DO UPDATE SET seconds_outside = EXCLUDED.seconds_outside, "
+        "integral = EXCLUDED.integral, worst = EXCLUDED.worst, episodes = EXCLUDED.episodes, "
+        "hard_episodes = EXCLUDED.hard_episodes, cumulative_tripped = EXCLUDED.cumulative_tripped, "
+        "outside = EXCLUDED.outside, beyond_hard = EXCLUDED.beyond_hard, last_value = EXCLUDED.last_value, "
+        "last_at = EXCLUDED.last_at, first_outside_at = EXCLUDED.first_outside_at, updated_at = EXCLUDED.updated_at",
+        ex.run_id, ex.channel, r.unit, r.low, r.high, s.seconds_outside, s.integral, s.worst, s.episodes,
+        s.hard_episodes, s.cumulative_tripped, s.outside, s.beyond_hard, s.last_value, s.last_at, s.first_outside_at,
+        now)
+
+
+async def _open_deviation(conn: asyncpg.Connection, run_id: int, rule: str, description: str,
+                          facts: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """A deviation on the run opened by the alarm service (actor system), audited."""
+    dev_id = int(await conn.fetchval(
+        "INSERT INTO deviation (run_id, step_key, rule, severity, description, facts, opened_at, opened_by) "
+        "VALUES ($1, NULL, $2, 'deviation', $3, $4::jsonb, $5, $6) RETURNING id",
+        run_id, rule, description, audit.to_json_text(facts), at, SYSTEM.label))
+    await audit.record(conn, actor=SYSTEM, action="deviation.open", entity_type="deviation", entity_id=dev_id,
+                       old=None, new={"run_id": run_id, "rule": rule, "description": description, "facts": facts},
+                       reason="alarm service: excursion rule")
+    return {"id": dev_id, "rule": rule, "description": description, "status": "open", "opened_at": at.isoformat()}
