@@ -54,6 +54,27 @@ def _run(defs: Sequence[AlarmDefinition], series: list[tuple[datetime, float]], 
     return time.perf_counter() - start
 
 
+def _service_run(series: list[tuple[datetime, float]], excursion: bool) -> float:
+    """The service's hot path: `AlarmService.on_reading` for the incubator temperature (all its alarms, and the run's
+    excursion accounting when bound), live stream publishing included; no database."""
+    from app.alarms.excursion import ExcursionState, default_rules
+    from app.alarms.service import AlarmService, _Excursion
+    from app.clock import ManualClock
+    from app.live import LiveHub
+    from drivers.base import Reading
+    from drivers.devices import DeviceConfig
+
+    dev = DeviceConfig(name="inc1", kind="incubator", protocol="opcua", endpoint="opc.tcp://127.0.0.1:1/x")
+    svc = AlarmService(ManualClock(T0), LiveHub(history=100), [dev])
+    if excursion:
+        svc._excursions["inc1.temperature"] = [_Excursion(1, "inc1.temperature", default_rules()[0], ExcursionState())]
+    readings = [Reading("inc1.temperature", v, at) for at, v in series]
+    start = time.perf_counter()
+    for r in readings:
+        svc.on_reading(r)
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print ns/reading and readings/s per scenario."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -71,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         ("normal values, 1 limit definition", lambda: _run([limit], _series(a.readings, False, a.seed), False)),
         ("noisy values near H, 1 limit definition", lambda: _run([limit], _series(a.readings, True, a.seed), False)),
         ("noisy values, 6 definitions + stale tick", lambda: _run(six, _series(a.readings, True, a.seed), True)),
+        ("service hot path, normal values", lambda: _service_run(_series(a.readings, False, a.seed), False)),
+        ("service hot path, noisy + run excursion", lambda: _service_run(_series(a.readings, True, a.seed), True)),
     ]
     print(f"python {platform.python_version()} on {platform.machine()}; {a.readings} readings x {a.runs} runs")
     print(f"{'scenario':44} {'ns/reading':>12} {'readings/s':>12}")

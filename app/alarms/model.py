@@ -188,8 +188,10 @@ AlarmDefinition = Annotated[
 _MIN = 60.0
 
 
-# Analog points that change only when something acts on them (a totaliser): a constant value is not frozen.
-_STEADY_POINTS = frozenset({"culture-system.medium_pumped"})
+# Analog points that may legitimately repeat a value: a totaliser (changes only while the pump runs) and the culture
+# system's computed cell measurements (CD7+ at 0 % before differentiation starts, viability at its ceiling). A
+# constant value there is not a frozen sensor; their stale alarm asks for a sample only.
+_STEADY_POINTS = frozenset({"culture-system.medium_pumped", "culture-system.cd7_percent", "culture-system.viability"})
 
 
 def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...]:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from app import db
@@ -277,3 +278,15 @@ async def test_excursions_accumulate_and_open_deviations(env: Env) -> None:
     audit_rows = await _audit(env, "deviation.open")
     assert any(json.loads(r["new"])["rule"] == "excursion_hard_limit" if isinstance(r["new"], str)
                else r["new"]["rule"] == "excursion_hard_limit" for r in audit_rows)
+
+
+async def test_the_journal_is_append_only_for_the_service_role(env: Env) -> None:
+    conn = await db.connect(env.svc.dsn)
+    try:
+        await conn.execute("SET ROLE culturectl_app")
+        assert await conn.fetchval("SELECT count(*) FROM alarm_event") > 0
+        for sql in ("UPDATE alarm_event SET comment = 'edited'", "DELETE FROM alarm_event", "TRUNCATE alarm_event"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql)
+    finally:
+        await conn.close()

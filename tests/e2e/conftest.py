@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -26,6 +28,9 @@ from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
 from simulators.runner import device_configs
 from tests.support import free_port, wait_for
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 # 1 wall second = 10 clock minutes: a day passes in 2.4 s.
 E2E_SCALE = 600.0
@@ -100,3 +105,39 @@ async def stack(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     finally:
         await culture.stop()
         await incubator.stop()
+
+
+# -- the browser (the dashboard's tests) ----------------------------------------------------------------------------
+
+CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "/usr/bin/chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARTIFACTS = Path(os.environ.get("CULTURECTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+
+
+def chromium_path() -> str:
+    """Debian's Chromium (installed by .ci/system-deps); CULTURECTL_CHROMIUM overrides."""
+    for candidate in (os.environ.get("CULTURECTL_CHROMIUM"), *CHROMIUM_PATHS):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("Chromium is needed for the dashboard tests: run `bash .ci/system-deps` (Debian's chromium) "
+                       "or set CULTURECTL_CHROMIUM to a Chromium binary")
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """Where tests save screenshots (test-artifacts/ in the repository, ignored by git)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
