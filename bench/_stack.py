@@ -43,6 +43,9 @@ class BenchStack:
     clock: ScaledClock
     incubator: IncubatorSimulator
     culture: CultureSystemSimulator
+    base_url: str
+    dsn: str
+    data_dir: Path
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +88,7 @@ async def running_stack(scale: float = 1.0, poll_interval: float = 0.5, prefix: 
             login.raise_for_status()
             client.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
             client.cookies.clear()
-            yield BenchStack(client, clock, incubator, culture)
+            yield BenchStack(client, clock, incubator, culture, f"http://127.0.0.1:{port}", dsn, tmp / "data")
     finally:
         server.should_exit = True
         await task
