@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -214,14 +215,27 @@ def demo(
     seed: Annotated[int, typer.Option(help="seed of the simulators' physics")] = 0,
     exit_after: Annotated[float | None, typer.Option(help="stop by itself after this many wall seconds")]
     = None,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open",
+                                               help="open the dashboard in a browser (when run from a terminal)")]
+    = True,
 ) -> None:
     """Embedded PostgreSQL + both simulators + the service, on a sped-up clock. Ctrl-C stops it all."""
     _logging(os.environ.get("CULTURECTL_LOG_LEVEL", "INFO"))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_demo(port, time_scale, data_dir.resolve(), seed, exit_after))
+        asyncio.run(_demo(port, time_scale, data_dir.resolve(), seed, exit_after, open_browser))
 
 
-async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: float | None) -> None:
+def _open_browser(url: str) -> None:
+    import webbrowser
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return  # no desktop: a console browser would take over the terminal
+    with contextlib.suppress(Exception):  # no browser on this machine: the printed URL is enough
+        webbrowser.open(url)
+
+
+async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: float | None,
+                open_browser: bool = False) -> None:
     import uvicorn
 
     from app import db
@@ -288,8 +302,10 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
         server = uvicorn.Server(uvicorn.Config(create_app(settings, clock=clock), host="127.0.0.1", port=port,
                                                log_level="warning"))
         day = (clock.now() - t0) / timedelta(days=1)
+        dashboard = f"http://127.0.0.1:{port}/"
         typer.echo(
-            "culturectl demo\n"
+            f"culturectl demo: open the dashboard at {dashboard}  (log in as operator, password "
+            f"{demo_accounts.password})\n"
             f"  database        embedded PostgreSQL in {data_dir / 'pg'}\n"
             f"  incubator       OPC UA simulator at {incubator.endpoint}\n"
             f"  culture system  Modbus TCP simulator at {culture.endpoint}\n"
@@ -300,9 +316,11 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
             f"password {demo_accounts.password}\n"
             f"  automation key  {demo_accounts.automation_key}  (also in {data_dir / KEY_FILE})\n"
             f"  demo run        id {demo_run.id} ({demo_run.code}), T0 {t0:%Y-%m-%d %H:%M} UTC: "
-            f"http://127.0.0.1:{port}/api/v1/runs/{demo_run.id}\n"
+            f"{dashboard}runs/{demo_run.id} (API: http://127.0.0.1:{port}/api/v1/runs/{demo_run.id})\n"
             "Ctrl-C stops everything."
         )
+        if open_browser and sys.stdout.isatty():  # a person at a terminal: show them the dashboard
+            asyncio.get_running_loop().call_later(1.0, _open_browser, dashboard)
         if exit_after is not None:
             async def _stop_later() -> None:
                 await asyncio.sleep(exit_after)

@@ -18,6 +18,7 @@ from app.clock import Clock
 from app.problems import install_problem_handlers
 from app.runtime import Runtime
 from app.settings import Settings
+from app.web import pages as web_pages
 
 log = logging.getLogger("culturectl.service")
 
@@ -56,4 +57,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                    alarms_api):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(alarms_api.runs_router, prefix=API_PREFIX)
+    # The operator dashboard: pages redirect to /login without the session cookie (after the problem handlers).
+    web_pages.install(app)
     return app

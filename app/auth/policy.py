@@ -124,6 +124,16 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/alarms/{{alarm_id}}/out-of-service"): people(Role.SUPERVISOR, note="comment required"),
     ("POST", f"{V1}/alarms/{{alarm_id}}/return-to-service"): people(Role.SUPERVISOR, note="comment required"),
     ("GET", f"{V1}/runs/{{run_id}}/excursions"): ANY,
+    # The dashboard's pages and fragments (app/web): without credentials a page redirects to the login page.
+    ("GET", "/login"): PUBLIC,
+    ("GET", "/"): ANY,
+    ("GET", "/runs/{run_id}"): ANY,
+    ("GET", "/alarms"): ANY,
+    ("GET", "/audit"): QA_ADMIN,
+    ("GET", "/fragments/runs"): ANY,
+    ("GET", "/fragments/alarms"): ANY,
+    ("GET", "/runs/{run_id}/fragments/timeline"): ANY,
+    ("GET", "/runs/{run_id}/fragments/record"): ANY,
 }
 
 

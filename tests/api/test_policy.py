@@ -40,10 +40,26 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/alarms/history": SIGNED_IN,
     "/api/v1/alarms/{alarm_id}": SIGNED_IN,
     "/api/v1/runs/{run_id}/excursions": SIGNED_IN,
+    # The dashboard (app/web): pages and the fragments they re-fetch.
+    "/": SIGNED_IN,
+    "/runs/{run_id}": SIGNED_IN,
+    "/alarms": SIGNED_IN,
+    "/audit": {"qa", "admin"},
+    "/fragments/runs": SIGNED_IN,
+    "/fragments/alarms": SIGNED_IN,
+    "/runs/{run_id}/fragments/timeline": SIGNED_IN,
+    "/runs/{run_id}/fragments/record": SIGNED_IN,
 }
 STREAMS = {"/api/v1/stream"}  # endless responses: tested on a real server in tests/e2e
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/api/v1/auth/login"),
-          ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+          ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
+          ("GET", "/login")}
+
+
+def _is_page(path: str) -> bool:
+    """A dashboard page or fragment: HTML for people in a browser, not the JSON API."""
+    return not path.startswith("/api/") and (path == "/" or path.split("/")[1] in {"runs", "alarms", "audit",
+                                                                                   "fragments"})
 
 
 def _routes(service: Service) -> Iterator[tuple[str, str, Any]]:
@@ -101,6 +117,10 @@ async def test_without_credentials_every_protected_route_is_401_and_public_ones_
                 assert r.status_code == 200, (path, r.status_code)
             continue
         r = await service.client.request(method, _url(path), json={} if method != "GET" else None)
+        if _is_page(path):  # a browser is sent to the login page, and back here after it
+            assert r.status_code == 303, (method, path, r.status_code, r.text)
+            assert r.headers["location"] == "/login?next=" + _url(path), r.headers
+            continue
         assert r.status_code == 401, (method, path, r.status_code, r.text)
         assert r.headers["content-type"] == "application/problem+json"
 
@@ -119,6 +139,10 @@ async def test_get_endpoints_by_role_and_by_api_key(service: Service) -> None:
                 assert r.status_code not in (401, 403), (path, kind, role, r.status_code, r.text)
             else:
                 assert r.status_code == 403, (path, kind, role, r.status_code, r.text)
+                if _is_page(path):  # an HTML page naming the role and the route
+                    assert r.headers["content-type"].startswith("text/html")
+                    assert f"role {role} may not call GET {path}" in r.text, r.text
+                    continue
                 body = r.json()
                 assert body["role"] == role and role in body["detail"] and path in body["detail"]
     assert table, "no GET endpoint was tried"

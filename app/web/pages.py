@@ -1,0 +1,316 @@
+"""The operator dashboard's pages and the HTML fragments they re-fetch when the live stream says something changed.
+
+Pages are read-only views rendered with the same store and service functions the API uses; every action
+(login, logout, step posts with signatures, alarm acknowledge/shelve) is a fetch to the JSON API from the page,
+so the rules live in one place. Pages need the session cookie: without one they redirect (303) to /login.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app.api import alarms as alarms_api
+from app.api import audit as audit_api
+from app.api.deps import ConnectionDep, RuntimeDep
+from app.auth.deps import CurrentPrincipal
+from app.auth.principal import Principal
+from app.problems import Problem
+from app.protocol import store
+from app.runtime import Runtime
+from app.web import views
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = Jinja2Templates(directory=HERE / "templates")
+TEMPLATES.env.filters["utc"] = views.fmt_time
+TEMPLATES.env.filters["num"] = views.fmt_number
+TEMPLATES.env.globals.update(status_text=views.alarm_status_text, priority_icons=views.PRIORITY_ICONS)
+ACTIVE_RUN_STATES = ("planned", "running", "held")
+# What each page listens to on its one SSE connection.
+PAGE_KINDS = {
+    "overview": "alarm,device_state,step,run,deviation",
+    "run": "reading,alarm,device_state,step,run,deviation",
+    "alarms": "alarm,device_state",
+    "audit": "device_state",
+}
+
+
+def _mark_page(request: Request) -> None:
+    """Before the credentials are checked: a 401 of this request becomes a redirect to the login page."""
+    request.state.web_page = True
+
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(_mark_page)])
+public_router = APIRouter(include_in_schema=False)
+
+
+def install(app: FastAPI) -> None:
+    """Serve the static files and the pages; turn page errors into HTML (401: a redirect to /login)."""
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(public_router)
+    app.include_router(router)
+    api_handler = app.exception_handlers[Problem]
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        if not getattr(request.state, "web_page", False):
+            response = api_handler(request, exc)
+            return await response if inspect.isawaitable(response) else response
+        if exc.status == 401:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if request.headers.get("HX-Request"):  # a fragment: send the whole page to the login
+                page = request.headers.get("HX-Current-URL", "/")
+                return Response(status_code=401, headers={"HX-Redirect": f"/login?next={quote(_local(page))}"})
+            return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+        return TEMPLATES.TemplateResponse(request, "error.html", {
+            "status": exc.status, "title": exc.title, "detail": exc.detail,
+            "principal": getattr(request.state, "principal", None), "page": "error", "sse_kinds": "device_state",
+            **_clock(request)},
+            status_code=exc.status)
+
+    app.add_exception_handler(Problem, on_problem)
+
+
+def _local(url: str) -> str:
+    """The path and query of a URL of this site (never another origin)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    path = parts.path if parts.path.startswith("/") and not parts.path.startswith("//") else "/"
+    return path + (f"?{parts.query}" if parts.query else "")
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _clock(request: Request) -> dict[str, Any]:
+    clock = _runtime(request).clock
+    return {"clock_now": clock.now().isoformat(), "clock_scale": clock.scale}
+
+
+def _page(request: Request, name: str, principal: Principal | None, page: str, **ctx: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, name, {
+        "principal": principal, "page": page, "sse_kinds": PAGE_KINDS.get(page, ""), **_clock(request), **ctx})
+
+
+def _fragment(request: Request, name: str, **ctx: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, name, {**_clock(request), **ctx},
+                                      headers={"Cache-Control": "no-store"})
+
+
+# ---- data, loaded as the API loads it -------------------------------------------------------------------------
+
+def _alarm_views(runtime: Runtime, devices: set[str] | None = None) -> list[dict[str, Any]]:
+    if runtime.alarms is None:
+        return []
+    out = [a.view() for a in runtime.alarms.active()]
+    return [a for a in out if devices is None or a["device"] in devices]
+
+
+def _device_states(runtime: Runtime) -> list[dict[str, Any]]:
+    hub = runtime.hub
+    out = []
+    for d in runtime.devices:
+        status = hub.status.get(d.name) if hub else None
+        out.append({"name": d.name, "kind": d.kind, "state": status.state.value if status else "stopped",
+                    "since": status.since if status else None})
+    return out
+
+
+async def _run_cards(conn: asyncpg.Connection, runtime: Runtime) -> list[dict[str, Any]]:
+    now = runtime.clock.now()
+    rows = [r for r in await store.list_runs(conn, None, 200) if r["status"] in ACTIVE_RUN_STATES]
+    alarms = _alarm_views(runtime)
+    cards = []
+    for row in sorted(rows, key=lambda r: r["id"]):
+        run = await store.run_view(conn, int(row["id"]), now)
+        devices = _run_devices(run)
+        cards.append({**_card(run, now), "alarms": views.alarm_summary(a for a in alarms if a["device"] in devices)})
+    return cards
+
+
+def _card(run: dict[str, Any], now: datetime) -> dict[str, Any]:
+    titles = {s["key"]: s["title"] for s in run.get("schedule") or []}
+    nxt = run.get("next_due")
+    label, until = views.countdown_target(nxt)
+    return {"run": run, "day": views.run_day(run["status"], views.parse_time(run.get("t0")), now),
+            "next": None if nxt is None else {**nxt, "title": titles.get(nxt["key"], nxt["key"]),
+                                               "window_text": views.window_text(nxt["window"])},
+            "countdown_label": label, "countdown_until": until, "dose": views.dose_status(run.get("dose"))}
+
+
+async def _run_and_recipe(conn: asyncpg.Connection, run_id: int, now: datetime) -> tuple[dict[str, Any], Any]:
+    run = await store.run_view(conn, run_id, now)
+    recipe = None
+    if run.get("recipe"):
+        recipe = store.recipe_of(await store.recipe_row(conn, int(run["recipe"]["id"])))
+    return run, recipe
+
+
+def _script_json(data: Any) -> str:
+    """JSON to embed in a <script> element: no "</" can end it early."""
+    return json.dumps(data).replace("</", "<\\/")
+
+
+async def _first_reading(conn: asyncpg.Connection, channel_ids: list[int], since: datetime | None) -> datetime | None:
+    """The first reading at or after `since` of any of the channels (one index probe per channel)."""
+    firsts = [await conn.fetchval("SELECT time FROM telemetry WHERE channel_id = $1 AND time >= $2 ORDER BY time "
+                                  "LIMIT 1", cid, since) for cid in channel_ids] if since is not None else []
+    found = [t for t in firsts if t is not None]
+    return min(found) if found else None
+
+
+def _run_devices(run: dict[str, Any]) -> set[str]:
+    return {d for d in (run.get("incubator"), run.get("culture_system")) if d}
+
+
+# ---- pages -----------------------------------------------------------------------------------------------------
+
+@public_router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next_url: Annotated[str, Query(alias="next")] = "/") -> HTMLResponse:
+    return _page(request, "login.html", None, "login", next=_local(next_url))
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
+                   runtime: RuntimeDep) -> HTMLResponse:
+    return _page(request, "overview.html", principal, "overview", cards=await _run_cards(conn, runtime),
+                 groups=views.group_alarms(_alarm_views(runtime)), devices=_device_states(runtime))
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
+                   runtime: RuntimeDep) -> HTMLResponse:
+    now = runtime.clock.now()
+    run, recipe = await _run_and_recipe(conn, run_id, now)
+    units = {r["key"]: r["unit"] for r in await conn.fetch(
+        "SELECT d.name || '.' || c.name AS key, c.unit FROM channel c JOIN device d ON d.id = c.device_id")}
+    limits: dict[str, dict[str, float]] = {}
+    if runtime.alarms is not None:
+        for key in units:
+            alarm = runtime.alarms.alarms.get(f"{key}:limit")
+            if alarm is not None:
+                limits[key] = views.limit_bands(alarm.defn.model_dump(mode="json"))
+    charts = views.chart_specs(run, runtime.channel_ids, units, limits, recipe)
+    first_data = await _first_reading(conn, [c["channel_id"] for c in charts if c["channel_id"]],
+                                      views.parse_time(views.chart_range(run, now)["start"]))
+    devices = _run_devices(run)
+    return _page(request, "run.html", principal, "run", run=run, card=_card(run, now),
+                 timeline=views.timeline(run.get("schedule") or [], now), forms=views.step_forms(recipe), charts=charts,
+                 chart_json=_script_json({"charts": charts, "range": views.chart_range(run, now, first_data)}),
+                 groups=views.group_alarms(_alarm_views(runtime, devices)),
+                 empty_text="No active alarms on this run's devices", devices=[d for d in _device_states(runtime)
+                                                                  if d["name"] in devices],
+                 deviations=await store.list_deviations(conn, run_id, None, 200),
+                 sse_channels=",".join(c["channel"] for c in charts))
+
+
+@router.get("/alarms", response_class=HTMLResponse)
+async def alarms_page(
+    request: Request, principal: CurrentPrincipal, conn: ConnectionDep, runtime: RuntimeDep,
+    device: Annotated[str | None, Query()] = None,
+    channel: Annotated[str | None, Query()] = None,
+    priority: Annotated[str | None, Query()] = None,
+    since: Annotated[str | None, Query()] = None,
+    until: Annotated[str | None, Query()] = None,
+    before_id: Annotated[int | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> HTMLResponse:
+    filters = {"device": device or None, "channel": channel or None, "priority": priority or None,
+               "since": since or None, "until": until or None}
+    prio = filters["priority"] if filters["priority"] in views.PRIORITIES else None
+    events = await alarms_api.history(
+        principal, conn, runtime, device=filters["device"], channel=filters["channel"], priority=prio,  # type: ignore[arg-type]
+        since=_utc(filters["since"], "since"), until=_utc(filters["until"], "until"), limit=limit,
+        before_id=before_id)
+    older = None
+    if len(events) == limit:
+        older = "?" + urlencode({**{k: v for k, v in filters.items() if v}, "before_id": events[-1]["id"],
+                                 "limit": limit})
+    return _page(request, "alarms.html", principal, "alarms", groups=views.group_alarms(_alarm_views(runtime)),
+                 events=events, filters=filters, older=older, devices=_device_states(runtime),
+                 priorities=views.PRIORITIES)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def audit_page(
+    request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
+    entity_type: Annotated[str | None, Query()] = None,
+    entity_id: Annotated[str | None, Query()] = None,
+    actor: Annotated[str | None, Query()] = None,
+    action: Annotated[str | None, Query()] = None,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    end: Annotated[str | None, Query(alias="to")] = None,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=audit_api.MAX_LIMIT)] = 100,
+) -> HTMLResponse:
+    filters = {"entity_type": entity_type or None, "entity_id": entity_id or None, "actor": actor or None,
+               "action": action or None, "from": start or None, "to": end or None}
+    page = await audit_api.list_audit(
+        principal, conn, entity_type=filters["entity_type"], entity_id=filters["entity_id"], actor=filters["actor"],
+        action=filters["action"], start=_utc(filters["from"], "from"), end=_utc(filters["to"], "to"),
+        after_seq=after_seq, limit=limit)
+    query = {k: v for k, v in filters.items() if v}
+    nxt = None if page.next_after_seq is None else "?" + urlencode(
+        {**query, "after_seq": page.next_after_seq, "limit": limit})
+    first = "?" + urlencode({**query, "limit": limit}) if after_seq else None
+    return _page(request, "audit.html", principal, "audit", items=page.items, filters=filters, next_page=nxt,
+                 first_page=first, after_seq=after_seq)
+
+
+def _utc(text: str | None, name: str) -> datetime | None:
+    """A time from a filter form (datetime-local, read as UTC) or with an offset."""
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(400, "invalid-time", "Invalid time",
+                      f"{name}: {text!r} is not a time; use YYYY-MM-DDTHH:MM (UTC)") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+# ---- fragments (re-fetched on stream events) -------------------------------------------------------------------
+
+@router.get("/fragments/runs", response_class=HTMLResponse)
+async def runs_fragment(request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
+                        runtime: RuntimeDep) -> HTMLResponse:
+    return _fragment(request, "fragments/run_cards.html", cards=await _run_cards(conn, runtime))
+
+
+@router.get("/fragments/alarms", response_class=HTMLResponse)
+async def alarms_fragment(request: Request, principal: CurrentPrincipal, runtime: RuntimeDep,
+                          device: Annotated[list[str] | None, Query()] = None) -> HTMLResponse:
+    alarms = _alarm_views(runtime, set(device) if device else None)
+    return _fragment(request, "fragments/alarm_groups.html", groups=views.group_alarms(alarms),
+                     empty_text="No active alarms" + (" on this run's devices" if device else ""))
+
+
+@router.get("/runs/{run_id}/fragments/timeline", response_class=HTMLResponse)
+async def timeline_fragment(run_id: int, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
+                            runtime: RuntimeDep) -> HTMLResponse:
+    now = runtime.clock.now()
+    run = await store.run_view(conn, run_id, now)
+    return _fragment(request, "fragments/timeline.html", run=run, card=_card(run, now),
+                     timeline=views.timeline(run.get("schedule") or [], now))
+
+
+@router.get("/runs/{run_id}/fragments/record", response_class=HTMLResponse)
+async def record_fragment(run_id: int, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
+                          runtime: RuntimeDep) -> HTMLResponse:
+    now = runtime.clock.now()
+    run = await store.run_view(conn, run_id, now)
+    return _fragment(request, "fragments/run_record.html", run=run, card=_card(run, now),
+                     deviations=await store.list_deviations(conn, run_id, None, 200))

@@ -1,0 +1,267 @@
+"""The operator dashboard in a real browser (Debian's Chromium driven by Playwright's async API) against a real
+server, both simulators and PostgreSQL, on a clock at x60 (one wall second is one clock minute).
+
+Screenshots of the overview and run pages (1280x800 and tablet width) are saved in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from app import db
+from app.auth.principal import Role
+from app.clock import ScaledClock
+from app.demo import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
+from app.settings import Settings
+from drivers.devices import dump_devices
+from simulators.culture_system import CultureSystemSimulator
+from simulators.faults import Fault
+from simulators.incubator import IncubatorSimulator
+from simulators.runner import device_configs
+from tests.api.protocol_support import INPUTS, run_body
+from tests.e2e.conftest import serve
+from tests.support import free_port, wait_for
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+SCALE = 60.0
+DESKTOP = {"width": 1280, "height": 800}
+TABLET = {"width": 768, "height": 1024}
+TEMP = "incubator-1.temperature"
+
+
+@dataclass
+class Dash:
+    base_url: str
+    incubator: IncubatorSimulator
+    culture: CultureSystemSimulator
+    api: httpx.AsyncClient  # signed in as the operator
+    run_id: int
+
+
+@pytest.fixture(scope="module")
+async def dash(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dash]:
+    tmp: Path = tmp_path_factory.mktemp("dash")
+    clock = ScaledClock(scale=SCALE)
+    incubator = IncubatorSimulator(clock, seed=3)
+    culture = CultureSystemSimulator(clock, seed=3)
+    await incubator.start()
+    await culture.start()
+    devices_file = tmp / "devices.yaml"
+    devices_file.write_text(dump_devices(device_configs(incubator, culture, poll_interval=0.5)))
+    settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=devices_file,
+                        time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2)
+    conn = await db.connect(db_dsn)
+    try:  # the demo's users (operator, supervisor, qa, admin) and its released recipe
+        await ensure_demo_accounts(conn, tmp)
+        await ensure_demo_recipe(conn)
+    finally:
+        await conn.close()
+    try:
+        async with serve(settings, clock) as (base_url, _runtime), \
+                httpx.AsyncClient(base_url=base_url, timeout=10) as api:
+            r = await api.post("/api/v1/auth/login", json={"username": "operator", "password": DEMO_PASSWORD})
+            assert r.status_code == 200, r.text
+            api.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+            api.cookies.clear()
+            # T0 in 20 clock hours: vessel coating is open now, receiving cells opens at T0 - 6 h
+            t0 = clock.now() + timedelta(hours=20)
+            r = await api.post("/api/v1/runs", json=run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
+                                                             incubator="incubator-1",
+                                                             culture_system="culture-system-1"))
+            assert r.status_code == 201, r.text
+            yield Dash(base_url, incubator, culture, api, int(r.json()["id"]))
+    finally:
+        await culture.stop()
+        await incubator.stop()
+
+
+async def _page(browser: Browser, dash: Dash, role: Role = Role.OPERATOR,
+                viewport: dict[str, int] | None = None) -> Page:
+    """A new browser context logged in through the login page as the demo user of `role`."""
+    ctx = await browser.new_context(viewport=viewport or DESKTOP, base_url=dash.base_url)  # type: ignore[arg-type]
+    page = await ctx.new_page()
+    await page.goto("/")
+    await page.wait_for_url(re.compile(r"/login"))
+    await page.fill("form#login input[name=username]", role.value)
+    await page.fill("form#login input[name=password]", DEMO_PASSWORD)
+    await page.click("form#login button[type=submit]")
+    await page.wait_for_url(lambda url: "/login" not in url)
+    await _ready(page)
+    return page
+
+
+async def _ready(page: Page) -> None:
+    await page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20_000)
+
+
+async def test_login_shows_the_role_and_a_wrong_password_is_refused(browser: Browser, dash: Dash) -> None:
+    ctx = await browser.new_context(viewport=DESKTOP, base_url=dash.base_url)  # type: ignore[arg-type]
+    page = await ctx.new_page()
+    await page.goto("/login")
+    await page.fill("form#login input[name=username]", "operator")
+    await page.fill("form#login input[name=password]", "not-the-password")
+    await page.click("form#login button[type=submit]")
+    alert = page.locator("[role=alert]")
+    await alert.wait_for()
+    assert "password" in (await alert.inner_text()).lower()
+    await ctx.close()
+    page = await _page(browser, dash)
+    assert "(operator)" in await page.locator("[data-testid=whoami]").inner_text()
+    await page.click("[data-testid=logout]")
+    await page.wait_for_url(re.compile(r"/login"))
+    await page.goto("/")
+    await page.wait_for_url(re.compile(r"/login"))  # the session ended
+    await page.context.close()
+
+
+async def test_overview_shows_the_run_devices_and_next_step(browser: Browser, dash: Dash, artifacts: Path) -> None:
+    page = await _page(browser, dash)
+    card = page.locator(f"[data-testid=run-card][data-run-id='{dash.run_id}']")
+    await card.wait_for()
+    assert "Planned" in await card.locator("[data-testid=run-day]").inner_text()
+    assert await card.locator("[data-testid=next-step]").inner_text()
+    countdown = card.locator("[data-testid=countdown]")
+    first = await countdown.inner_text()
+    await wait_for(lambda: _changed(countdown, first), timeout=10, what="the countdown to move")
+    for device in ("incubator-1", "culture-system-1"):
+        state = page.locator(f"[data-testid=device-state][data-device='{device}']")
+        assert "online" in (await state.inner_text()).lower()
+    await page.screenshot(path=str(artifacts / "overview-1280x800.png"), full_page=True)
+    await page.set_viewport_size(TABLET)
+    await page.screenshot(path=str(artifacts / "overview-tablet.png"), full_page=True)
+    await page.context.close()
+
+
+async def _changed(locator: Any, before: str) -> bool:
+    return bool(await locator.inner_text() != before)
+
+
+async def test_a_live_value_reaches_the_chart_without_reloading(browser: Browser, dash: Dash, artifacts: Path) -> None:
+    page = await _page(browser, dash)
+    await page.goto(f"/runs/{dash.run_id}")
+    await _ready(page)
+    await page.locator(f"[data-testid=chart][data-channel='{TEMP}']").wait_for()
+    first = await page.evaluate(f"window.culturectl.charts['{TEMP}'].last()")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    async def moved() -> bool:
+        last = await page.evaluate(f"window.culturectl.charts['{TEMP}'].last()")
+        return bool(last and last["receivedAt"] and (first is None or last["t"] > first["t"]))
+
+    await wait_for(moved, timeout=15, what="a new temperature point on the chart")
+    last = await page.evaluate(f"window.culturectl.charts['{TEMP}'].last()")
+    assert 30 < last["v"] < 45 and navigations == []
+    assert await page.evaluate(f"window.culturectl.charts['{TEMP}'].count()") <= 2500
+    await page.screenshot(path=str(artifacts / "run-1280x800.png"), full_page=True)
+    await page.set_viewport_size(TABLET)
+    await page.screenshot(path=str(artifacts / "run-tablet.png"), full_page=True)
+    await page.context.close()
+
+
+async def test_an_injected_fault_raises_an_alarm_the_operator_acknowledges(browser: Browser, dash: Dash) -> None:
+    page = await _page(browser, dash)
+    alarm_id = "incubator-1.door_open:limit"
+    row = page.locator(f"[data-testid=alarm-row][data-alarm-id='{alarm_id}']")
+    await dash.incubator.inject(Fault.door_left_open)
+    try:
+        await row.first.wait_for(timeout=20_000)  # open > 60 s: one wall second at x60
+        status = row.first.locator("[data-testid=alarm-status]")
+        await wait_for(lambda: _contains(status, "unacknowledged"), timeout=10, what="the alarm unacknowledged")
+        assert (await row.first.locator("[data-testid=alarm-priority]").inner_text()).strip()
+        await row.first.locator("[data-testid=ack]").click()
+        dialog = page.locator("dialog[data-testid=comment-dialog]")
+        await dialog.locator("textarea[name=comment]").fill("door closed by the operator")
+        await dialog.locator("[data-testid=comment-confirm]").click()
+        await wait_for(lambda: _acknowledged(status), timeout=10, what="the alarm acknowledged on the page")
+    finally:
+        await dash.incubator.clear(Fault.door_left_open)
+    r = await dash.api.get(f"/api/v1/alarms/{alarm_id}")
+    assert r.json()["status"] in ("active_ack", "normal")
+    await page.context.close()
+
+
+async def _contains(locator: Any, *words: str) -> bool:
+    text = (await locator.inner_text()).lower()
+    return any(w in text for w in words)
+
+
+async def _acknowledged(locator: Any) -> bool:
+    text = (await locator.inner_text()).lower()
+    return "acknowledged" in text and "unacknowledged" not in text
+
+
+async def test_step_out_of_its_window_shows_the_reason_and_inside_it_is_signed_and_recorded(
+        browser: Browser, dash: Dash) -> None:
+    page = await _page(browser, dash)
+    await page.goto(f"/runs/{dash.run_id}")
+    await _ready(page)
+    # receiving the cells opens at T0 - 6 h: too early now
+    await page.click("[data-testid=enter-step][data-step=receive_cells]")
+    form = page.locator("[data-testid=step-form][data-step=receive_cells]")
+    await _fill(form, INPUTS["receive_cells"])
+    await form.locator("[data-testid=submit-step]").click()
+    await _sign_if_asked(page)
+    error = form.locator("[data-testid=form-error]")
+    await error.wait_for()
+    text = await error.inner_text()
+    assert "before" in text.lower() and "earliest" in text.lower(), text
+    step = page.locator("[data-testid=timeline] [data-testid=step][data-step=receive_cells]")
+    assert await step.get_attribute("data-status") != "done"
+    # a value outside its range is shown next to its field
+    await page.click("[data-testid=enter-step][data-step=coat_vessels]")
+    form = page.locator("[data-testid=step-form][data-step=coat_vessels]")
+    await _fill(form, {**INPUTS["coat_vessels"], "coat_temperature": 80})
+    await form.locator("[data-testid=submit-step]").click()
+    await _sign_if_asked(page)
+    field = form.locator("[data-testid=field-error][data-field=coat_temperature]")
+    await field.wait_for()
+    assert await field.inner_text()
+    # inside its window, with the operator's signature: the timeline shows it done
+    await _fill(form, INPUTS["coat_vessels"])
+    await form.locator("[data-testid=submit-step]").click()
+    assert await _sign_if_asked(page), "coating needs a signature: the dialog must ask for it"
+    coat = page.locator("[data-testid=timeline] [data-testid=step][data-step=coat_vessels]")
+    await wait_for(lambda: _status(coat, "done"), timeout=15, what="coating done on the timeline")
+    r = await dash.api.get(f"/api/v1/runs/{dash.run_id}")
+    assert next(s for s in r.json()["schedule"] if s["key"] == "coat_vessels")["status"] == "done"
+    await page.context.close()
+
+
+async def _status(locator: Any, status: str) -> bool:
+    return bool(await locator.get_attribute("data-status") == status)
+
+
+async def _fill(form: Any, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        field = form.locator(f"[name='{name}']")
+        tag = await field.evaluate("e => e.tagName.toLowerCase() + ':' + (e.type || '')")
+        if tag.startswith("select"):
+            await field.select_option(str(value))
+        elif tag.endswith("checkbox"):
+            await field.set_checked(bool(value))
+        else:
+            await field.fill(str(value))
+
+
+async def _sign_if_asked(page: Page) -> bool:
+    dialog = page.locator("dialog[data-testid=signature-dialog]")
+    try:
+        await dialog.wait_for(state="visible", timeout=3_000)
+    except Exception:
+        return False
+    await dialog.locator("input[name=password]").fill(DEMO_PASSWORD)
+    await dialog.locator("select[name=meaning]").select_option("performed")
+    await dialog.locator("[data-testid=sign-confirm]").click()
+    return True
