@@ -44,6 +44,8 @@ class Settings(BaseSettings):
         description="key that signs session tokens (HS256); unset: generated once into data_dir/secret.key (0600)",
     )
     token_ttl_minutes: float = Field(default=15.0, gt=0, le=24 * 60, description="lifetime of a login token")
+    session_max_hours: float = Field(default=12.0, gt=0, le=7 * 24,
+                                     description="a login session may be renewed (POST /api/v1/auth/refresh) this long")
     cookie_secure: bool = Field(default=False, description="mark the session cookie Secure (set it behind HTTPS)")
     engine_enabled: bool = Field(default=True,
                                  description="run the schedule engine (step statuses, missed steps, setpoints)")

@@ -68,10 +68,27 @@ async def login(body: LoginRequest, request: Request, response: Response, conn: 
                                   ttl=timedelta(minutes=s.token_ttl_minutes), threshold=s.lockout_threshold,
                                   client=client_address(request))
     t = result.token
-    response.set_cookie(tokens.COOKIE_NAME, t.token, max_age=max(1, int((t.expires_at - t.issued_at).total_seconds())),
-                        path="/", secure=s.cookie_secure, httponly=True, samesite="strict")
+    _set_cookie(response, t, s.cookie_secure)
     return LoginResponse(access_token=t.token, expires_at=t.expires_at,
                          user=UserPublic(**accounts.user_public(result.user)))
+
+
+@router.post("/refresh", response_model=LoginResponse, responses={401: _ERRORS[401]},
+             summary="Renew this login session: a fresh token and cookie, up to CULTURECTL_SESSION_MAX_HOURS")
+async def refresh(principal: CurrentPrincipal, request: Request, response: Response, conn: ConnectionDep,
+                  runtime: RuntimeDep) -> LoginResponse:
+    s = runtime.settings
+    t = await accounts.renew(conn, principal, key=signing_key(request), ttl=timedelta(minutes=s.token_ttl_minutes),
+                             longest=timedelta(hours=s.session_max_hours))
+    _set_cookie(response, t, s.cookie_secure)
+    user = await accounts.get_user_by_name(conn, principal.name)
+    assert user is not None
+    return LoginResponse(access_token=t.token, expires_at=t.expires_at, user=UserPublic(**accounts.user_public(user)))
+
+
+def _set_cookie(response: Response, t: tokens.IssuedToken, secure: bool) -> None:
+    response.set_cookie(tokens.COOKIE_NAME, t.token, max_age=max(1, int((t.expires_at - t.issued_at).total_seconds())),
+                        path="/", secure=secure, httponly=True, samesite="strict")
 
 
 @router.post("/logout", status_code=204, summary="End this login session: its token and cookie stop working")

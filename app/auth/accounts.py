@@ -340,6 +340,27 @@ async def logout(conn: asyncpg.Connection, principal: Principal, *, client: str 
                            old=None, new=None, reason=None, client=client)
 
 
+async def renew(conn: asyncpg.Connection, principal: Principal, *, key: bytes, ttl: timedelta,
+                longest: timedelta) -> tokens.IssuedToken:
+    """A fresh token for the principal's open session (same session: a logout still ends it), while the session is
+    younger than `longest` since its login. Not audited: it changes no record; the login and logout are."""
+    if principal.kind != "user" or principal.token_id is None or principal.id is None:
+        raise Problem(400, "no-session", "No session to renew",
+                      "only a user's login session can be renewed; API keys do not expire")
+    row = await conn.fetchrow("SELECT issued_at FROM sessions WHERE jti = $1 AND revoked_at IS NULL",
+                              principal.token_id)
+    if row is None:
+        raise AuthError("the session was ended; log in again", kind="session-revoked")
+    now = datetime.now(UTC)
+    if now - row["issued_at"] >= longest:  # the row keeps the login time; tokens carry their own
+        raise AuthError(f"the session reached its longest duration ({longest}); log in again",
+                        kind="session-too-long")
+    issued = tokens.issue(key, principal.id, ttl, now=now, jti=principal.token_id)
+    await conn.execute("UPDATE sessions SET expires_at = $2 WHERE jti = $1 AND revoked_at IS NULL",
+                       principal.token_id, issued.expires_at)
+    return issued
+
+
 async def principal_for_token(conn: asyncpg.Connection, key: bytes, token: str) -> Principal:
     """The user behind a session token, checked against the database now (revoked, disabled, locked)."""
     try:

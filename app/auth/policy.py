@@ -76,6 +76,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", f"{V1}/stream"): ANY,
     ("GET", f"{V1}/auth/me"): ANY,
     ("POST", f"{V1}/auth/logout"): ANY,
+    ("POST", f"{V1}/auth/refresh"): USERS,
     ("GET", f"{V1}/signatures"): ANY,
     # One's own password: people only.
     ("POST", f"{V1}/users/me/password"): USERS,

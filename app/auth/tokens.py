@@ -47,11 +47,12 @@ class IssuedToken:
     expires_at: datetime
 
 
-def issue(key: bytes, user_id: int, ttl: timedelta, now: datetime | None = None) -> IssuedToken:
-    """A signed token for `user_id`; its jti is stored in `sessions` by the caller."""
+def issue(key: bytes, user_id: int, ttl: timedelta, now: datetime | None = None,
+          jti: str | None = None) -> IssuedToken:
+    """A signed token for `user_id`; its jti is stored in `sessions` by the caller (a renewal keeps the jti)."""
     now = (now or datetime.now(UTC)).replace(microsecond=0)
     expires = now + max(ttl, timedelta(seconds=1))
-    jti = secrets.token_urlsafe(16)
+    jti = jti or secrets.token_urlsafe(16)
     claims = {"sub": str(user_id), "jti": jti, "iat": now, "exp": expires, "iss": ISSUER}
     return IssuedToken(jwt.encode(claims, key, algorithm=ALGORITHM), jti, now, expires)
 

@@ -96,8 +96,10 @@ def _runtime(request: Request) -> Runtime:
 
 
 def _clock(request: Request) -> dict[str, Any]:
-    clock = _runtime(request).clock
-    return {"clock_now": clock.now().isoformat(), "clock_scale": clock.scale}
+    runtime = _runtime(request)
+    clock = runtime.clock
+    return {"clock_now": clock.now().isoformat(), "clock_scale": clock.scale,
+            "session_ttl": runtime.settings.token_ttl_minutes * 60}
 
 
 def _page(request: Request, name: str, principal: Principal | None, page: str, **ctx: Any) -> HTMLResponse:

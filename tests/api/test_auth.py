@@ -222,3 +222,41 @@ async def test_own_password_change(service: Service) -> None:
     rows = await audit_rows(service, before, "user.password")
     assert [(x["actor_id"], x["entity_id"]) for x in rows] == [(user_id, str(user_id))]
     assert fresh not in str(rows) and password not in str(rows)
+
+
+async def test_refresh_renews_the_session_until_its_longest_duration(db_dsn: str, tmp_path: Path) -> None:
+    async with running_service(db_dsn, tmp_path, token_ttl_minutes=0.1, session_max_hours=8 / 3600) as short:
+        headers = await short.login("operator")
+        before = await audit_head(short)
+        r = await short.client.post("/api/v1/auth/refresh", headers=headers)
+        assert r.status_code == 200, r.text
+        renewed = bearer(r.json()["access_token"])
+        assert "culturectl_session=" in r.headers["set-cookie"]
+        assert await audit_rows(short, before) == []  # a renewal changes no record
+        # the renewed token outlives the first one's 6 s
+        old_exp = jwt.decode(headers["Authorization"][7:], options={"verify_signature": False})["exp"]
+        assert r.json()["expires_at"] > "" and jwt.decode(
+            r.json()["access_token"], options={"verify_signature": False})["exp"] >= old_exp
+        assert (await short.client.get(ME, headers=renewed)).status_code == 200
+
+        current = renewed
+
+        async def too_long() -> bool:  # keep renewing with the newest token, as the dashboard does
+            nonlocal current
+            resp = await short.client.post("/api/v1/auth/refresh", headers=current)
+            if resp.status_code == 200:
+                current = bearer(resp.json()["access_token"])
+                return False
+            assert resp.status_code == 401, resp.text
+            return "longest" in resp.json()["detail"]
+
+        await wait_for(too_long, timeout=20, what="the session to reach its 8 s longest duration")
+
+
+async def test_refresh_after_logout_or_with_an_api_key_is_refused(service: Service) -> None:
+    headers = await service.login("supervisor")
+    assert (await service.client.post("/api/v1/auth/logout", headers=headers)).status_code == 204
+    r = await service.client.post("/api/v1/auth/refresh", headers=headers)
+    assert r.status_code == 401
+    _, _, key = await service.api_key("operator")
+    assert (await service.client.post("/api/v1/auth/refresh", headers=key)).status_code == 403

@@ -265,3 +265,26 @@ async def _sign_if_asked(page: Page) -> bool:
     await dialog.locator("select[name=meaning]").select_option("performed")
     await dialog.locator("[data-testid=sign-confirm]").click()
     return True
+
+
+async def test_an_open_page_keeps_its_session_past_the_token_lifetime(browser: Browser, db_dsn: str,
+                                                                      tmp_path: Path) -> None:
+    """A wall screen: the token lives 12 s here, the page renews it and is still signed in after 15 s."""
+    clock = ScaledClock(scale=SCALE)
+    settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp_path / "data", port=free_port(),
+                        connect_devices=False, token_ttl_minutes=0.2)
+    async with serve(settings, clock) as (base_url, _runtime):
+        ctx = await browser.new_context(viewport=DESKTOP, base_url=base_url)  # type: ignore[arg-type]
+        page = await ctx.new_page()
+        await page.goto("/login")
+        await page.fill("form#login input[name=username]", "operator")
+        await page.fill("form#login input[name=password]", DEMO_PASSWORD)
+        await page.click("form#login button[type=submit]")
+        await page.wait_for_url(lambda url: "/login" not in url)
+        await _ready(page)
+        await page.wait_for_function("(window.culturectl.renewals || 0) >= 3", timeout=30_000)
+        await page.reload()
+        await _ready(page)
+        assert "/login" not in page.url
+        assert "(operator)" in await page.locator("[data-testid=whoami]").inner_text()
+        await ctx.close()

@@ -17,6 +17,19 @@
   function clockNow() { return serverNow + (Date.now() - loadedAt) * scale; } // epoch ms, clock time
   cc.clockNow = clockNow;
 
+  // ---- a wall screen stays signed in: renew the session at a third of the token's life, up to the server's
+  // longest session (CULTURECTL_SESSION_MAX_HOURS); when the server refuses, the next request goes to the login.
+  var ttl = parseFloat(body.dataset.sessionTtl || "0");
+  if (ttl > 0) {
+    cc.renewals = 0;
+    setInterval(function () {
+      fetch("/api/v1/auth/refresh", {method: "POST", credentials: "same-origin"}).then(function (r) {
+        if (r.ok) { cc.renewals += 1; } else if (r.status === 401) { window.location.assign("/login?next=" +
+          encodeURIComponent(window.location.pathname + window.location.search)); }
+      }).catch(function () { /* offline: the next interval tries again */ });
+    }, Math.max(5, ttl / 3) * 1000);
+  }
+
   function pad(n) { return (n < 10 ? "0" : "") + n; }
   function fmtUtc(ms, secs) {
     var d = new Date(ms);
