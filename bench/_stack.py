@@ -31,6 +31,12 @@ from simulators.runner import device_configs
 BENCH_PASSWORD = "Timing-probe-42"
 
 
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of `values`."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

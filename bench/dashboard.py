@@ -23,7 +23,7 @@ from datetime import timedelta
 
 from app import db
 from app.demo import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
-from bench._stack import running_stack
+from bench._stack import pct, running_stack
 
 CHANNELS = {  # channel -> (base, noise amplitude)
     "incubator-1.temperature": (37.0, 0.05), "incubator-1.co2": (5.0, 0.05), "incubator-1.humidity": (93.0, 0.5),
@@ -66,11 +66,6 @@ async def backfill(dsn: str, days: int) -> int:
         return rows
     finally:
         await conn.close()
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def main(loads: int, seconds: float) -> None:
@@ -134,7 +129,7 @@ async def main(loads: int, seconds: float) -> None:
     print(f"{'reading -> point drawn on the chart':<44} {'n':>4} {'median ms':>10} {'p99 ms':>8}")
     for ch, d in delays.items():
         if d:
-            print(f"{ch:<44} {len(d):>4} {statistics.median(d):>10.0f} {_pct(d, 0.99):>8.0f}")
+            print(f"{ch:<44} {len(d):>4} {statistics.median(d):>10.0f} {pct(d, 0.99):>8.0f}")
         else:
             print(f"{ch:<44} {0:>4} (no live points)")
 

@@ -22,12 +22,7 @@ from datetime import datetime
 
 import httpx
 
-from bench._stack import running_stack
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from bench._stack import pct, running_stack
 
 
 async def main(seconds: float, poll_interval: float) -> None:
@@ -65,7 +60,7 @@ def _report(delays: dict[str, list[float]], seconds: float, poll_interval: float
     for proto, label in (("opcua", "OPC UA value change -> SSE event"), ("modbus", "Modbus poll -> SSE event")):
         d = delays[proto]
         if d:
-            print(f"{label:<40} {len(d):>7} {statistics.median(d):>10.1f} {_pct(d, 0.99):>8.1f} {max(d):>8.1f}")
+            print(f"{label:<40} {len(d):>7} {statistics.median(d):>10.1f} {pct(d, 0.99):>8.1f} {max(d):>8.1f}")
         else:
             print(f"{label:<40} {0:>7} (no events)")
 
