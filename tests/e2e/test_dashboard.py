@@ -189,6 +189,12 @@ async def test_an_injected_fault_raises_an_alarm_the_operator_acknowledges(brows
         await dash.incubator.clear(Fault.door_left_open)
     r = await dash.api.get(f"/api/v1/alarms/{alarm_id}")
     assert r.json()["status"] in ("active_ack", "normal")
+    # the alarms page shows the journal: the activation and the acknowledgement, with who and why
+    await page.goto("/alarms")
+    await _ready(page)
+    events = page.locator(f"[data-testid=alarm-event][data-alarm-id='{alarm_id}']")
+    assert await events.count() >= 2
+    assert "door closed by the operator" in " ".join(await events.all_inner_texts())
     await page.context.close()
 
 
@@ -288,3 +294,32 @@ async def test_an_open_page_keeps_its_session_past_the_token_lifetime(browser: B
         assert "/login" not in page.url
         assert "(operator)" in await page.locator("[data-testid=whoami]").inner_text()
         await ctx.close()
+
+
+async def test_keyboard_only_login_and_the_audit_view_for_qa_only(browser: Browser, dash: Dash) -> None:
+    ctx = await browser.new_context(viewport=TABLET, base_url=dash.base_url)  # type: ignore[arg-type]
+    page = await ctx.new_page()
+    await page.goto("/audit")
+    await page.wait_for_url(re.compile(r"/login\?next=%2Faudit|/login\?next=/audit"))
+    await page.focus("form#login input[name=username]")
+    await page.keyboard.type("qa")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(DEMO_PASSWORD)
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(re.compile(r"/audit"))
+    await _ready(page)
+    assert await page.locator("[data-testid=audit-row]").count() > 0
+    await page.fill("form#audit-filter input[name=action]", "run.create")
+    await page.press("form#audit-filter input[name=action]", "Enter")
+    await page.wait_for_url(re.compile(r"action=run.create"))
+    rows = page.locator("[data-testid=audit-row]")
+    assert await rows.count() >= 1
+    for text in await rows.all_inner_texts():
+        assert "run.create" in text
+    await ctx.close()
+    operator = await _page(browser, dash)
+    r = await operator.goto("/audit")
+    assert r is not None and r.status == 403
+    assert "operator" in (await operator.content())
+    await operator.context.close()
+
