@@ -235,6 +235,13 @@ def tick(defn: AlarmDefinition, state: AlarmState, at: datetime) -> tuple[AlarmS
         raw = (Severity.STALE,) if stale else ()
         if raw != st.raw:
             st = replace(st, raw=raw, held=raw[0] if raw else None)
+    # On-delays that completed since the last pass take effect at their own instants, in order: a late pass still
+    # journals H at its time and the escalation to HH at its own, whatever the pass cadence.
+    for due in sorted({t + timedelta(seconds=defn.on_delay(lv)) for lv, t in st.since}):
+        if (st.last_sample_at is not None and due <= st.last_sample_at) or due >= at:
+            continue
+        st, trs = _annunciate(st, _advance(defn, st, due), st.last_value, due)
+        out += trs
     new, trs = _annunciate(st, _advance(defn, st, at), st.last_value, at)
     return new, out + trs
 

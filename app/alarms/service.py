@@ -152,6 +152,7 @@ class AlarmService:
     shelve_max: timedelta = timedelta(hours=8)
     stale_floor: float = 5.0  # wall seconds: on a sped-up clock devices still sample in wall time
     interval: float = 0.5
+    clock_step: float = 15.0  # clock seconds: on a fast clock the pass runs more often than `interval`
     context_interval: float = 2.0
     historian: Callable[[], Mapping[str, Any]] | None = None
     max_pending: int = 100_000
@@ -537,6 +538,12 @@ class AlarmService:
         for _ in events:
             self._pending.popleft()
 
+    def wall_interval(self) -> float:
+        """Wall seconds between passes: `interval`, but at most `clock_step` of clock time (at least 50 ms), so
+        delays of a minute stay distinct on a sped-up clock (an H on-delay is not swallowed by the HH one)."""
+        scale = self.clock.scale
+        return max(0.05, min(self.interval, self.clock_step / scale if scale > 0 else self.interval))
+
     async def sync(self) -> None:
         """Refresh the run context and persist now (tests, and the API before reading the journal)."""
         if self.pool is None:
@@ -565,7 +572,7 @@ class AlarmService:
                                 len(self._pending))
             except Exception:
                 log.exception("alarm service cycle failed; retrying")
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.wall_interval())
 
     def active(self) -> list[Alarm]:
         """Alarms not in state normal, most urgent first."""

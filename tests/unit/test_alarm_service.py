@@ -121,3 +121,9 @@ def test_recipe_alarm_overrides_are_checked() -> None:
         {"kind": "bad_quality", "name": "q"}, {"kind": "comm_loss", "name": "q"}]}]}
     with pytest.raises(ValidationError, match="duplicate alarm names"):
         Recipe.model_validate(dup)
+
+
+@pytest.mark.parametrize(("scale", "wall"), [(1, 0.5), (60, 0.25), (336, 0.05), (600, 0.05)])
+def test_the_alarm_pass_is_at_most_15_clock_seconds_apart_down_to_50_ms(scale: float, wall: float) -> None:
+    svc, _, _ = make(scale=scale)
+    assert svc.wall_interval() == pytest.approx(wall)

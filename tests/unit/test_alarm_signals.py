@@ -224,3 +224,15 @@ def test_property_activations_and_return(defn: LimitAlarm, values: list[float], 
         assert acts <= excursions
         if inside_since is not None and t - inside_since > off:
             assert s.active is None
+
+
+def test_a_late_pass_journals_each_completed_on_delay_at_its_own_time() -> None:
+    door = default_definitions()["incubator.door_open"][0]  # H after 60 s, HH after 300 s, same limit
+    s, trs = evaluate(door, initial_state("door", T0), 1.0, GOOD, at(0))
+    assert trs == []
+    s, trs = tick(door, s, at(400))  # one pass, long after both on-delays
+    assert [(t.to_state, t.severity, t.at, t.reason) for t in trs] == [
+        (AlarmStatus.ACTIVE_UNACK, Severity.H, at(60), "activated"),
+        (AlarmStatus.ACTIVE_UNACK, Severity.HH, at(300), "escalated"),
+    ]
+    assert s.active is Severity.HH
