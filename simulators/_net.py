@@ -1,10 +1,27 @@
-"""Network helpers shared by the simulator servers."""
+"""What the simulator servers share: the port, running state, context management and fault injection."""
 
 from __future__ import annotations
 
+import logging
 import socket
+from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
+
+from app.clock import Clock
+from simulators.faults import ActiveFaults, Fault, as_fault, fault_point
+
+log = logging.getLogger(__name__)
+
+
+class FaultableModel(Protocol):
+    """What the shared faults need of a simulator's physics model."""
+
+    ignore_setpoint_writes: bool
+
+    def freeze(self, point: str, now: datetime | None = None) -> None: ...
+
+    def unfreeze(self, point: str) -> None: ...
 
 
 def pick_free_port(host: str) -> int:
@@ -15,14 +32,19 @@ def pick_free_port(host: str) -> int:
 
 
 class SimulatorServer:
-    """What both simulators share: a port chosen once (a restart comes back on it) and start/stop as a context."""
+    """What both simulators share: a port chosen once (a restart comes back on it), start/stop as a context, and
+    fault injection (the faults both have here; each simulator starts and ends its own in `_start_fault`)."""
 
+    kind: str = ""  # "incubator" or "culture-system", as simulators.faults names them
+    clock: Clock
+    model: FaultableModel
     _server: object | None = None
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         # port 0: choose once, so a restart comes back where clients expect it
         self._port = port or pick_free_port(host)
+        self._faults = ActiveFaults(self.kind)
 
     @property
     def port(self) -> int:
@@ -46,3 +68,47 @@ class SimulatorServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+    def active_faults(self) -> list[dict[str, Any]]:
+        """The injected faults still active, oldest first."""
+        return self._faults.as_list()
+
+    async def inject(self, fault: Fault | str, *, point: str | None = None) -> None:
+        """Give the simulator `fault` (see simulators.faults); ValueError if it does not apply here."""
+        f = as_fault(fault, self.kind)
+        point = fault_point(f, point, self.kind)
+        if self._faults.has(f, point):
+            return
+        now = self.clock.now()
+        if f is Fault.frozen_sensor:
+            assert point is not None
+            self.model.freeze(point, now)
+        elif f is Fault.setpoint_ignored:
+            self.model.ignore_setpoint_writes = True
+        else:
+            await self._start_fault(f, now)
+        self._faults.add(f, point, now)
+        log.info("fault %s%s injected on %s :%d", f, f":{point}" if point else "", self.kind, self._port)
+
+    async def clear(self, fault: Fault | str, *, point: str | None = None) -> None:
+        """Remove `fault` and return to normal control; a fault that is not active is ignored."""
+        f = as_fault(fault, self.kind)
+        point = fault_point(f, point, self.kind)
+        if not self._faults.remove(f, point):
+            return
+        if f is Fault.frozen_sensor:
+            assert point is not None
+            self.model.unfreeze(point)
+        elif f is Fault.setpoint_ignored:
+            self.model.ignore_setpoint_writes = False
+        else:
+            await self._end_fault(f, self.clock.now())
+        log.info("fault %s%s cleared on %s :%d", f, f":{point}" if point else "", self.kind, self._port)
+
+    async def _start_fault(self, fault: Fault, now: datetime) -> None:
+        """Start a fault of this simulator's own (the shared ones are handled above)."""
+        raise NotImplementedError
+
+    async def _end_fault(self, fault: Fault, now: datetime) -> None:
+        """End a fault of this simulator's own."""
+        raise NotImplementedError

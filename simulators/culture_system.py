@@ -14,7 +14,6 @@ import math
 import struct
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
@@ -24,7 +23,7 @@ from app.clock import Clock
 from drivers.base import PointError, PointSpec
 from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS, MODBUS_WORD_ORDER
 from simulators._net import SimulatorServer
-from simulators.faults import ActiveFaults, Fault, as_fault, fault_point
+from simulators.faults import Fault
 from simulators.physics import CultureModel
 
 log = logging.getLogger(__name__)
@@ -81,6 +80,9 @@ async def _no_such_device(
 class CultureSystemSimulator(SimulatorServer):
     """A Modbus TCP culture system; `stop()` keeps the model and the port for a later `start()`."""
 
+    kind = "culture-system"
+    model: CultureModel
+
     def __init__(
         self,
         clock: Clock,
@@ -100,7 +102,6 @@ class CultureSystemSimulator(SimulatorServer):
         self._server: ModbusTcpServer | None = None
         self._inputs = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "input"]
         self._holdings = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "holding"]
-        self._faults = ActiveFaults("culture-system")
         # set while modbus_timeout is active: requests wait on it and are dropped unanswered when it fires
         self._silence: asyncio.Event | None = None
 
@@ -151,41 +152,13 @@ class CultureSystemSimulator(SimulatorServer):
         self._server = server
         log.debug("culture-system simulator listening on %s (device id %d)", self.endpoint, self.device_id)
 
-    def active_faults(self) -> list[dict[str, Any]]:
-        """The injected faults still active, oldest first."""
-        return self._faults.as_list()
-
-    async def inject(self, fault: Fault | str, *, point: str | None = None) -> None:
-        """Give the culture system `fault` (see simulators.faults); ValueError if it does not apply here."""
-        f = as_fault(fault, "culture-system")
-        point = fault_point(f, point, "culture-system")
-        if self._faults.has(f, point):
-            return
-        now = self.clock.now()
-        if f is Fault.frozen_sensor:
-            assert point is not None
-            self.model.freeze(point, now)
-        elif f is Fault.modbus_timeout:
+    async def _start_fault(self, fault: Fault, now: datetime) -> None:
+        if fault is Fault.modbus_timeout:
             self._silence = asyncio.Event()
-        elif f is Fault.setpoint_ignored:
-            self.model.ignore_setpoint_writes = True
-        self._faults.add(f, point, now)
-        log.info("fault %s%s injected on culture-system :%d", f, f":{point}" if point else "", self._port)
 
-    async def clear(self, fault: Fault | str, *, point: str | None = None) -> None:
-        """Remove `fault` and return to normal behaviour; a fault that is not active is ignored."""
-        f = as_fault(fault, "culture-system")
-        point = fault_point(f, point, "culture-system")
-        if not self._faults.remove(f, point):
-            return
-        if f is Fault.frozen_sensor:
-            assert point is not None
-            self.model.unfreeze(point)
-        elif f is Fault.modbus_timeout:
+    async def _end_fault(self, fault: Fault, now: datetime) -> None:
+        if fault is Fault.modbus_timeout:
             self._release_silenced()
-        elif f is Fault.setpoint_ignored:
-            self.model.ignore_setpoint_writes = False
-        log.info("fault %s%s cleared on culture-system :%d", f, f":{point}" if point else "", self._port)
 
     def _release_silenced(self) -> None:
         silence, self._silence = self._silence, None

@@ -26,7 +26,7 @@ from app.clock import Clock, utcnow
 from drivers.base import PointError, PointLimitError, PointSpec
 from drivers.points import INCUBATOR_NAMESPACE, INCUBATOR_POINTS
 from simulators._net import SimulatorServer
-from simulators.faults import ActiveFaults, Fault, as_fault, fault_point
+from simulators.faults import Fault
 from simulators.physics import IncubatorModel
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,9 @@ class _SetpointAttributeService(AttributeService):
 class IncubatorSimulator(SimulatorServer):
     """An OPC UA incubator on 127.0.0.1; `stop()` keeps the model and the port for a later `start()`."""
 
+    kind = "incubator"
+    model: IncubatorModel
+
     def __init__(
         self,
         clock: Clock,
@@ -120,7 +123,6 @@ class IncubatorSimulator(SimulatorServer):
         self._task: asyncio.Task[None] | None = None
         self._nodes: dict[str, ua.NodeId] = {}
         self._namespace_index: int | None = None
-        self._faults = ActiveFaults("incubator")
 
     @property
     def endpoint(self) -> str:
@@ -137,56 +139,28 @@ class IncubatorSimulator(SimulatorServer):
     def close_door(self) -> None:
         self.model.close_door(self.clock.now())
 
-    def active_faults(self) -> list[dict[str, Any]]:
-        """The injected faults still active, oldest first."""
-        return self._faults.as_list()
-
-    async def inject(self, fault: Fault | str, *, point: str | None = None) -> None:
-        """Give the incubator `fault` (see simulators.faults); ValueError if it does not apply here."""
-        f = as_fault(fault, "incubator")
-        point = fault_point(f, point, "incubator")
-        if self._faults.has(f, point):
-            return
-        now = self.clock.now()
-        if f is Fault.door_left_open:
+    async def _start_fault(self, fault: Fault, now: datetime) -> None:
+        if fault is Fault.door_left_open:
             self.model.open_door(now)
-        elif f is Fault.co2_supply_empty:
+        elif fault is Fault.co2_supply_empty:
             self.model.set_co2_supply(False, now)
-        elif f in (Fault.heater_stuck_on, Fault.heater_stuck_off):
+        elif fault in (Fault.heater_stuck_on, Fault.heater_stuck_off):
             # one heater, one way of being stuck at a time
-            self._faults.remove(Fault.heater_stuck_off if f is Fault.heater_stuck_on else Fault.heater_stuck_on, None)
-            self.model.set_heater("on" if f is Fault.heater_stuck_on else "off", now)
-        elif f is Fault.frozen_sensor:
-            assert point is not None
-            self.model.freeze(point, now)
-        elif f is Fault.opcua_restart:
+            other = Fault.heater_stuck_off if fault is Fault.heater_stuck_on else Fault.heater_stuck_on
+            self._faults.remove(other, None)
+            self.model.set_heater("on" if fault is Fault.heater_stuck_on else "off", now)
+        elif fault is Fault.opcua_restart:
             await self.stop()
-        elif f is Fault.setpoint_ignored:
-            self.model.ignore_setpoint_writes = True
-        self._faults.add(f, point, now)
-        log.info("fault %s%s injected on incubator :%d", f, f":{point}" if point else "", self._port)
 
-    async def clear(self, fault: Fault | str, *, point: str | None = None) -> None:
-        """Remove `fault` and return to normal control; a fault that is not active is ignored."""
-        f = as_fault(fault, "incubator")
-        point = fault_point(f, point, "incubator")
-        if not self._faults.remove(f, point):
-            return
-        now = self.clock.now()
-        if f is Fault.door_left_open:
+    async def _end_fault(self, fault: Fault, now: datetime) -> None:
+        if fault is Fault.door_left_open:
             self.model.close_door(now)
-        elif f is Fault.co2_supply_empty:
+        elif fault is Fault.co2_supply_empty:
             self.model.set_co2_supply(True, now)
-        elif f in (Fault.heater_stuck_on, Fault.heater_stuck_off):
+        elif fault in (Fault.heater_stuck_on, Fault.heater_stuck_off):
             self.model.set_heater("auto", now)
-        elif f is Fault.frozen_sensor:
-            assert point is not None
-            self.model.unfreeze(point)
-        elif f is Fault.opcua_restart:
+        elif fault is Fault.opcua_restart:
             await self.start()
-        elif f is Fault.setpoint_ignored:
-            self.model.ignore_setpoint_writes = False
-        log.info("fault %s%s cleared on incubator :%d", f, f":{point}" if point else "", self._port)
 
     def _security_policies(self) -> list[ua.SecurityPolicyType]:
         # certificates come later: add Basic256Sha256_SignAndEncrypt here and load the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -213,8 +214,12 @@ def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...
     return (stale, *quality)
 
 
-def default_definitions() -> dict[str, tuple[AlarmDefinition, ...]]:
-    """PROCESS.md alarm defaults keyed by "<device kind>.<point>"; every read-only point gets data-quality alarms."""
+@functools.cache
+def default_definitions() -> Mapping[str, tuple[AlarmDefinition, ...]]:
+    """PROCESS.md alarm defaults keyed by "<device kind>.<point>"; every read-only point gets data-quality alarms.
+
+    Built once (the alarm service looks them up on every context refresh); the definitions are frozen models.
+    """
     out: dict[str, tuple[AlarmDefinition, ...]] = {
         f"{kind}.{p.name}": _quality_alarms(f"{kind}.{p.name}", p)
         for kind, points in POINT_MAPS.items() for p in points if not p.writable

@@ -55,6 +55,7 @@ from app.auth.principal import SYSTEM, Principal
 from app.clock import Clock
 from app.live import LiveHub
 from app.problems import Problem
+from app.protocol.recipe import AlarmOverride
 from drivers.base import DeviceState, Quality, Reading
 from drivers.devices import DeviceConfig
 
@@ -119,7 +120,7 @@ class _Binding:
     status: str
     in_window: frozenset[str]
     door_steps: frozenset[str]
-    overrides: tuple[Any, ...]
+    overrides: tuple[AlarmOverride, ...]
     excursions: tuple[ExcursionRule, ...]
 
 
@@ -175,12 +176,13 @@ class AlarmService:
         now = self.clock.now()
         defaults = default_definitions()
         for d in self.devices:
-            self._add(Alarm(f"{d.name}:comm_loss", d.name, d.name, _COMM_LOSS, initial_state(f"{d.name}:comm_loss",
-                                                                                               now)))
+            comm = f"{d.name}:comm_loss"
+            self.alarms[comm] = Alarm(comm, d.name, d.name, _COMM_LOSS, initial_state(comm, now))
             for p in d.points:
                 channel = f"{d.name}.{p.name}"
                 self._set_channel(channel, defaults.get(f"{d.kind}.{p.name}", ()), None, now)
-        self._add(Alarm(HISTORIAN_ALARM, HISTORIAN, HISTORIAN, _HISTORIAN_DEF, initial_state(HISTORIAN_ALARM, now)))
+        self.alarms[HISTORIAN_ALARM] = Alarm(HISTORIAN_ALARM, HISTORIAN, HISTORIAN, _HISTORIAN_DEF,
+                                             initial_state(HISTORIAN_ALARM, now))
 
     # -- definitions -----------------------------------------------------------------------------------------
 
@@ -191,14 +193,12 @@ class AlarmService:
                 return defn.model_copy(update={"max_age_s": floor})
         return defn
 
-    def _add(self, alarm: Alarm) -> None:
-        restored = self._restored.get(alarm.id)
-        if restored is not None:
-            alarm.state = _restore(alarm.state, restored)
-            alarm.active_since, alarm.changed_at = restored.get("active_since"), restored.get("changed_at")
-        self.alarms[alarm.id] = alarm
-        if alarm.channel != alarm.device:
-            self._by_channel.setdefault(alarm.channel, []).append(alarm)
+    def _restore(self, alarm: Alarm) -> None:
+        """Take the alarm's persisted state (acknowledgement, mode, active condition), if the database had one."""
+        row = self._restored.get(alarm.id)
+        if row is not None:
+            alarm.state = _restored_state(alarm.state, row)
+            alarm.active_since, alarm.changed_at = row.get("active_since"), row.get("changed_at")
 
     def _set_channel(self, channel: str, defs: Sequence[AlarmDefinition], run_id: int | None, now: datetime) -> None:
         """Install the definitions of a channel, keeping the state of alarms whose name and kind stay."""
@@ -218,10 +218,7 @@ class AlarmService:
                 continue
             aid = f"{channel}:{name}"
             alarm = Alarm(aid, channel, device, defn, initial_state(aid, now), run_id)
-            restored = self._restored.get(aid)
-            if restored is not None:
-                alarm.state = _restore(alarm.state, restored)
-                alarm.active_since, alarm.changed_at = restored.get("active_since"), restored.get("changed_at")
+            self._restore(alarm)
             self.alarms[aid] = alarm
             kept.append(alarm)
         for gone in current.values():  # definitions the phase no longer has: they end in normal
@@ -273,14 +270,16 @@ class AlarmService:
     def on_device_state(self, device: str, state: DeviceState, at: datetime) -> None:
         """A device connection change: one communication-loss alarm per device."""
         alarm = self.alarms.get(f"{device}:comm_loss")
-        if alarm is None or state is DeviceState.CONNECTING:
-            return
-        value = None if state is DeviceState.OFFLINE else 1.0
-        if state is DeviceState.STOPPED:
-            return  # the service stopping its own supervisor is not a loss
-        new, trs = evaluate(alarm.defn, alarm.state, value, Quality.GOOD if value is not None else Quality.BAD, at)
+        # connecting says nothing yet; the service stopping its own supervisor is not a loss
+        if alarm is not None and state in (DeviceState.ONLINE, DeviceState.OFFLINE):
+            self._link(alarm, state is DeviceState.ONLINE, at)
+
+    def _link(self, alarm: Alarm, up: bool, at: datetime) -> int:
+        """Feed a communication-loss alarm whether its link is up; returns the number of transitions."""
+        new, trs = evaluate(alarm.defn, alarm.state, 1.0 if up else None, Quality.GOOD if up else Quality.BAD, at)
         alarm.state = new
         self._emit(alarm, trs)
+        return len(trs)
 
     def _device_offline(self, device: str) -> bool:
         alarm = self.alarms.get(f"{device}:comm_loss")
@@ -289,10 +288,10 @@ class AlarmService:
     def _emit(self, alarm: Alarm, trs: Sequence[Transition], actor: str | None = None,
               comment: str | None = None, persist: bool = True) -> None:
         for tr in trs:
-            if alarm.state.active is not None and (alarm.active_since is None or tr.reason == "activated"):
-                alarm.active_since = alarm.active_since or tr.at
             if alarm.state.active is None:
                 alarm.active_since = None
+            elif alarm.active_since is None:
+                alarm.active_since = tr.at
             alarm.changed_at = tr.at
             self.stats["transitions"] += 1
             row = {**alarm.view(), "from": tr.from_state.value, "to": tr.to_state.value,
@@ -348,11 +347,8 @@ class AlarmService:
             stats = self.historian()
             up = stats.get("db_down_since") is None  # not yet connected is not down
             h = self.alarms[HISTORIAN_ALARM]
-            if (h.state.active is None) == (not up):
-                new, trs = evaluate(h.defn, h.state, 1.0 if up else None, Quality.GOOD if up else Quality.BAD, now)
-                h.state = new
-                n += len(trs)
-                self._emit(h, trs)
+            if (h.state.active is None) != up:  # only a change of the link is news
+                n += self._link(h, up, now)
         return n
 
     # -- operator actions ------------------------------------------------------------------------------------
@@ -456,9 +452,7 @@ class AlarmService:
                             defs = o.definitions
                             break
                 self._set_channel(f"{d.name}.{p.name}", defs, b.run_id if b else None, now)
-            comm = self.alarms.get(f"{d.name}:comm_loss")
-            if comm is not None and comm.run_id != (b.run_id if b else None):
-                comm.run_id = b.run_id if b else None
+            self.alarms[f"{d.name}:comm_loss"].run_id = b.run_id if b else None
         await self._bind_excursions(conn, bindings)
 
     async def _bind_excursions(self, conn: asyncpg.Connection, bindings: Mapping[str, _Binding]) -> None:
@@ -493,11 +487,7 @@ class AlarmService:
         rows = await conn.fetch("SELECT * FROM alarm")
         self._restored = {str(r["id"]): dict(r) for r in rows}
         for alarm in self.alarms.values():
-            r = self._restored.get(alarm.id)
-            if r is not None:
-                alarm.state = _restore(alarm.state, r)
-                alarm.active_since, alarm.changed_at = r.get("active_since"), r.get("changed_at")
-                alarm.run_id = r.get("run_id")
+            self._restore(alarm)  # the run each alarm serves comes with the next refresh
 
     async def flush(self) -> None:
         """Write pending transitions, changed alarms, excursions and tripped rules; on failure keep them."""
@@ -581,7 +571,7 @@ class AlarmService:
         return sorted(out, key=lambda a: (order.get(a.priority(), 9), a.id))
 
 
-def _restore(st: AlarmState, row: Mapping[str, Any]) -> AlarmState:
+def _restored_state(st: AlarmState, row: Mapping[str, Any]) -> AlarmState:
     status = AlarmStatus(row["status"])
     sev = Severity(row["severity"]) if row.get("severity") else None
     mode = status if status in (AlarmStatus.SHELVED, AlarmStatus.SUPPRESSED_BY_DESIGN,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from app import db
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.spool import Row, Spool, level_of
 from drivers.base import Quality, Reading
+from drivers.supervisor import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class TelemetryWriter:
 
         self._conn: asyncpg.Connection | None = None
         self._timescale: bool | None = None
-        self._backoff = reconnect_min
+        self._failed_connects = 0  # in a row: the reconnect delay grows with it
         self._next_connect = 0.0
         self._last_activity = 0.0
         self._down_since: float | None = None
@@ -607,12 +607,13 @@ class TelemetryWriter:
             if conn is not None:
                 conn.terminate()
             self._note_failure(exc)
-            self._next_connect = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
-            self._backoff = min(self._backoff * 2, self._reconnect_max)
+            self._failed_connects += 1
+            self._next_connect = time.monotonic() + backoff_delay(
+                self._failed_connects, self._reconnect_min, self._reconnect_max, jitter=0.2)
             return False
         self._conn = conn
         self._open_gaps.clear()  # the database is back: an overflow episode in progress is over
-        self._backoff = self._reconnect_min
+        self._failed_connects = 0
         self._last_activity = time.monotonic()
         if self._down_since is not None:
             self.reconnects += 1
@@ -634,8 +635,8 @@ class TelemetryWriter:
     async def _mark_down(self, exc: BaseException) -> None:
         self._note_failure(exc)
         await self._disconnect()
-        self._backoff = self._reconnect_min
-        self._next_connect = time.monotonic() + self._backoff
+        self._failed_connects = 0
+        self._next_connect = time.monotonic() + self._reconnect_min
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
