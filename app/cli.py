@@ -51,13 +51,9 @@ def _settings(**overrides: object) -> Settings:
 
 
 async def _serve(settings: Settings, clock: ScaledClock | None = None) -> None:
-    import uvicorn
+    from app.main import create_app, make_server
 
-    from app.main import create_app
-
-    config = uvicorn.Config(create_app(settings, clock=clock), host=settings.host, port=settings.port,
-                            log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    await make_server(create_app(settings, clock=clock), settings).serve()
 
 
 @app.command()
@@ -236,8 +232,6 @@ def _open_browser(url: str) -> None:
 
 async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: float | None,
                 open_browser: bool = False) -> None:
-    import uvicorn
-
     from app import db
     from app.demo import (
         DEMO_PASSWORD,
@@ -249,7 +243,7 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
         ensure_demo_recipe,
     )
     from app.demo_client import DemoAutomation
-    from app.main import create_app
+    from app.main import create_app, make_server
     from app.registry import sync_devices
     from drivers.devices import dump_devices, load_devices
     from simulators.culture_system import CultureSystemSimulator
@@ -299,8 +293,7 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
                 await conn.close()
         settings = Settings(database_url=SecretStr(dsn), data_dir=data_dir, devices_file=devices_file, clock_epoch=wall,
                             clock_origin=origin, time_scale=scale, host="127.0.0.1", port=port)
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, clock=clock), host="127.0.0.1", port=port,
-                                               log_level="warning"))
+        server = make_server(create_app(settings, clock=clock), settings)
         day = (clock.now() - t0) / timedelta(days=1)
         dashboard = f"http://127.0.0.1:{port}/"
         typer.echo(

@@ -43,6 +43,14 @@ MIGRATIONS_PACKAGE = "migrations"
 # --------------------------------------------------------------------------------------------------
 
 
+# What "the database cannot be reached now" looks like from asyncpg: refused or broken connections, timeouts, a
+# server shutting down or starting. A data or constraint error is not among them: that is a bug or bad data.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server in `data_dir`, started and stopped by this process; the data survives restarts."""
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import uvicorn
 from fastapi import Depends, FastAPI
 
 from app.api import alarms as alarms_api
@@ -15,6 +18,7 @@ from app.api import setpoints as setpoints_api
 from app.api import signatures as signatures_api
 from app.auth.deps import current_principal
 from app.clock import Clock
+from app.live import LiveHub
 from app.problems import install_problem_handlers
 from app.runtime import Runtime
 from app.settings import Settings
@@ -60,3 +64,26 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # The operator dashboard: pages redirect to /login without the session cookie (after the problem handlers).
     web_pages.install(app)
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn for culturectl: on SIGTERM (or `should_exit`) the live streams end first, so shutdown never waits
+    for SSE clients; a response still open after `shutdown_grace` s (a client that stopped reading) is cut. Then
+    the lifespan stops the runtime: buffer and alarm journal flushed or spooled, drivers stopped."""
+
+    def __init__(self, config: uvicorn.Config, live: LiveHub) -> None:
+        super().__init__(config)
+        self._live = live
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._live.close()
+        await super().shutdown(sockets=sockets)
+
+
+def make_server(app: FastAPI, settings: Settings, host: str | None = None, port: int | None = None) -> Server:
+    """The one way the service is served (`culturectl serve`, the demo, the end-to-end tests)."""
+    runtime: Runtime = app.state.runtime
+    config = uvicorn.Config(app, host=host or settings.host, port=settings.port if port is None else port,
+                            log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace))
+    return Server(config, runtime.live)

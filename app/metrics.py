@@ -36,6 +36,9 @@ class RuntimeCollector(Collector):
             ("culturectl_ingest_rows_written", "rows_written", "telemetry rows committed"),
             ("culturectl_ingest_quarantined", "quarantined", "rows quarantined after repeated rejection"),
             ("culturectl_ingest_duplicates_skipped", "duplicates_skipped", "replayed rows already stored"),
+            ("culturectl_ingest_spooled_rows", "spooled_rows", "rows spooled to disk while the database was down"),
+            ("culturectl_ingest_replayed_rows", "replayed_rows", "spooled rows replayed into the database"),
+            ("culturectl_ingest_gap_rows", "gap_rows", "readings lost to a full spool (each covered by a gap record)"),
         ):
             src = buf if name.startswith("culturectl_buffer") else wr
             c = CounterMetricFamily(name, doc)
@@ -44,11 +47,25 @@ class RuntimeCollector(Collector):
         for name, src, key, doc in (
             ("culturectl_buffer_depth", buf, "depth", "readings waiting in the ingest buffer"),
             ("culturectl_spool_rows", wr, "spool_rows", "rows waiting in the disk spool"),
+            ("culturectl_spool_age_seconds", wr, "spool_age_seconds", "age of the oldest batch in the spool"),
+            ("culturectl_spool_records", wr, "spool_records",
+             "records of the service (alarm journal, deviations) waiting in the spool for the database"),
             ("culturectl_live_subscribers", rt.live.stats(), "subscribers", "open SSE streams"),
         ):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], _num(src, key))
             yield g
+        db_up = GaugeMetricFamily("culturectl_database_up", "1 while the telemetry writer reaches the database")
+        db_up.add_metric([], 1.0 if wr.get("db_up") else 0.0)
+        yield db_up
+        if rt.alarms is not None:
+            for name, key, doc in (
+                ("culturectl_alarm_records_spooled", "spooled", "alarm records moved to the spool (database down)"),
+                ("culturectl_alarm_records_replayed", "replayed", "spooled alarm records written to the database"),
+            ):
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], _num(rt.alarms.stats, key))
+                yield c
         up = GaugeMetricFamily("culturectl_device_online", "1 when the device is online", labels=["device"])
         if rt.hub is not None:
             for dev, status in rt.hub.status.items():

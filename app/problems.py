@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -87,6 +88,23 @@ def install_problem_handlers(app: FastAPI) -> None:
             response.headers.update(exc.headers)
         return response
 
+    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+        response = problem_response(request, 503, "database-unavailable", "Database unavailable",
+                                    f"the database cannot be reached now ({type(exc).__name__}); try again shortly",
+                                    rule="database_unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    async def on_database_error(request: Request, exc: Exception) -> JSONResponse:
+        state = getattr(exc, "sqlstate", None) or "?"
+        return problem_response(request, 500, "database-error", "The database refused the request",
+                                f"SQLSTATE {state}: {exc}", rule="database_error", sqlstate=state)
+
+    # Connection errors only: an OSError or a timeout elsewhere in a route is not the database's.
+    for unavailable in (ConnectionError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                        asyncpg.exceptions.OperatorInterventionError):
+        app.add_exception_handler(unavailable, on_database_down)
+    app.add_exception_handler(asyncpg.PostgresError, on_database_error)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

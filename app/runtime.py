@@ -86,12 +86,15 @@ class Runtime:
             spool_path=Path(s.data_dir) / "spool.sqlite3",
             batch_size=s.ingest_batch_size, flush_interval=s.ingest_flush_interval,
         )
+        # Open before anything can write to it: the alarm journal waits there too while the database is down.
+        await self.writer.spool.open()
         self._tasks.append(asyncio.create_task(self.writer.run(), name="telemetry-writer"))
         self.alarms = AlarmService(
             self.clock, self.live, self.devices, pool=self.pool,
             shelve_max=timedelta(minutes=s.alarm_shelve_max_minutes), stale_floor=s.alarm_stale_floor,
-            interval=s.alarm_interval, historian=self.writer.stats,
+            interval=s.alarm_interval, historian=self.writer.stats, spool=self.writer.spool,
         )
+        await self.alarms.flush()  # what an earlier process spooled during an outage goes in first
         async with self.pool.acquire() as conn:
             await self.alarms.restore(conn)
             await self.alarms.refresh(conn)
@@ -152,6 +155,9 @@ class Runtime:
                 await task
         self._tasks.clear()
         if self.pool is not None:
-            await self.pool.close()
+            try:
+                await asyncio.wait_for(self.pool.close(), timeout=5)
+            except (TimeoutError, OSError):  # the database is gone: nothing left to say to it
+                self.pool.terminate()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)

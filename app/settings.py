@@ -58,6 +58,9 @@ class Settings(BaseSettings):
                                             description="longest an alarm may be shelved, clock minutes")
     alarm_stale_floor: float = Field(default=5.0, gt=0, le=600,
                                      description="stale-data limit is at least this many wall seconds on a fast clock")
+    shutdown_grace: float = Field(default=3.0, gt=0, le=60,
+                                  description="wall seconds SIGTERM waits for open HTTP responses (live streams are "
+                                              "closed at once) before they are cut")
     setpoint_timeout: float = Field(default=5.0, gt=0, le=120,
                                     description="wall seconds a setpoint write and its read-back may take")
 

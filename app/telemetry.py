@@ -3,7 +3,8 @@
 Buckets are aligned like `date_bin(bucket, time, '2000-01-01 00:00:00+00')`. A bucketed query covers
 whole buckets: `start` is rounded down and `end` rounded up to the bucket grid, so the first and last
 buckets are complete and the raw and rollup paths return the same numbers. Buckets without any
-non-NULL value are omitted (gaps stay gaps). The same SQL runs on plain PostgreSQL and TimescaleDB.
+GOOD value are omitted (gaps stay gaps): BAD, uncertain and implausible readings are never averaged.
+The same SQL runs on plain PostgreSQL and TimescaleDB.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from app.db import DBConnection
-from drivers.base import Quality
+from drivers.base import MAX_MAGNITUDE, Quality
 
 BIN_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 ROLLUP_BUCKET = timedelta(minutes=5)
@@ -101,13 +102,14 @@ ORDER BY time
 LIMIT $4
 """
 
+# Only GOOD values are aggregated; the magnitude bound also keeps rows stored before quality was judged at the edge
+# (NaN or huge values marked good) out of the sums, so an average can never overflow.
 _BUCKET_RAW_SQL = """
 SELECT date_bin($4::interval, time, $5::timestamptz) AS time,
        avg(value) AS avg, min(value) AS min, max(value) AS max, count(value) AS n
 FROM telemetry
-WHERE channel_id = $1 AND time >= $2 AND time < $3
+WHERE channel_id = $1 AND time >= $2 AND time < $3 AND quality = 0 AND abs(value) <= $6
 GROUP BY 1
-HAVING count(value) > 0
 ORDER BY 1
 """
 
@@ -165,8 +167,10 @@ async def query_telemetry(
     if source == "rollup" and not uses_rollup(bucket):
         raise ValueError("the 5-minute rollup serves only buckets that are whole multiples of 5 minutes")
     rollup = source == "rollup" or (source == "auto" and uses_rollup(bucket))
-    sql = _BUCKET_ROLLUP_SQL if rollup else _BUCKET_RAW_SQL
-    rows = await conn.fetch(sql, channel_id, lo, hi, bucket, BIN_ORIGIN)
+    if rollup:
+        rows = await conn.fetch(_BUCKET_ROLLUP_SQL, channel_id, lo, hi, bucket, BIN_ORIGIN)
+    else:
+        rows = await conn.fetch(_BUCKET_RAW_SQL, channel_id, lo, hi, bucket, BIN_ORIGIN, MAX_MAGNITUDE)
     return [BucketPoint(r["time"], r["avg"], r["min"], r["max"], int(r["n"])) for r in rows]
 
 

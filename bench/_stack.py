@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from pydantic import SecretStr
 
 from app import db
 from app.auth import accounts
 from app.auth.principal import SYSTEM, Role
 from app.clock import ScaledClock
-from app.main import create_app
+from app.main import create_app, make_server
 from app.settings import Settings
 from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
@@ -74,8 +73,7 @@ async def running_stack(scale: float = 1.0, poll_interval: float = 0.5, prefix: 
     port = free_port()
     cfg = Settings(database_url=SecretStr(dsn), data_dir=tmp / "data", devices_file=devices, port=port,
                    time_scale=scale, **settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, clock=clock), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = make_server(create_app(cfg, clock=clock), cfg, host="127.0.0.1")
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:  # uvicorn exposes a flag, not an event

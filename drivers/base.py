@@ -21,11 +21,21 @@ from typing import Literal, Protocol
 
 
 class Quality(enum.IntEnum):
-    """Data quality of a reading, stored as a small integer."""
+    """Data quality of a reading, stored as a small integer.
+
+    IMPLAUSIBLE: the device reported a finite value that cannot be true (outside the point's plausible range):
+    kept for the record, never averaged, charted as good or used for limit alarms.
+    """
 
     GOOD = 0
     UNCERTAIN = 1
     BAD = 2
+    IMPLAUSIBLE = 3
+
+
+# No physical value this service handles comes near it; a larger magnitude is implausible on any point, so sums
+# of GOOD values (rollups, bucket averages) can never overflow a double.
+MAX_MAGNITUDE = 1e12
 
 
 class DeviceState(enum.StrEnum):
@@ -74,6 +84,8 @@ class PointSpec:
     writable: bool = False
     min: float | None = None
     max: float | None = None
+    plausible_min: float | None = None
+    plausible_max: float | None = None
 
     @property
     def register_count(self) -> int:
@@ -90,6 +102,28 @@ class PointSpec:
                 f"point {self.name!r}: {value} {self.unit} is outside [{self.min}, {self.max}] {self.unit}"
             )
         return value
+
+
+def judge(point: PointSpec, value: float | None, reported: Quality = Quality.GOOD) -> tuple[float | None, Quality]:
+    """The one decision on a reading's quality, made at the edge for every driver.
+
+    No value, or a non-finite one (NaN, Inf), is BAD with no value, whatever status the device gave. A finite value
+    outside the point's plausible range (or beyond MAX_MAGNITUDE) is IMPLAUSIBLE and kept. Otherwise the device's
+    own status stands.
+    """
+    if value is None or reported is Quality.BAD or not math.isfinite(value):
+        return None, Quality.BAD
+    lo, hi = point.plausible_min, point.plausible_max
+    if abs(value) > MAX_MAGNITUDE or (lo is not None and value < lo) or (hi is not None and value > hi):
+        return value, Quality.IMPLAUSIBLE
+    return value, reported
+
+
+def reading(device: str, point: PointSpec, value: float | None, at: datetime,
+            reported: Quality = Quality.GOOD) -> Reading:
+    """A Reading of `point` with its quality judged (see `judge`)."""
+    v, q = judge(point, value, reported)
+    return Reading(f"{device}.{point.name}", v, at, q)
 
 
 def find_point(points: Sequence[PointSpec], name: str, device: str) -> PointSpec:

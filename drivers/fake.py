@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 from app.clock import Clock
-from drivers.base import DeviceUnavailable, DriverError, PointError, PointSpec, Quality, Reading
+from drivers.base import DeviceUnavailable, DriverError, PointError, PointSpec, Quality, Reading, reading
 
 
 class FakeDriver:
@@ -16,6 +16,8 @@ class FakeDriver:
     - `push(point, value)` queues a reading (source time = clock.now() unless given).
     - `fail_connects = n` makes the next n `connect()` calls raise `connect_error`.
     - `drop(error)` makes the running `readings()` raise `error` (default DeviceUnavailable).
+    - `mute_reads = n`: the next n connections open but never deliver a reading (their `readings()` raises
+      DeviceUnavailable, as a request timeout would): a device that accepts TCP and never answers.
     - `values` holds what writes stored; `write` reads back from it.
     """
 
@@ -28,17 +30,15 @@ class FakeDriver:
         self.fail_connects = 0
         self.connect_error: DriverError = DeviceUnavailable("fake: connection refused")
         self.connect_calls = 0
+        self.mute_reads = 0
         self.close_calls = 0
         self.values: dict[str, float] = {}
 
     def push(
         self, point: str, value: float | None, when: datetime | None = None, quality: Quality = Quality.GOOD
     ) -> None:
-        """Queue one reading of `point`."""
-        self._spec(point)
-        self._queue.put_nowait(
-            Reading(f"{self.name}.{point}", value, when or self._clock.now(), quality)
-        )
+        """Queue one reading of `point`, its quality judged at the edge as the real drivers do."""
+        self._queue.put_nowait(reading(self.name, self._spec(point), value, when or self._clock.now(), quality))
 
     def drop(self, error: DriverError | None = None) -> None:
         """Make the current reading stream fail (as a lost connection would)."""
@@ -61,6 +61,11 @@ class FakeDriver:
     async def readings(self) -> AsyncIterator[Reading]:
         if not self.connected:
             raise DeviceUnavailable(f"{self.name}: not connected")
+        if self.mute_reads > 0:
+            self.mute_reads -= 1
+            self.connected = False
+            await asyncio.sleep(0)
+            raise DeviceUnavailable(f"{self.name}: read timed out")
         while True:
             item = await self._queue.get()
             if isinstance(item, DriverError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -32,10 +31,10 @@ from drivers.base import (
     DeviceUnavailable,
     PointError,
     PointSpec,
-    Quality,
     Reading,
     RegisterType,
     find_point,
+    reading,
 )
 from drivers.devices import DeviceConfig
 from drivers.points import CULTURE_SYSTEM_DEVICE_ID, MODBUS_WORD_ORDER
@@ -237,16 +236,7 @@ class ModbusDriver:
             registers = await self._read_span(span)
             for p in span.points:
                 offset = int(p.address) - span.start
-                value = decode(p, registers[offset : offset + p.register_count])
-                quality = Quality.GOOD if math.isfinite(value) else Quality.BAD
-                out.append(
-                    Reading(
-                        channel=f"{self.name}.{p.name}",
-                        value=value if quality is Quality.GOOD else None,
-                        source_time=when,
-                        quality=quality,
-                    )
-                )
+                out.append(reading(self.name, p, decode(p, registers[offset : offset + p.register_count]), when))
         return out
 
     async def readings(self) -> AsyncIterator[Reading]:
@@ -254,8 +244,8 @@ class ModbusDriver:
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
         while True:
-            for reading in await self.poll():
-                yield reading
+            for r in await self.poll():
+                yield r
             next_poll += self.config.poll_interval
             now = loop.time()
             if next_poll < now:

@@ -38,6 +38,7 @@ from drivers.base import (
     Quality,
     Reading,
     find_point,
+    reading,
 )
 from drivers.devices import DeviceConfig
 from drivers.points import INCUBATOR_NAMESPACE
@@ -266,16 +267,8 @@ class OpcUaDriver:
         if dv is not None:
             source = _aware_utc(dv.SourceTimestamp) or _aware_utc(dv.ServerTimestamp)
             status = dv.StatusCode
-        quality = _quality(status)
-        value = _as_float(event.value) if quality is not Quality.BAD else None
-        if value is None:
-            quality = Quality.BAD
-        return Reading(
-            channel=f"{self.name}.{point.name}",
-            value=value,
-            source_time=source or self._clock.now(),
-            quality=quality,
-        )
+        # NaN or Inf with status Good, or a value that cannot be true: judged at the edge like every driver's
+        return reading(self.name, point, _as_float(event.value), source or self._clock.now(), _quality(status))
 
     async def readings(self) -> AsyncIterator[Reading]:
         """Yield readings until the connection is lost, then raise DeviceUnavailable."""

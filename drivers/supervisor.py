@@ -1,6 +1,8 @@
 """One supervisor per device: connect, consume readings, mark gaps, back off and reconnect.
 
 The supervisor is the only owner of a driver's life cycle (asyncua and pymodbus reconnects are off).
+A device is ONLINE only once a reading has come through, not when the connection opens: a device that accepts
+TCP connections and never answers stays OFFLINE, its backoff keeps growing, and setpoints are refused.
 On any DriverError the device goes OFFLINE: one BAD reading per point marks the gap (the last value is
 never reused as current), the driver is closed, and the next attempt waits a capped, jittered
 exponential backoff. One WARNING line is logged when a device goes down and one INFO line when it is
@@ -145,12 +147,10 @@ class DeviceSupervisor:
             try:
                 await self.driver.connect()
                 self.stats.connects += 1
-                attempt = 0
-                if self._down:
-                    log.info("%s is back online", self.name)
-                    self._down = False
-                self._set_state(DeviceState.ONLINE)
                 async for reading in self.driver.readings():
+                    if self._state is not DeviceState.ONLINE:
+                        attempt = 0  # the link works: the next outage starts its backoff afresh
+                        self._came_up()
                     self.stats.readings += 1
                     self.stats.last_reading_time = reading.source_time
                     self._emit(reading)
@@ -170,6 +170,12 @@ class DeviceSupervisor:
             log.debug("%s: reconnect attempt %d in %.2f s", self.name, attempt, delay)
             # Backoff is wall time: it paces network attempts, not simulated process time.
             await asyncio.sleep(delay)
+
+    def _came_up(self) -> None:
+        if self._down:
+            log.info("%s is back online", self.name)
+            self._down = False
+        self._set_state(DeviceState.ONLINE)
 
     def _went_down(self, exc: Exception) -> None:
         if self._state is DeviceState.ONLINE:

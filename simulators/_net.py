@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from app.clock import Clock
-from simulators.faults import ActiveFaults, Fault, as_fault, fault_point
+from drivers.base import PointError, PointSpec, find_point
+from simulators.faults import VALUE_FAULTS, ActiveFaults, Fault, as_fault, fault_point, fault_value
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class SimulatorServer:
     fault injection (the faults both have here; each simulator starts and ends its own in `_start_fault`)."""
 
     kind: str = ""  # "incubator" or "culture-system", as simulators.faults names them
+    points: Sequence[PointSpec] = ()
     clock: Clock
     model: FaultableModel
     _server: object | None = None
@@ -45,6 +48,13 @@ class SimulatorServer:
         # port 0: choose once, so a restart comes back where clients expect it
         self._port = port or pick_free_port(host)
         self._faults = ActiveFaults(self.kind)
+        # point -> (value fault, the value it reports instead of the physics)
+        self._overrides: dict[str, tuple[Fault, float]] = {}
+
+    def reported(self, point: str, value: float) -> float:
+        """What the device reports for `point`: the physics' `value`, unless a value fault overrides it."""
+        override = self._overrides.get(point)
+        return value if override is None else override[1]
 
     @property
     def port(self) -> int:
@@ -83,6 +93,13 @@ class SimulatorServer:
         if f is Fault.frozen_sensor:
             assert point is not None
             self.model.freeze(point, now)
+        elif f in VALUE_FAULTS:
+            assert point is not None
+            try:
+                spec = find_point(self.points, point, self.kind)
+            except PointError as exc:
+                raise ValueError(str(exc)) from None
+            self._overrides[point] = (f, fault_value(f, spec))
         elif f is Fault.setpoint_ignored:
             self.model.ignore_setpoint_writes = True
         else:
@@ -99,6 +116,10 @@ class SimulatorServer:
         if f is Fault.frozen_sensor:
             assert point is not None
             self.model.unfreeze(point)
+        elif f in VALUE_FAULTS:
+            assert point is not None
+            if self._overrides.get(point, (None,))[0] is f:
+                del self._overrides[point]
         elif f is Fault.setpoint_ignored:
             self.model.ignore_setpoint_writes = False
         else:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 READ_INPUT = 4
 HOLDING_FUNCTIONS = frozenset({3, 6, 16, 22, 23})
 
+_SILENT = (Fault.modbus_timeout, Fault.no_answer)
 _SIM_TYPES = {"float32": DataType.FLOAT32, "int16": DataType.INT16, "uint16": DataType.UINT16}
 
 
@@ -81,6 +82,7 @@ class CultureSystemSimulator(SimulatorServer):
     """A Modbus TCP culture system; `stop()` keeps the model and the port for a later `start()`."""
 
     kind = "culture-system"
+    points = CULTURE_SYSTEM_POINTS
     model: CultureModel
 
     def __init__(
@@ -153,11 +155,12 @@ class CultureSystemSimulator(SimulatorServer):
         log.debug("culture-system simulator listening on %s (device id %d)", self.endpoint, self.device_id)
 
     async def _start_fault(self, fault: Fault, now: datetime) -> None:
-        if fault is Fault.modbus_timeout:
+        # no_answer is the same silence: connections are accepted, requests never answered
+        if fault in _SILENT and self._silence is None:
             self._silence = asyncio.Event()
 
     async def _end_fault(self, fault: Fault, now: datetime) -> None:
-        if fault is Fault.modbus_timeout:
+        if fault in _SILENT and not any(f in self._faults for f in _SILENT):
             self._release_silenced()
 
     def _release_silenced(self) -> None:
@@ -189,7 +192,8 @@ class CultureSystemSimulator(SimulatorServer):
         values = self.model.values()
         for spec in specs:
             offset = int(spec.address) - start_address
-            registers[offset : offset + spec.register_count] = encode_point(spec, values[spec.name])
+            registers[offset : offset + spec.register_count] = encode_point(
+                spec, self.reported(spec.name, values[spec.name]))
 
     async def _action(
         self,

@@ -17,6 +17,15 @@ opcua_restart     incubator  the OPC UA server stops and stays down while the fa
                              again on the same port with the same model -> communication loss, then recovery
 setpoint_ignored  both       setpoint writes are acknowledged (Good, no Modbus exception) but not applied, so the
                              driver's read-back returns the old value -> the setpoint command fails its read-back
+nan_value         both       one point (`point=`; default temperature on the incubator, viability on the culture
+                             system) reports NaN: on OPC UA with status Good, on Modbus as float32 NaN registers
+                             -> stored BAD, bad-quality alarm, stale alarm (no good sample)
+inf_value         both       the same with +Inf
+out_of_range      both       the point reports a finite value no sensor can give (its plausible maximum plus the width
+                             of its plausible range, e.g. viability 200 %) -> stored implausible, bad-quality alarm
+no_answer         both       the device accepts TCP connections and never answers: the incubator's OPC UA server is
+                             replaced by a listener that reads and stays silent; the culture system holds every
+                             request unanswered (as modbus_timeout) -> one communication loss, setpoints refused
 
 Clearing a fault returns the physics to normal control (door shut, supply back, heater regulating), so the
 values relax back to their setpoints.
@@ -25,9 +34,12 @@ values relax back to their setpoints.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from drivers.base import PointSpec
 
 
 class Fault(enum.StrEnum):
@@ -39,19 +51,29 @@ class Fault(enum.StrEnum):
     modbus_timeout = "modbus_timeout"
     opcua_restart = "opcua_restart"
     setpoint_ignored = "setpoint_ignored"
+    nan_value = "nan_value"
+    inf_value = "inf_value"
+    out_of_range = "out_of_range"
+    no_answer = "no_answer"
 
 
 SIMULATORS = ("incubator", "culture-system")
 
+# Faults that make one point report a value the physics did not produce.
+VALUE_FAULTS = frozenset({Fault.nan_value, Fault.inf_value, Fault.out_of_range})
+POINT_FAULTS = VALUE_FAULTS | {Fault.frozen_sensor}
+
+_BOTH = (Fault.setpoint_ignored, Fault.nan_value, Fault.inf_value, Fault.out_of_range, Fault.no_answer)
 SUPPORTED: dict[str, tuple[Fault, ...]] = {
     "incubator": (
         Fault.door_left_open, Fault.co2_supply_empty, Fault.heater_stuck_on, Fault.heater_stuck_off,
-        Fault.frozen_sensor, Fault.opcua_restart, Fault.setpoint_ignored,
+        Fault.frozen_sensor, Fault.opcua_restart, *_BOTH,
     ),
-    "culture-system": (Fault.frozen_sensor, Fault.modbus_timeout, Fault.setpoint_ignored),
+    "culture-system": (Fault.frozen_sensor, Fault.modbus_timeout, *_BOTH),
 }
 
 DEFAULT_FROZEN_POINT = {"incubator": "temperature", "culture-system": "ph"}
+DEFAULT_VALUE_POINT = {"incubator": "temperature", "culture-system": "viability"}
 
 
 def as_fault(fault: Fault | str, simulator: str | None = None) -> Fault:
@@ -68,12 +90,35 @@ def as_fault(fault: Fault | str, simulator: str | None = None) -> Fault:
 
 
 def fault_point(fault: Fault, point: str | None, simulator: str) -> str | None:
-    """The point a fault is about: frozen_sensor defaults to the simulator's usual one, others take none."""
+    """The point a fault is about: point faults default to the simulator's usual one, others take none."""
     if fault is Fault.frozen_sensor:
         return point or DEFAULT_FROZEN_POINT[simulator]
+    if fault in VALUE_FAULTS:
+        return point or DEFAULT_VALUE_POINT[simulator]
     if point is not None:
-        raise ValueError(f"fault {fault} takes no point (only frozen_sensor does)")
+        raise ValueError(f"fault {fault} takes no point (only {_point_faults()} do)")
     return None
+
+
+def _point_faults() -> str:
+    return ", ".join(sorted(POINT_FAULTS))
+
+
+def fault_value(fault: Fault, spec: PointSpec) -> float:
+    """What a value fault makes `spec` report; ValueError when the point cannot carry it."""
+    if spec.kind == "boolean":
+        raise ValueError(f"point {spec.name!r} is boolean: it cannot carry {fault}")
+    if spec.data_type in ("int16", "uint16") and fault is not Fault.out_of_range:
+        raise ValueError(f"point {spec.name!r} ({spec.data_type}, {spec.kind}) cannot carry {fault}; "
+                         "NaN and Inf need a floating-point point")
+    if fault is Fault.nan_value:
+        return math.nan
+    if fault is Fault.inf_value:
+        return math.inf
+    lo, hi = spec.plausible_min, spec.plausible_max
+    if lo is None or hi is None:
+        raise ValueError(f"point {spec.name!r} has no plausible range to go beyond")
+    return hi + max(1.0, hi - lo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +145,13 @@ def parse_fault_spec(text: str) -> FaultRequest:
         if len(owners) > 1:
             raise ValueError(f"{text!r}: {fault} exists on {' and '.join(owners)}; say which, e.g. {owners[0]}:{fault}")
         simulator = owners[0]
-    if point is not None and fault is not Fault.frozen_sensor:
-        raise ValueError(f"{text!r}: only frozen_sensor takes a point")
+    if point is not None and fault not in POINT_FAULTS:
+        raise ValueError(f"{text!r}: only {_point_faults()} take a point")
     return FaultRequest(simulator, fault, point)
 
 
 class ActiveFaults:
-    """The faults active on one simulator, keyed by fault and point (None unless frozen_sensor)."""
+    """The faults active on one simulator, keyed by fault and point (None unless a point fault)."""
 
     def __init__(self, simulator: str) -> None:
         self.simulator = simulator

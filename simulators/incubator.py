@@ -103,6 +103,7 @@ class IncubatorSimulator(SimulatorServer):
     """An OPC UA incubator on 127.0.0.1; `stop()` keeps the model and the port for a later `start()`."""
 
     kind = "incubator"
+    points = INCUBATOR_POINTS
     model: IncubatorModel
 
     def __init__(
@@ -123,6 +124,9 @@ class IncubatorSimulator(SimulatorServer):
         self._task: asyncio.Task[None] | None = None
         self._nodes: dict[str, ua.NodeId] = {}
         self._namespace_index: int | None = None
+        # fault no_answer: a listener on the port that accepts connections and never says a word
+        self._mute: asyncio.Server | None = None
+        self._mute_peers: set[asyncio.StreamWriter] = set()
 
     @property
     def endpoint(self) -> str:
@@ -151,6 +155,30 @@ class IncubatorSimulator(SimulatorServer):
             self.model.set_heater("on" if fault is Fault.heater_stuck_on else "off", now)
         elif fault is Fault.opcua_restart:
             await self.stop()
+        elif fault is Fault.no_answer:
+            await self.stop()
+            self._mute = await asyncio.start_server(self._stay_silent, self.host, self._port)
+
+    async def _stay_silent(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Take whatever the client sends and answer nothing, until the fault ends or the client leaves."""
+        self._mute_peers.add(writer)
+        try:
+            while await reader.read(65536):
+                pass
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._mute_peers.discard(writer)
+            writer.close()
+
+    async def _unmute(self) -> None:
+        mute, self._mute = self._mute, None
+        if mute is None:
+            return
+        mute.close()
+        for peer in list(self._mute_peers):
+            peer.close()
+        await mute.wait_closed()
 
     async def _end_fault(self, fault: Fault, now: datetime) -> None:
         if fault is Fault.door_left_open:
@@ -160,6 +188,9 @@ class IncubatorSimulator(SimulatorServer):
         elif fault in (Fault.heater_stuck_on, Fault.heater_stuck_off):
             self.model.set_heater("auto", now)
         elif fault is Fault.opcua_restart:
+            await self.start()
+        elif fault is Fault.no_answer:
+            await self._unmute()
             await self.start()
 
     def _security_policies(self) -> list[ua.SecurityPolicyType]:
@@ -207,6 +238,7 @@ class IncubatorSimulator(SimulatorServer):
 
     async def stop(self) -> None:
         """Stop serving and release the port; the model keeps its state."""
+        await self._unmute()
         server, task = self._server, self._task
         self._server, self._task, self._namespace_index = None, None, None
         if task is not None:
@@ -237,7 +269,8 @@ class IncubatorSimulator(SimulatorServer):
             if spec.name in self.model.frozen:
                 continue  # a frozen sensor: the node keeps its value and timestamp, subscribers hear nothing
             dv = ua.DataValue(
-                self._variant(spec, values[spec.name]),
+                # a value fault's NaN or Inf goes out with status Good, as a faulty device would send it
+                self._variant(spec, self.reported(spec.name, values[spec.name])),
                 StatusCode=_status(StatusCodes.Good),
                 SourceTimestamp=_ua_time(now),
                 ServerTimestamp=_ua_time(wall),

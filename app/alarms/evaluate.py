@@ -182,25 +182,29 @@ def _annunciate(st: AlarmState, new: AlarmState, value: float | None, at: dateti
 
 def evaluate(defn: AlarmDefinition, state: AlarmState, reading_value: float | None, quality: Quality,
              at: datetime) -> tuple[AlarmState, list[Transition]]:
-    """Apply one reading of the alarm's channel at `at`."""
+    """Apply one reading of the alarm's channel at `at`.
+
+    Limit, rate and stale alarms take GOOD samples only: a BAD, uncertain or implausible reading changes nothing
+    there (a pending on-delay runs on, the stale timer is not reset); the bad-quality alarm is the one that hears it.
+    """
     _aware(at)
-    if isinstance(defn, StaleAlarm) and defn.changes_only and reading_value is not None \
-            and reading_value == state.last_value:
+    good = reading_value is not None and quality == Quality.GOOD
+    if not good and isinstance(defn, LimitAlarm | RateAlarm | StaleAlarm):
+        return state, []
+    if isinstance(defn, StaleAlarm) and defn.changes_only and reading_value == state.last_value:
         return state, []  # the same value again is not a new sample of a noisy signal
     st = _touch(state, at, reading_value)
     if not st.raw and st.active is None and isinstance(defn, LimitAlarm) and reading_value is not None:
-        raw0, held0 = _conditions(defn, state, reading_value) if quality == Quality.GOOD else ((), None)
+        raw0, held0 = _conditions(defn, state, reading_value)
         if not raw0 and held0 is None:
             return st, []  # fast path: nothing pending, nothing active, value inside the limits
     raw: tuple[Severity, ...] = ()
     held: Severity | None = None
     if isinstance(defn, LimitAlarm):
-        if reading_value is None or quality != Quality.GOOD:
-            return st, []
+        assert reading_value is not None
         raw, held = _conditions(defn, state, reading_value)
     elif isinstance(defn, RateAlarm):
-        if reading_value is None or quality != Quality.GOOD:
-            return st, []
+        assert reading_value is not None
         horizon = at - timedelta(seconds=defn.window_s)
         window = (*(p for p in state.window if p[0] >= horizon), (at, reading_value))
         t0, v0 = window[0]
@@ -210,12 +214,12 @@ def evaluate(defn: AlarmDefinition, state: AlarmState, reading_value: float | No
         held = raw[0] if raw else None
         st = replace(st, window=window)
     elif isinstance(defn, BadQualityAlarm):
-        raw = (Severity.BAD_QUALITY,) if reading_value is not None and quality != Quality.GOOD else ()
+        raw = () if good else (Severity.BAD_QUALITY,)
         held = raw[0] if raw else None
     elif isinstance(defn, CommLossAlarm):
         raw = (Severity.COMM_LOSS,) if reading_value is None else ()
         held = raw[0] if raw else None
-    # StaleAlarm: a sample, any quality, clears staleness
+    # StaleAlarm: a GOOD sample clears staleness
     if raw != st.raw or held is not st.held:
         st = replace(st, raw=raw, held=held)
     return _annunciate(state, _advance(defn, st, at), reading_value, at)

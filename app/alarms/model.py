@@ -1,8 +1,9 @@
 """Alarm definitions per channel (pydantic, extra="forbid") and the defaults from PROCESS.md.
 
 Kinds: `limit` (HH/H/L/LL with deadband and per-limit on/off-delays and priority), `rate` (units/min over a
-window), `stale` (no sample for N s), `bad_quality` (a value whose status is not Good) and `comm_loss` (a
-reading without a value: the supervisor's marker for a lost connection). Times are seconds.
+window), `stale` (no GOOD sample for N s), `bad_quality` (readings whose quality is not Good: BAD, uncertain or
+implausible) and `comm_loss` (the device's link is down). Limit, rate and stale alarms see GOOD samples only.
+Times are seconds.
 """
 
 from __future__ import annotations
@@ -171,9 +172,23 @@ class StaleAlarm(_Alarm):
 
 
 class BadQualityAlarm(_Alarm):
-    """A value whose quality is not Good."""
+    """Readings whose quality is not Good (BAD, uncertain or implausible) for on_delay_s: the culture is unobserved.
+
+    A BAD reading has no value; it counts all the same. The gap markers of a device that lost its link do not:
+    the device's comm-loss alarm says that.
+    """
 
     kind: Literal["bad_quality"] = "bad_quality"
+    on_delay_s: Seconds = 0.0
+    off_delay_s: Seconds = 0.0
+
+    def on_delay(self, level: Severity) -> float:
+        """On-delay, seconds."""
+        return self.on_delay_s
+
+    def off_delay(self, level: Severity) -> float:
+        """Off-delay, seconds."""
+        return self.off_delay_s
 
 
 class CommLossAlarm(_Alarm):
@@ -187,6 +202,9 @@ AlarmDefinition = Annotated[
 ]
 
 _MIN = 60.0
+# One bad sample is a glitch; a minute of them is an unobserved culture. The return waits for a few good samples.
+BAD_QUALITY_ON_DELAY_S = 60.0
+BAD_QUALITY_OFF_DELAY_S = 30.0
 
 
 # Analog points that may legitimately repeat a value: a totaliser (changes only while the pump runs) and the culture
@@ -202,7 +220,8 @@ def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...
     sample are normal; a lost device still raises comm_loss.
     """
     quality: tuple[AlarmDefinition, ...] = (
-        BadQualityAlarm(name="bad_quality", description="status not Good"),
+        BadQualityAlarm(name="bad_quality", on_delay_s=BAD_QUALITY_ON_DELAY_S, off_delay_s=BAD_QUALITY_OFF_DELAY_S,
+                        description="readings bad, uncertain or implausible: the culture is unobserved"),
         CommLossAlarm(name="comm_loss", description="device communication lost"),
     )
     if spec.kind == "boolean":
@@ -210,7 +229,7 @@ def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...
     changes = channel not in _STEADY_POINTS
     what = "no new value" if changes else "no sample"
     stale = StaleAlarm(name="stale", max_age_s=2 * _MIN, changes_only=changes,
-                       description=f"{what} for > 2 min: the culture is unobserved")
+                       description=f"{what} of good quality for > 2 min: the culture is unobserved")
     return (stale, *quality)
 
 

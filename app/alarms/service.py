@@ -18,7 +18,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from app import audit
+from app import audit, db
 from app.alarms.evaluate import (
     AlarmState,
     IllegalTransition,
@@ -46,6 +48,7 @@ from app.alarms.excursion import ExcursionRule, ExcursionState, Trip, add_sample
 from app.alarms.model import (
     AlarmDefinition,
     AlarmStatus,
+    BadQualityAlarm,
     CommLossAlarm,
     Severity,
     StaleAlarm,
@@ -53,7 +56,9 @@ from app.alarms.model import (
 )
 from app.auth.principal import SYSTEM, Principal
 from app.clock import Clock
+from app.ingest.spool import Spool
 from app.live import LiveHub
+from app.outage import OutageLog
 from app.problems import Problem
 from app.protocol.recipe import AlarmOverride
 from drivers.base import DeviceState, Quality, Reading
@@ -140,6 +145,19 @@ class _Event:
     transition: Transition
     actor: str | None = None
     comment: str | None = None
+    key: str = field(default_factory=lambda: str(uuid.uuid4()))  # makes a replay from the spool idempotent
+
+
+@dataclass(frozen=True)
+class _TripRecord:
+    """A deviation an excursion rule opens on a run, waiting to be written."""
+
+    run_id: int
+    rule: str
+    description: str
+    facts: dict[str, Any]
+    at: datetime
+    key: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 @dataclass
@@ -166,7 +184,9 @@ class AlarmService:
     _excursions: dict[str, list[_Excursion]] = field(default_factory=dict)  # channel -> excursions
     _pending: deque[_Event] = field(default_factory=deque)
     _dirty: dict[str, Alarm] = field(default_factory=dict)
-    _trips: list[tuple[int, str, str, dict[str, Any], datetime]] = field(default_factory=list)
+    _trips: list[_TripRecord] = field(default_factory=list)
+    spool: Spool | None = None  # where the journal waits while the database is down (the telemetry spool)
+    _outage: OutageLog = field(default_factory=lambda: OutageLog(log, "alarm service: database unavailable"))
     _restored: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _last_context: float = float("-inf")
@@ -239,7 +259,11 @@ class AlarmService:
         binding = None
         if r.channel.endswith(".door_open") and r.value is not None and r.value >= 0.5:
             binding = self._bindings.get(r.channel.partition(".")[0])
+        # A BAD reading from a device whose link is down is the supervisor's gap marker, not a bad measurement.
+        marker = r.quality is Quality.BAD and self._device_offline(r.channel.partition(".")[0])
         for alarm in self._by_channel.get(r.channel, ()):
+            if marker and isinstance(alarm.defn, BadQualityAlarm):
+                continue
             st = alarm.state
             if binding is not None and binding.in_window & binding.door_steps and (st.last_value is None
                                                                                     or st.last_value < 0.5):
@@ -325,7 +349,7 @@ class AlarmService:
 
     def _trip(self, run_id: int, channel: str, trip: Trip) -> None:
         facts = {"rule": trip.rule, "channel": channel, "value": trip.value, "at": trip.at.isoformat()}
-        self._trips.append((run_id, trip.rule, trip.description, facts, trip.at))
+        self._trips.append(_TripRecord(run_id, trip.rule, trip.description, facts, trip.at))
         log.warning("run %s: %s", run_id, trip.description)
 
     # -- the passage of time ---------------------------------------------------------------------------------
@@ -335,9 +359,9 @@ class AlarmService:
         now = now or self.clock.now()
         n = 0
         for alarm in list(self.alarms.values()):
-            if isinstance(alarm.defn, StaleAlarm) and self._device_offline(alarm.device) \
+            if isinstance(alarm.defn, StaleAlarm | BadQualityAlarm) and self._device_offline(alarm.device) \
                     and alarm.state.active is None:
-                continue  # the device's comm-loss alarm says it; do not flood with one stale alarm per point
+                continue  # the device's comm-loss alarm says it; do not flood with one alarm per point
             new, trs = tick(alarm.defn, alarm.state, now)
             alarm.state = new
             if trs:
@@ -489,30 +513,108 @@ class AlarmService:
         for alarm in self.alarms.values():
             self._restore(alarm)  # the run each alarm serves comes with the next refresh
 
+    def _has_work(self) -> bool:
+        return bool(self._pending or self._dirty or self._trips
+                    or any(e.dirty for exs in self._excursions.values() for e in exs)
+                    or (self.spool is not None and self.spool.record_count))
+
+    def _historian_down(self) -> bool:
+        return self.historian is not None and self.historian().get("db_down_since") is not None
+
     async def flush(self) -> None:
-        """Write pending transitions, changed alarms, excursions and tripped rules; on failure keep them."""
+        """Write pending transitions, changed alarms, excursions and tripped rules, after what the spool holds.
+
+        While the database is down (the writer says so, or this write fails) they go to the spool instead, fsync'd,
+        so a crash loses nothing; when it returns the spool is written first, in order.
+        """
         if self.pool is None:
             return
         async with self._lock:
-            if not (self._pending or self._dirty or self._trips
-                    or any(e.dirty for exs in self._excursions.values() for e in exs)):
+            if not self._has_work():
+                return
+            if self.spool is not None and self._historian_down():
+                await self._spool_work()
                 return
             published: list[tuple[int, dict[str, Any]]] = []
-            async with self.pool.acquire() as conn, conn.transaction():
-                await self._flush_pending(conn)
-                now = self.clock.now()
-                for exs in self._excursions.values():
-                    for ex in exs:
-                        if ex.dirty:
-                            await _upsert_excursion(conn, ex, now)
-                for run_id, rule, description, facts, at in self._trips:
-                    published.append((run_id, await _open_deviation(conn, run_id, rule, description, facts, at)))
+            replayed: list[int] = []
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    replayed = await self._replay(conn, published)
+                    await self._flush_pending(conn)
+                    now = self.clock.now()
+                    for exs in self._excursions.values():
+                        for ex in exs:
+                            if ex.dirty:
+                                await conn.execute(_EXCURSION_SQL, *_excursion_args(ex, now))
+                    for t in self._trips:
+                        dev = await _open_deviation(conn, t)
+                        if dev is not None:
+                            published.append((t.run_id, dev))
+            except db.UNAVAILABLE:
+                if self.spool is not None:
+                    await self._spool_work()
+                raise
+            if replayed and self.spool is not None:
+                await self.spool.delete_records(replayed)  # committed: only now may they leave the spool
             self._trips.clear()
             for exs in self._excursions.values():
                 for ex in exs:
                     ex.dirty = False
         for run_id, dev in published:
             self.live.publish("deviation", str(dev["id"]), {"run_id": run_id, **dev})
+
+    async def _spool_work(self) -> None:
+        """Move everything waiting in memory to the disk spool, in the order it would be written. Caller holds the
+        lock."""
+        assert self.spool is not None
+        now = self.clock.now()
+        records: list[tuple[str, str]] = [("alarm", _pack(_alarm_args(a))) for a in self._dirty.values()]
+        records += [("alarm_event", _pack(_event_args(e.alarm, e.transition, e.actor, e.comment, e.key)))
+                    for e in self._pending]
+        records += [("excursion", _pack(_excursion_args(ex, now)))
+                    for exs in self._excursions.values() for ex in exs if ex.dirty]
+        records += [("deviation", _pack((t.run_id, t.rule, t.description, t.facts, t.at, t.key)))
+                    for t in self._trips]
+        if not records:
+            return
+        await self.spool.append_records(records)
+        self._dirty.clear()
+        self._pending.clear()
+        self._trips.clear()
+        for exs in self._excursions.values():
+            for ex in exs:
+                ex.dirty = False
+        self.stats["spooled"] = self.stats.get("spooled", 0) + len(records)
+
+    async def _replay(self, conn: asyncpg.Connection, published: list[tuple[int, dict[str, Any]]]) -> list[int]:
+        """Write what the spool holds, oldest first, in the caller's transaction; return the records' ids."""
+        if self.spool is None or not self.spool.record_count:
+            return []
+        done: list[int] = []
+        while True:
+            batch = [r for r in await self.spool.oldest_records(limit=1000) if r.id not in set(done)]
+            if not batch:
+                return done
+            for rec in batch:
+                args = _unpack(rec.payload)
+                if rec.kind == "alarm":
+                    await conn.execute(_ALARM_SQL, *args)
+                elif rec.kind == "alarm_event":
+                    await conn.execute(_EVENT_SQL, *args)
+                elif rec.kind == "excursion":
+                    await conn.execute(_EXCURSION_SQL, *args)
+                elif rec.kind == "deviation":
+                    run_id, rule, description, facts, at, key = args
+                    dev = await _open_deviation(conn, _TripRecord(run_id, rule, description, facts, at, key))
+                    if dev is not None:
+                        published.append((run_id, dev))
+                else:
+                    log.error("spooled record %d of unknown kind %r left in the spool", rec.id, rec.kind)
+                    continue
+                done.append(rec.id)
+            self.stats["replayed"] = self.stats.get("replayed", 0) + len(batch)
+            if len(batch) < 1000:
+                return done
 
     async def _flush_pending(self, conn: asyncpg.Connection) -> None:
         """Alarm rows first (the journal refers to them), then the journal in order. Caller holds the lock."""
@@ -522,7 +624,7 @@ class AlarmService:
             await _upsert_alarm(conn, alarm)
         events = list(self._pending)
         if events:
-            await conn.executemany(_EVENT_SQL, [_event_args(e.alarm, e.transition, e.actor, e.comment)
+            await conn.executemany(_EVENT_SQL, [_event_args(e.alarm, e.transition, e.actor, e.comment, e.key)
                                                for e in events])
         self._dirty.clear()
         for _ in events:
@@ -548,18 +650,19 @@ class AlarmService:
         while True:
             try:
                 self.tick()
-                if self.pool is not None and loop.time() - self._last_context >= self.context_interval:
+                if self.pool is not None and loop.time() - self._last_context >= self.context_interval \
+                        and not self._historian_down():
                     async with self.pool.acquire() as conn:
                         await self.refresh(conn)
                     self._last_context = loop.time()
                 await self.flush()
+                if not self._historian_down():
+                    self._outage.ok()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except db.UNAVAILABLE as exc:
                 self.stats["flush_errors"] += 1
-                if self.stats["flush_errors"] in (1, 10, 100) or self.stats["flush_errors"] % 1000 == 0:
-                    log.warning("alarm service: database unavailable (%s); %d transitions kept in memory", exc,
-                                len(self._pending))
+                self._outage.failed(exc)
             except Exception:
                 log.exception("alarm service cycle failed; retrying")
             await asyncio.sleep(self.wall_interval())
@@ -599,25 +702,41 @@ _ALARM_SQL = (
     "active_since = EXCLUDED.active_since, mode_until = EXCLUDED.mode_until, run_id = EXCLUDED.run_id, "
     "changed_at = EXCLUDED.changed_at"
 )
+# The record key makes a replay from the spool idempotent (a crash between the commit and the spool's delete).
 _EVENT_SQL = (
     "INSERT INTO alarm_event (alarm_id, at, from_state, to_state, severity, priority, value, reason, actor, comment, "
-    "run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    "run_id, record_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::uuid) "
+    "ON CONFLICT (record_key) DO NOTHING"
 )
 
 
-async def _upsert_alarm(conn: asyncpg.Connection, a: Alarm) -> None:
+def _pack(args: Sequence[Any]) -> str:
+    """Positional SQL arguments as the JSON text a spooled record keeps (times tagged, to come back as times)."""
+    return json.dumps([{"t": a.isoformat()} if isinstance(a, datetime) else a for a in args])
+
+
+def _unpack(text: str) -> list[Any]:
+    return [datetime.fromisoformat(a["t"]) if isinstance(a, dict) and set(a) == {"t"} else a
+            for a in json.loads(text)]
+
+
+def _alarm_args(a: Alarm) -> tuple[Any, ...]:
     st = a.state
-    await conn.execute(_ALARM_SQL, a.id, a.channel, a.device, a.defn.name, a.defn.kind, a.defn.description,
-                       a.priority(), st.status.value, st.active.value if st.active is not None else None,
-                       st.last_value, a.active_since, st.mode_until, a.run_id,
-                       a.changed_at or st.last_sample_at or st.started_at)
+    return (a.id, a.channel, a.device, a.defn.name, a.defn.kind, a.defn.description, a.priority(), st.status.value,
+            st.active.value if st.active is not None else None, st.last_value, a.active_since, st.mode_until,
+            a.run_id, a.changed_at or st.last_sample_at or st.started_at)
 
 
-def _event_args(a: Alarm, tr: Transition, actor: str | None, comment: str | None) -> tuple[Any, ...]:
+async def _upsert_alarm(conn: asyncpg.Connection, a: Alarm) -> None:
+    await conn.execute(_ALARM_SQL, *_alarm_args(a))
+
+
+def _event_args(a: Alarm, tr: Transition, actor: str | None, comment: str | None,
+                key: str | None = None) -> tuple[Any, ...]:
     sev = tr.severity
     prio = (a.defn.priority_of(sev) if sev is not None else a.defn.priority).value
     return (a.id, tr.at, tr.from_state.value, tr.to_state.value, sev.value if sev is not None else None, prio,
-            tr.value, tr.reason, actor, comment, a.run_id)
+            tr.value, tr.reason, actor, comment, a.run_id, key)
 
 
 async def _insert_event(conn: asyncpg.Connection, a: Alarm, tr: Transition, actor: str | None,
@@ -625,29 +744,40 @@ async def _insert_event(conn: asyncpg.Connection, a: Alarm, tr: Transition, acto
     await conn.execute(_EVENT_SQL, *_event_args(a, tr, actor, comment))
 
 
-async def _upsert_excursion(conn: asyncpg.Connection, ex: _Excursion, now: datetime) -> None:
+_EXCURSION_SQL = (
+    "INSERT INTO excursion (run_id, channel, unit, band_low, band_high, seconds_outside, integral, worst, "
+    "episodes, hard_episodes, cumulative_tripped, outside, beyond_hard, last_value, last_at, first_outside_at, "
+    "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+    "ON CONFLICT (run_id, channel) DO UPDATE SET seconds_outside = EXCLUDED.seconds_outside, "
+    "integral = EXCLUDED.integral, worst = EXCLUDED.worst, episodes = EXCLUDED.episodes, "
+    "hard_episodes = EXCLUDED.hard_episodes, cumulative_tripped = EXCLUDED.cumulative_tripped, "
+    "outside = EXCLUDED.outside, beyond_hard = EXCLUDED.beyond_hard, last_value = EXCLUDED.last_value, "
+    "last_at = EXCLUDED.last_at, first_outside_at = EXCLUDED.first_outside_at, updated_at = EXCLUDED.updated_at"
+)
+
+
+def _excursion_args(ex: _Excursion, now: datetime) -> tuple[Any, ...]:
     s, r = ex.state, ex.rule
-    await conn.execute(
-        "INSERT INTO excursion (run_id, channel, unit, band_low, band_high, seconds_outside, integral, worst, "
-        "episodes, hard_episodes, cumulative_tripped, outside, beyond_hard, last_value, last_at, first_outside_at, "
-        "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
-        "ON CONFLICT (run_id, channel) DO UPDATE SET seconds_outside = EXCLUDED.seconds_outside, "
-        "integral = EXCLUDED.integral, worst = EXCLUDED.worst, episodes = EXCLUDED.episodes, "
-        "hard_episodes = EXCLUDED.hard_episodes, cumulative_tripped = EXCLUDED.cumulative_tripped, "
-        "outside = EXCLUDED.outside, beyond_hard = EXCLUDED.beyond_hard, last_value = EXCLUDED.last_value, "
-        "last_at = EXCLUDED.last_at, first_outside_at = EXCLUDED.first_outside_at, updated_at = EXCLUDED.updated_at",
-        ex.run_id, ex.channel, r.unit, r.low, r.high, s.seconds_outside, s.integral, s.worst, s.episodes,
-        s.hard_episodes, s.cumulative_tripped, s.outside, s.beyond_hard, s.last_value, s.last_at, s.first_outside_at,
-        now)
+    return (ex.run_id, ex.channel, r.unit, r.low, r.high, s.seconds_outside, s.integral, s.worst, s.episodes,
+            s.hard_episodes, s.cumulative_tripped, s.outside, s.beyond_hard, s.last_value, s.last_at,
+            s.first_outside_at, now)
 
 
-async def _open_deviation(conn: asyncpg.Connection, run_id: int, rule: str, description: str,
-                          facts: dict[str, Any], at: datetime) -> dict[str, Any]:
-    """A deviation on the run opened by the alarm service (actor system), audited."""
-    dev_id = int(await conn.fetchval(
-        "INSERT INTO deviation (run_id, step_key, rule, severity, description, facts, opened_at, opened_by) "
-        "VALUES ($1, NULL, $2, 'deviation', $3, $4::jsonb, $5, $6) RETURNING id",
-        run_id, rule, description, audit.to_json_text(facts), at, SYSTEM.label))
+async def _upsert_excursion(conn: asyncpg.Connection, ex: _Excursion, now: datetime) -> None:
+    await conn.execute(_EXCURSION_SQL, *_excursion_args(ex, now))
+
+
+async def _open_deviation(conn: asyncpg.Connection, t: _TripRecord) -> dict[str, Any] | None:
+    """A deviation on the run opened by the alarm service (actor system), audited; None if it was written before."""
+    run_id, rule, description, facts, at = t.run_id, t.rule, t.description, t.facts, t.at
+    got = await conn.fetchval(
+        "INSERT INTO deviation (run_id, step_key, rule, severity, description, facts, opened_at, opened_by, "
+        "record_key) VALUES ($1, NULL, $2, 'deviation', $3, $4::jsonb, $5, $6, $7::uuid) "
+        "ON CONFLICT (record_key) DO NOTHING RETURNING id",
+        run_id, rule, description, audit.to_json_text(facts), at, SYSTEM.label, t.key)
+    if got is None:
+        return None
+    dev_id = int(got)
     await audit.record(conn, actor=SYSTEM, action="deviation.open", entity_type="deviation", entity_id=dev_id,
                        old=None, new={"run_id": run_id, "rule": rule, "description": description, "facts": facts},
                        reason="alarm service: excursion rule")

@@ -3,8 +3,10 @@
 One SQLite file in WAL mode with synchronous=FULL: a batch appended here is on disk (fsync'd) when
 `append` returns, so it survives a process kill. Batches come back oldest first and leave the spool
 only when the writer calls `delete` after the batch's COMMIT in PostgreSQL. The same file keeps a
-quarantine (batches or rows the database rejected) and gap records (data lost because the spool was
-full). Every SQLite call runs on one dedicated thread, so nothing blocks the event loop.
+quarantine (batches or rows the database rejected), gap records (data lost because the spool was
+full) and records the service writes on its own (the alarm journal and what goes with it: `append_records`),
+which wait here in order while the database is down and leave only after their owner committed them.
+Every SQLite call runs on one dedicated thread, so nothing blocks the event loop.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
     error TEXT NOT NULL,
     format INTEGER NOT NULL,
     data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS record (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gap (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,6 +125,16 @@ class Gap:
 
 
 @dataclass(frozen=True, slots=True)
+class SpooledRecord:
+    """A record the service wrote on its own while the database was down: its kind and JSON payload."""
+
+    id: int
+    kind: str
+    payload: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class QuarantinedBatch:
     """Rows the database rejected, kept with the error."""
 
@@ -150,6 +168,8 @@ class Spool:
         self._quarantined_rows = 0
         self._quarantined_batches = 0
         self._gap_count = 0
+        self._records = 0
+        self._oldest_at: float | None = None  # created_at of the oldest batch waiting
         # counters since open
         self.appended_batches = 0
         self.appended_rows = 0
@@ -188,6 +208,10 @@ class Spool:
             "SELECT coalesce(sum(n_rows), 0), count(*) FROM quarantine"
         ).fetchone()
         (self._gap_count,) = db.execute("SELECT count(*) FROM gap").fetchone()
+        (self._records,) = db.execute("SELECT count(*) FROM record").fetchone()
+        (self._oldest_at,) = db.execute("SELECT min(created_at) FROM batch").fetchone()
+        if self._records:
+            log.info("spool %s holds %d records of the service to write", self.path, self._records)
         if self._batches:
             log.info("spool %s holds %d batches (%d rows) to replay", self.path, self._batches, self._rows)
 
@@ -250,6 +274,15 @@ class Spool:
     def gap_count(self) -> int:
         return self._gap_count
 
+    @property
+    def record_count(self) -> int:
+        return self._records
+
+    @property
+    def age(self) -> float:
+        """Seconds the oldest waiting batch has been in the spool (0 when it is empty)."""
+        return 0.0 if self._oldest_at is None or not self._batches else max(0.0, time.time() - self._oldest_at)
+
     def stats(self) -> dict[str, object]:
         """Counters for /metrics and /readyz."""
         return {
@@ -266,6 +299,8 @@ class Spool:
             "quarantined": self._quarantined_rows,
             "quarantined_batches": self._quarantined_batches,
             "spool_gaps_pending": self._gap_count,
+            "spool_age_seconds": self.age,
+            "spool_records": self._records,
         }
 
     # -- batches ------------------------------------------------------------------------------------------
@@ -294,7 +329,11 @@ class Spool:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
+        created = time.time()
+
         batch_id = await self._call(work)
+        if not self._batches:
+            self._oldest_at = created
         self._rows += n
         self._batches += 1
         self.appended_batches += 1
@@ -337,6 +376,7 @@ class Spool:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            (self._oldest_at,) = db.execute("SELECT min(created_at) FROM batch").fetchone()
             return cur.rowcount, n_rows
 
         n_batches, n_rows = await self._call(work)
@@ -344,6 +384,50 @@ class Spool:
         self._rows -= n_rows
         self.deleted_batches += n_batches
         self.deleted_rows += n_rows
+
+    # -- the service's own records ----------------------------------------------------------------------
+
+    async def append_records(self, records: Sequence[tuple[str, str]]) -> None:
+        """Store (kind, JSON payload) records durably, in order, in one fsync'd transaction."""
+        if not records:
+            return
+
+        def work() -> None:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                db.executemany("INSERT INTO record (created_at, kind, payload) VALUES (?, ?, ?)",
+                               [(now, kind, payload) for kind, payload in records])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._call(work)
+        self._records += len(records)
+
+    async def oldest_records(self, limit: int = 1000) -> list[SpooledRecord]:
+        """The oldest waiting records, in the order they were appended."""
+
+        def work() -> list[tuple[int, str, str, float]]:
+            return self._conn().execute(
+                "SELECT id, kind, payload, created_at FROM record ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+
+        return [SpooledRecord(i, k, p, at) for i, k, p, at in await self._call(work)]
+
+    async def delete_records(self, record_ids: Iterable[int]) -> None:
+        """Forget records once their owner committed them to PostgreSQL."""
+        ids = list(record_ids)
+        if not ids:
+            return
+
+        def work() -> int:
+            marks = ",".join("?" * len(ids))
+            return self._conn().execute(f"DELETE FROM record WHERE id IN ({marks})", ids).rowcount
+
+        self._records -= await self._call(work)
 
     # -- quarantine -------------------------------------------------------------------------------------
 
@@ -373,6 +457,7 @@ class Spool:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            (self._oldest_at,) = db.execute("SELECT min(created_at) FROM batch").fetchone()
             return deleted
 
         n_batches, n_rows = await self._call(work)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,7 @@ import asyncpg
 from app import db
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.spool import Row, Spool, level_of
-from drivers.base import Quality, Reading
+from drivers.base import MAX_MAGNITUDE, Quality, Reading
 from drivers.supervisor import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ COLUMNS = ("time", "channel_id", "value", "quality")
 _BUCKET = timedelta(minutes=5)
 # Rollup buckets are aligned like date_bin('5 minutes', time, '2000-01-01 00:00:00+00').
 _BUCKET_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+_GOOD = int(Quality.GOOD)
 _BAD = int(Quality.BAD)
+_IMPLAUSIBLE = int(Quality.IMPLAUSIBLE)
 
 _CREATE_STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS telemetry_in (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -77,12 +80,12 @@ _MERGE_WITH_ROLLUP = (
         INSERT INTO telemetry (time, channel_id, value, quality)
         SELECT time, channel_id, value, quality FROM telemetry_in
         ON CONFLICT DO NOTHING
-        RETURNING channel_id, time, value
+        RETURNING channel_id, time, value, quality
     ), rollup AS (
         INSERT INTO telemetry_5m AS r (channel_id, bucket, n, sum, min, max)
         SELECT channel_id, date_bin('5 minutes', time, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                count(value), sum(value), min(value), max(value)
-        FROM ins GROUP BY 1, 2
+        FROM ins WHERE quality = 0 AND value IS NOT NULL GROUP BY 1, 2
     """
     + _ROLLUP_CONFLICT
     + """
@@ -123,31 +126,25 @@ RollupRow = tuple[int, datetime, int, float | None, float | None, float | None]
 
 
 def rollup_rows(rows: Iterable[Row]) -> list[RollupRow]:
-    """5-minute aggregates (channel_id, bucket, n, sum, min, max) of rows, as PostgreSQL would compute them.
+    """5-minute aggregates (channel_id, bucket, n, sum, min, max) of the GOOD rows, as PostgreSQL would compute them.
 
-    n counts non-NULL values; NaN follows PostgreSQL (it is larger than every number and poisons sums).
+    Only GOOD values count: BAD rows have none, and implausible or uncertain ones are kept in `telemetry` but never
+    averaged. GOOD values are finite and bounded by MAX_MAGNITUDE (see `_map`), so a sum cannot overflow.
     """
     acc: dict[tuple[int, int], list[Any]] = {}
-    for t, cid, v, _q in rows:
+    for t, cid, v, q in rows:
+        if v is None or q != _GOOD:
+            continue
         key = (cid, (t - _BUCKET_ORIGIN) // _BUCKET)
         a = acc.get(key)
         if a is None:
-            a = acc[key] = [0, None, None, None]
-        if v is None:
-            continue
-        if a[0] == 0:
-            a[0], a[1], a[2], a[3] = 1, v, v, v
+            acc[key] = [1, v, v, v]
             continue
         a[0] += 1
         a[1] += v
-        if v != v:  # NaN: PostgreSQL sorts it above every number
-            a[3] = v
-            continue
-        mn = a[2]
-        if v < mn or mn != mn:
+        if v < a[2]:
             a[2] = v
-        mx = a[3]
-        if v > mx and mx == mx:
+        if v > a[3]:
             a[3] = v
     return [(cid, _BUCKET_ORIGIN + b * _BUCKET, a[0], a[1], a[2], a[3]) for (cid, b), a in acc.items()]
 
@@ -336,12 +333,21 @@ class TelemetryWriter:
             v = r.value
             if q == _BAD:
                 v = None  # BAD means nothing was measured
-            elif v is not None and type(v) is not float:
-                try:
-                    v = float(v)
-                except (TypeError, ValueError):
-                    self._invalid(r, "value is not a number")
-                    continue
+            elif v is None:
+                q = _BAD
+            else:
+                if type(v) is not float:
+                    try:
+                        v = float(v)
+                    except (TypeError, ValueError):
+                        self._invalid(r, "value is not a number")
+                        continue
+                # The drivers judge quality at the edge (drivers.base.judge); a reading from anywhere else still
+                # cannot bring a non-finite or overflowing value into the rollups.
+                if not math.isfinite(v):
+                    v, q = None, _BAD
+                elif q == _GOOD and abs(v) > MAX_MAGNITUDE:
+                    q = _IMPLAUSIBLE
             if t.tzinfo is None or not -32768 <= q <= 32767:
                 self._invalid(r, "naive source_time" if t.tzinfo is None else "quality out of range")
                 continue
@@ -583,7 +589,7 @@ class TelemetryWriter:
                 continue
             await self._replayed(batches, self.rows_written - before)
         if not self._spool.batches:
-            log.warning("spool drained: backlog replayed (%d rows so far)", self.replayed_rows)
+            log.info("spool drained: backlog replayed (%d rows so far)", self.replayed_rows)
 
     async def _replayed(self, batches: Sequence[Any], inserted: int) -> None:
         # the batches are committed: only now may they leave the spool
@@ -617,7 +623,8 @@ class TelemetryWriter:
         self._last_activity = time.monotonic()
         if self._down_since is not None:
             self.reconnects += 1
-            log.warning(
+            self.last_error = None  # /readyz shows the state now, not the last outage
+            log.info(
                 "database reachable again after %.1f s; replaying %d spooled batches (%d rows)",
                 time.monotonic() - self._down_since, self._spool.batches, self._spool.rows,
             )
@@ -628,7 +635,7 @@ class TelemetryWriter:
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.error(
+            log.warning(
                 "database unavailable, spooling telemetry to %s: %s", self._spool.path, self.last_error
             )
 

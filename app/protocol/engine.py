@@ -41,11 +41,12 @@ from typing import Any
 
 import asyncpg
 
-from app import audit
+from app import audit, db
 from app.auth.principal import SYSTEM
 from app.clock import Clock
 from app.devices import DeviceHub
 from app.live import LiveHub
+from app.outage import OutageLog
 from app.problems import Problem
 from app.protocol import planner, store
 from app.protocol.planner import ACTIONABLE, AbsWindow, StepPlan, StepStatus
@@ -186,11 +187,17 @@ class Engine:
         return max(0.01, min(self.interval, self.clock_step / scale if scale > 0 else self.interval))
 
     async def run(self) -> None:
+        outage = OutageLog(log, "schedule engine: database unavailable")
         while True:
             try:
                 await self.tick()
+                outage.ok()
             except asyncio.CancelledError:
                 raise
+            except db.UNAVAILABLE as exc:
+                # Nothing is lost meanwhile: the plan is recomputed from T0, the clock and the stored steps, so a
+                # step that passed its hard latest during the outage becomes a deviation at the first tick after it.
+                outage.failed(exc)
             except Exception:  # never let one bad tick stop the schedule
                 log.exception("engine tick failed; retrying")
             await asyncio.sleep(self.wall_interval())
@@ -208,6 +215,8 @@ class Engine:
             for run_id in ids:
                 try:
                     await self._run_tick(run_id, result)
+                except db.UNAVAILABLE:
+                    raise  # the database, not the run: the loop logs the outage once
                 except Exception as exc:
                     log.exception("engine: run %s failed", run_id)
                     result.errors.append(f"run {run_id}: {exc}")

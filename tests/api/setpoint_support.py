@@ -45,9 +45,9 @@ async def attach_device(service: Service, device: str = DEVICE,
         return sup.driver
     driver = ScriptedDevice(device, hub.status[device].config.points, service.app.state.runtime.clock)
     hub.attach(device, driver)
-    await wait_for(lambda: hub.state(device) is DeviceState.ONLINE, timeout=10, what=f"{device} online")
     for point, value in (setpoints or {"temperature_setpoint": 37.0, "co2_setpoint": 5.0}).items():
         driver.values[point] = value
-        driver.push(point, value)
+        driver.push(point, value)  # a device is online once it has answered
+        await wait_for(lambda: hub.state(device) is DeviceState.ONLINE, timeout=10, what=f"{device} online")
         await wait_for(lambda p=point, v=value: hub.current(device, p) == v, timeout=10, what=f"{point} reported")
     return driver

@@ -177,3 +177,19 @@ async def test_latest_values(conn: asyncpg.Connection, db_dsn: str) -> None:
     assert latest["inc-latest.temperature"]["channel_id"] == temp
     assert dict(latest["inc-latest.co2"])["quality"] is Quality.BAD
     assert await db.last_telemetry_time(db_dsn) == T0 + STEP
+
+
+async def test_bucketed_queries_average_good_values_only_and_never_overflow(conn: asyncpg.Connection) -> None:
+    """Rows stored before quality was judged at the edge (NaN and 1.5e308 marked good) and implausible rows stay out
+    of the averages: the raw-bucket query answers, with the good values only."""
+    ch, t = CH + 1, T0 + timedelta(days=3)
+    rows = [(t, 37.0, 0), (t + STEP, float("nan"), 0), (t + 2 * STEP, 1.5e308, 0), (t + 3 * STEP, 1.5e308, 0),
+            (t + 4 * STEP, 250.0, int(Quality.IMPLAUSIBLE)), (t + 5 * STEP, 36.0, int(Quality.UNCERTAIN)),
+            (t + 6 * STEP, 38.0, 0)]
+    await conn.executemany("INSERT INTO telemetry (time, channel_id, value, quality) VALUES ($1, $2, $3, $4)",
+                           [(when, ch, v, q) for when, v, q in rows])
+    got = await query_telemetry(conn, ch, t, t + timedelta(minutes=5), timedelta(seconds=30), 100, source="raw")
+    assert [(p.avg, p.min, p.max, p.n) for p in got if isinstance(p, BucketPoint)] == [(37.0, 37.0, 37.0, 1),
+                                                                                      (38.0, 38.0, 38.0, 1)]
+    raw = await query_telemetry(conn, ch, t, t + timedelta(minutes=5), None, 100)
+    assert [p.quality for p in raw if isinstance(p, RawPoint)][4] is Quality.IMPLAUSIBLE  # kept for the record

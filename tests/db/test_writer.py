@@ -84,7 +84,7 @@ async def assert_rollup_matches_raw(dsn: str, ids: Iterable[int]) -> None:
         dsn,
         """SELECT channel_id, date_bin('5 minutes', time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
                   count(value) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
-           FROM telemetry WHERE channel_id = ANY($1::int[]) GROUP BY 1, 2 ORDER BY 1, 2""",
+           FROM telemetry WHERE channel_id = ANY($1::int[]) AND quality = 0 GROUP BY 1, 2 ORDER BY 1, 2""",
         ids,
     )
     rollup = await fetch(
@@ -144,6 +144,35 @@ async def test_rows_land_with_the_rollup_and_unknown_channels_are_counted(
     assert bad[0]["n"] == sum(1 for r in data if r.quality is Quality.BAD)
     if not await is_timescale(db_dsn):
         await assert_rollup_matches_raw(db_dsn, chans.values())
+
+
+async def test_nan_inf_and_huge_values_never_poison_the_rollup_nor_get_a_valid_reading_quarantined(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """Readings that reach the writer from anywhere: non-finite values are stored BAD, huge ones implausible; the
+    rollup keeps only good values, so nothing overflows and no valid reading of the batch is quarantined."""
+    chans = channels("poison", 900, 2)
+    a, b = chans
+    buf = ReadingBuffer(10_000)
+    writer = TelemetryWriter(db_dsn, buf, chans, spool_path=tmp_path / "spool.sqlite3", batch_size=100,
+                             flush_interval=0.05)
+    t = [T0 + timedelta(days=30, seconds=i) for i in range(8)]
+    batch = [Reading(a, 37.0, t[0]), Reading(a, float("nan"), t[1]), Reading(a, 6e307, t[2]),
+             Reading(a, 6e307, t[3]), Reading(a, float("inf"), t[4]), Reading(a, -1.5e308, t[5]),
+             Reading(a, 37.5, t[6]), Reading(b, 1.5e308, t[0]), Reading(b, 36.0, t[1])]
+    async with running(writer):
+        for r in batch:
+            buf.put_nowait(r)
+        await wait_for(lambda: writer.rows_written == len(batch), 15, what="every row committed")
+    assert writer.stats()["quarantined"] == 0 and writer.rejected_attempts == 0
+    rows = await fetch(db_dsn, "SELECT channel_id, time, value, quality FROM telemetry WHERE channel_id = ANY($1)"
+                       " ORDER BY channel_id, time", list(chans.values()))
+    assert [(r["value"], r["quality"]) for r in rows] == [
+        (37.0, 0), (None, 2), (6e307, 3), (6e307, 3), (None, 2), (-1.5e308, 3), (37.5, 0), (1.5e308, 3), (36.0, 0)]
+    if not await is_timescale(db_dsn):
+        rollup = await fetch(db_dsn, "SELECT channel_id, n, sum, min, max FROM telemetry_5m"
+                             " WHERE channel_id = ANY($1) ORDER BY 1", list(chans.values()))
+        assert [tuple(r) for r in rollup] == [(900, 2, 74.5, 37.0, 37.5), (901, 1, 36.0, 36.0, 36.0)]
 
 
 async def test_a_replayed_batch_adds_no_duplicates(db_dsn: str, tmp_path: Path) -> None:

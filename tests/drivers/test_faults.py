@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from app.clock import ScaledClock
-from drivers.base import DeviceUnavailable
+from drivers.base import DeviceUnavailable, Quality, Reading
 from drivers.devices import DeviceConfig
 from drivers.modbus import ModbusDriver
 from drivers.opcua import OpcUaDriver
@@ -62,6 +62,7 @@ class Watched:
         cfg = DeviceConfig(name="inc", kind="incubator", protocol="opcua", endpoint=sim.endpoint, timeout=2.0)
         self.driver = OpcUaDriver(cfg, clock)
         self.got: dict[str, list[float | None]] = {}
+        self.quality: dict[str, list[Quality]] = {}
         self.error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -75,6 +76,7 @@ class Watched:
         try:
             async for r in self.driver.readings():
                 self.got.setdefault(r.channel.split(".", 1)[1], []).append(r.value)
+                self.quality.setdefault(r.channel.split(".", 1)[1], []).append(r.quality)
         except DeviceUnavailable as exc:
             self.error = exc
 
@@ -125,7 +127,7 @@ def test_fault_specs_parse_with_the_simulator_defaulting_to_the_only_owner(text:
         ("door_stuck", "unknown fault 'door_stuck'; supported: door_left_open"),
         ("culture-system:heater_stuck_on", "on the culture-system simulator; supported: frozen_sensor"),
         ("frozen_sensor", "exists on incubator and culture-system; say which"),
-        ("door_left_open:temperature", "only frozen_sensor takes a point"),
+        ("door_left_open:temperature", "only frozen_sensor, inf_value, nan_value, out_of_range take a point"),
     ],
 )
 def test_bad_fault_specs_say_what_is_supported(text: str, message: str) -> None:
@@ -242,7 +244,106 @@ async def test_opcua_restart_gives_comm_loss_then_the_same_endpoint_comes_back(
         await wait_for(lambda: again.count("temperature") >= 2, 5, what="readings after the restart")
 
 
+@pytest.mark.parametrize(("fault", "quality", "value"), [
+    ("nan_value", Quality.BAD, None),
+    ("inf_value", Quality.BAD, None),
+    ("out_of_range", Quality.IMPLAUSIBLE, 220.0),
+])
+async def test_value_faults_on_opcua_arrive_with_status_good_and_are_judged_at_the_edge(
+    incubator: IncubatorSimulator, clock: ScaledClock, fault: str, quality: Quality, value: float | None
+) -> None:
+    async with Watched(incubator, clock) as w:
+        before = w.count("temperature")
+        await incubator.inject(fault)  # default point: temperature, sent with StatusCode Good
+        try:
+            await wait_for(lambda: quality in w.quality["temperature"][before:], 5, what=f"a {quality.name} reading")
+            i = before + w.quality["temperature"][before:].index(quality)
+            assert w.got["temperature"][i] == value
+            assert all(q is Quality.GOOD for q in w.quality["co2"])  # the other points are untouched
+        finally:
+            await incubator.clear(fault)
+        n = w.count("temperature")
+        await wait_for(lambda: Quality.GOOD in w.quality["temperature"][n:], 5, what="good readings again")
+
+
+def test_value_faults_refuse_points_that_cannot_carry_them() -> None:
+    sim = IncubatorSimulator(ScaledClock(), port=free_port())
+    with pytest.raises(ValueError, match="boolean"):
+        asyncio.run(sim.inject("nan_value", point="door_open"))
+    culture = CultureSystemSimulator(ScaledClock(), port=free_port())
+    with pytest.raises(ValueError, match="NaN and Inf need a floating-point point"):
+        asyncio.run(culture.inject("inf_value", point="ph"))
+    with pytest.raises(ValueError, match="unknown point 'nope'"):
+        asyncio.run(culture.inject("out_of_range", point="nope"))
+    assert sim.active_faults() == [] and culture.active_faults() == []
+
+
+async def test_no_answer_accepts_opcua_connections_and_never_answers(
+    incubator: IncubatorSimulator, clock: ScaledClock
+) -> None:
+    await incubator.inject("no_answer")
+    try:
+        reader, writer = await asyncio.open_connection(incubator.host, incubator.port)  # TCP is accepted
+        writer.write(b"HELF")
+        await writer.drain()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.3)  # and nothing ever comes back
+        writer.close()
+        silent = OpcUaDriver(DeviceConfig(name="inc", kind="incubator", protocol="opcua",
+                                          endpoint=incubator.endpoint, timeout=0.3), clock)
+        with pytest.raises(DeviceUnavailable):
+            await silent.connect()
+    finally:
+        await incubator.clear("no_answer")
+    async with Watched(incubator, clock) as again:
+        await wait_for(lambda: again.count("temperature") >= 2, 5, what="readings once it answers again")
+
+
 # --- culture system through the Modbus driver -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "point", "quality", "value"), [
+    ("nan_value", "viability", Quality.BAD, None),
+    ("inf_value", "viable_cell_density", Quality.BAD, None),
+    ("out_of_range", "viability", Quality.IMPLAUSIBLE, 200.0),
+    ("out_of_range", "ph", Quality.IMPLAUSIBLE, 28.0),
+])
+async def test_value_faults_on_modbus_registers_are_judged_at_the_edge(
+    culture: CultureSystemSimulator, clock: ScaledClock, fault: str, point: str, quality: Quality,
+    value: float | None,
+) -> None:
+    driver = modbus_driver(culture, clock)
+    await driver.connect()
+    try:
+        await culture.inject(fault, point=point)
+        try:
+            got: dict[str, Reading] = {r.channel.split(".", 1)[1]: r for r in await driver.poll()}
+        finally:
+            await culture.clear(fault, point=point)
+        assert (got[point].quality, got[point].value) == (quality, value)
+        assert {p: r.quality for p, r in got.items() if p != point} == dict.fromkeys(
+            (p for p in got if p != point), Quality.GOOD)
+        again = {r.channel.split(".", 1)[1]: r for r in await driver.poll()}
+        assert again[point].quality is Quality.GOOD
+    finally:
+        await driver.close()
+
+
+async def test_no_answer_on_the_culture_system_holds_every_request(
+    culture: CultureSystemSimulator, clock: ScaledClock
+) -> None:
+    driver = modbus_driver(culture, clock, timeout=0.3)
+    await driver.connect()  # the connection is accepted ...
+    try:
+        await culture.inject("no_answer")
+        with pytest.raises(DeviceUnavailable, match="failed"):
+            await poll(driver)  # ... and the request is never answered
+        await culture.clear("no_answer")
+        await driver.connect()
+        assert (await poll(driver))["viability"] is not None
+    finally:
+        await driver.close()
+
 
 
 async def test_frozen_modbus_point_repeats_its_registers_while_the_rest_moves(

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from app import db
 from app.auth import accounts
 from app.auth.principal import Role, cli_principal
 from app.clock import ScaledClock
-from app.main import create_app
+from app.main import create_app, make_server
 from app.runtime import Runtime
 from app.settings import Settings
 from drivers.devices import dump_devices
@@ -51,8 +50,7 @@ class Stack:
 async def serve(settings: Settings, clock: ScaledClock) -> AsyncIterator[tuple[str, Runtime]]:
     """Run the service on a real uvicorn on 127.0.0.1 until the block ends."""
     app = create_app(settings, clock=clock)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
-                                           lifespan="on"))
+    server = make_server(app, settings, host="127.0.0.1")
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.started or task.done(), timeout=60, what="uvicorn to start")

@@ -1,4 +1,5 @@
-"""DeviceSupervisor with the scripted FakeDriver: states, gap marks, backoff, logging once per outage."""
+"""DeviceSupervisor with the scripted FakeDriver: online only after a reading, gap marks, backoff, logging once per
+outage, and a device that connects but never answers staying offline."""
 
 from __future__ import annotations
 
@@ -57,9 +58,11 @@ async def test_readings_flow_to_the_callback_and_state_goes_online() -> None:
     sup, driver, readings, states, _ = make()
     sup.start()
     try:
-        await wait_for(lambda: sup.state is DeviceState.ONLINE, 2.0, what="ONLINE")
+        await wait_for(lambda: sup.state is DeviceState.CONNECTING and driver.connected, 2.0, what="connected")
+        assert sup.state is DeviceState.CONNECTING  # a connection alone is not online
         driver.push("temperature", 37.1)
         driver.push("co2", 5.0)
+        await wait_for(lambda: sup.state is DeviceState.ONLINE, 2.0, what="ONLINE")
         await wait_for(lambda: len(readings) == 2, 2.0, what="two readings")
         assert [r.value for r in readings] == [37.1, 5.0]
         assert sup.stats.readings == 2 and sup.stats.last_reading_time == readings[-1].source_time
@@ -75,8 +78,8 @@ async def test_outage_logs_once_down_once_up_and_marks_the_gap_once(caplog: pyte
     caplog.set_level(logging.DEBUG, logger="culturectl.devices")
     sup.start()
     try:
-        await wait_for(lambda: sup.state is DeviceState.ONLINE, 2.0, what="ONLINE")
         driver.push("temperature", 37.0)
+        await wait_for(lambda: sup.state is DeviceState.ONLINE, 2.0, what="ONLINE")
         await wait_for(lambda: len(readings) == 1, 2.0, what="a reading")
         clock.advance(10)
         driver.fail_connects = 5  # the device stays away for several attempts
@@ -84,6 +87,7 @@ async def test_outage_logs_once_down_once_up_and_marks_the_gap_once(caplog: pyte
         await wait_for(lambda: sup.state is DeviceState.OFFLINE, 2.0, what="OFFLINE")
         with pytest.raises(DeviceUnavailable):
             await sup.write("temperature_setpoint", 36.0)
+        driver.push("temperature", 37.0)
         await wait_for(lambda: sup.state is DeviceState.ONLINE, 3.0, what="ONLINE again")
         assert driver.connect_calls == 7
     finally:
@@ -103,6 +107,7 @@ async def test_outage_logs_once_down_once_up_and_marks_the_gap_once(caplog: pyte
 async def test_backoff_while_down_is_capped_and_jittered() -> None:
     sup, driver, _, _, _ = make(fail_connects=8, initial=0.01, maximum=0.04, jitter=0.25)
     seen: list[float] = []
+    driver.push("temperature", 37.0)  # what the device says once it answers
     sup.start()
     try:
         await wait_for(lambda: seen.append(sup.stats.last_backoff) or sup.state is DeviceState.ONLINE,
@@ -120,6 +125,7 @@ async def test_a_device_down_at_start_is_marked_offline_with_one_warning(
     sup, driver, readings, _, _ = make(fail_connects=3)
     driver.connect_error = DeviceProtocolError("bad namespace")
     caplog.set_level(logging.INFO, logger="culturectl.devices")
+    driver.push("temperature", 37.0)
     sup.start()
     try:
         await wait_for(lambda: sup.state is DeviceState.ONLINE, 3.0, what="ONLINE")
@@ -129,6 +135,32 @@ async def test_a_device_down_at_start_is_marked_offline_with_one_warning(
     assert len(warnings) == 1 and "bad namespace" in warnings[0].getMessage()
     assert len([r for r in readings if r.quality is Quality.BAD]) == len(CHANNELS)
     assert sup.stats.disconnects == 0  # never was online
+
+
+async def test_a_device_that_connects_but_never_answers_stays_offline_with_one_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sup, driver, readings, states, _ = make(initial=0.005, maximum=0.02)
+    driver.mute_reads = 12  # twelve connections accepted, not one answered
+    caplog.set_level(logging.INFO, logger="culturectl.devices")
+    sup.start()
+    try:
+        await wait_for(lambda: driver.connect_calls >= 6, 3.0, what="several reconnect attempts")
+        assert sup.state is DeviceState.OFFLINE
+        with pytest.raises(DeviceUnavailable):
+            await sup.write("temperature_setpoint", 36.0)  # setpoints are refused while it does not answer
+        await wait_for(lambda: driver.mute_reads == 0, 3.0, what="the silent connections used up")
+        driver.push("temperature", 37.0)
+        await wait_for(lambda: sup.state is DeviceState.ONLINE, 3.0, what="ONLINE once it answers")
+    finally:
+        await sup.stop()
+    assert states.count(DeviceState.ONLINE) == 1 and states.count(DeviceState.OFFLINE) == 1
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records
+             if r.name == "culturectl.devices" and r.levelno >= logging.INFO]
+    assert lines == [(logging.WARNING, "fake-1 is offline: fake-1: read timed out"),
+                     (logging.INFO, "fake-1 is back online")]
+    assert len([r for r in readings if r.quality is Quality.BAD]) == len(CHANNELS)  # one gap mark
+    assert sup.stats.last_backoff >= 0.02 * 0.8  # the backoff grew to its cap: attempts did not reset it
 
 
 async def test_a_failing_reading_callback_does_not_take_the_device_down() -> None:
@@ -143,7 +175,6 @@ async def test_a_failing_reading_callback_does_not_take_the_device_down() -> Non
     sup = DeviceSupervisor(driver, clock, on_reading, lambda _n, _s: None)
     sup.start()
     try:
-        await wait_for(lambda: sup.state is DeviceState.ONLINE, 2.0, what="ONLINE")
         driver.push("temperature", 37.0)
         driver.push("temperature", 37.1)
         await wait_for(lambda: len(calls) == 2, 2.0, what="both readings delivered")
