@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             yield
         finally:
             await runtime.stop()
+            log.info("culturectl service stopped: streams closed, readings and journal written or spooled, "
+                     "devices released")
 
     app = FastAPI(
         title="culturectl",

