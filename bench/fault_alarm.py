@@ -41,6 +41,11 @@ CASES = (
     Case("Modbus timeouts -> comm loss", "culture", Fault.modbus_timeout, "culture-system-1:comm_loss", 0.0),
     Case("frozen temperature -> stale", "incubator", Fault.frozen_sensor, "incubator-1.temperature:stale", -1.0,
          "temperature"),
+    Case("OPC UA NaN (Good) -> bad quality", "incubator", Fault.nan_value, "incubator-1.temperature:bad_quality",
+         60.0, "temperature"),
+    Case("Modbus viability 200 % -> bad quality", "culture", Fault.out_of_range,
+         "culture-system-1.viability:bad_quality", 60.0, "viability"),
+    Case("OPC UA silent server -> comm loss", "incubator", Fault.no_answer, "incubator-1:comm_loss", 0.0),
 )
 
 
