@@ -11,15 +11,15 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import Depends, FastAPI
 
-from app.api import alarms as alarms_api
-from app.api import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
-from app.api import audit as audit_api
-from app.api import setpoints as setpoints_api
-from app.api import signatures as signatures_api
-from app.auth.deps import current_principal
-from app.clock import Clock
-from app.live import LiveHub
-from app.problems import install_problem_handlers
+from app.api.routes import alarms as alarms_api
+from app.api.routes import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
+from app.api.routes import audit as audit_api
+from app.api.routes import setpoints as setpoints_api
+from app.api.routes import signatures as signatures_api
+from app.api.security import current_principal
+from app.core.clock import Clock
+from app.core.live import LiveHub
+from app.core.problems import install_problem_handlers
 from app.runtime import Runtime
 from app.settings import Settings
 from app.web import pages as web_pages

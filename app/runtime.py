@@ -14,12 +14,12 @@ import asyncpg
 
 from app import db
 from app.alarms.service import AlarmService
-from app.clock import Clock
-from app.devices import DeviceHub
+from app.core.clock import Clock
+from app.core.live import LiveHub
+from app.devices.hub import DeviceHub
+from app.devices.registry import sync_devices
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.writer import TelemetryWriter
-from app.live import LiveHub
-from app.registry import sync_devices
 from app.settings import Settings
 from drivers.base import DeviceState, Reading
 from drivers.devices import DeviceConfig, load_devices

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.clock import ScaledClock, utcnow
+from app.core.clock import ScaledClock, utcnow
 
 
 class Settings(BaseSettings):

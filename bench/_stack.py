@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from app import db
 from app.auth import accounts
 from app.auth.principal import SYSTEM, Role
-from app.clock import ScaledClock
+from app.core.clock import ScaledClock
 from app.main import create_app, make_server
 from app.settings import Settings
 from drivers.devices import dump_devices

@@ -59,8 +59,8 @@ def _service_run(series: list[tuple[datetime, float]], excursion: bool) -> float
     excursion accounting when bound), live stream publishing included; no database."""
     from app.alarms.excursion import ExcursionState, default_rules
     from app.alarms.service import AlarmService, _Excursion
-    from app.clock import ManualClock
-    from app.live import LiveHub
+    from app.core.clock import ManualClock
+    from app.core.live import LiveHub
     from drivers.base import Reading
     from drivers.devices import DeviceConfig
 

@@ -22,7 +22,7 @@ import time
 from datetime import timedelta
 
 from app import db
-from app.demo import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
+from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
 from bench._stack import pct, running_stack
 
 CHANNELS = {  # channel -> (base, noise amplitude)

@@ -43,7 +43,7 @@ CASES = (
          "temperature"),
     Case("OPC UA NaN (Good) -> bad quality", "incubator", Fault.nan_value, "incubator-1.temperature:bad_quality",
          60.0, "temperature"),
-    Case("Modbus viability 200 % -> bad quality", "culture", Fault.out_of_range,
+    Case("Modbus viability 200% -> bad quality", "culture", Fault.out_of_range,
          "culture-system-1.viability:bad_quality", 60.0, "viability"),
     Case("OPC UA silent server -> comm loss", "incubator", Fault.no_answer, "incubator-1:comm_loss", 0.0),
 )

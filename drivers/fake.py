@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.base import DeviceUnavailable, DriverError, PointError, PointSpec, Quality, Reading, reading
 
 

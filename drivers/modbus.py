@@ -25,7 +25,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.base import (
     DeviceProtocolError,
     DeviceUnavailable,

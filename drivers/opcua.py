@@ -29,7 +29,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.base import (
     DeviceProtocolError,
     DeviceUnavailable,

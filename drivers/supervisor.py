@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.base import DeviceState, DeviceUnavailable, Driver, DriverError, Quality, Reading
 from drivers.devices import DeviceConfig
 

@@ -9,7 +9,7 @@ import logging
 import signal
 from typing import cast
 
-from app.clock import ScaledClock
+from app.core.clock import ScaledClock
 from simulators.faults import FaultRequest, parse_fault_spec
 from simulators.runner import Which, run_simulators
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.base import PointError, PointSpec, find_point
 from simulators.faults import VALUE_FAULTS, ActiveFaults, Fault, as_fault, fault_point, fault_value
 

@@ -19,7 +19,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.base import PointError, PointSpec
 from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS, MODBUS_WORD_ORDER
 from simulators._net import SimulatorServer

@@ -22,7 +22,7 @@ from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 
-from app.clock import Clock, utcnow
+from app.core.clock import Clock, utcnow
 from drivers.base import PointError, PointLimitError, PointSpec
 from drivers.points import INCUBATOR_NAMESPACE, INCUBATOR_POINTS
 from simulators._net import SimulatorServer

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from typing import Literal
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.devices import DeviceConfig
 from simulators.control import ControlServer
 from simulators.culture_system import CultureSystemSimulator

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from app import audit, db
+from app import db
 from app.alarms.evaluate import (
     AlarmState,
     IllegalTransition,
@@ -55,12 +55,13 @@ from app.alarms.model import (
     default_definitions,
 )
 from app.auth.principal import SYSTEM, Principal
-from app.clock import Clock
+from app.core.clock import Clock
+from app.core.live import LiveHub
+from app.core.outage import OutageLog
+from app.core.problems import Problem
 from app.ingest.spool import Spool
-from app.live import LiveHub
-from app.outage import OutageLog
-from app.problems import Problem
 from app.protocol.recipe import AlarmOverride
+from app.records import audit
 from drivers.base import DeviceState, Quality, Reading
 from drivers.devices import DeviceConfig
 

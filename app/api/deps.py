@@ -8,7 +8,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 
-from app.problems import Problem
+from app.core.problems import Problem
 from app.runtime import Runtime
 
 

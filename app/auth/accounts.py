@@ -18,10 +18,10 @@ from typing import Any
 import asyncpg
 import jwt
 
-from app import audit
 from app.auth import passwords, tokens
 from app.auth.principal import SYSTEM, Principal, Role
-from app.problems import Problem
+from app.core.problems import Problem
+from app.records import audit
 
 LOCKOUT_THRESHOLD = 5
 """Consecutive failed password checks that lock a user (the service passes settings.lockout_threshold)."""

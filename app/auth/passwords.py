@@ -8,7 +8,7 @@ import string
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from app.problems import Problem
+from app.core.problems import Problem
 
 MIN_LENGTH = 12
 MAX_LENGTH = 256

@@ -41,17 +41,18 @@ from typing import Any
 
 import asyncpg
 
-from app import audit, db
+from app import db
 from app.auth.principal import SYSTEM
-from app.clock import Clock
-from app.devices import DeviceHub
-from app.live import LiveHub
-from app.outage import OutageLog
-from app.problems import Problem
+from app.control.setpoints import SetpointFailed, SetpointRequest, SetpointService
+from app.core.clock import Clock
+from app.core.live import LiveHub
+from app.core.outage import OutageLog
+from app.core.problems import Problem
+from app.devices.hub import DeviceHub
 from app.protocol import planner, store
 from app.protocol.planner import ACTIONABLE, AbsWindow, StepPlan, StepStatus
 from app.protocol.recipe import Recipe
-from app.setpoints import SetpointFailed, SetpointRequest, SetpointService
+from app.records import audit
 
 log = logging.getLogger("culturectl.engine")
 

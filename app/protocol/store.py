@@ -24,13 +24,13 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from app import audit, signatures
 from app.auth.principal import Principal, Role
+from app.core.problems import Problem
 from app.db import DBConnection
-from app.problems import Problem
 from app.protocol import acceptance, dose, planner
 from app.protocol.recipe import Recipe, Step, default_recipe
-from app.signatures import SignatureInput, Signer
+from app.records import audit, signatures
+from app.records.signatures import SignatureInput, Signer
 
 RunStatus = Literal["planned", "running", "held", "completed", "aborted"]
 CLOSED: frozenset[str] = frozenset({"completed", "aborted"})

@@ -20,12 +20,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.api import alarms as alarms_api
-from app.api import audit as audit_api
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.auth.deps import CurrentPrincipal
+from app.api.routes import alarms as alarms_api
+from app.api.routes import audit as audit_api
+from app.api.security import CurrentPrincipal
 from app.auth.principal import Principal
-from app.problems import Problem
+from app.core.problems import Problem
 from app.protocol import store
 from app.runtime import Runtime
 from app.web import views

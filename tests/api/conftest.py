@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from app import db
 from app.auth import accounts
 from app.auth.principal import Role, cli_principal
-from app.clock import Clock
+from app.core.clock import Clock
 from app.main import create_app
 from app.settings import Settings
 

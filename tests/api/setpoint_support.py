@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from app.devices import DeviceHub
+from app.devices.hub import DeviceHub
 from drivers.base import DeviceState
 from drivers.fake import FakeDriver
 from tests.api.conftest import Service

@@ -17,7 +17,7 @@ import pytest
 from app import db
 from app.alarms.service import AlarmService
 from app.auth.principal import Role, cli_principal
-from app.clock import ManualClock
+from app.core.clock import ManualClock
 from app.protocol import store
 from drivers.base import DeviceState, Quality, Reading
 from tests.api.conftest import Service, running_service

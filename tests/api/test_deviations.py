@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.clock import ManualClock
+from app.core.clock import ManualClock
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import INPUTS, create_run_api, ensure_recipe, post_step
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app import db
-from app.clock import ManualClock
+from app.core.clock import ManualClock
 from app.protocol.engine import MISSED_RULE
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import create_run_api, ensure_recipe, post_step

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi.routing import iter_route_contexts
 
-from app.auth.deps import current_principal
+from app.api.security import current_principal
 from app.auth.policy import POLICY, access_for, policy_markdown
 from app.auth.principal import Role
 from tests.api.conftest import Service

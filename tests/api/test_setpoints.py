@@ -12,7 +12,7 @@ import pytest
 
 from app import db
 from app.auth.principal import Role
-from app.clock import ManualClock
+from app.core.clock import ManualClock
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import make_run
 from tests.api.setpoint_support import DEVICE, attach_device, hub_of

@@ -8,10 +8,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app import audit, db, signatures
+from app import db
 from app.auth import accounts
 from app.auth.principal import Role
-from app.problems import Problem
+from app.core.problems import Problem
+from app.records import audit, signatures
 from tests.api.conftest import Service
 
 SIG = "/api/v1/signatures"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.clock import ManualClock
+from app.core.clock import ManualClock
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import INPUTS, create_run_api, ensure_recipe, post_step
 

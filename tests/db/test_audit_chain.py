@@ -15,8 +15,9 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from app import audit, db
+from app import db
 from app.auth.principal import SYSTEM, Principal, Role
+from app.records import audit
 
 ALICE = Principal(kind="user", id=7, name="alice", role=Role.SUPERVISOR, display_name="Alice Smith")
 SCRIPT = Principal(kind="apikey", id=3, name="feeder", role=Role.AUTOMATION, display_name="API key feeder")

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from app import db
-from app.registry import channel_ids, sync_devices
+from app.devices.registry import channel_ids, sync_devices
 from drivers.devices import DeviceConfig, load_devices
 from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS
 

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from app import db
-from app.registry import sync_devices
-from app.telemetry import BucketPoint, RawPoint, TooManyPoints, latest_values, query_telemetry
+from app.devices.registry import sync_devices
+from app.ingest.history import BucketPoint, RawPoint, TooManyPoints, latest_values, query_telemetry
 from drivers.base import Quality
 from drivers.devices import DeviceConfig
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from app.clock import ScaledClock
+from app.core.clock import ScaledClock
 from drivers.base import DeviceUnavailable, Quality, Reading
 from drivers.devices import DeviceConfig
 from drivers.modbus import ModbusDriver

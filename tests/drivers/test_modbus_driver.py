@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.clock import ManualClock
+from app.core.clock import ManualClock
 from drivers.base import (
     DeviceProtocolError,
     DeviceState,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.clock import ScaledClock, utcnow
+from app.core.clock import ScaledClock, utcnow
 from drivers.base import DeviceState, DeviceUnavailable, PointLimitError, PointNotWritable, Quality, Reading
 from drivers.devices import DeviceConfig
 from drivers.opcua import DropOldestQueue, OpcUaDriver

@@ -16,7 +16,7 @@ from asyncua import Client, ua
 from asyncua.ua.uaerrors import BadOutOfRange, BadUserAccessDenied
 from pymodbus.client import AsyncModbusTcpClient
 
-from app.clock import ScaledClock, utcnow
+from app.core.clock import ScaledClock, utcnow
 from drivers.base import PointSpec
 from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_NAMESPACE, INCUBATOR_POINTS, MODBUS_WORD_ORDER
 from simulators.culture_system import CultureSystemSimulator

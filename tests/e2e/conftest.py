@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from app import db
 from app.auth import accounts
 from app.auth.principal import Role, cli_principal
-from app.clock import ScaledClock
+from app.core.clock import ScaledClock
 from app.main import create_app, make_server
 from app.runtime import Runtime
 from app.settings import Settings

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 
 from app import db
-from app.demo import DEMO_PASSWORD, KEY_FILE
+from app.demo.setup import DEMO_PASSWORD, KEY_FILE
 from tests.support import free_port, wait_for
 
 CULTURECTL = [sys.executable, "-m", "app.cli"]

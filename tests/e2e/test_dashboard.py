@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from app import db
 from app.auth.principal import Role
-from app.clock import ScaledClock
-from app.demo import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
+from app.core.clock import ScaledClock
+from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
 from app.settings import Settings
 from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator

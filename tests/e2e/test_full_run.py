@@ -19,9 +19,9 @@ import pytest
 from pydantic import SecretStr
 
 from app import db
-from app.clock import ScaledClock
-from app.demo import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
-from app.demo_client import DemoAutomation
+from app.core.clock import ScaledClock
+from app.demo.client import DemoAutomation
+from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
 from app.runtime import Runtime
 from app.settings import Settings
 from drivers.devices import dump_devices

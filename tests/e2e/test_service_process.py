@@ -34,7 +34,7 @@ import pytest
 from app import db
 from app.auth import accounts
 from app.auth.principal import Role, cli_principal
-from app.clock import ScaledClock, utcnow
+from app.core.clock import ScaledClock, utcnow
 from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
 from simulators.faults import Fault

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from app.alarms import Severity, StaleAlarm, default_definitions, evaluate, initial_state, tick
 from app.alarms.service import HISTORIAN_ALARM, AlarmService
-from app.clock import ManualClock
-from app.live import LiveHub
+from app.core.clock import ManualClock
+from app.core.live import LiveHub
 from app.protocol.recipe import Recipe, default_recipe
 from drivers.base import DeviceState, Quality, Reading
 from drivers.devices import DeviceConfig

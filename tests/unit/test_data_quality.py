@@ -25,9 +25,9 @@ from app.alarms import (
 )
 from app.alarms.model import BAD_QUALITY_ON_DELAY_S, LimitAlarm
 from app.alarms.service import AlarmService
-from app.clock import ManualClock
+from app.core.clock import ManualClock
+from app.core.live import LiveHub
 from app.ingest.writer import rollup_rows
-from app.live import LiveHub
 from drivers.base import MAX_MAGNITUDE, DeviceState, PointSpec, Quality, Reading, judge
 from drivers.devices import DeviceConfig
 from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS

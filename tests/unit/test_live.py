@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.live import LiveEvent, LiveHub
+from app.core.live import LiveEvent, LiveHub
 
 
 async def _drain(hub: LiveHub, publish: list[tuple[str, str, dict[str, object]]]) -> list[LiveEvent]:

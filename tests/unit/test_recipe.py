@@ -47,7 +47,7 @@ def test_default_recipe_is_packaged_and_complete() -> None:
 def test_meanings_match_the_signature_module() -> None:
     from typing import get_args
 
-    from app.signatures import MEANINGS
+    from app.records.signatures import MEANINGS
 
     assert get_args(rmod.Meaning) == MEANINGS
 

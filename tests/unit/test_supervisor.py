@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.clock import ManualClock
+from app.core.clock import ManualClock
 from drivers.base import DeviceProtocolError, DeviceState, DeviceUnavailable, Quality, Reading
 from drivers.devices import DeviceConfig
 from drivers.fake import FakeDriver

@@ -12,7 +12,7 @@ import asyncpg
 
 from app.auth import accounts
 from app.auth.principal import Principal, Role
-from app.problems import Problem
+from app.core.problems import Problem
 
 DEMO_PASSWORD = "demo-Culture-7"
 DEMO_USERS: tuple[tuple[str, str, Role], ...] = (

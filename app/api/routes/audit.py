@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from app import audit
 from app.api.deps import ConnectionDep
-from app.auth.deps import CurrentPrincipal
-from app.problems import Problem
+from app.api.security import CurrentPrincipal
+from app.core.problems import Problem
+from app.records import audit
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 

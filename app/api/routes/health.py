@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import RuntimeDep
+from app.api.metrics import render_metrics
 from app.api.schemas import Health
-from app.metrics import render_metrics
 
 router = APIRouter(tags=["health"])
 

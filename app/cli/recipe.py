@@ -48,8 +48,8 @@ def release(
 ) -> None:
     """Release a recipe into the database, signed 'approved' by a QA user (password prompted)."""
     from app.auth.principal import Principal, Role
-    from app.cli_admin import _read_password, _run
-    from app.problems import Problem
+    from app.cli.admin import _read_password, _run
+    from app.core.problems import Problem
     from app.protocol import store
     from app.protocol.recipe import RecipeError, load_recipe
 

@@ -16,11 +16,11 @@ from typing import Annotated, Literal
 import typer
 from pydantic import SecretStr
 
-from app.cli_admin import apikey_app, user_app
-from app.cli_audit import audit_app
-from app.cli_recipe import recipe_app
-from app.cli_run import run_app, step_app
-from app.clock import ScaledClock, utcnow
+from app.cli.admin import apikey_app, user_app
+from app.cli.audit import audit_app
+from app.cli.recipe import recipe_app
+from app.cli.run import run_app, step_app
+from app.core.clock import ScaledClock, utcnow
 from app.settings import Settings
 
 app = typer.Typer(help="culturectl: monitor and control 7-day cell-culture runs.", no_args_is_help=True)
@@ -233,7 +233,8 @@ def _open_browser(url: str) -> None:
 async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: float | None,
                 open_browser: bool = False) -> None:
     from app import db
-    from app.demo import (
+    from app.demo.client import DemoAutomation
+    from app.demo.setup import (
         DEMO_PASSWORD,
         DEMO_T0_AFTER,
         KEY_FILE,
@@ -242,9 +243,8 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
         ensure_demo_accounts,
         ensure_demo_recipe,
     )
-    from app.demo_client import DemoAutomation
+    from app.devices.registry import sync_devices
     from app.main import create_app, make_server
-    from app.registry import sync_devices
     from drivers.devices import dump_devices, load_devices
     from simulators.culture_system import CultureSystemSimulator
     from simulators.incubator import IncubatorSimulator

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import signatures
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.auth.deps import CurrentPrincipal, client_address
-from app.problems import Problem
+from app.api.security import CurrentPrincipal, client_address
+from app.core.problems import Problem
 from app.protocol import store
 from app.protocol.recipe import RecipeError, parse_recipe
+from app.records import signatures
 
 router = APIRouter(prefix="/recipes", tags=["recipes"])
 

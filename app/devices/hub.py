@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.clock import Clock
+from app.core.clock import Clock
 from drivers.base import DeviceState, DeviceUnavailable, Driver, PointError, Reading, find_point
 from drivers.devices import DeviceConfig
 from drivers.supervisor import DeviceSupervisor, make_driver

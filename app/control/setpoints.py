@@ -30,13 +30,14 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import audit, control
 from app.auth.principal import Principal
-from app.clock import Clock
-from app.control import BoundRun, Refusal, Source
-from app.devices import DeviceHub
-from app.live import LiveHub
-from app.problems import Problem
+from app.control import rules as control
+from app.control.rules import BoundRun, Refusal, Source
+from app.core.clock import Clock
+from app.core.live import LiveHub
+from app.core.problems import Problem
+from app.devices.hub import DeviceHub
+from app.records import audit
 from drivers.base import DeviceUnavailable, PointSpec
 
 log = logging.getLogger("culturectl.setpoints")

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.alarms.service import Action, AlarmService
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.auth.deps import CurrentPrincipal, client_address
-from app.problems import Problem
+from app.api.security import CurrentPrincipal, client_address
+from app.core.problems import Problem
 from app.protocol import store
 from app.runtime import Runtime
 

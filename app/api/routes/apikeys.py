@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ConnectionDep
-from app.api.users import Reason
+from app.api.routes.users import Reason
+from app.api.security import CurrentPrincipal, client_address
 from app.auth import accounts
-from app.auth.deps import CurrentPrincipal, client_address
 from app.auth.principal import Role
 
 router = APIRouter(prefix="/apikeys", tags=["api keys"])

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app import signatures
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.auth.deps import CurrentPrincipal, client_address
-from app.problems import PROBLEM_JSON
+from app.api.security import CurrentPrincipal, client_address
+from app.core.problems import PROBLEM_JSON
+from app.records import signatures
 
 router = APIRouter(prefix="/signatures", tags=["signatures"])
 

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from app import signatures
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.auth.deps import CurrentPrincipal, client_address
+from app.api.security import CurrentPrincipal, client_address
 from app.protocol import store
+from app.records import signatures
 
 router = APIRouter(prefix="/deviations", tags=["deviations"])
 

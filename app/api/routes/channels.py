@@ -11,8 +11,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.schemas import ChannelPublic, LatestValue, TelemetryPoint, TelemetryPublic
-from app.problems import Problem
-from app.telemetry import TooManyPoints, latest_values, query_telemetry
+from app.core.problems import Problem
+from app.ingest.history import TooManyPoints, latest_values, query_telemetry
 from drivers.base import Quality
 
 router = APIRouter(tags=["telemetry"])

@@ -17,7 +17,7 @@ from app.api.deps import RuntimeDep
 from app.auth import accounts, tokens
 from app.auth.policy import access_for
 from app.auth.principal import Principal
-from app.problems import Problem
+from app.core.problems import Problem
 from app.runtime import Runtime
 
 # Declared for the OpenAPI schema (the "Authorize" button of /docs); auto_error=False: we answer ourselves.

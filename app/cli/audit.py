@@ -20,8 +20,9 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Recompute every row's hash; report ok, or the first broken row (edited, deleted, inserted, reordered)."""
-    from app import audit, db
+    from app import db
     from app.cli import _with_database
+    from app.records import audit
 
     results: list[audit.VerifyResult | None] = []
 

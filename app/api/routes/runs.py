@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
-from app import audit, signatures
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.auth.deps import CurrentPrincipal, client_address
-from app.problems import Problem
+from app.api.security import CurrentPrincipal, client_address
+from app.core.problems import Problem
 from app.protocol import store
+from app.records import audit, signatures
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

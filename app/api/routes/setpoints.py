@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from app import setpoints
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.auth.deps import CurrentPrincipal, client_address
-from app.problems import Problem
-from app.setpoints import SetpointRequest, SetpointService
+from app.api.security import CurrentPrincipal, client_address
+from app.control import setpoints
+from app.control.setpoints import SetpointRequest, SetpointService
+from app.core.problems import Problem
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 

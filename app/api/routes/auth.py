@@ -9,10 +9,10 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.security import CurrentPrincipal, client_address, signing_key
 from app.auth import accounts, tokens
-from app.auth.deps import CurrentPrincipal, client_address, signing_key
 from app.auth.principal import PrincipalKind
-from app.problems import PROBLEM_JSON
+from app.core.problems import PROBLEM_JSON
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

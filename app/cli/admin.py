@@ -30,7 +30,7 @@ def _run(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """Run `action` on a connection to the configured database; a Problem becomes an error message, exit 1."""
     from app import db
     from app.cli import _with_database
-    from app.problems import Problem
+    from app.core.problems import Problem
 
     out: list[T] = []
 
@@ -91,7 +91,7 @@ def _role(value: str) -> Role:
 
 async def _user_id(conn: asyncpg.Connection, username: str) -> int:
     from app.auth import accounts
-    from app.problems import Problem
+    from app.core.problems import Problem
 
     row = await accounts.get_user_by_name(conn, username)
     if row is None:
@@ -221,7 +221,7 @@ def apikey_revoke(
     """Revoke an API key: the next request with it is refused."""
     from app.auth import accounts
     from app.auth.principal import cli_principal
-    from app.problems import Problem
+    from app.core.problems import Problem
 
     async def action(conn: asyncpg.Connection) -> Any:
         key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = $1 OR id::text = $1", key)

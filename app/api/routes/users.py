@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import UserPublic
 from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.routes.auth import UserPublic
+from app.api.security import CurrentPrincipal, client_address
 from app.auth import accounts
-from app.auth.deps import CurrentPrincipal, client_address
 from app.auth.principal import Role
 
 router = APIRouter(prefix="/users", tags=["users"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app import audit
 from app.auth.principal import SYSTEM, Principal
 from app.db import DBConnection
+from app.records import audit
 from drivers.devices import DeviceConfig
 
 _DEVICE_FIELDS = ("name", "kind", "protocol", "endpoint", "description")

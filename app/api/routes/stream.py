@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import RuntimeDep
-from app.live import LiveEvent
-from app.problems import Problem
+from app.core.live import LiveEvent
+from app.core.problems import Problem
 
 router = APIRouter(tags=["live"])
 

@@ -29,12 +29,12 @@ from typing import Any, Literal, get_args
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import audit
 from app.api.deps import ConnectionDep
 from app.auth import accounts
 from app.auth.principal import Principal
+from app.core.problems import Problem
 from app.db import DBConnection
-from app.problems import Problem
+from app.records import audit
 
 Meaning = Literal["performed", "verified", "reviewed", "approved"]
 MEANINGS: tuple[str, ...] = get_args(Meaning)
