@@ -1,4 +1,4 @@
-"""Pure models of an incubator and a closed culture system (no I/O); see ../shared/PROCESS.md.
+"""Pure models of an incubator and a closed culture system (no I/O); see docs/process.md.
 
 Both models are deterministic for a given seed: noise is a function of (seed, channel, whole clock
 second), never of how often a model is stepped, and the incubator integrates with the exact

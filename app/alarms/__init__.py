@@ -1,4 +1,4 @@
-"""Alarms (ISA-18.2 / OPC UA Part 9): definitions with PROCESS.md defaults and a pure state-machine core."""
+"""Alarms (ISA-18.2 / OPC UA Part 9): definitions with docs/process.md defaults and a pure state-machine core."""
 
 from app.alarms.evaluate import (
     AlarmState,

@@ -4,7 +4,7 @@ Pure: samples and times in, a new immutable state and the rules it tripped out. 
 value holds (zero-order hold), over at most `max_gap_s`: a gap in the data is not counted as an excursion nor as
 time inside. The integral is in unit x minutes (C x min, CO2 % x min) of distance beyond the band edge.
 
-PROCESS.md rules: temperature, a deviation when the time beyond +/-1 C adds up to more than 30 min, and for any
+docs/process.md rules: temperature, a deviation when the time beyond +/-1 C adds up to more than 30 min, and for any
 excursion beyond +/-2 C; CO2, a deviation when its LL alarm activates (the alarm service opens that one).
 """
 
@@ -46,7 +46,7 @@ class ExcursionRule(BaseModel):
 
 
 def default_rules() -> tuple[ExcursionRule, ...]:
-    """PROCESS.md: temperature 37 +/- 1 C (hard +/- 2 C, 30 min cumulative); CO2 5 +/- 1 % (LL alarm)."""
+    """docs/process.md: temperature 37 +/- 1 C (hard +/- 2 C, 30 min cumulative); CO2 5 +/- 1 % (LL alarm)."""
     return (
         ExcursionRule(channel="incubator.temperature", unit="C", low=36.0, high=38.0, hard_low=35.0, hard_high=39.0,
                       max_outside_min=30.0),

@@ -1,4 +1,4 @@
-"""Alarm definitions per channel (pydantic, extra="forbid") and the defaults from PROCESS.md.
+"""Alarm definitions per channel (pydantic, extra="forbid") and the defaults from docs/process.md.
 
 Kinds: `limit` (HH/H/L/LL with deadband and per-limit on/off-delays and priority), `rate` (units/min over a
 window), `stale` (no GOOD sample for N s), `bad_quality` (readings whose quality is not Good: BAD, uncertain or
@@ -235,7 +235,7 @@ def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...
 
 @functools.cache
 def default_definitions() -> Mapping[str, tuple[AlarmDefinition, ...]]:
-    """PROCESS.md alarm defaults keyed by "<device kind>.<point>"; every read-only point gets data-quality alarms.
+    """docs/process.md alarm defaults keyed by "<device kind>.<point>"; every read-only point gets data-quality alarms.
 
     Built once (the alarm service looks them up on every context refresh); the definitions are frozen models.
     """

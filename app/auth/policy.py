@@ -145,7 +145,7 @@ def access_for(method: str, path: str) -> Access | None:
 
 
 def policy_markdown() -> str:
-    """The table as the README shows it (a test keeps the README equal to this)."""
+    """The table as docs/api.md shows it (a test keeps the doc equal to this)."""
     lines = ["| method and path | who |", "|---|---|"]
     lines += [f"| `{m} {p}` | {a.describe()} |" for (m, p), a in POLICY.items()]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.auth.principal import SYSTEM, Principal
+from app.core.problems import Problem
 from app.db import DBConnection
 from app.records import audit
 from drivers.devices import DeviceConfig
@@ -94,3 +95,16 @@ async def channel_ids(conn: DBConnection) -> dict[str, int]:
         "SELECT d.name AS device, c.name AS point, c.id FROM channel c JOIN device d ON d.id = c.device_id"
     )
     return {channel_key(r["device"], r["point"]): int(r["id"]) for r in rows}
+
+
+async def device_id(conn: DBConnection, name: str | None, kind: str) -> int | None:
+    """The id of registered device `name` of `kind` (None for None); 422 naming the devices of that kind."""
+    if name is None:
+        return None
+    row = await conn.fetchrow("SELECT id, kind FROM device WHERE name = $1", name)
+    if row is None or row["kind"] != kind:
+        known = [r["name"] for r in await conn.fetch("SELECT name FROM device WHERE kind = $1 ORDER BY name", kind)]
+        raise Problem(422, "unknown-device", "Unknown device",
+                      f"{name!r} is not a registered {kind} device; known: {', '.join(known) or 'none'}",
+                      rule="unknown_device")
+    return int(row["id"])

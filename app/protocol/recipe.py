@@ -2,7 +2,7 @@
 
 A recipe is identified by `key` + `version`; `content_hash` is the SHA-256 of the canonical JSON of the
 validated model (sorted keys, no whitespace), so YAML formatting, comments and key order do not change it.
-Every number PROCESS.md marks [A] lives here as data, never as a constant in code. Unknown fields are
+Every number docs/process.md marks [A] lives here as data, never as a constant in code. Unknown fields are
 rejected everywhere (extra="forbid"), and `Recipe` cross-checks what one field cannot: step keys and
 anchors exist, the step order has no cycle, windows are ordered, units and device points are known.
 
@@ -268,7 +268,7 @@ class AlarmOverride(_Model):
     """Alarm definitions of one channel that replace the defaults, for the whole run or while steps are in window.
 
     Phase-aware: with `during`, the definitions apply while one of those steps is open, due or late (in its
-    window); otherwise the run's other overrides or the PROCESS.md defaults apply. The first match wins.
+    window); otherwise the run's other overrides or the docs/process.md defaults apply. The first match wins.
     """
 
     channel: str  # "<device kind>.<point>"
@@ -296,7 +296,7 @@ class Recipe(_Model):
     planning: Planning
     projection: Projection
     steps: tuple[Step, ...] = Field(min_length=1)
-    alarms: tuple[AlarmOverride, ...] = ()  # overrides of the PROCESS.md alarm defaults, per channel and phase
+    alarms: tuple[AlarmOverride, ...] = ()  # overrides of the docs/process.md alarm defaults, per channel and phase
     excursions: tuple[ExcursionRule, ...] = ()  # bands whose excursions are accounted per run (batch record)
 
     @model_validator(mode="after")

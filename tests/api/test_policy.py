@@ -14,7 +14,7 @@ from app.auth.policy import POLICY, access_for, policy_markdown
 from app.auth.principal import Role
 from tests.api.conftest import Service
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+API_DOC = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
 ROLES = [r.value for r in Role]
 SIGNED_IN = set(ROLES)
 
@@ -102,8 +102,8 @@ def test_every_non_public_route_runs_the_principal_dependency(service: Service) 
 
 
 def test_readme_shows_the_policy_table() -> None:
-    m = re.search(r"<!-- role-policy -->\n(.*?)\n<!-- /role-policy -->", README, re.S)
-    assert m, "README has no role-policy section"
+    m = re.search(r"<!-- role-policy -->\n(.*?)\n<!-- /role-policy -->", API_DOC, re.S)
+    assert m, "docs/api.md has no role-policy section"
     assert m.group(1).strip() == policy_markdown()
 
 

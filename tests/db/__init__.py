@@ -1,0 +1,1 @@
+"""Database tests on a real PostgreSQL: migrations, writer and spool, history queries, audit chain."""

@@ -1,0 +1,1 @@
+"""End-to-end tests: simulators, drivers, a real uvicorn or `culturectl` process, PostgreSQL and Chromium."""

@@ -1,0 +1,1 @@
+"""Unit tests of pure logic: rules, state machines, formats; fakes only here."""

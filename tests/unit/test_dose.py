@@ -1,4 +1,4 @@
-"""Dose arithmetic: PROCESS.md's example, the projection bands at seed and day 3, the harvest dose."""
+"""Dose arithmetic: docs/process.md's example, the projection bands at seed and day 3, the harvest dose."""
 
 from __future__ import annotations
 
