@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
@@ -20,12 +20,10 @@ from app.devices.hub import DeviceHub
 from app.devices.registry import sync_devices
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.writer import TelemetryWriter
+from app.protocol.engine import Engine
 from app.settings import Settings
 from drivers.base import DeviceState, Reading
 from drivers.devices import DeviceConfig, load_devices
-
-if TYPE_CHECKING:
-    from app.protocol.engine import Engine
 
 log = logging.getLogger("culturectl.service")
 
@@ -109,8 +107,6 @@ class Runtime:
         if s.connect_devices:
             self.hub.start()
         if s.engine_enabled:
-            from app.protocol.engine import Engine  # the protocol store imports the API layer, which imports this
-
             self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval,
                                  setpoint_timeout=s.setpoint_timeout)
             self._tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))

@@ -60,7 +60,9 @@ from app.core.live import LiveHub
 from app.core.outage import OutageLog
 from app.core.problems import Problem
 from app.ingest.spool import Spool
+from app.protocol import deviations
 from app.protocol.recipe import AlarmOverride
+from app.protocol.recipes import recipe_of
 from app.records import audit
 from drivers.base import DeviceState, Quality, Reading
 from drivers.devices import DeviceConfig
@@ -442,8 +444,6 @@ class AlarmService:
 
     async def refresh(self, conn: asyncpg.Connection) -> None:
         """Bind devices to their runs: phase-aware definitions, door suppression windows, excursion accounting."""
-        from app.protocol.store import recipe_of  # the store imports the API layer, which imports the runtime
-
         rows = await conn.fetch(
             "SELECT r.id, r.status, r.recipe_id, rc.content, inc.name AS incubator, cs.name AS culture_system, "
             "coalesce((SELECT array_agg(s.step_key) FROM step_status s WHERE s.run_id = r.id "
@@ -778,14 +778,11 @@ async def _upsert_excursion(conn: asyncpg.Connection, ex: _Excursion, now: datet
 async def _open_deviation(conn: asyncpg.Connection, t: _TripRecord) -> dict[str, Any] | None:
     """A deviation on the run opened by the alarm service (actor system), audited; None if it was written before."""
     run_id, rule, description, facts, at = t.run_id, t.rule, t.description, t.facts, t.at
-    got = await conn.fetchval(
-        "INSERT INTO deviation (run_id, step_key, rule, severity, description, facts, opened_at, opened_by, "
-        "record_key) VALUES ($1, NULL, $2, 'deviation', $3, $4::jsonb, $5, $6, $7::uuid) "
-        "ON CONFLICT (record_key) DO NOTHING RETURNING id",
-        run_id, rule, description, audit.to_json_text(facts), at, SYSTEM.label, t.key)
-    if got is None:
+    dev_id = await deviations.open_deviation(conn, run_id, step_key=None, rule=rule, severity="deviation",
+                                             description=description, facts=facts, at=at, opened_by=SYSTEM.label,
+                                             record_key=t.key)
+    if dev_id is None:
         return None
-    dev_id = int(got)
     await audit.record(conn, actor=SYSTEM, action="deviation.open", entity_type="deviation", entity_id=dev_id,
                        old=None, new={"run_id": run_id, "rule": rule, "description": description, "facts": facts},
                        reason="alarm service: excursion rule")

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from app.cli.admin import apikey_app, user_app
 from app.cli.audit import audit_app
+from app.cli.common import configure_logging, settings_with, with_database
 from app.cli.recipe import recipe_app
 from app.cli.run import run_app, step_app
 from app.core.clock import ScaledClock, utcnow
@@ -38,18 +39,6 @@ DEMO_SCALE = 7 * 24 * 60 / 30  # 7 days in 30 minutes
 log = logging.getLogger("culturectl.cli")
 
 
-def _logging(level: str) -> None:
-    from app.runtime import quiet_library_loggers
-
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    quiet_library_loggers()
-
-
-def _settings(**overrides: object) -> Settings:
-    """Environment settings with the command-line options that were given on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-
-
 async def _serve(settings: Settings, clock: ScaledClock | None = None) -> None:
     from app.main import create_app, make_server
 
@@ -63,8 +52,8 @@ def serve(
     time_scale: Annotated[float | None, typer.Option(help="clock seconds per wall second")] = None,
 ) -> None:
     """Run the service (API, live stream, device supervisors, ingest) with settings from CULTURECTL_*."""
-    settings = _settings(host=host, port=port, time_scale=time_scale)
-    _logging(settings.log_level)
+    settings = settings_with(host=host, port=port, time_scale=time_scale)
+    configure_logging(settings.log_level)
     asyncio.run(_serve(settings))
 
 
@@ -128,8 +117,8 @@ def simulate(
     if wrong:
         raise typer.BadParameter(f"{wrong[0].fault} is a fault of the {wrong[0].simulator} simulator, "
                                  f"which is not being run", param_hint="--fault")
-    settings = _settings(time_scale=time_scale)
-    _logging(settings.log_level)
+    settings = settings_with(time_scale=time_scale)
+    configure_logging(settings.log_level)
     kind: Literal["incubator", "culture-system", "all"] = which  # type: ignore[assignment]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulators(kind, settings.make_clock(), host=host, incubator_port=incubator_port,
@@ -157,13 +146,13 @@ def _fault_call(control: str, method: str, path: str, **kwargs: object) -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Apply migrations (to the embedded database when CULTURECTL_DATABASE_URL is unset)."""
-    _with_database(lambda dsn: _migrate(dsn, "upgrade", revision))
+    with_database(lambda dsn: _migrate(dsn, "upgrade", revision))
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. base or -1")]) -> None:
     """Revert migrations down to REVISION."""
-    _with_database(lambda dsn: _migrate(dsn, "downgrade", revision))
+    with_database(lambda dsn: _migrate(dsn, "downgrade", revision))
 
 
 def _migrate(dsn: str, direction: str, revision: str) -> None:
@@ -171,23 +160,6 @@ def _migrate(dsn: str, direction: str, revision: str) -> None:
 
     (db.upgrade if direction == "upgrade" else db.downgrade)(dsn, revision)
     typer.echo(f"database {direction}d to {revision}")
-
-
-def _with_database(action: object) -> None:
-    from app import db
-
-    settings = Settings()
-    _logging(settings.log_level)
-    dsn = settings.database_dsn()
-    embedded = None
-    if dsn is None:
-        embedded = db.EmbeddedPostgres(Path(settings.data_dir) / "pg")
-        dsn = embedded.start()
-    try:
-        action(dsn)  # type: ignore[operator]
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def _free_or(port: int) -> int:
@@ -216,7 +188,7 @@ def demo(
     = True,
 ) -> None:
     """Embedded PostgreSQL + both simulators + the service, on a sped-up clock. Ctrl-C stops it all."""
-    _logging(os.environ.get("CULTURECTL_LOG_LEVEL", "INFO"))
+    configure_logging(os.environ.get("CULTURECTL_LOG_LEVEL", "INFO"))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_demo(port, time_scale, data_dir.resolve(), seed, exit_after, open_browser))
 
@@ -244,6 +216,7 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
         ensure_demo_recipe,
     )
     from app.devices.registry import sync_devices
+    from app.ingest import history
     from app.main import create_app, make_server
     from drivers.devices import dump_devices, load_devices
     from simulators.culture_system import CultureSystemSimulator
@@ -262,7 +235,7 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
         finally:
             await conn.close()
         # Continue the simulated time where the last demo stopped, so reused data stays in order.
-        last = await db.last_telemetry_time(dsn)
+        last = await history.last_telemetry_time(dsn)
         wall = utcnow()
         origin = max(wall, last + timedelta(seconds=1)) if last else wall
         clock = ScaledClock(epoch=wall, scale=scale, origin=origin)

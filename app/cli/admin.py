@@ -6,60 +6,20 @@ started for the command and stopped after it). Every change is audited with the 
 
 from __future__ import annotations
 
-import asyncio
-import getpass
 import json
-import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import asyncpg
 import typer
 
 from app.auth.principal import Role
-
-T = TypeVar("T")
+from app.cli.common import read_password, run_on_database
 
 user_app = typer.Typer(help="User accounts: create, list, disable, enable, unlock.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys for automation scripts: create, list, revoke.", no_args_is_help=True)
 
 ROLES = ", ".join(r.value for r in Role)
-
-
-def _run(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run `action` on a connection to the configured database; a Problem becomes an error message, exit 1."""
-    from app import db
-    from app.cli import _with_database
-    from app.core.problems import Problem
-
-    out: list[T] = []
-
-    async def main(dsn: str) -> None:
-        conn = await db.connect(dsn)
-        try:
-            if not await conn.fetchval("SELECT to_regclass('users') IS NOT NULL"):
-                raise Problem(500, "not-migrated", "Database not migrated",
-                              "the database has no accounts yet: run `culturectl db upgrade` first")
-            out.append(await action(conn))
-        finally:
-            await conn.close()
-
-    try:
-        _with_database(lambda dsn: asyncio.run(main(dsn)))
-    except Problem as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from None
-    return out[0]
-
-
-def _read_password(password_stdin: bool, confirm: bool = True) -> str:
-    if password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    password = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Repeat the password: ") != password:
-        typer.echo("error: the two passwords differ", err=True)
-        raise typer.Exit(1)
-    return password
 
 
 def _fmt(value: Any) -> str:
@@ -117,8 +77,8 @@ def user_create(
     from app.auth.principal import cli_principal
 
     r = _role(role)
-    password = _read_password(password_stdin)
-    row = _run(lambda conn: accounts.create_user(conn, username=username, display_name=display_name, role=r,
+    password = read_password(password_stdin)
+    row = run_on_database(lambda conn: accounts.create_user(conn, username=username, display_name=display_name, role=r,
                                                  password=password, actor=cli_principal(), reason=reason))
     typer.echo(f"user {row['username']} created (id {row['id']}, role {row['role']})")
 
@@ -128,7 +88,7 @@ def user_list(as_json: Annotated[bool, typer.Option("--json", help="JSON instead
     """Every user with role and state (disabled, locked)."""
     from app.auth import accounts
 
-    rows = [accounts.user_public(r) for r in _run(accounts.list_users)]
+    rows = [accounts.user_public(r) for r in run_on_database(accounts.list_users)]
     if as_json:
         _json(rows)
     else:
@@ -143,7 +103,7 @@ def _set_disabled(username: str, disabled: bool, reason: str) -> None:
         return await accounts.set_disabled(conn, await _user_id(conn, username), disabled, actor=cli_principal(),
                                            reason=reason)
 
-    _run(action)
+    run_on_database(action)
     typer.echo(f"user {username} {'disabled' if disabled else 'enabled'}")
 
 
@@ -174,7 +134,7 @@ def user_unlock(
     async def action(conn: asyncpg.Connection) -> Any:
         return await accounts.unlock_user(conn, await _user_id(conn, username), actor=cli_principal(), reason=reason)
 
-    _run(action)
+    run_on_database(action)
     typer.echo(f"user {username} unlocked")
 
 
@@ -194,7 +154,7 @@ def apikey_create(
     from app.auth.principal import cli_principal
 
     r = _role(role)
-    row, key = _run(lambda conn: accounts.create_api_key(conn, name=name, role=r, actor=cli_principal(),
+    row, key = run_on_database(lambda conn: accounts.create_api_key(conn, name=name, role=r, actor=cli_principal(),
                                                          reason=reason))
     typer.echo(f"API key {row['name']} created (id {row['id']}, role {row['role']}); it is shown only now:",
                err=True)
@@ -206,7 +166,7 @@ def apikey_list(as_json: Annotated[bool, typer.Option("--json", help="JSON inste
     """Every API key (never its secret)."""
     from app.auth import accounts
 
-    rows = [accounts.key_public(r) for r in _run(accounts.list_api_keys)]
+    rows = [accounts.key_public(r) for r in run_on_database(accounts.list_api_keys)]
     if as_json:
         _json(rows)
     else:
@@ -229,5 +189,5 @@ def apikey_revoke(
             raise Problem(404, "apikey-not-found", "No such API key", f"there is no API key named {key!r}")
         return await accounts.revoke_api_key(conn, key_id, actor=cli_principal(), reason=reason)
 
-    row = _run(action)
+    row = run_on_database(action)
     typer.echo(f"API key {row['name']} revoked")

@@ -21,7 +21,7 @@ def verify(
 ) -> None:
     """Recompute every row's hash; report ok, or the first broken row (edited, deleted, inserted, reordered)."""
     from app import db
-    from app.cli import _with_database
+    from app.cli.common import with_database
     from app.records import audit
 
     results: list[audit.VerifyResult | None] = []
@@ -37,7 +37,7 @@ def verify(
         finally:
             await conn.close()
 
-    _with_database(lambda dsn: asyncio.run(main(dsn)))
+    with_database(lambda dsn: asyncio.run(main(dsn)))
     result = results[0]
     if result is None:
         typer.echo("error: the database has no audit trail: run `culturectl db upgrade` first", err=True)

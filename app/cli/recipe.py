@@ -48,9 +48,9 @@ def release(
 ) -> None:
     """Release a recipe into the database, signed 'approved' by a QA user (password prompted)."""
     from app.auth.principal import Principal, Role
-    from app.cli.admin import _read_password, _run
+    from app.cli.common import read_password, run_on_database
     from app.core.problems import Problem
-    from app.protocol import store
+    from app.protocol import recipes
     from app.protocol.recipe import RecipeError, load_recipe
 
     try:
@@ -60,15 +60,15 @@ def release(
         for e in exc.errors:
             typer.echo(f"  {e}", err=True)
         raise typer.Exit(1) from None
-    password = _read_password(password_stdin, confirm=False)
+    password = read_password(password_stdin, confirm=False)
 
     async def action(conn: Any) -> tuple[dict[str, Any], bool]:
         row = await conn.fetchrow("SELECT id, username, role FROM users WHERE username = $1", user)
         if row is None:
             raise Problem(404, "user-not-found", "No such user", f"there is no user {user!r}")
         principal = Principal(kind="user", id=int(row["id"]), name=row["username"], role=Role(row["role"]))
-        return await store.release_recipe_as(conn, recipe, principal, password, comment=comment, client="cli")
+        return await recipes.release_recipe_as(conn, recipe, principal, password, comment=comment, client="cli")
 
-    view, created = _run(action)
+    view, created = run_on_database(action)
     verb = "released" if created else "already released (same content)"
     typer.echo(f"{verb}: {view['key']} v{view['version']} (id {view['id']}), content hash {view['content_hash']}")

@@ -66,7 +66,7 @@ async def ensure_demo_accounts(conn: asyncpg.Connection, data_dir: Path) -> Demo
 
 async def ensure_demo_recipe(conn: asyncpg.Connection) -> int:
     """The id of the default recipe, released (signed 'approved' by the demo QA user) unless it is released."""
-    from app.protocol import store
+    from app.protocol import recipes
     from app.protocol.recipe import default_recipe
 
     recipe = default_recipe()
@@ -77,7 +77,7 @@ async def ensure_demo_recipe(conn: asyncpg.Connection) -> int:
     if user is None:
         raise LookupError("the demo QA user does not exist: call ensure_demo_accounts first")
     qa = Principal(kind="user", id=int(user["id"]), name="qa", role=Role.QA)
-    view, _ = await store.release_recipe_as(conn, recipe, qa, DEMO_PASSWORD, comment="demo: default recipe")
+    view, _ = await recipes.release_recipe_as(conn, recipe, qa, DEMO_PASSWORD, comment="demo: default recipe")
     return int(view["id"])
 
 
@@ -101,15 +101,15 @@ async def active_demo_run(conn: asyncpg.Connection) -> DemoRun | None:
 
 async def create_demo_run(conn: asyncpg.Connection, now: datetime, t0: datetime) -> DemoRun:
     """A demo run on the demo devices, planned T0 `t0` (a small patient: the simulated harvest fits its dose)."""
-    from app.protocol import store
+    from app.protocol import runs, schemas
     from app.protocol.recipe import default_recipe
 
     recipe = default_recipe()
     hsct = t0 + timedelta(hours=recipe.planning.infusion_after_t0_hours) - timedelta(
         days=recipe.planning.planned_infusion_day)
-    body = store.RunCreate(recipe_key=recipe.key, donor_id="DEMO-DONOR-1", patient_id="DEMO-PATIENT-1",
+    body = schemas.RunCreate(recipe_key=recipe.key, donor_id="DEMO-DONOR-1", patient_id="DEMO-PATIENT-1",
                            patient_weight_kg=8, target_dose_per_kg=1.5e6, cell_source="mobilized", hsct_at=hsct,
                            planned_t0=t0, incubator="incubator-1", culture_system="culture-system-1",
                            vessel_ids=["DEMO-V1"], reason="demo run")
-    view = await store.create_run(conn, body, principal=DEMO_ACTOR, now=now, client=None)
+    view = await runs.create_run(conn, body, principal=DEMO_ACTOR, now=now, client=None)
     return DemoRun(int(view["id"]), str(view["code"]), t0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from app import db
 from app.db import DBConnection
 from drivers.base import MAX_MAGNITUDE, Quality
 
@@ -194,3 +195,21 @@ async def latest_values(conn: DBConnection) -> list[LatestValue]:
         LatestValue(int(r["id"]), r["key"], r["unit"], r["time"], r["value"], Quality(r["quality"]))
         for r in rows
     ]
+
+
+async def last_telemetry_time(dsn: str) -> datetime | None:
+    """Time of the newest stored reading of any registered channel (None when there is none)."""
+    conn = await db.connect(dsn)
+    try:
+        # per channel through the primary key: max(time) over the whole plain table would scan it
+        value = await conn.fetchval(
+            """
+            SELECT max(t.time) FROM channel c
+            CROSS JOIN LATERAL (
+                SELECT time FROM telemetry WHERE channel_id = c.id ORDER BY time DESC LIMIT 1
+            ) t
+            """
+        )
+    finally:
+        await conn.close()
+    return value if isinstance(value, datetime) else None

@@ -49,7 +49,7 @@ from app.core.live import LiveHub
 from app.core.outage import OutageLog
 from app.core.problems import Problem
 from app.devices.hub import DeviceHub
-from app.protocol import planner, store
+from app.protocol import deviations, planner, recipes, runs
 from app.protocol.planner import ACTIONABLE, AbsWindow, StepPlan, StepStatus
 from app.protocol.recipe import Recipe
 from app.records import audit
@@ -115,7 +115,7 @@ def decide(recipe: Recipe, run_status: str, plan: Iterable[StepPlan], persisted:
     """The actions of one tick for one run: pure, from the plan and what was persisted last time."""
     steps = list(plan)
     have_deviation = set(missed_deviations)
-    if run_status in store.CLOSED:
+    if run_status in runs.CLOSED:
         done = tuple(Transition(p.key, _status(persisted.get(p.key)), p.status, p.window) for p in steps
                      if p.status == "done" and persisted.get(p.key) != "done")
         return Actions(transitions=done)
@@ -230,8 +230,8 @@ class Engine:
         devices: dict[str, str | None] = {}
         async with self.pool.acquire() as conn, conn.transaction():
             # The run's row lock serializes the engine with step posts, holds and resumes of this run.
-            run = await store.run_row(conn, run_id, lock=True)
-            recipe = store.recipe_of(await store.recipe_row(conn, int(run["recipe_id"])))
+            run = await runs.run_row(conn, run_id, lock=True)
+            recipe = recipes.recipe_of(await recipes.recipe_row(conn, int(run["recipe_id"])))
             now = self.clock.now()
             records = await conn.fetch("SELECT step_key, posted_at, override FROM step_record WHERE run_id = $1",
                                        run_id)
@@ -240,9 +240,7 @@ class Engine:
             plan = planner.plan(recipe, t0, now, recs)
             persisted = {r["step_key"]: str(r["status"]) for r in await conn.fetch(
                 "SELECT step_key, status FROM step_status WHERE run_id = $1", run_id)}
-            missed = {str(r["step_key"]) for r in await conn.fetch(
-                "SELECT step_key FROM deviation WHERE run_id = $1 AND rule = $2 AND step_key IS NOT NULL",
-                run_id, MISSED_RULE)}
+            missed = await deviations.rules_opened(conn, run_id, MISSED_RULE)
             actions = decide(recipe, str(run["status"]), plan, persisted, missed, now)
             if actions.empty:
                 return
@@ -266,10 +264,10 @@ class Engine:
                 result.transitions += 1
             for d in actions.deviations:
                 facts = {"rule": MISSED_RULE, "step": d.step_key, "window": d.window.as_dict(), "now": now.isoformat()}
-                dev_id = int(await conn.fetchval(
-                    "INSERT INTO deviation (run_id, step_key, rule, severity, description, facts, opened_at, "
-                    "opened_by) VALUES ($1, $2, $3, 'deviation', $4, $5::jsonb, $6, $7) RETURNING id",
-                    run_id, d.step_key, MISSED_RULE, d.description, json.dumps(facts), now, SYSTEM.label))
+                dev_id = await deviations.open_deviation(
+                    conn, run_id, step_key=d.step_key, rule=MISSED_RULE, severity="deviation",
+                    description=d.description, facts=facts, at=now, opened_by=SYSTEM.label)
+                assert dev_id is not None
                 await audit.record(conn, actor=SYSTEM, action="deviation.open", entity_type="deviation",
                                    entity_id=dev_id, old=None,
                                    new={"run_id": run_id, "step_key": d.step_key, "rule": MISSED_RULE,

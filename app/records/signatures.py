@@ -13,7 +13,7 @@ Records that can be signed are registered by type with a loader returning the ca
 
 Later features then require signatures by configuration, not new code:
 `await require_signatures_for(conn, "protocol_step", step_id, "complete")` (or `require_signatures` with
-explicit meanings, or the `signatures_required(...)` route dependency) raises 409 naming what is missing.
+explicit meanings) raises 409 naming what is missing.
 To sign as part of an endpoint's own change, embed `SignatureInput` in its body, call
 `authenticate_signer` BEFORE opening the transaction (so a wrong password is recorded and counts toward
 the lockout even though the change is refused), then `sign_within` inside it.
@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import ConnectionDep
 from app.auth import accounts
 from app.auth.principal import Principal
 from app.core.problems import Problem
@@ -296,13 +294,3 @@ async def require_signatures_for(conn: DBConnection, entity_type: str, entity_id
     if gate not in signable.requires:
         raise KeyError(f"{entity_type} has no signature gate {gate!r} (registered: {sorted(signable.requires)})")
     await require_signatures(conn, entity_type, entity_id, signable.requires[gate])
-
-
-def signatures_required(entity_type: str, gate: str, *, id_param: str = "id") -> Any:
-    """A route dependency: 409 unless the record named by path parameter `id_param` has the gate's signatures."""
-
-    async def dependency(request: Request, conn: ConnectionDep) -> None:
-        await require_signatures_for(conn, entity_type, request.path_params[id_param], gate)
-
-    return Depends(dependency)
-

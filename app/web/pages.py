@@ -26,7 +26,7 @@ from app.api.routes import audit as audit_api
 from app.api.security import CurrentPrincipal
 from app.auth.principal import Principal
 from app.core.problems import Problem
-from app.protocol import store
+from app.protocol import deviations, recipes, runs
 from app.runtime import Runtime
 from app.web import views
 
@@ -133,11 +133,11 @@ def _device_states(runtime: Runtime) -> list[dict[str, Any]]:
 
 async def _run_cards(conn: asyncpg.Connection, runtime: Runtime) -> list[dict[str, Any]]:
     now = runtime.clock.now()
-    rows = [r for r in await store.list_runs(conn, None, 200) if r["status"] in ACTIVE_RUN_STATES]
+    rows = [r for r in await runs.list_runs(conn, None, 200) if r["status"] in ACTIVE_RUN_STATES]
     alarms = _alarm_views(runtime)
     cards = []
     for row in sorted(rows, key=lambda r: r["id"]):
-        run = await store.run_view(conn, int(row["id"]), now)
+        run = await runs.run_view(conn, int(row["id"]), now)
         devices = _run_devices(run)
         cards.append({**_card(run, now), "alarms": views.alarm_summary(a for a in alarms if a["device"] in devices)})
     return cards
@@ -154,10 +154,10 @@ def _card(run: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 async def _run_and_recipe(conn: asyncpg.Connection, run_id: int, now: datetime) -> tuple[dict[str, Any], Any]:
-    run = await store.run_view(conn, run_id, now)
+    run = await runs.run_view(conn, run_id, now)
     recipe = None
     if run.get("recipe"):
-        recipe = store.recipe_of(await store.recipe_row(conn, int(run["recipe"]["id"])))
+        recipe = recipes.recipe_of(await recipes.recipe_row(conn, int(run["recipe"]["id"])))
     return run, recipe
 
 
@@ -215,7 +215,7 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
                  groups=views.group_alarms(_alarm_views(runtime, devices)),
                  empty_text="No active alarms on this run's devices", devices=[d for d in _device_states(runtime)
                                                                   if d["name"] in devices],
-                 deviations=await store.list_deviations(conn, run_id, None, 200),
+                 deviations=await deviations.list_deviations(conn, run_id, None, 200),
                  sse_channels=",".join(c["channel"] for c in charts))
 
 
@@ -304,7 +304,7 @@ async def alarms_fragment(request: Request, principal: CurrentPrincipal, runtime
 async def timeline_fragment(run_id: int, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
                             runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
-    run = await store.run_view(conn, run_id, now)
+    run = await runs.run_view(conn, run_id, now)
     return _fragment(request, "fragments/timeline.html", run=run, card=_card(run, now),
                      timeline=views.timeline(run.get("schedule") or [], now))
 
@@ -313,6 +313,6 @@ async def timeline_fragment(run_id: int, request: Request, principal: CurrentPri
 async def record_fragment(run_id: int, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
                           runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
-    run = await store.run_view(conn, run_id, now)
+    run = await runs.run_view(conn, run_id, now)
     return _fragment(request, "fragments/run_record.html", run=run, card=_card(run, now),
-                     deviations=await store.list_deviations(conn, run_id, None, 200))
+                     deviations=await deviations.list_deviations(conn, run_id, None, 200))

@@ -7,7 +7,7 @@ from typing import Any
 
 from app import db
 from app.auth.principal import Principal, Role, cli_principal
-from app.protocol import store
+from app.protocol import recipes, runs, schemas
 from app.protocol.recipe import default_recipe
 from tests.api.conftest import Service
 
@@ -45,7 +45,7 @@ async def ensure_recipe(service: Service) -> int:
     conn = await db.connect(service.dsn)
     try:
         qa = Principal(kind="user", id=user_id, name=username, role=Role.QA)
-        view, _ = await store.release_recipe_as(conn, RECIPE, qa, password)
+        view, _ = await recipes.release_recipe_as(conn, RECIPE, qa, password)
         return int(view["id"])
     finally:
         await conn.close()
@@ -64,10 +64,10 @@ async def make_run(service: Service, now: datetime, *, t0: datetime | None = Non
     """A planned run (through the store, as the command line) whose T0 is `t0` (default: 10 h after `now`)."""
     await ensure_recipe(service)
     t0 = t0 or now + timedelta(hours=10)
-    body = store.RunCreate.model_validate(run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat()))
+    body = schemas.RunCreate.model_validate(run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat()))
     conn = await db.connect(service.dsn)
     try:
-        view = await store.create_run(conn, body, principal=cli_principal(), now=now, client=None)
+        view = await runs.create_run(conn, body, principal=cli_principal(), now=now, client=None)
         if status is not None:
             await conn.execute("UPDATE culture_run SET status = $2, t0 = coalesce(t0, planned_t0) WHERE id = $1",
                                view["id"], status)

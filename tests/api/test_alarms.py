@@ -18,7 +18,7 @@ from app import db
 from app.alarms.service import AlarmService
 from app.auth.principal import Role, cli_principal
 from app.core.clock import ManualClock
-from app.protocol import store
+from app.protocol import runs, schemas
 from drivers.base import DeviceState, Quality, Reading
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import ensure_recipe, run_body
@@ -66,12 +66,12 @@ async def _run(env: Env, status: str, in_window: dict[str, str]) -> int:
     """A run on incubator-1 in `status`, with the given steps' persisted statuses (what the engine last saw)."""
     await ensure_recipe(env.svc)
     t0 = env.clock.now()
-    body = store.RunCreate.model_validate(run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
+    body = schemas.RunCreate.model_validate(run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
                                                    incubator="incubator-1", culture_system="culture-system-1"))
     conn = await db.connect(env.svc.dsn)
     try:
         await conn.execute("UPDATE culture_run SET status = 'completed' WHERE status IN ('planned','running','held')")
-        view = await store.create_run(conn, body, principal=cli_principal(), now=env.clock.now(), client=None)
+        view = await runs.create_run(conn, body, principal=cli_principal(), now=env.clock.now(), client=None)
         run_id = int(view["id"])
         await conn.execute("UPDATE culture_run SET status = $2, t0 = planned_t0 WHERE id = $1", run_id, status)
         for key, st in in_window.items():

@@ -11,6 +11,7 @@ import pytest
 
 from app import db
 from app.devices.registry import sync_devices
+from app.ingest import history
 from app.ingest.history import BucketPoint, RawPoint, TooManyPoints, latest_values, query_telemetry
 from drivers.base import Quality
 from drivers.devices import DeviceConfig
@@ -176,7 +177,7 @@ async def test_latest_values(conn: asyncpg.Connection, db_dsn: str) -> None:
     # rows read like asyncpg records too (the API builds responses from either)
     assert latest["inc-latest.temperature"]["channel_id"] == temp
     assert dict(latest["inc-latest.co2"])["quality"] is Quality.BAD
-    assert await db.last_telemetry_time(db_dsn) == T0 + STEP
+    assert await history.last_telemetry_time(db_dsn) == T0 + STEP
 
 
 async def test_bucketed_queries_average_good_values_only_and_never_overflow(conn: asyncpg.Connection) -> None:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.auth.principal import Role
-from app.control.rules import RATE_LIMITS, BoundRun
 from app.control import rules as control
+from app.control.rules import RATE_LIMITS, BoundRun
 from drivers.base import DeviceState, PointSpec
 from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS
 

@@ -1,7 +1,7 @@
 """A hypothesis state machine over the pure protocol functions: random steps posted at random clock times.
 
 The model is one culture run in memory (status, T0, recorded steps, deviations, the engine's persisted statuses).
-Posting a step mirrors `store._check_step` / `store.post_step` in order: the run state first (planned: only the
+Posting a step mirrors `steps._check_step` / `steps.post_step` in order: the run state first (planned: only the
 T0 step and its preparation steps; running: any step; held, completed, aborted: refused), then
 `planner.check_step_post` (an override is a supervisor's, or QA's for the release step); an accepted release also
 needs no open deviation (checked before its own override deviation opens). An `accept_with_deviation` decision
@@ -22,6 +22,8 @@ import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from app.protocol.runs import CLOSED
+from app.protocol.steps import release_step
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -29,7 +31,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from app.protocol import planner
 from app.protocol.engine import MISSED_RULE, decide
 from app.protocol.recipe import Recipe, default_recipe
-from app.protocol.store import CLOSED, release_step
 
 R: Recipe = default_recipe()
 PLANNED_T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)

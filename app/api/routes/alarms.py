@@ -15,7 +15,7 @@ from app.alarms.service import Action, AlarmService
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
-from app.protocol import store
+from app.protocol import runs
 from app.runtime import Runtime
 
 router = APIRouter(prefix="/alarms", tags=["alarms"])
@@ -144,7 +144,7 @@ async def return_to_service(alarm_id: str, body: AlarmComment, principal: Curren
                  summary="Time and integral outside the band per channel of a run (batch record)")
 async def excursions(run_id: int, principal: CurrentPrincipal, conn: ConnectionDep,
                      runtime: RuntimeDep) -> dict[str, Any]:
-    await store.run_row(conn, run_id)  # 404 for an unknown run
+    await runs.run_row(conn, run_id)  # 404 for an unknown run
     if runtime.alarms is not None:
         await runtime.alarms.flush()
     rows = await conn.fetch("SELECT * FROM excursion WHERE run_id = $1 ORDER BY channel", run_id)

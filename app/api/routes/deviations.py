@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.security import CurrentPrincipal, client_address
-from app.protocol import store
+from app.protocol import deviations, schemas
 from app.records import signatures
 
 router = APIRouter(prefix="/deviations", tags=["deviations"])
@@ -21,28 +21,28 @@ async def list_deviations(
     status: Annotated[Literal["open", "closed"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
-    return await store.list_deviations(conn, run_id, status, limit)
+    return await deviations.list_deviations(conn, run_id, status, limit)
 
 
 @router.get("/{deviation_id}", summary="One deviation with its facts and comments")
 async def get_deviation(deviation_id: int, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
-    return await store.deviation_view(conn, deviation_id)
+    return await deviations.deviation_view(conn, deviation_id)
 
 
 @router.post("/{deviation_id}/comments", status_code=201, summary="Comment on a deviation (any user)")
-async def comment(deviation_id: int, body: store.CommentIn, principal: CurrentPrincipal, request: Request,
+async def comment(deviation_id: int, body: schemas.CommentIn, principal: CurrentPrincipal, request: Request,
                   conn: ConnectionDep) -> dict[str, Any]:
-    return await store.comment_deviation(conn, deviation_id, body.text, principal=principal,
+    return await deviations.comment_deviation(conn, deviation_id, body.text, principal=principal,
                                          client=client_address(request))
 
 
 @router.post("/{deviation_id}/close", summary="Close a deviation (QA): reason + signature 'approved'")
-async def close(deviation_id: int, body: store.SignedReason, principal: CurrentPrincipal, request: Request,
+async def close(deviation_id: int, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
                 conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
-    await store.deviation_view(conn, deviation_id, comments=False)  # 404 before asking for the password
+    await deviations.deviation_view(conn, deviation_id, comments=False)  # 404 before asking for the password
     signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="deviation",
                                                   entity_id=str(deviation_id), client=client,
                                                   threshold=runtime.settings.lockout_threshold)
-    return await store.close_deviation(conn, deviation_id, body, principal=principal, signer=signer,
+    return await deviations.close_deviation(conn, deviation_id, body, principal=principal, signer=signer,
                                        now=runtime.clock.now(), client=client)

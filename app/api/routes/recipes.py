@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
-from app.protocol import store
+from app.protocol import recipes
 from app.protocol.recipe import RecipeError, parse_recipe
 from app.records import signatures
 
@@ -40,16 +40,16 @@ async def release_recipe(body: RecipeRelease, principal: CurrentPrincipal, reque
     signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="recipe",
                                                   entity_id=f"{recipe.key}/{recipe.version}", client=client,
                                                   threshold=runtime.settings.lockout_threshold)
-    view, created = await store.release_recipe(conn, recipe, principal=principal, signer=signer,
+    view, created = await recipes.release_recipe(conn, recipe, principal=principal, signer=signer,
                                                signature=body.signature, client=client)
     return view if created else JSONResponse(view, status_code=200)
 
 
 @router.get("", summary="Released recipes (key, version, content hash, steps)")
 async def list_recipes(principal: CurrentPrincipal, conn: ConnectionDep) -> list[dict[str, Any]]:
-    return await store.list_recipes(conn)
+    return await recipes.list_recipes(conn)
 
 
 @router.get("/{key}/{version}", summary="One released recipe with its content")
 async def get_recipe(key: str, version: int, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
-    return store.recipe_view(await store.find_recipe(conn, key, version), with_content=True)
+    return recipes.recipe_view(await recipes.find_recipe(conn, key, version), with_content=True)

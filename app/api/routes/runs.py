@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
+from app.api import idempotency
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
-from app.protocol import store
+from app.protocol import runs, schemas, steps
 from app.records import audit, signatures
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -18,9 +19,9 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 
 @router.post("", status_code=201,
              summary="Plan a run from a released recipe (operator, supervisor, admin): T0 proposal, infusion warning")
-async def create_run(body: store.RunCreate, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+async def create_run(body: schemas.RunCreate, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
                      runtime: RuntimeDep) -> dict[str, Any]:
-    return await store.create_run(conn, body, principal=principal, now=runtime.clock.now(),
+    return await runs.create_run(conn, body, principal=principal, now=runtime.clock.now(),
                                   client=client_address(request))
 
 
@@ -30,65 +31,64 @@ async def list_runs(
     status: Literal["planned", "running", "held", "completed", "aborted"] | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    return await store.list_runs(conn, status, max(1, min(limit, 1000)))
+    return await runs.list_runs(conn, status, max(1, min(limit, 1000)))
 
 
 @router.get("/{run_id}", summary="A run with its schedule (windows, step states), next due step, dose, deviations")
 async def get_run(run_id: int, principal: CurrentPrincipal, conn: ConnectionDep,
                   runtime: RuntimeDep) -> dict[str, Any]:
-    return await store.run_view(conn, run_id, runtime.clock.now())
+    return await runs.run_view(conn, run_id, runtime.clock.now())
 
 
 @router.post("/{run_id}/steps/{step_key}", status_code=201,
              summary="Record a step (operator, supervisor, QA, automation): windows, order, inputs, acceptance")
 async def post_step(
-    run_id: int, step_key: str, body: store.StepPost, principal: CurrentPrincipal, request: Request,
+    run_id: int, step_key: str, body: schemas.StepPost, principal: CurrentPrincipal, request: Request,
     conn: ConnectionDep, runtime: RuntimeDep,
     idempotency_key: Annotated[str | None, Header(max_length=200,
                                                   description="same key + same body: the first answer again")] = None,
 ) -> Any:
-    idem: tuple[str, str] | None = None
+    path = f"/api/v1/runs/{run_id}/steps/{step_key}"
+    digest = audit.canonical_hash({"path": path, "body": body.model_dump(
+        mode="json", exclude={"signature": {"password"}})})
     if idempotency_key is not None:
-        path = f"/api/v1/runs/{run_id}/steps/{step_key}"
-        digest = audit.canonical_hash({"path": path, "body": body.model_dump(
-            mode="json", exclude={"signature": {"password"}})})
-        replay = await store.idempotent_reply(conn, principal, idempotency_key, path, digest)
+        replay = await idempotency.stored_reply(conn, principal, idempotency_key, path, digest)
         if replay is not None:
             return JSONResponse(replay[1], status_code=replay[0], headers={"Idempotent-Replayed": "true"})
-        idem = (idempotency_key, digest)
+    reply = None if idempotency_key is None else idempotency.store_reply(principal, idempotency_key, path, digest)
     try:
-        return await store.post_step(conn, run_id, step_key, body, principal=principal, now=runtime.clock.now(),
+        return await steps.post_step(conn, run_id, step_key, body, principal=principal, now=runtime.clock.now(),
                                      client=client_address(request), threshold=runtime.settings.lockout_threshold,
-                                     idempotency=idem)
+                                     reply=reply)
     except Problem:
-        if idem is not None:  # a concurrent request with the same key may have won: answer as it did
-            replay = await store.idempotent_reply(conn, principal, idem[0], path, idem[1])
+        if idempotency_key is not None:  # a concurrent request with the same key may have won: answer as it did
+            replay = await idempotency.stored_reply(conn, principal, idempotency_key, path, digest)
             if replay is not None:
                 return JSONResponse(replay[1], status_code=replay[0], headers={"Idempotent-Replayed": "true"})
         raise
 
 
 @router.post("/{run_id}/hold", summary="Hold a running run (supervisor, QA), with a reason")
-async def hold(run_id: int, body: store.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+async def hold(run_id: int, body: schemas.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
                runtime: RuntimeDep) -> dict[str, Any]:
-    return await store.hold_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
+    return await runs.hold_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
                                 client=client_address(request))
 
 
 @router.post("/{run_id}/resume", summary="Resume a held run (QA): reason + signature 'approved'")
-async def resume(run_id: int, body: store.SignedReason, principal: CurrentPrincipal, request: Request,
+async def resume(run_id: int, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
                  conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
-    await store.run_row(conn, run_id)  # 404 before asking for the password
+    await runs.run_row(conn, run_id)  # 404 before asking for the password
     signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="culture_run",
                                                   entity_id=str(run_id), client=client,
                                                   threshold=runtime.settings.lockout_threshold)
-    return await store.resume_run(conn, run_id, body, principal=principal, signer=signer, now=runtime.clock.now(),
+    return await runs.resume_run(conn, run_id, body, principal=principal, signer=signer, now=runtime.clock.now(),
                                   client=client)
 
 
 @router.post("/{run_id}/abort", summary="Abort a run (supervisor, QA), with a reason; it never changes again")
-async def abort(run_id: int, body: store.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+async def abort(run_id: int, body: schemas.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
                 runtime: RuntimeDep) -> dict[str, Any]:
-    return await store.abort_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
+    return await runs.abort_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
                                  client=client_address(request))

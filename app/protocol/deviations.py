@@ -1,0 +1,125 @@
+"""Deviations of culture runs: the one place that opens, comments and closes them.
+
+Opened by step posts (out-of-window overrides, acceptance limits, dose), by the schedule engine (missed steps) and
+by the alarm service (excursion rules); commented by anyone who works the run; closed by QA with a signature. A
+deviation written from the alarm service's spool carries a record key, so a replay never opens it twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from app.auth.principal import Principal
+from app.core.problems import Problem
+from app.db import DBConnection
+from app.protocol.common import json_ready, not_found, require_meaning
+from app.protocol.schemas import SignedReason
+from app.records import audit, signatures
+from app.records.signatures import Signer
+
+
+@signatures.register_signable("deviation", description="a deviation of a culture run: rule, status, closure",
+                              requires={"close": ("approved",)})
+async def _load_deviation(conn: DBConnection, entity_id: str) -> Mapping[str, Any] | None:
+    if not entity_id.isdigit():
+        return None
+    row = await conn.fetchrow(
+        "SELECT id, run_id, step_key, rule, severity, description, opened_at, opened_by, status, closed_at, "
+        "closed_by, close_reason FROM deviation WHERE id = $1", int(entity_id))
+    return dict(row) if row is not None else None
+
+
+async def open_deviation(conn: DBConnection, run_id: int, *, step_key: str | None, rule: str, severity: str,
+                         description: str, facts: Any, at: datetime, opened_by: str,
+                         record_key: str | None = None) -> int | None:
+    """Open a deviation on a run; the id, or None when `record_key` was written before (a replay).
+
+    The caller writes the audit record in the same transaction (it knows why the deviation opened).
+    """
+    got = await conn.fetchval(
+        "INSERT INTO deviation (run_id, step_key, rule, severity, description, facts, opened_at, opened_by, "
+        "record_key) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::uuid) "
+        "ON CONFLICT (record_key) DO NOTHING RETURNING id",
+        run_id, step_key, rule, severity, description, audit.to_json_text(facts), at, opened_by, record_key)
+    return None if got is None else int(got)
+
+
+async def count_open(conn: DBConnection, run_id: int) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM deviation WHERE run_id = $1 AND status = 'open'",
+                                   run_id) or 0)
+
+
+async def open_ids(conn: DBConnection, run_id: int) -> list[int]:
+    return [int(r["id"]) for r in await conn.fetch(
+        "SELECT id FROM deviation WHERE run_id = $1 AND status = 'open' ORDER BY id", run_id)]
+
+
+async def rules_opened(conn: DBConnection, run_id: int, rule: str) -> set[str]:
+    """The steps of a run that have a deviation of `rule` (the engine opens one missed-step deviation per step)."""
+    return {str(r["step_key"]) for r in await conn.fetch(
+        "SELECT step_key FROM deviation WHERE run_id = $1 AND rule = $2 AND step_key IS NOT NULL", run_id, rule)}
+
+
+DEVIATION_COLUMNS = ("id, run_id, step_key, rule, severity, description, facts, opened_at, opened_by, status, "
+                     "closed_at, closed_by, close_reason")
+
+
+async def deviation_view(conn: DBConnection, deviation_id: int, *, comments: bool = True) -> dict[str, Any]:
+    row = await conn.fetchrow(f"SELECT {DEVIATION_COLUMNS} FROM deviation WHERE id = $1", deviation_id)
+    if row is None:
+        raise not_found("deviation", f"there is no deviation with id {deviation_id}")
+    out: dict[str, Any] = dict(row)
+    out["facts"] = None if row["facts"] is None else json.loads(row["facts"])
+    if comments:
+        out["comments"] = [dict(c) for c in await conn.fetch(
+            "SELECT id, at, author, text FROM deviation_comment WHERE deviation_id = $1 ORDER BY id", deviation_id)]
+    return dict(json_ready(out))
+
+
+async def list_deviations(conn: DBConnection, run_id: int | None, status: str | None,
+                          limit: int = 200) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {DEVIATION_COLUMNS} FROM deviation WHERE ($1::bigint IS NULL OR run_id = $1) "
+        "AND ($2::text IS NULL OR status = $2) ORDER BY id LIMIT $3", run_id, status, limit)
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["facts"] = None if r["facts"] is None else json.loads(r["facts"])
+        out.append(json_ready(d))
+    return out
+
+
+async def comment_deviation(conn: DBConnection, deviation_id: int, text: str, *, principal: Principal,
+                            client: str | None) -> dict[str, Any]:
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT 1 FROM deviation WHERE id = $1", deviation_id):
+            raise not_found("deviation", f"there is no deviation with id {deviation_id}")
+        cid = await conn.fetchval("INSERT INTO deviation_comment (deviation_id, author, text) VALUES ($1, $2, $3) "
+                                  "RETURNING id", deviation_id, principal.label, text)
+        await audit.record(conn, actor=principal, action="deviation.comment", entity_type="deviation",
+                           entity_id=deviation_id, old=None, new={"comment_id": cid, "text": text}, reason=None,
+                           client=client)
+    return await deviation_view(conn, deviation_id)
+
+
+async def close_deviation(conn: DBConnection, deviation_id: int, body: SignedReason, *, principal: Principal,
+                          signer: Signer, now: datetime, client: str | None) -> dict[str, Any]:
+    require_meaning(body.signature, "approved", "closing a deviation")
+    async with conn.transaction():
+        row = await conn.fetchrow("SELECT status FROM deviation WHERE id = $1 FOR UPDATE", deviation_id)
+        if row is None:
+            raise not_found("deviation", f"there is no deviation with id {deviation_id}")
+        if row["status"] != "open":
+            raise Problem(409, "deviation-closed", "Deviation already closed",
+                          f"deviation {deviation_id} is already closed", rule="deviation_closed")
+        await conn.execute("UPDATE deviation SET status = 'closed', closed_at = $2, closed_by = $3, close_reason = $4 "
+                           "WHERE id = $1", deviation_id, now, principal.label, body.reason)
+        await audit.record(conn, actor=principal, action="deviation.close", entity_type="deviation",
+                           entity_id=deviation_id, old={"status": "open"},
+                           new={"status": "closed", "closed_at": now}, reason=body.reason, client=client)
+        await signatures.sign_within(conn, signer, body.signature, entity_type="deviation",
+                                     entity_id=str(deviation_id), client=client)
+    return await deviation_view(conn, deviation_id)
