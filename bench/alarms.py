@@ -58,7 +58,8 @@ def _service_run(series: list[tuple[datetime, float]], excursion: bool) -> float
     """The service's hot path: `AlarmService.on_reading` for the incubator temperature (all its alarms, and the run's
     excursion accounting when bound), live stream publishing included; no database."""
     from app.alarms.excursion import ExcursionState, default_rules
-    from app.alarms.service import AlarmService, _Excursion
+    from app.alarms.journal import Excursion
+    from app.alarms.service import AlarmService
     from app.core.clock import ManualClock
     from app.core.live import LiveHub
     from drivers.base import Reading
@@ -67,7 +68,7 @@ def _service_run(series: list[tuple[datetime, float]], excursion: bool) -> float
     dev = DeviceConfig(name="inc1", kind="incubator", protocol="opcua", endpoint="opc.tcp://127.0.0.1:1/x")
     svc = AlarmService(ManualClock(T0), LiveHub(history=100), [dev])
     if excursion:
-        svc._excursions["inc1.temperature"] = [_Excursion(1, "inc1.temperature", default_rules()[0], ExcursionState())]
+        svc._excursions["inc1.temperature"] = [Excursion(1, "inc1.temperature", default_rules()[0], ExcursionState())]
     readings = [Reading("inc1.temperature", v, at) for at, v in series]
     start = time.perf_counter()
     for r in readings:

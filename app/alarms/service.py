@@ -18,9 +18,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,6 +28,7 @@ from typing import Any, Literal
 import asyncpg
 
 from app import db
+from app.alarms import journal
 from app.alarms.evaluate import (
     AlarmState,
     IllegalTransition,
@@ -45,6 +44,7 @@ from app.alarms.evaluate import (
     unshelve,
 )
 from app.alarms.excursion import ExcursionRule, ExcursionState, Trip, add_sample
+from app.alarms.journal import Alarm, DeviationTrip, Excursion, JournalEvent
 from app.alarms.model import (
     AlarmDefinition,
     AlarmStatus,
@@ -54,13 +54,13 @@ from app.alarms.model import (
     StaleAlarm,
     default_definitions,
 )
-from app.auth.principal import SYSTEM, Principal
+from app.auth.principal import Principal
 from app.core.clock import Clock
 from app.core.live import LiveHub
 from app.core.outage import OutageLog
 from app.core.problems import Problem
 from app.ingest.spool import Spool
-from app.protocol import deviations
+from app.protocol import runs
 from app.protocol.recipe import AlarmOverride
 from app.protocol.recipes import recipe_of
 from app.records import audit
@@ -83,44 +83,6 @@ _HISTORIAN_DEF = CommLossAlarm(
 
 
 @dataclass
-class Alarm:
-    """One alarm of the service: a definition on a channel (or a device), its state and the run it serves."""
-
-    id: str
-    channel: str
-    device: str
-    defn: AlarmDefinition
-    state: AlarmState
-    run_id: int | None = None
-    active_since: datetime | None = None
-    changed_at: datetime | None = None
-
-    @property
-    def point(self) -> str | None:
-        return self.channel.partition(".")[2] or None
-
-    def priority(self) -> str:
-        sev = self.state.active
-        return (self.defn.priority_of(sev) if sev is not None else self.defn.priority).value
-
-    def view(self) -> dict[str, Any]:
-        """What the API and the stream show of the alarm."""
-        st = self.state
-        return {
-            "id": self.id, "channel": self.channel, "device": self.device, "point": self.point,
-            "name": self.defn.name, "kind": self.defn.kind, "description": self.defn.description,
-            "priority": self.priority(), "status": st.status.value,
-            "severity": st.active.value if st.active is not None else None,
-            "value": st.last_value, "active_since": _iso(self.active_since), "changed_at": _iso(self.changed_at),
-            "mode_until": _iso(st.mode_until), "run_id": self.run_id,
-        }
-
-
-def _iso(t: datetime | None) -> str | None:
-    return None if t is None else t.isoformat()
-
-
-@dataclass
 class _Binding:
     """A run a device serves: its recipe's alarm overrides, excursion rules and the steps in their window."""
 
@@ -130,37 +92,6 @@ class _Binding:
     door_steps: frozenset[str]
     overrides: tuple[AlarmOverride, ...]
     excursions: tuple[ExcursionRule, ...]
-
-
-@dataclass
-class _Excursion:
-    run_id: int
-    channel: str
-    rule: ExcursionRule
-    state: ExcursionState
-    dirty: bool = False
-
-
-@dataclass
-class _Event:
-    alarm: Alarm
-    row: dict[str, Any]
-    transition: Transition
-    actor: str | None = None
-    comment: str | None = None
-    key: str = field(default_factory=lambda: str(uuid.uuid4()))  # makes a replay from the spool idempotent
-
-
-@dataclass(frozen=True)
-class _TripRecord:
-    """A deviation an excursion rule opens on a run, waiting to be written."""
-
-    run_id: int
-    rule: str
-    description: str
-    facts: dict[str, Any]
-    at: datetime
-    key: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 @dataclass
@@ -184,10 +115,10 @@ class AlarmService:
     _by_channel: dict[str, list[Alarm]] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
     _bindings: dict[str, _Binding] = field(default_factory=dict)  # device -> run binding
-    _excursions: dict[str, list[_Excursion]] = field(default_factory=dict)  # channel -> excursions
-    _pending: deque[_Event] = field(default_factory=deque)
+    _excursions: dict[str, list[Excursion]] = field(default_factory=dict)  # channel -> excursions
+    _pending: deque[JournalEvent] = field(default_factory=deque)
     _dirty: dict[str, Alarm] = field(default_factory=dict)
-    _trips: list[_TripRecord] = field(default_factory=list)
+    _trips: list[DeviationTrip] = field(default_factory=list)
     spool: Spool | None = None  # where the journal waits while the database is down (the telemetry spool)
     _outage: OutageLog = field(default_factory=lambda: OutageLog(log, "alarm service: database unavailable"))
     _restored: dict[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -328,7 +259,7 @@ class AlarmService:
                 if len(self._pending) >= self.max_pending:
                     self._pending.popleft()
                     self.stats["dropped"] += 1
-                self._pending.append(_Event(alarm, row, tr, actor, comment))
+                self._pending.append(JournalEvent(alarm, row, tr, actor, comment))
                 self._dirty[alarm.id] = alarm
             self.live.publish("alarm", alarm.id, row)
             log.log(logging.WARNING if tr.to_state is AlarmStatus.ACTIVE_UNACK else logging.INFO,
@@ -352,7 +283,7 @@ class AlarmService:
 
     def _trip(self, run_id: int, channel: str, trip: Trip) -> None:
         facts = {"rule": trip.rule, "channel": channel, "value": trip.value, "at": trip.at.isoformat()}
-        self._trips.append(_TripRecord(run_id, trip.rule, trip.description, facts, trip.at))
+        self._trips.append(DeviationTrip(run_id, trip.rule, trip.description, facts, trip.at))
         log.warning("run %s: %s", run_id, trip.description)
 
     # -- the passage of time ---------------------------------------------------------------------------------
@@ -422,9 +353,9 @@ class AlarmService:
         async with self._lock, self.pool.acquire() as conn, conn.transaction():
             await self._flush_pending(conn)
             snapshot = replace(alarm, state=new)
-            await _upsert_alarm(conn, snapshot)
+            await journal.upsert_alarm(conn, snapshot)
             for tr in trs:
-                await _insert_event(conn, snapshot, tr, actor, comment)
+                await journal.insert_event(conn, snapshot, tr, actor, comment)
             await audit.record(conn, actor=principal, action=f"alarm.{action}", entity_type="alarm", entity_id=alarm_id,
                                old={"status": before.status.value},
                                new={"status": new.status.value, "until": until, "at": now,
@@ -444,14 +375,7 @@ class AlarmService:
 
     async def refresh(self, conn: asyncpg.Connection) -> None:
         """Bind devices to their runs: phase-aware definitions, door suppression windows, excursion accounting."""
-        rows = await conn.fetch(
-            "SELECT r.id, r.status, r.recipe_id, rc.content, inc.name AS incubator, cs.name AS culture_system, "
-            "coalesce((SELECT array_agg(s.step_key) FROM step_status s WHERE s.run_id = r.id "
-            "AND s.status = ANY($2::text[])), '{}') AS in_window "
-            "FROM culture_run r JOIN recipe rc ON rc.id = r.recipe_id "
-            "LEFT JOIN device inc ON inc.id = r.incubator_device_id "
-            "LEFT JOIN device cs ON cs.id = r.culture_system_device_id "
-            "WHERE r.status = ANY($1::text[]) ORDER BY r.id", list(BOUND_RUN_STATES), list(IN_WINDOW))
+        rows = await runs.bound_runs(conn, BOUND_RUN_STATES, IN_WINDOW)
         bindings: dict[str, _Binding] = {}
         for row in rows:
             recipe = recipe_of({"id": row["recipe_id"], "content": row["content"]})
@@ -493,23 +417,23 @@ class AlarmService:
         have = {(e.run_id, e.channel): e for exs in self._excursions.values() for e in exs}
         if set(have) == set(wanted):
             return
-        out: dict[str, list[_Excursion]] = {}
+        out: dict[str, list[Excursion]] = {}
         for (run_id, channel), rule in wanted.items():
             ex = have.get((run_id, channel))
             if ex is None:
-                row = await conn.fetchrow("SELECT * FROM excursion WHERE run_id = $1 AND channel = $2", run_id, channel)
-                ex = _Excursion(run_id, channel, rule, _excursion_state(row), dirty=row is None)
+                row = await journal.excursion_row(conn, run_id, channel)
+                ex = Excursion(run_id, channel, rule, _excursion_state(row), dirty=row is None)
             out.setdefault(channel, []).append(ex)
         for key, ex in have.items():
             if key not in wanted and ex.dirty:
-                await _upsert_excursion(conn, ex, self.clock.now())
+                await journal.upsert_excursion(conn, ex, self.clock.now())
         self._excursions = out
 
     # -- persistence -----------------------------------------------------------------------------------------
 
     async def restore(self, conn: asyncpg.Connection) -> None:
         """Take acknowledgement, shelving and out-of-service back from the database after a restart."""
-        rows = await conn.fetch("SELECT * FROM alarm")
+        rows = await journal.alarm_rows(conn)
         self._restored = {str(r["id"]): dict(r) for r in rows}
         for alarm in self.alarms.values():
             self._restore(alarm)  # the run each alarm serves comes with the next refresh
@@ -546,9 +470,9 @@ class AlarmService:
                     for exs in self._excursions.values():
                         for ex in exs:
                             if ex.dirty:
-                                await conn.execute(_EXCURSION_SQL, *_excursion_args(ex, now))
+                                await conn.execute(journal.EXCURSION_SQL, *journal.excursion_args(ex, now))
                     for t in self._trips:
-                        dev = await _open_deviation(conn, t)
+                        dev = await journal.open_deviation(conn, t)
                         if dev is not None:
                             published.append((t.run_id, dev))
             except db.UNAVAILABLE:
@@ -569,12 +493,12 @@ class AlarmService:
         lock."""
         assert self.spool is not None
         now = self.clock.now()
-        records: list[tuple[str, str]] = [("alarm", _pack(_alarm_args(a))) for a in self._dirty.values()]
-        records += [("alarm_event", _pack(_event_args(e.alarm, e.transition, e.actor, e.comment, e.key)))
+        records: list[tuple[str, str]] = [("alarm", journal.pack(journal.alarm_args(a))) for a in self._dirty.values()]
+        records += [("alarm_event", journal.pack(journal.event_args(e.alarm, e.transition, e.actor, e.comment, e.key)))
                     for e in self._pending]
-        records += [("excursion", _pack(_excursion_args(ex, now)))
+        records += [("excursion", journal.pack(journal.excursion_args(ex, now)))
                     for exs in self._excursions.values() for ex in exs if ex.dirty]
-        records += [("deviation", _pack((t.run_id, t.rule, t.description, t.facts, t.at, t.key)))
+        records += [("deviation", journal.pack((t.run_id, t.rule, t.description, t.facts, t.at, t.key)))
                     for t in self._trips]
         if not records:
             return
@@ -597,16 +521,16 @@ class AlarmService:
             if not batch:
                 return done
             for rec in batch:
-                args = _unpack(rec.payload)
+                args = journal.unpack(rec.payload)
                 if rec.kind == "alarm":
-                    await conn.execute(_ALARM_SQL, *args)
+                    await conn.execute(journal.ALARM_SQL, *args)
                 elif rec.kind == "alarm_event":
-                    await conn.execute(_EVENT_SQL, *args)
+                    await conn.execute(journal.EVENT_SQL, *args)
                 elif rec.kind == "excursion":
-                    await conn.execute(_EXCURSION_SQL, *args)
+                    await conn.execute(journal.EXCURSION_SQL, *args)
                 elif rec.kind == "deviation":
                     run_id, rule, description, facts, at, key = args
-                    dev = await _open_deviation(conn, _TripRecord(run_id, rule, description, facts, at, key))
+                    dev = await journal.open_deviation(conn, DeviationTrip(run_id, rule, description, facts, at, key))
                     if dev is not None:
                         published.append((run_id, dev))
                 else:
@@ -622,11 +546,11 @@ class AlarmService:
         if not (self._pending or self._dirty):
             return
         for alarm in list(self._dirty.values()):
-            await _upsert_alarm(conn, alarm)
+            await journal.upsert_alarm(conn, alarm)
         events = list(self._pending)
         if events:
-            await conn.executemany(_EVENT_SQL, [_event_args(e.alarm, e.transition, e.actor, e.comment, e.key)
-                                               for e in events])
+            await conn.executemany(journal.EVENT_SQL, [
+                journal.event_args(e.alarm, e.transition, e.actor, e.comment, e.key) for e in events])
         self._dirty.clear()
         for _ in events:
             self._pending.popleft()
@@ -700,90 +624,3 @@ def _excursion_state(row: Mapping[str, Any] | None) -> ExcursionState:
         episodes=row["episodes"], hard_episodes=row["hard_episodes"], cumulative_tripped=row["cumulative_tripped"],
         outside=row["outside"], beyond_hard=row["beyond_hard"], last_value=row["last_value"], last_at=row["last_at"],
         first_outside_at=row["first_outside_at"])
-
-
-_ALARM_SQL = (
-    "INSERT INTO alarm (id, channel, device, name, kind, description, priority, status, severity, value, "
-    "active_since, mode_until, run_id, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-    "$14) ON CONFLICT (id) DO UPDATE SET description = EXCLUDED.description, priority = EXCLUDED.priority, "
-    "kind = EXCLUDED.kind, status = EXCLUDED.status, severity = EXCLUDED.severity, value = EXCLUDED.value, "
-    "active_since = EXCLUDED.active_since, mode_until = EXCLUDED.mode_until, run_id = EXCLUDED.run_id, "
-    "changed_at = EXCLUDED.changed_at"
-)
-# The record key makes a replay from the spool idempotent (a crash between the commit and the spool's delete).
-_EVENT_SQL = (
-    "INSERT INTO alarm_event (alarm_id, at, from_state, to_state, severity, priority, value, reason, actor, comment, "
-    "run_id, record_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::uuid) "
-    "ON CONFLICT (record_key) DO NOTHING"
-)
-
-
-def _pack(args: Sequence[Any]) -> str:
-    """Positional SQL arguments as the JSON text a spooled record keeps (times tagged, to come back as times)."""
-    return json.dumps([{"t": a.isoformat()} if isinstance(a, datetime) else a for a in args])
-
-
-def _unpack(text: str) -> list[Any]:
-    return [datetime.fromisoformat(a["t"]) if isinstance(a, dict) and set(a) == {"t"} else a
-            for a in json.loads(text)]
-
-
-def _alarm_args(a: Alarm) -> tuple[Any, ...]:
-    st = a.state
-    return (a.id, a.channel, a.device, a.defn.name, a.defn.kind, a.defn.description, a.priority(), st.status.value,
-            st.active.value if st.active is not None else None, st.last_value, a.active_since, st.mode_until,
-            a.run_id, a.changed_at or st.last_sample_at or st.started_at)
-
-
-async def _upsert_alarm(conn: asyncpg.Connection, a: Alarm) -> None:
-    await conn.execute(_ALARM_SQL, *_alarm_args(a))
-
-
-def _event_args(a: Alarm, tr: Transition, actor: str | None, comment: str | None,
-                key: str | None = None) -> tuple[Any, ...]:
-    sev = tr.severity
-    prio = (a.defn.priority_of(sev) if sev is not None else a.defn.priority).value
-    return (a.id, tr.at, tr.from_state.value, tr.to_state.value, sev.value if sev is not None else None, prio,
-            tr.value, tr.reason, actor, comment, a.run_id, key)
-
-
-async def _insert_event(conn: asyncpg.Connection, a: Alarm, tr: Transition, actor: str | None,
-                        comment: str | None) -> None:
-    await conn.execute(_EVENT_SQL, *_event_args(a, tr, actor, comment))
-
-
-_EXCURSION_SQL = (
-    "INSERT INTO excursion (run_id, channel, unit, band_low, band_high, seconds_outside, integral, worst, "
-    "episodes, hard_episodes, cumulative_tripped, outside, beyond_hard, last_value, last_at, first_outside_at, "
-    "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
-    "ON CONFLICT (run_id, channel) DO UPDATE SET seconds_outside = EXCLUDED.seconds_outside, "
-    "integral = EXCLUDED.integral, worst = EXCLUDED.worst, episodes = EXCLUDED.episodes, "
-    "hard_episodes = EXCLUDED.hard_episodes, cumulative_tripped = EXCLUDED.cumulative_tripped, "
-    "outside = EXCLUDED.outside, beyond_hard = EXCLUDED.beyond_hard, last_value = EXCLUDED.last_value, "
-    "last_at = EXCLUDED.last_at, first_outside_at = EXCLUDED.first_outside_at, updated_at = EXCLUDED.updated_at"
-)
-
-
-def _excursion_args(ex: _Excursion, now: datetime) -> tuple[Any, ...]:
-    s, r = ex.state, ex.rule
-    return (ex.run_id, ex.channel, r.unit, r.low, r.high, s.seconds_outside, s.integral, s.worst, s.episodes,
-            s.hard_episodes, s.cumulative_tripped, s.outside, s.beyond_hard, s.last_value, s.last_at,
-            s.first_outside_at, now)
-
-
-async def _upsert_excursion(conn: asyncpg.Connection, ex: _Excursion, now: datetime) -> None:
-    await conn.execute(_EXCURSION_SQL, *_excursion_args(ex, now))
-
-
-async def _open_deviation(conn: asyncpg.Connection, t: _TripRecord) -> dict[str, Any] | None:
-    """A deviation on the run opened by the alarm service (actor system), audited; None if it was written before."""
-    run_id, rule, description, facts, at = t.run_id, t.rule, t.description, t.facts, t.at
-    dev_id = await deviations.open_deviation(conn, run_id, step_key=None, rule=rule, severity="deviation",
-                                             description=description, facts=facts, at=at, opened_by=SYSTEM.label,
-                                             record_key=t.key)
-    if dev_id is None:
-        return None
-    await audit.record(conn, actor=SYSTEM, action="deviation.open", entity_type="deviation", entity_id=dev_id,
-                       old=None, new={"run_id": run_id, "rule": rule, "description": description, "facts": facts},
-                       reason="alarm service: excursion rule")
-    return {"id": dev_id, "rule": rule, "description": description, "status": "open", "opened_at": at.isoformat()}

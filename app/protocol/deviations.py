@@ -57,6 +57,13 @@ async def open_ids(conn: DBConnection, run_id: int) -> list[int]:
         "SELECT id FROM deviation WHERE run_id = $1 AND status = 'open' ORDER BY id", run_id)]
 
 
+async def opened_by_rules(conn: DBConnection, run_id: int, prefix: str) -> list[dict[str, Any]]:
+    """The deviations of a run whose rule starts with `prefix` (the excursion rules of the alarm service)."""
+    return [dict(r) for r in await conn.fetch(
+        "SELECT id, rule, description, status, opened_at FROM deviation WHERE run_id = $1 "
+        "AND starts_with(rule, $2) ORDER BY id", run_id, prefix)]
+
+
 async def rules_opened(conn: DBConnection, run_id: int, rule: str) -> set[str]:
     """The steps of a run that have a deviation of `rule` (the engine opens one missed-step deviation per step)."""
     return {str(r["step_key"]) for r in await conn.fetch(

@@ -209,6 +209,18 @@ async def abort_run(conn: DBConnection, run_id: int, reason: str, *, principal: 
                              allowed_from=("planned", "running", "held"), to="aborted", reason=reason, now=now)
 
 
+async def bound_runs(conn: DBConnection, statuses: Sequence[str], in_window: Sequence[str]) -> list[asyncpg.Record]:
+    """Runs in `statuses` with their recipe content, bound devices and the steps whose status is in `in_window`."""
+    return list(await conn.fetch(
+        "SELECT r.id, r.status, r.recipe_id, rc.content, inc.name AS incubator, cs.name AS culture_system, "
+        "coalesce((SELECT array_agg(s.step_key) FROM step_status s WHERE s.run_id = r.id "
+        "AND s.status = ANY($2::text[])), '{}') AS in_window "
+        "FROM culture_run r JOIN recipe rc ON rc.id = r.recipe_id "
+        "LEFT JOIN device inc ON inc.id = r.incubator_device_id "
+        "LEFT JOIN device cs ON cs.id = r.culture_system_device_id "
+        "WHERE r.status = ANY($1::text[]) ORDER BY r.id", list(statuses), list(in_window)))
+
+
 async def list_runs(conn: DBConnection, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         f"SELECT {RUN_COLUMNS}, rc.key AS recipe_key, rc.version AS recipe_version, "

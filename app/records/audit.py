@@ -29,8 +29,10 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
+from sqlalchemy import func, select
+
 from app.auth.principal import Principal
-from app.db import DBConnection
+from app.db import DBConnection, query, schema
 
 GENESIS_HASH = "0" * 64
 # Key of the advisory transaction lock that serializes audit writers (any fixed 64-bit number).
@@ -239,6 +241,24 @@ async def record(
 # --------------------------------------------------------------------------------------------------
 # Reading and verifying
 # --------------------------------------------------------------------------------------------------
+
+async def search(conn: DBConnection, *, entity_type: str | None = None, entity_id: str | None = None,
+                 actor: str | None = None, action: str | None = None, start: datetime | None = None,
+                 end: datetime | None = None, after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    """Audit records after `after_seq`, oldest first, at most `limit`; an action ending in '.' matches a prefix."""
+    t = schema.audit_log
+    q = select(t).where(t.c.seq > after_seq)
+    for column, value in ((t.c.entity_type, entity_type), (t.c.entity_id, entity_id), (t.c.actor_name, actor)):
+        if value is not None:
+            q = q.where(column == value)
+    if action is not None:
+        q = q.where(func.starts_with(t.c.action, action) if action.endswith(".") else t.c.action == action)
+    if start is not None:
+        q = q.where(t.c.at >= start)
+    if end is not None:
+        q = q.where(t.c.at < end)
+    return [row_to_dict(r) for r in await query.fetch(conn, q.order_by(t.c.seq).limit(limit))]
+
 
 AUDIT_COLUMNS = (
     "seq, at, actor_kind, actor_id, actor_name, actor_role, action, entity_type, entity_id, "

@@ -22,8 +22,6 @@ import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from app.protocol.runs import CLOSED
-from app.protocol.steps import release_step
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -31,6 +29,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from app.protocol import planner
 from app.protocol.engine import MISSED_RULE, decide
 from app.protocol.recipe import Recipe, default_recipe
+from app.protocol.runs import CLOSED
+from app.protocol.steps import release_step
 
 R: Recipe = default_recipe()
 PLANNED_T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)

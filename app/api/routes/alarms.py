@@ -11,11 +11,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.alarms import journal
 from app.alarms.service import Action, AlarmService
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
-from app.protocol import runs
+from app.protocol import deviations, runs
 from app.runtime import Runtime
 
 router = APIRouter(prefix="/alarms", tags=["alarms"])
@@ -85,16 +86,8 @@ async def history(
 ) -> list[dict[str, Any]]:
     if runtime.alarms is not None:
         await runtime.alarms.flush()  # what the stream has shown is in the journal
-    rows = await conn.fetch(
-        "SELECT e.id, e.alarm_id, a.channel, a.device, a.name, e.at, e.from_state, e.to_state, e.severity, "
-        "e.priority, e.value, e.reason, e.actor, e.comment, e.run_id FROM alarm_event e JOIN alarm a "
-        "ON a.id = e.alarm_id WHERE ($1::text IS NULL OR e.alarm_id = $1) AND ($2::text IS NULL OR a.device = $2) "
-        "AND ($3::text IS NULL OR a.channel = $3) AND ($4::bigint IS NULL OR e.run_id = $4) "
-        "AND ($5::text IS NULL OR e.priority = $5) AND ($6::timestamptz IS NULL OR e.at >= $6) "
-        "AND ($7::timestamptz IS NULL OR e.at < $7) AND ($8::bigint IS NULL OR e.id < $8) "
-        "ORDER BY e.id DESC LIMIT $9",
-        alarm_id, device, channel, run_id, priority, since, until, before_id, limit)
-    return [dict(r) for r in rows]
+    return await journal.history(conn, alarm_id=alarm_id, device=device, channel=channel, run_id=run_id,
+                                 priority=priority, since=since, until=until, before_id=before_id, limit=limit)
 
 
 @router.get("/{alarm_id}", summary="One alarm with its definition")
@@ -147,10 +140,8 @@ async def excursions(run_id: int, principal: CurrentPrincipal, conn: ConnectionD
     await runs.run_row(conn, run_id)  # 404 for an unknown run
     if runtime.alarms is not None:
         await runtime.alarms.flush()
-    rows = await conn.fetch("SELECT * FROM excursion WHERE run_id = $1 ORDER BY channel", run_id)
-    deviations = await conn.fetch(
-        "SELECT id, rule, description, status, opened_at FROM deviation WHERE run_id = $1 AND rule LIKE 'excursion%' "
-        "ORDER BY id", run_id)
+    rows = await journal.run_excursions(conn, run_id)
+    opened = await deviations.opened_by_rules(conn, run_id, "excursion")
     return {
         "run_id": run_id,
         "channels": [{
@@ -161,5 +152,5 @@ async def excursions(run_id: int, principal: CurrentPrincipal, conn: ConnectionD
             "hard_limit_episodes": r["hard_episodes"], "outside_now": r["outside"],
             "first_outside_at": r["first_outside_at"], "updated_at": r["updated_at"],
         } for r in rows],
-        "deviations": [dict(d) for d in deviations],
+        "deviations": opened,
     }

@@ -72,33 +72,9 @@ async def list_audit(
         if t is not None and t.tzinfo is None:
             raise Problem(400, "naive-time", "Time without offset",
                           f"{name}: give a UTC offset, e.g. 2026-11-21T12:00Z")
-    where: list[str] = ["seq > $1"]
-    args: list[object] = [after_seq]
-
-    def add(sql: str, value: object) -> None:
-        args.append(value)
-        where.append(sql.format(f"${len(args)}"))
-
-    if entity_type is not None:
-        add("entity_type = {}", entity_type)
-    if entity_id is not None:
-        add("entity_id = {}", entity_id)
-    if actor is not None:
-        add("actor_name = {}", actor)
-    if action is not None:
-        if action.endswith("."):
-            add("starts_with(action, {})", action)
-        else:
-            add("action = {}", action)
-    if start is not None:
-        add("at >= {}", start)
-    if end is not None:
-        add("at < {}", end)
-    args.append(limit + 1)
-    rows = await conn.fetch(
-        f"SELECT {audit.AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(args)}",
-        *args)
-    items = [AuditRecord(**audit.row_to_dict(r)) for r in rows[:limit]]
+    rows = await audit.search(conn, entity_type=entity_type, entity_id=entity_id, actor=actor, action=action,
+                              start=start, end=end, after_seq=after_seq, limit=limit + 1)
+    items = [AuditRecord(**r) for r in rows[:limit]]
     return AuditPage(items=items, next_after_seq=items[-1].seq if len(rows) > limit else None)
 
 
