@@ -17,7 +17,7 @@ import httpx
 from pydantic import SecretStr
 
 from app import db
-from app.auth import accounts
+from app.auth import users
 from app.auth.principal import SYSTEM, Role
 from app.core.clock import ScaledClock
 from app.main import create_app, make_server
@@ -82,8 +82,8 @@ async def running_stack(scale: float = 1.0, poll_interval: float = 0.5, prefix: 
             await asyncio.sleep(0.05)
         conn = await db.connect(dsn)
         try:
-            if await accounts.get_user_by_name(conn, "bench") is None:
-                await accounts.create_user(conn, username="bench", display_name="Bench", role=Role.OPERATOR,
+            if await users.get_user_by_name(conn, "bench") is None:
+                await users.create_user(conn, username="bench", display_name="Bench", role=Role.OPERATOR,
                                            password=BENCH_PASSWORD, actor=SYSTEM)
         finally:
             await conn.close()

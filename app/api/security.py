@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.deps import RuntimeDep
-from app.auth import accounts, tokens
+from app.auth import apikeys, sessions, tokens, users
 from app.auth.policy import access_for
 from app.auth.principal import Principal
 from app.core.problems import Problem
@@ -56,15 +56,15 @@ async def authenticate(request: Request, runtime: Runtime, credentials: str | No
                        cookie: str | None) -> Principal:
     token = credentials or api_key or cookie
     if not token:
-        raise accounts.AuthError("this endpoint needs credentials: Authorization: Bearer <token or API key>, "
+        raise users.AuthError("this endpoint needs credentials: Authorization: Bearer <token or API key>, "
                                  "X-API-Key, or the session cookie from POST /api/v1/auth/login")
     if runtime.pool is None:
         raise Problem(503, "database-unavailable", "Database unavailable", "the service is still starting")
     try:
         async with runtime.pool.acquire(timeout=5) as conn:
-            if accounts.looks_like_api_key(token):
-                return await accounts.principal_for_api_key(conn, token)
-            return await accounts.principal_for_token(conn, signing_key(request), token)
+            if apikeys.looks_like_api_key(token):
+                return await apikeys.principal_for_api_key(conn, token)
+            return await sessions.principal_for_token(conn, signing_key(request), token)
     except (OSError, TimeoutError) as exc:
         raise Problem(503, "database-unavailable", "Database unavailable",
                       f"credentials cannot be checked now: the database cannot be reached ({type(exc).__name__})",

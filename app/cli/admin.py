@@ -50,10 +50,10 @@ def _role(value: str) -> Role:
 
 
 async def _user_id(conn: asyncpg.Connection, username: str) -> int:
-    from app.auth import accounts
+    from app.auth import users
     from app.core.problems import Problem
 
-    row = await accounts.get_user_by_name(conn, username)
+    row = await users.get_user_by_name(conn, username)
     if row is None:
         raise Problem(404, "user-not-found", "No such user", f"there is no user named {username!r}")
     return int(row["id"])
@@ -73,12 +73,12 @@ def user_create(
     reason: Annotated[str | None, typer.Option(help="why (recorded in the audit trail)")] = None,
 ) -> None:
     """Create a user (password: an interactive prompt, or --password-stdin)."""
-    from app.auth import accounts
+    from app.auth import users
     from app.auth.principal import cli_principal
 
     r = _role(role)
     password = read_password(password_stdin)
-    row = run_on_database(lambda conn: accounts.create_user(conn, username=username, display_name=display_name, role=r,
+    row = run_on_database(lambda conn: users.create_user(conn, username=username, display_name=display_name, role=r,
                                                  password=password, actor=cli_principal(), reason=reason))
     typer.echo(f"user {row['username']} created (id {row['id']}, role {row['role']})")
 
@@ -86,9 +86,9 @@ def user_create(
 @user_app.command("list")
 def user_list(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False) -> None:
     """Every user with role and state (disabled, locked)."""
-    from app.auth import accounts
+    from app.auth import users
 
-    rows = [accounts.user_public(r) for r in run_on_database(accounts.list_users)]
+    rows = [users.user_public(r) for r in run_on_database(users.list_users)]
     if as_json:
         _json(rows)
     else:
@@ -96,11 +96,11 @@ def user_list(as_json: Annotated[bool, typer.Option("--json", help="JSON instead
 
 
 def _set_disabled(username: str, disabled: bool, reason: str) -> None:
-    from app.auth import accounts
+    from app.auth import users
     from app.auth.principal import cli_principal
 
     async def action(conn: asyncpg.Connection) -> Any:
-        return await accounts.set_disabled(conn, await _user_id(conn, username), disabled, actor=cli_principal(),
+        return await users.set_disabled(conn, await _user_id(conn, username), disabled, actor=cli_principal(),
                                            reason=reason)
 
     run_on_database(action)
@@ -128,11 +128,11 @@ def user_unlock(
     username: str, reason: Annotated[str, typer.Option(help="why (recorded in the audit trail)")],
 ) -> None:
     """Unlock a user locked after failed logins."""
-    from app.auth import accounts
+    from app.auth import users
     from app.auth.principal import cli_principal
 
     async def action(conn: asyncpg.Connection) -> Any:
-        return await accounts.unlock_user(conn, await _user_id(conn, username), actor=cli_principal(), reason=reason)
+        return await users.unlock_user(conn, await _user_id(conn, username), actor=cli_principal(), reason=reason)
 
     run_on_database(action)
     typer.echo(f"user {username} unlocked")
@@ -150,11 +150,11 @@ def apikey_create(
     reason: Annotated[str | None, typer.Option(help="why (recorded in the audit trail)")] = None,
 ) -> None:
     """Create an API key and print it once (only its SHA-256 is stored)."""
-    from app.auth import accounts
+    from app.auth import apikeys
     from app.auth.principal import cli_principal
 
     r = _role(role)
-    row, key = run_on_database(lambda conn: accounts.create_api_key(conn, name=name, role=r, actor=cli_principal(),
+    row, key = run_on_database(lambda conn: apikeys.create_api_key(conn, name=name, role=r, actor=cli_principal(),
                                                          reason=reason))
     typer.echo(f"API key {row['name']} created (id {row['id']}, role {row['role']}); it is shown only now:",
                err=True)
@@ -164,9 +164,9 @@ def apikey_create(
 @apikey_app.command("list")
 def apikey_list(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False) -> None:
     """Every API key (never its secret)."""
-    from app.auth import accounts
+    from app.auth import apikeys
 
-    rows = [accounts.key_public(r) for r in run_on_database(accounts.list_api_keys)]
+    rows = [apikeys.key_public(r) for r in run_on_database(apikeys.list_api_keys)]
     if as_json:
         _json(rows)
     else:
@@ -179,15 +179,15 @@ def apikey_revoke(
     reason: Annotated[str, typer.Option(help="why (recorded in the audit trail)")],
 ) -> None:
     """Revoke an API key: the next request with it is refused."""
-    from app.auth import accounts
+    from app.auth import apikeys
     from app.auth.principal import cli_principal
     from app.core.problems import Problem
 
     async def action(conn: asyncpg.Connection) -> Any:
-        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = $1 OR id::text = $1", key)
+        key_id = await apikeys.find_api_key_id(conn, key)
         if key_id is None:
             raise Problem(404, "apikey-not-found", "No such API key", f"there is no API key named {key!r}")
-        return await accounts.revoke_api_key(conn, key_id, actor=cli_principal(), reason=reason)
+        return await apikeys.revoke_api_key(conn, key_id, actor=cli_principal(), reason=reason)
 
     row = run_on_database(action)
     typer.echo(f"API key {row['name']} revoked")

@@ -47,6 +47,7 @@ def release(
     comment: Annotated[str | None, typer.Option("--comment", help="kept with the signature")] = None,
 ) -> None:
     """Release a recipe into the database, signed 'approved' by a QA user (password prompted)."""
+    from app.auth import users
     from app.auth.principal import Principal, Role
     from app.cli.common import read_password, run_on_database
     from app.core.problems import Problem
@@ -63,7 +64,7 @@ def release(
     password = read_password(password_stdin, confirm=False)
 
     async def action(conn: Any) -> tuple[dict[str, Any], bool]:
-        row = await conn.fetchrow("SELECT id, username, role FROM users WHERE username = $1", user)
+        row = await users.get_user_by_name(conn, user)
         if row is None:
             raise Problem(404, "user-not-found", "No such user", f"there is no user {user!r}")
         principal = Principal(kind="user", id=int(row["id"]), name=row["username"], role=Role(row["role"]))

@@ -16,6 +16,7 @@ from app.db.connect import (
     create_pool,
     database_name,
     drop_database,
+    ping,
     plain_dsn,
     redact,
     sqlalchemy_url,
@@ -37,6 +38,6 @@ from app.db.migrate import (
 __all__ = [
     "APP_ROLE", "MIGRATIONS_PACKAGE", "UNAVAILABLE", "DBConnection", "EmbeddedPostgres", "alembic_config",
     "assume_app_role", "asyncpg_connect_kwargs", "connect", "create_database", "create_engine", "create_pool",
-    "current_revision", "database_name", "downgrade", "downgrade_async", "drop_database", "migrations_location",
+    "current_revision", "database_name", "downgrade", "downgrade_async", "drop_database", "migrations_location", "ping",
     "plain_dsn", "redact", "sqlalchemy_url", "timescale_enabled", "upgrade", "upgrade_async", "with_database",
 ]

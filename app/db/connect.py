@@ -154,3 +154,9 @@ async def drop_database(admin_dsn: str, dbname: str) -> None:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> None:
+    """Raise unless the database answers within `timeout` seconds."""
+    async with pool.acquire(timeout=timeout) as conn:
+        await conn.fetchval("SELECT 1", timeout=timeout)

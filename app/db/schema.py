@@ -8,7 +8,7 @@ hand-written asyncpg SQL in the module that owns the table.
 Owners (the only modules that write each table family):
 - device, channel: app/devices/registry.py
 - telemetry, telemetry_5m, telemetry_gap: app/ingest/writer.py (history queries: app/ingest/history.py)
-- users, sessions, api_keys: app/auth/accounts.py
+- users: app/auth/users.py; sessions: app/auth/sessions.py; api_keys: app/auth/apikeys.py
 - audit_log, audit_head: app/records/audit.py; signature: app/records/signatures.py
 - recipe: app/protocol/recipes.py; culture_run: app/protocol/runs.py; step_record: app/protocol/steps.py;
   step_status: app/protocol/engine.py; deviation, deviation_comment: app/protocol/deviations.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import asyncpg
 
-from app.auth import accounts
+from app.auth import apikeys, users
 from app.auth.principal import Principal, Role
 from app.core.problems import Problem
+from app.protocol import recipes, runs, schemas
+from app.protocol.recipe import default_recipe
 
 DEMO_PASSWORD = "demo-Culture-7"
 DEMO_USERS: tuple[tuple[str, str, Role], ...] = (
@@ -45,20 +48,20 @@ def _write_key(path: Path, secret: str) -> None:
 async def ensure_demo_accounts(conn: asyncpg.Connection, data_dir: Path) -> DemoAccounts:
     """Create the demo users and automation key unless they exist; the key's secret is kept in data_dir."""
     for username, display_name, role in DEMO_USERS:
-        if await accounts.get_user_by_name(conn, username) is None:
-            await accounts.create_user(conn, username=username, display_name=display_name, role=role,
+        if await users.get_user_by_name(conn, username) is None:
+            await users.create_user(conn, username=username, display_name=display_name, role=role,
                                        password=DEMO_PASSWORD, actor=DEMO_ACTOR, reason="demo set-up")
     key_path = data_dir / KEY_FILE
     secret = await asyncio.to_thread(_read_key, key_path)
     try:
         if secret:
-            await accounts.principal_for_api_key(conn, secret)
+            await apikeys.principal_for_api_key(conn, secret)
     except Problem:
         secret = ""
     if not secret:
         # The secret is shown once and only its hash is stored: a lost key file means a new key.
-        n = await conn.fetchval("SELECT count(*) FROM api_keys WHERE name LIKE 'demo-automation%'")
-        _, secret = await accounts.create_api_key(conn, name=f"demo-automation-{n + 1}", role=Role.AUTOMATION,
+        n = await apikeys.count_named(conn, "demo-automation")
+        _, secret = await apikeys.create_api_key(conn, name=f"demo-automation-{n + 1}", role=Role.AUTOMATION,
                                                   actor=DEMO_ACTOR, reason="demo set-up")
         await asyncio.to_thread(_write_key, key_path, secret)
     return DemoAccounts(tuple((u, r) for u, _, r in DEMO_USERS), DEMO_PASSWORD, secret)
@@ -66,14 +69,11 @@ async def ensure_demo_accounts(conn: asyncpg.Connection, data_dir: Path) -> Demo
 
 async def ensure_demo_recipe(conn: asyncpg.Connection) -> int:
     """The id of the default recipe, released (signed 'approved' by the demo QA user) unless it is released."""
-    from app.protocol import recipes
-    from app.protocol.recipe import default_recipe
 
     recipe = default_recipe()
-    rid = await conn.fetchval("SELECT id FROM recipe WHERE key = $1 AND version = $2", recipe.key, recipe.version)
-    if rid is not None:
-        return int(rid)
-    user = await accounts.get_user_by_name(conn, "qa")
+    with contextlib.suppress(Problem):
+        return int((await recipes.find_recipe(conn, recipe.key, recipe.version))["id"])
+    user = await users.get_user_by_name(conn, "qa")
     if user is None:
         raise LookupError("the demo QA user does not exist: call ensure_demo_accounts first")
     qa = Principal(kind="user", id=int(user["id"]), name="qa", role=Role.QA)
@@ -93,16 +93,12 @@ DEMO_T0_AFTER = timedelta(hours=6)  # the preparation steps (coating, cells, inc
 
 async def active_demo_run(conn: asyncpg.Connection) -> DemoRun | None:
     """The newest planned, running or held run, if any."""
-    row = await conn.fetchrow("SELECT id, code, coalesce(t0, planned_t0) AS t0 FROM culture_run "
-                              "WHERE status IN ('planned', 'running', 'held') AND recipe_id IS NOT NULL "
-                              "ORDER BY id DESC LIMIT 1")
-    return None if row is None else DemoRun(int(row["id"]), str(row["code"]), row["t0"])
+    row = await runs.newest_active(conn)
+    return None if row is None else DemoRun(int(row["id"]), str(row["code"]), row["t0"] or row["planned_t0"])
 
 
 async def create_demo_run(conn: asyncpg.Connection, now: datetime, t0: datetime) -> DemoRun:
     """A demo run on the demo devices, planned T0 `t0` (a small patient: the simulated harvest fits its dose)."""
-    from app.protocol import runs, schemas
-    from app.protocol.recipe import default_recipe
 
     recipe = default_recipe()
     hsct = t0 + timedelta(hours=recipe.planning.infusion_after_t0_hours) - timedelta(

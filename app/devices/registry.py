@@ -108,3 +108,20 @@ async def device_id(conn: DBConnection, name: str | None, kind: str) -> int | No
                       f"{name!r} is not a registered {kind} device; known: {', '.join(known) or 'none'}",
                       rule="unknown_device")
     return int(row["id"])
+
+
+_CHANNELS = "SELECT c.id, d.name AS device, c.name, c.unit, c.kind FROM channel c JOIN device d ON d.id = c.device_id"
+
+
+async def channels(conn: DBConnection) -> list[Any]:
+    """Every channel (id, device, name, unit, kind), by device and id."""
+    return list(await conn.fetch(_CHANNELS + " ORDER BY d.name, c.id"))
+
+
+async def channel(conn: DBConnection, channel_id: int) -> Any | None:
+    return await conn.fetchrow(_CHANNELS + " WHERE c.id = $1", channel_id)
+
+
+async def channel_units(conn: DBConnection) -> dict[str, str]:
+    """Channel key ("<device>.<point>") -> unit."""
+    return {f"{r['device']}.{r['name']}": r["unit"] for r in await channels(conn)}

@@ -213,3 +213,11 @@ async def last_telemetry_time(dsn: str) -> datetime | None:
     finally:
         await conn.close()
     return value if isinstance(value, datetime) else None
+
+
+async def first_reading(conn: DBConnection, channel_ids: list[int], since: datetime) -> datetime | None:
+    """The first reading at or after `since` of any of the channels (one index probe per channel)."""
+    found = [t for t in [await conn.fetchval("SELECT time FROM telemetry WHERE channel_id = $1 AND time >= $2 "
+                                             "ORDER BY time LIMIT 1", cid, since) for cid in channel_ids]
+             if t is not None]
+    return min(found) if found else None

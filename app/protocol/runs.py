@@ -209,6 +209,14 @@ async def abort_run(conn: DBConnection, run_id: int, reason: str, *, principal: 
                              allowed_from=("planned", "running", "held"), to="aborted", reason=reason, now=now)
 
 
+async def newest_active(conn: DBConnection) -> asyncpg.Record | None:
+    """The newest planned, running or held run planned from a recipe."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.status IN ('planned', 'running', 'held') "
+        "AND r.recipe_id IS NOT NULL ORDER BY r.id DESC LIMIT 1")
+    return row
+
+
 async def bound_runs(conn: DBConnection, statuses: Sequence[str], in_window: Sequence[str]) -> list[asyncpg.Record]:
     """Runs in `statuses` with their recipe content, bound devices and the steps whose status is in `in_window`."""
     return list(await conn.fetch(

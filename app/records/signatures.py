@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.auth import accounts
+from app.auth import users
 from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.db import DBConnection
@@ -185,7 +185,7 @@ def check_can_sign(principal: Principal) -> None:
 
 async def authenticate_signer(
     conn: DBConnection, principal: Principal, signature: SignatureInput, *, entity_type: str, entity_id: str,
-    client: str | None, threshold: int = accounts.LOCKOUT_THRESHOLD,
+    client: str | None, threshold: int = users.LOCKOUT_THRESHOLD,
 ) -> Signer:
     """Check the password re-entered for a signature. Run it OUTSIDE a transaction: a wrong password is audited
     (signature.failed) and counts toward the lockout, and both must stay recorded while the change is refused."""
@@ -193,7 +193,7 @@ async def authenticate_signer(
     if conn.is_in_transaction():
         raise RuntimeError("authenticate_signer must run before the transaction (a failed attempt must persist)")
     assert principal.id is not None
-    ok = await accounts.verify_password_for(conn, principal.id, signature.password, purpose="signature",
+    ok = await users.verify_password_for(conn, principal.id, signature.password, purpose="signature",
                                             client=client, threshold=threshold)
     user = await conn.fetchrow("SELECT username, display_name, disabled, locked_at FROM users WHERE id = $1",
                                principal.id)
@@ -239,7 +239,7 @@ async def sign_within(
 
 async def sign(
     conn: DBConnection, principal: Principal, request: SignatureRequest, *, client: str | None,
-    threshold: int = accounts.LOCKOUT_THRESHOLD,
+    threshold: int = users.LOCKOUT_THRESHOLD,
 ) -> SignatureOut:
     """POST /api/v1/signatures: check who may sign and that the record exists, the password, then sign."""
     check_can_sign(principal)

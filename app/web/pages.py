@@ -26,6 +26,8 @@ from app.api.routes import audit as audit_api
 from app.api.security import CurrentPrincipal
 from app.auth.principal import Principal
 from app.core.problems import Problem
+from app.devices import registry
+from app.ingest import history
 from app.protocol import deviations, recipes, runs
 from app.runtime import Runtime
 from app.web import views
@@ -167,11 +169,7 @@ def _script_json(data: Any) -> str:
 
 
 async def _first_reading(conn: asyncpg.Connection, channel_ids: list[int], since: datetime | None) -> datetime | None:
-    """The first reading at or after `since` of any of the channels (one index probe per channel)."""
-    firsts = [await conn.fetchval("SELECT time FROM telemetry WHERE channel_id = $1 AND time >= $2 ORDER BY time "
-                                  "LIMIT 1", cid, since) for cid in channel_ids] if since is not None else []
-    found = [t for t in firsts if t is not None]
-    return min(found) if found else None
+    return None if since is None else await history.first_reading(conn, channel_ids, since)
 
 
 def _run_devices(run: dict[str, Any]) -> set[str]:
@@ -197,8 +195,7 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
                    runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
     run, recipe = await _run_and_recipe(conn, run_id, now)
-    units = {r["key"]: r["unit"] for r in await conn.fetch(
-        "SELECT d.name || '.' || c.name AS key, c.unit FROM channel c JOIN device d ON d.id = c.device_id")}
+    units = await registry.channel_units(conn)
     limits: dict[str, dict[str, float]] = {}
     if runtime.alarms is not None:
         for key in units:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from app import db
-from app.auth import accounts
+from app.auth import apikeys, users
 from app.auth.principal import Role, cli_principal
 from app.core.clock import Clock
 from app.main import create_app
@@ -55,7 +55,7 @@ class Service:
         password = password or new_password()
         conn = await db.connect(self.dsn)
         try:
-            row = await accounts.create_user(conn, username=username, display_name=f"{role.value.title()} Tester",
+            row = await users.create_user(conn, username=username, display_name=f"{role.value.title()} Tester",
                                              role=role, password=password, actor=cli_principal())
         finally:
             await conn.close()
@@ -80,7 +80,7 @@ class Service:
         """(key_id, key, headers) of a fresh API key of `role` (made on the command line's behalf)."""
         conn = await db.connect(self.dsn)
         try:
-            row, key = await accounts.create_api_key(conn, name=f"key-{next(_counter)}-{uuid.uuid4().hex[:4]}",
+            row, key = await apikeys.create_api_key(conn, name=f"key-{next(_counter)}-{uuid.uuid4().hex[:4]}",
                                                      role=role, actor=cli_principal())
         finally:
             await conn.close()

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from app import db
-from app.auth import accounts
+from app.auth import users
 from app.auth.principal import Role
 from app.core.problems import Problem
 from app.records import audit, signatures
@@ -125,7 +125,7 @@ async def test_wrong_password_fails_is_audited_and_counts_toward_lockout(service
         await conn.close()
 
     # four more: the account locks (audited), and then even the right password signs nothing
-    for _ in range(accounts.LOCKOUT_THRESHOLD - 1):
+    for _ in range(users.LOCKOUT_THRESHOLD - 1):
         r = await service.client.post(SIG, json=_body(run, "still-wrong", "performed"), headers=headers)
         assert r.status_code == 401
     rows = await _audit_after(service, before)
@@ -205,8 +205,8 @@ async def test_required_signatures_by_configuration_and_signing_inside_a_change(
         sup_id, _, sup_password, _ = await service.user(Role.SUPERVISOR)
         conn = await _owner(service)
         try:
-            operator = accounts.user_principal(await accounts.require_user(conn, op_id))
-            supervisor = accounts.user_principal(await accounts.require_user(conn, sup_id))
+            operator = users.user_principal(await users.require_user(conn, op_id))
+            supervisor = users.user_principal(await users.require_user(conn, sup_id))
             with pytest.raises(Problem) as missing:
                 await signatures.require_signatures_for(conn, "test_step", run, "complete")
             assert missing.value.status == 409 and missing.value.extra["missing"] == ["performed", "verified"]

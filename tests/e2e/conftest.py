@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from app import db
-from app.auth import accounts
+from app.auth import users
 from app.auth.principal import Role, cli_principal
 from app.core.clock import ScaledClock
 from app.main import create_app, make_server
@@ -70,8 +70,8 @@ async def login(client: httpx.AsyncClient, dsn: str, role: Role) -> str:
     username = f"e2e-{role.value}"
     conn = await db.connect(dsn)
     try:
-        if await accounts.get_user_by_name(conn, username) is None:
-            await accounts.create_user(conn, username=username, display_name=f"E2E {role.value.title()}",
+        if await users.get_user_by_name(conn, username) is None:
+            await users.create_user(conn, username=username, display_name=f"E2E {role.value.title()}",
                                        role=role, password=E2E_PASSWORD, actor=cli_principal())
     finally:
         await conn.close()

@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from app import db
-from app.auth import accounts
+from app.auth import users
 from app.auth.principal import Role, cli_principal
 from app.core.clock import ScaledClock, utcnow
 from drivers.devices import dump_devices
@@ -70,7 +70,7 @@ async def world() -> AsyncIterator[World]:
         await db.upgrade_async(dsn)
         conn = await db.connect(dsn)
         try:
-            await accounts.create_user(conn, username="watcher", display_name="Wall Screen", role=Role.OPERATOR,
+            await users.create_user(conn, username="watcher", display_name="Wall Screen", role=Role.OPERATOR,
                                        password=PASSWORD, actor=cli_principal())
         finally:
             await conn.close()

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import ConnectionDep
 from app.api.routes.users import Reason
 from app.api.security import CurrentPrincipal, client_address
-from app.auth import accounts
+from app.auth import apikeys, users
 from app.auth.principal import Role
 
 router = APIRouter(prefix="/apikeys", tags=["api keys"])
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/apikeys", tags=["api keys"])
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=2, max_length=63, description=accounts.NAME_RULE)
+    name: str = Field(min_length=2, max_length=63, description=users.NAME_RULE)
     role: Role = Field(default=Role.AUTOMATION, description="the key acts with this role (not admin)")
     reason: str | None = Field(default=None, max_length=2000)
 
@@ -42,21 +42,21 @@ class ApiKeyCreated(ApiKeyPublic):
 
 @router.get("", response_model=list[ApiKeyPublic], summary="Every API key, without secrets (admin)")
 async def list_keys(principal: CurrentPrincipal, conn: ConnectionDep) -> list[ApiKeyPublic]:
-    return [ApiKeyPublic(**accounts.key_public(r)) for r in await accounts.list_api_keys(conn)]
+    return [ApiKeyPublic(**apikeys.key_public(r)) for r in await apikeys.list_api_keys(conn)]
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=201,
              summary="Create an API key (admin); the response holds the key, shown once")
 async def create_key(body: ApiKeyCreate, principal: CurrentPrincipal, request: Request,
                      conn: ConnectionDep) -> ApiKeyCreated:
-    row, key = await accounts.create_api_key(conn, name=body.name, role=body.role, actor=principal,
+    row, key = await apikeys.create_api_key(conn, name=body.name, role=body.role, actor=principal,
                                              client=client_address(request), reason=body.reason)
-    return ApiKeyCreated(**accounts.key_public(row), key=key)
+    return ApiKeyCreated(**apikeys.key_public(row), key=key)
 
 
 @router.post("/{key_id}/revoke", response_model=ApiKeyPublic, summary="Revoke an API key (admin), at once")
 async def revoke_key(key_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
                      conn: ConnectionDep) -> ApiKeyPublic:
-    row = await accounts.revoke_api_key(conn, key_id, actor=principal, reason=body.reason,
+    row = await apikeys.revoke_api_key(conn, key_id, actor=principal, reason=body.reason,
                                         client=client_address(request))
-    return ApiKeyPublic(**accounts.key_public(row))
+    return ApiKeyPublic(**apikeys.key_public(row))

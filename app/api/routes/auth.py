@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.security import CurrentPrincipal, client_address, signing_key
-from app.auth import accounts, tokens
+from app.auth import sessions, tokens, users
 from app.auth.principal import PrincipalKind
 from app.core.problems import PROBLEM_JSON
 
@@ -64,13 +64,13 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 async def login(body: LoginRequest, request: Request, response: Response, conn: ConnectionDep,
                 runtime: RuntimeDep) -> LoginResponse:
     s = runtime.settings
-    result = await accounts.login(conn, body.username, body.password, key=signing_key(request),
+    result = await sessions.login(conn, body.username, body.password, key=signing_key(request),
                                   ttl=timedelta(minutes=s.token_ttl_minutes), threshold=s.lockout_threshold,
                                   client=client_address(request))
     t = result.token
     _set_cookie(response, t, s.cookie_secure)
     return LoginResponse(access_token=t.token, expires_at=t.expires_at,
-                         user=UserPublic(**accounts.user_public(result.user)))
+                         user=UserPublic(**users.user_public(result.user)))
 
 
 @router.post("/refresh", response_model=LoginResponse, responses={401: _ERRORS[401]},
@@ -78,12 +78,12 @@ async def login(body: LoginRequest, request: Request, response: Response, conn: 
 async def refresh(principal: CurrentPrincipal, request: Request, response: Response, conn: ConnectionDep,
                   runtime: RuntimeDep) -> LoginResponse:
     s = runtime.settings
-    t = await accounts.renew(conn, principal, key=signing_key(request), ttl=timedelta(minutes=s.token_ttl_minutes),
+    t = await sessions.renew(conn, principal, key=signing_key(request), ttl=timedelta(minutes=s.token_ttl_minutes),
                              longest=timedelta(hours=s.session_max_hours))
     _set_cookie(response, t, s.cookie_secure)
-    user = await accounts.get_user_by_name(conn, principal.name)
+    user = await users.get_user_by_name(conn, principal.name)
     assert user is not None
-    return LoginResponse(access_token=t.token, expires_at=t.expires_at, user=UserPublic(**accounts.user_public(user)))
+    return LoginResponse(access_token=t.token, expires_at=t.expires_at, user=UserPublic(**users.user_public(user)))
 
 
 def _set_cookie(response: Response, t: tokens.IssuedToken, secure: bool) -> None:
@@ -94,7 +94,7 @@ def _set_cookie(response: Response, t: tokens.IssuedToken, secure: bool) -> None
 @router.post("/logout", status_code=204, summary="End this login session: its token and cookie stop working")
 async def logout(principal: CurrentPrincipal, request: Request, response: Response, conn: ConnectionDep,
                  runtime: RuntimeDep) -> None:
-    await accounts.logout(conn, principal, client=client_address(request))
+    await sessions.logout(conn, principal, client=client_address(request))
     response.delete_cookie(tokens.COOKIE_NAME, path="/", secure=runtime.settings.cookie_secure, httponly=True,
                            samesite="strict")
 

@@ -12,15 +12,11 @@ from pydantic import TypeAdapter, ValidationError
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.schemas import ChannelPublic, LatestValue, TelemetryPoint, TelemetryPublic
 from app.core.problems import Problem
+from app.devices import registry
 from app.ingest.history import TooManyPoints, latest_values, query_telemetry
 from drivers.base import Quality
 
 router = APIRouter(tags=["telemetry"])
-
-CHANNELS_SQL = """
-SELECT c.id, d.name AS device, c.name, c.unit, c.kind
-FROM channel c JOIN device d ON d.id = c.device_id
-"""
 
 _SHORT_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -55,7 +51,7 @@ def _channel(row: Any, latest: dict[int, Any] | None = None) -> ChannelPublic:
 
 @router.get("/channels", response_model=list[ChannelPublic], summary="Every channel with its latest value")
 async def list_channels(conn: ConnectionDep) -> list[ChannelPublic]:
-    rows = await conn.fetch(CHANNELS_SQL + " ORDER BY d.name, c.id")
+    rows = await registry.channels(conn)
     latest = {r["channel_id"]: r for r in await latest_values(conn)}
     return [_channel(r, latest) for r in rows]
 
@@ -75,7 +71,7 @@ async def channel_telemetry(
     end: Annotated[datetime | None, Query(description="exclusive, with UTC offset; default now")] = None,
     bucket: Annotated[str | None, Query(description="30s, 5m, 1h, 1d or ISO 8601; unset: raw")] = None,
 ) -> TelemetryPublic:
-    row = await conn.fetchrow(CHANNELS_SQL + " WHERE c.id = $1", channel_id)
+    row = await registry.channel(conn, channel_id)
     if row is None:
         raise Problem(404, "channel-not-found", "No such channel", f"there is no channel with id {channel_id}")
     for name, value in (("start", start), ("end", end)):

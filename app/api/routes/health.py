@@ -9,6 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from app import db
 from app.api.deps import RuntimeDep
 from app.api.metrics import render_metrics
 from app.api.schemas import Health
@@ -27,8 +28,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     db_ok, db_error = False, None
     if runtime.pool is not None:
         try:
-            async with runtime.pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1", timeout=2)
+            await db.ping(runtime.pool)
             db_ok = True
         except Exception as exc:  # any failure means "not ready"; the reason is reported
             db_error = f"{type(exc).__name__}: {exc}"

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.routes.auth import UserPublic
 from app.api.security import CurrentPrincipal, client_address
-from app.auth import accounts
+from app.auth import users
 from app.auth.principal import Role
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=2, max_length=63, description=accounts.NAME_RULE)
+    username: str = Field(min_length=2, max_length=63, description=users.NAME_RULE)
     display_name: str = Field(min_length=1, max_length=200, description="printed name on signatures")
     role: Role
     password: str = Field(min_length=1, max_length=1024, repr=False,
@@ -39,18 +39,18 @@ class PasswordChange(BaseModel):
 
 
 def _public(row: object) -> UserPublic:
-    return UserPublic(**accounts.user_public(row))  # type: ignore[arg-type]
+    return UserPublic(**users.user_public(row))  # type: ignore[arg-type]
 
 
 @router.get("", response_model=list[UserPublic], summary="Every user (admin, QA)")
 async def list_users(principal: CurrentPrincipal, conn: ConnectionDep) -> list[UserPublic]:
-    return [_public(r) for r in await accounts.list_users(conn)]
+    return [_public(r) for r in await users.list_users(conn)]
 
 
 @router.post("", response_model=UserPublic, status_code=201, summary="Create a user (admin)")
 async def create_user(body: UserCreate, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep) -> UserPublic:
-    row = await accounts.create_user(conn, username=body.username, display_name=body.display_name, role=body.role,
+    row = await users.create_user(conn, username=body.username, display_name=body.display_name, role=body.role,
                                      password=body.password, actor=principal, client=client_address(request),
                                      reason=body.reason)
     return _public(row)
@@ -61,7 +61,7 @@ async def create_user(body: UserCreate, principal: CurrentPrincipal, request: Re
 async def change_password(body: PasswordChange, principal: CurrentPrincipal, request: Request,
                           conn: ConnectionDep, runtime: RuntimeDep) -> None:
     assert principal.id is not None
-    await accounts.change_password(conn, principal.id, body.current_password, body.new_password, actor=principal,
+    await users.change_password(conn, principal.id, body.current_password, body.new_password, actor=principal,
                                    client=client_address(request), threshold=runtime.settings.lockout_threshold)
 
 
@@ -69,14 +69,14 @@ async def change_password(body: PasswordChange, principal: CurrentPrincipal, req
              summary="Disable a user (admin): refused at once, sessions end")
 async def disable_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
                        conn: ConnectionDep) -> UserPublic:
-    return _public(await accounts.set_disabled(conn, user_id, True, actor=principal, reason=body.reason,
+    return _public(await users.set_disabled(conn, user_id, True, actor=principal, reason=body.reason,
                                                client=client_address(request)))
 
 
 @router.post("/{user_id}/enable", response_model=UserPublic, summary="Enable a disabled user (admin)")
 async def enable_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep) -> UserPublic:
-    return _public(await accounts.set_disabled(conn, user_id, False, actor=principal, reason=body.reason,
+    return _public(await users.set_disabled(conn, user_id, False, actor=principal, reason=body.reason,
                                                client=client_address(request)))
 
 
@@ -84,5 +84,5 @@ async def enable_user(user_id: int, body: Reason, principal: CurrentPrincipal, r
              summary="Unlock a user locked by failed logins (admin)")
 async def unlock_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep) -> UserPublic:
-    return _public(await accounts.unlock_user(conn, user_id, actor=principal, reason=body.reason,
+    return _public(await users.unlock_user(conn, user_id, actor=principal, reason=body.reason,
                                               client=client_address(request)))

@@ -1,0 +1,238 @@
+"""Users in the database: create, disable, enable, unlock, change password, check a password (with lockout);
+every change writes one audit record in its transaction. Errors are `Problem`s whose detail names the rule."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from app.auth import passwords
+from app.auth.principal import SYSTEM, Principal, Role
+from app.core.problems import Problem
+from app.records import audit
+
+LOCKOUT_THRESHOLD = 5
+"""Consecutive failed password checks that lock a user (the service passes settings.lockout_threshold)."""
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+NAME_RULE = "2-63 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+USER_COLUMNS = ("id, username, display_name, role, disabled, failed_logins, locked_at, password_changed_at, "
+                "created_at")
+QUALIFIED_USER_COLUMNS = ", ".join("u." + c.strip() for c in USER_COLUMNS.split(","))
+
+
+class AuthError(Problem):
+    """401: the credentials are missing, wrong, expired or revoked (detail says which)."""
+
+    headers = {"WWW-Authenticate": 'Bearer realm="culturectl"'}
+
+    def __init__(self, detail: str, kind: str = "not-authenticated") -> None:
+        super().__init__(401, kind, "Not authenticated", detail)
+
+
+
+def user_public(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "username": row["username"], "display_name": row["display_name"], "role": row["role"],
+        "disabled": row["disabled"], "locked": row["locked_at"] is not None, "locked_at": row["locked_at"],
+        "failed_logins": row["failed_logins"], "password_changed_at": row["password_changed_at"],
+        "created_at": row["created_at"],
+    }
+
+
+def _user_audit(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"username": row["username"], "display_name": row["display_name"], "role": row["role"],
+            "disabled": row["disabled"], "locked": row["locked_at"] is not None,
+            "failed_logins": row["failed_logins"]}
+
+
+def user_principal(row: Mapping[str, Any], token_id: str | None = None) -> Principal:
+    return Principal(kind="user", id=row["id"], name=row["username"], role=Role(row["role"]),
+                     display_name=row["display_name"], user_id=row["id"], token_id=token_id)
+
+
+def check_name(what: str, name: str) -> None:
+    if not NAME_RE.match(name):
+        raise Problem(422, f"invalid-{what}", f"Invalid {what}", f"{what} {name!r} is not valid: {NAME_RULE}")
+
+
+def require_reason(reason: str | None, action: str) -> str:
+    if reason is None or not reason.strip():
+        raise Problem(422, "reason-required", "Reason required", f"{action} needs a reason (field 'reason')")
+    return reason.strip()
+
+
+def actor_user_id(actor: Principal) -> int | None:
+    return actor.id if actor.kind == "user" else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Users
+# --------------------------------------------------------------------------------------------------
+
+
+async def get_user(conn: asyncpg.Connection, user_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
+
+
+async def get_user_by_name(conn: asyncpg.Connection, username: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE username = $1", username)
+
+
+async def require_user(conn: asyncpg.Connection, user_id: int) -> asyncpg.Record:
+    row = await get_user(conn, user_id)
+    if row is None:
+        raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+    return row
+
+
+async def list_users(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return list(await conn.fetch(f"SELECT {USER_COLUMNS} FROM users ORDER BY id"))
+
+
+async def create_user(
+    conn: asyncpg.Connection, *, username: str, display_name: str, role: Role | str, password: str,
+    actor: Principal, client: str | None = None, reason: str | None = None,
+) -> asyncpg.Record:
+    """A new active user; the password must meet the rules. Audited as user.create."""
+    check_name("username", username)
+    role = Role(role)
+    display_name = display_name.strip()
+    if not display_name:
+        raise Problem(422, "invalid-display-name", "Invalid display name",
+                      "display_name (the printed name on signatures) must not be empty")
+    passwords.check_password_rules(username, password)
+    password_hash = await passwords.hash_password_async(password)
+    async with conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM users WHERE username = $1", username):
+            raise Problem(409, "username-taken", "Username taken", f"a user named {username!r} already exists")
+        row = await conn.fetchrow(
+            f"INSERT INTO users (username, display_name, role, password_hash) VALUES ($1, $2, $3, $4) "
+            f"RETURNING {USER_COLUMNS}",
+            username, display_name, role.value, password_hash,
+        )
+        assert row is not None
+        await audit.record(conn, actor=actor, action="user.create", entity_type="user", entity_id=row["id"],
+                           old=None, new=_user_audit(row), reason=reason, client=client)
+    return row
+
+
+async def revoke_sessions(conn: asyncpg.Connection, user_id: int, keep: str | None = None) -> None:
+    await conn.execute("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL "
+                       "AND jti IS DISTINCT FROM $2", user_id, keep)
+
+
+async def set_disabled(
+    conn: asyncpg.Connection, user_id: int, disabled: bool, *, actor: Principal, reason: str | None,
+    client: str | None = None,
+) -> asyncpg.Record:
+    """Disable (its sessions end at once) or enable a user. Audited as user.disable / user.enable."""
+    action = "user.disable" if disabled else "user.enable"
+    why = require_reason(reason, action)
+    if disabled and actor.kind == "user" and actor.id == user_id:
+        raise Problem(409, "cannot-disable-self", "Cannot disable yourself",
+                      "an admin cannot disable their own account; another admin must do it")
+    async with conn.transaction():
+        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
+        if old is None:
+            raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+        row = await conn.fetchrow(f"UPDATE users SET disabled = $2 WHERE id = $1 RETURNING {USER_COLUMNS}",
+                                  user_id, disabled)
+        assert row is not None
+        if disabled:
+            await revoke_sessions(conn, user_id)
+        await audit.record(conn, actor=actor, action=action, entity_type="user", entity_id=user_id,
+                           old=_user_audit(old), new=_user_audit(row), reason=why, client=client)
+    return row
+
+
+async def unlock_user(
+    conn: asyncpg.Connection, user_id: int, *, actor: Principal, reason: str | None, client: str | None = None,
+) -> asyncpg.Record:
+    """Clear a lockout and the failed-login count. Audited as user.unlock."""
+    why = require_reason(reason, "user.unlock")
+    async with conn.transaction():
+        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
+        if old is None:
+            raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+        row = await conn.fetchrow(
+            f"UPDATE users SET locked_at = NULL, failed_logins = 0 WHERE id = $1 RETURNING {USER_COLUMNS}", user_id)
+        assert row is not None
+        await audit.record(conn, actor=actor, action="user.unlock", entity_type="user", entity_id=user_id,
+                           old=_user_audit(old), new=_user_audit(row), reason=why, client=client)
+    return row
+
+
+async def change_password(
+    conn: asyncpg.Connection, user_id: int, current_password: str, new_password: str, *, actor: Principal,
+    client: str | None = None, threshold: int = LOCKOUT_THRESHOLD,
+) -> None:
+    """The user's own password change: the current password again (a wrong one counts toward lockout), the rules,
+    and not the same password. Other sessions of the user end. Audited as user.password (no password in it)."""
+    row = await require_user(conn, user_id)
+    if not await verify_password_for(conn, user_id, current_password, purpose="password change", client=client,
+                                     threshold=threshold):
+        raise AuthError("current password is wrong (failed attempts count toward the lockout)",
+                        kind="wrong-password")
+    passwords.check_password_rules(row["username"], new_password)
+    if new_password == current_password:
+        raise passwords.PasswordRuleError("not-reused", "the new password must differ from the current one")
+    new_hash = await passwords.hash_password_async(new_password)
+    async with conn.transaction():
+        changed = await conn.fetchval(
+            "UPDATE users SET password_hash = $2, password_changed_at = now() WHERE id = $1 "
+            "RETURNING password_changed_at", user_id, new_hash)
+        await revoke_sessions(conn, user_id, keep=actor.token_id)
+        await audit.record(conn, actor=actor, action="user.password", entity_type="user", entity_id=user_id,
+                           old={"password_changed_at": row["password_changed_at"].isoformat()},
+                           new={"password_changed_at": changed.isoformat()}, reason="changed by the user",
+                           client=client)
+
+
+async def register_failure(
+    conn: asyncpg.Connection, user_id: int, *, purpose: str, client: str | None, threshold: int,
+) -> bool:
+    """Count a failed password check; lock the user (audited as user.lock) at `threshold`. True when locked now."""
+    async with conn.transaction():
+        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
+        if old is None:
+            return False
+        row = await conn.fetchrow(
+            "UPDATE users SET failed_logins = failed_logins + 1, "
+            "locked_at = CASE WHEN locked_at IS NULL AND failed_logins + 1 >= $2 THEN now() ELSE locked_at END "
+            f"WHERE id = $1 RETURNING {USER_COLUMNS}", user_id, threshold)
+        assert row is not None
+        locked_now = old["locked_at"] is None and row["locked_at"] is not None
+        if locked_now:
+            await revoke_sessions(conn, user_id)
+            await audit.record(
+                conn, actor=SYSTEM, action="user.lock", entity_type="user", entity_id=user_id,
+                old=_user_audit(old), new=_user_audit(row),
+                reason=f"{row['failed_logins']} consecutive failed password checks (last: {purpose})", client=client)
+    return locked_now
+
+
+async def verify_password_for(
+    conn: asyncpg.Connection, user_id: int, password: str, *, purpose: str, client: str | None,
+    threshold: int = LOCKOUT_THRESHOLD,
+) -> bool:
+    """True when `password` is the password of `user_id` and the user is active and not locked.
+
+    A wrong password counts toward the lockout (`threshold` in a row locks the user; the lock is audited as
+    user.lock); a right one resets the count. The failure itself is audited by the caller (e.g.
+    signature.failed). Disabled, locked or unknown users get False without counting.
+    Call it outside a transaction that will be rolled back, or the counted failure is lost with it.
+    """
+    row = await conn.fetchrow("SELECT password_hash, disabled, locked_at FROM users WHERE id = $1", user_id)
+    ok = await passwords.verify_hash_async(password, row["password_hash"] if row else None)
+    if row is None or row["disabled"] or row["locked_at"] is not None:
+        return False
+    if not ok:
+        await register_failure(conn, user_id, purpose=purpose, client=client, threshold=threshold)
+        return False
+    await conn.execute("UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0", user_id)
+    return True
