@@ -9,9 +9,9 @@ import logging
 import os
 import socket
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from pydantic import SecretStr
@@ -23,6 +23,10 @@ from app.cli.recipe import recipe_app
 from app.cli.run import run_app, step_app
 from app.core.clock import ScaledClock, utcnow
 from app.settings import Settings
+
+if TYPE_CHECKING:  # for annotations only: the demo's modules load when the demo runs
+    from app.demo.setup import DemoAccounts, DemoRun
+    from app.demo.stack import Simulators
 
 app = typer.Typer(help="culturectl: monitor and control 7-day cell-culture runs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -204,12 +208,13 @@ def _open_browser(url: str) -> None:
 
 async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: float | None,
                 open_browser: bool = False) -> None:
+    # The service's modules load here, not when the command line is parsed: every other command starts fast.
     from app import db
+    from app.demo import stack
     from app.demo.client import DemoAutomation
     from app.demo.setup import (
         DEMO_PASSWORD,
         DEMO_T0_AFTER,
-        KEY_FILE,
         active_demo_run,
         create_demo_run,
         ensure_demo_accounts,
@@ -217,18 +222,9 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
     )
     from app.devices.registry import sync_devices
     from app.ingest import history
-    from app.main import create_app, make_server
-    from drivers.devices import dump_devices, load_devices
-    from simulators.culture_system import CultureSystemSimulator
-    from simulators.incubator import IncubatorSimulator
-    from simulators.runner import device_configs
+    from drivers.devices import load_devices
 
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    embedded = db.EmbeddedPostgres(data_dir / "pg")
-    dsn = await asyncio.to_thread(embedded.start)
-    sims: list[IncubatorSimulator | CultureSystemSimulator] = []
-    try:
-        await db.upgrade_async(dsn)
+    async with stack.database(data_dir) as dsn:
         conn = await db.connect(dsn)
         try:
             demo_accounts = await ensure_demo_accounts(conn, data_dir)
@@ -239,7 +235,6 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
         wall = utcnow()
         origin = max(wall, last + timedelta(seconds=1)) if last else wall
         clock = ScaledClock(epoch=wall, scale=scale, origin=origin)
-        state_file = data_dir / "demo.json"
         conn = await db.connect(dsn)
         try:
             await ensure_demo_recipe(conn)
@@ -248,65 +243,62 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
             await conn.close()
         # The culture simulator grows the cells from the demo run's T0 (a new run: planned a little after now).
         t0 = demo_run.t0 if demo_run is not None else origin + DEMO_T0_AFTER
-        await asyncio.to_thread(state_file.write_text, json.dumps({"t0": t0.isoformat(), "seed": seed}))
+        await asyncio.to_thread((data_dir / "demo.json").write_text, json.dumps({"t0": t0.isoformat(), "seed": seed}))
+        async with stack.simulators(clock, data_dir / "demo-devices.yaml", seed=seed, culture_t0=t0,
+                                    incubator_port=_free_or(4840), culture_port=_free_or(5020)) as sims:
+            if demo_run is None:  # the run is bound to the demo devices: register them first (the service does too)
+                conn = await db.connect(dsn)
+                try:
+                    await sync_devices(conn, load_devices(sims.devices_file))
+                    demo_run = await create_demo_run(conn, origin, t0)
+                finally:
+                    await conn.close()
+            settings = Settings(database_url=SecretStr(dsn), data_dir=data_dir, devices_file=sims.devices_file,
+                                clock_epoch=wall, clock_origin=origin, time_scale=scale, host="127.0.0.1", port=port)
+            async with stack.service(settings, clock) as svc:
+                _print_demo(svc.base_url, data_dir, clock, scale, t0, sims, demo_accounts, demo_run)
+                if open_browser and sys.stdout.isatty():  # a person at a terminal: show them the dashboard
+                    asyncio.get_running_loop().call_later(1.0, _open_browser, f"{svc.base_url}/")
+                stopper = None
+                if exit_after is not None:
+                    stopper = asyncio.get_running_loop().call_later(
+                        exit_after, lambda: setattr(svc.server, "should_exit", True))
+                automation = DemoAutomation(svc.base_url, demo_accounts.automation_key, DEMO_PASSWORD, demo_run.id,
+                                            poll=min(1.0, max(0.05, 600 / scale)))
+                client_task = asyncio.create_task(automation.run(), name="demo-automation")
+                try:
+                    await svc.wait_closed()
+                finally:
+                    client_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await client_task
+                    if stopper is not None:
+                        stopper.cancel()
+    typer.echo("culturectl demo stopped; data kept in " + str(data_dir))
 
-        incubator = IncubatorSimulator(clock, port=_free_or(4840), seed=seed)
-        culture = CultureSystemSimulator(clock, port=_free_or(5020), seed=seed, t0=t0)
-        for sim in (incubator, culture):
-            await sim.start()
-            sims.append(sim)
-        devices_file = data_dir / "demo-devices.yaml"
-        await asyncio.to_thread(devices_file.write_text, dump_devices(device_configs(incubator, culture)))
-        if demo_run is None:  # the run is bound to the demo devices: register them first (the service does too)
-            conn = await db.connect(dsn)
-            try:
-                await sync_devices(conn, load_devices(devices_file))
-                demo_run = await create_demo_run(conn, origin, t0)
-            finally:
-                await conn.close()
-        settings = Settings(database_url=SecretStr(dsn), data_dir=data_dir, devices_file=devices_file, clock_epoch=wall,
-                            clock_origin=origin, time_scale=scale, host="127.0.0.1", port=port)
-        server = make_server(create_app(settings, clock=clock), settings)
-        day = (clock.now() - t0) / timedelta(days=1)
-        dashboard = f"http://127.0.0.1:{port}/"
-        typer.echo(
-            f"culturectl demo: open the dashboard at {dashboard}  (log in as operator, password "
-            f"{demo_accounts.password})\n"
-            f"  database        embedded PostgreSQL in {data_dir / 'pg'}\n"
-            f"  incubator       OPC UA simulator at {incubator.endpoint}\n"
-            f"  culture system  Modbus TCP simulator at {culture.endpoint}\n"
-            f"  clock           x{scale:g} (7 days in {7 * 24 * 60 / scale:.0f} min), now {clock.now():%Y-%m-%d %H:%M} "
-            f"UTC, culture day {day:.1f}\n"
-            f"  service         http://127.0.0.1:{port}  (API docs: http://127.0.0.1:{port}/docs)\n"
-            f"  users           {', '.join(f'{u} ({r.value})' for u, r in demo_accounts.users)}; "
-            f"password {demo_accounts.password}\n"
-            f"  automation key  {demo_accounts.automation_key}  (also in {data_dir / KEY_FILE})\n"
-            f"  demo run        id {demo_run.id} ({demo_run.code}), T0 {t0:%Y-%m-%d %H:%M} UTC: "
-            f"{dashboard}runs/{demo_run.id} (API: http://127.0.0.1:{port}/api/v1/runs/{demo_run.id})\n"
-            "Ctrl-C stops everything."
-        )
-        if open_browser and sys.stdout.isatty():  # a person at a terminal: show them the dashboard
-            asyncio.get_running_loop().call_later(1.0, _open_browser, dashboard)
-        if exit_after is not None:
-            async def _stop_later() -> None:
-                await asyncio.sleep(exit_after)
-                server.should_exit = True
-            stopper = asyncio.create_task(_stop_later())
-        automation = DemoAutomation(f"http://127.0.0.1:{port}", demo_accounts.automation_key, DEMO_PASSWORD,
-                                    demo_run.id, poll=min(1.0, max(0.05, 600 / scale)))
-        client_task = asyncio.create_task(automation.run(), name="demo-automation")
-        await server.serve()
-        client_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await client_task
-        if exit_after is not None:
-            stopper.cancel()
-    finally:
-        for sim in reversed(sims):
-            with contextlib.suppress(Exception):
-                await sim.stop()
-        await asyncio.to_thread(embedded.stop)
-        typer.echo("culturectl demo stopped; data kept in " + str(data_dir))
+
+def _print_demo(base_url: str, data_dir: Path, clock: ScaledClock, scale: float, t0: datetime, sims: Simulators,
+                demo_accounts: DemoAccounts, demo_run: DemoRun) -> None:
+    from app.demo.setup import KEY_FILE
+
+    day = (clock.now() - t0) / timedelta(days=1)
+    dashboard = f"{base_url}/"
+    typer.echo(
+        f"culturectl demo: open the dashboard at {dashboard}  (log in as operator, password "
+        f"{demo_accounts.password})\n"
+        f"  database        embedded PostgreSQL in {data_dir / 'pg'}\n"
+        f"  incubator       OPC UA simulator at {sims.incubator.endpoint}\n"
+        f"  culture system  Modbus TCP simulator at {sims.culture.endpoint}\n"
+        f"  clock           x{scale:g} (7 days in {7 * 24 * 60 / scale:.0f} min), now {clock.now():%Y-%m-%d %H:%M} "
+        f"UTC, culture day {day:.1f}\n"
+        f"  service         {base_url}  (API docs: {base_url}/docs)\n"
+        f"  users           {', '.join(f'{u} ({r.value})' for u, r in demo_accounts.users)}; "
+        f"password {demo_accounts.password}\n"
+        f"  automation key  {demo_accounts.automation_key}  (also in {data_dir / KEY_FILE})\n"
+        f"  demo run        id {demo_run.id} ({demo_run.code}), T0 {t0:%Y-%m-%d %H:%M} UTC: "
+        f"{dashboard}runs/{demo_run.id} (API: {base_url}/api/v1/runs/{demo_run.id})\n"
+        "Ctrl-C stops everything."
+    )
 
 
 def main() -> None:

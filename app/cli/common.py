@@ -15,13 +15,14 @@ import typer
 
 from app import db
 from app.core.problems import Problem
-from app.runtime import quiet_library_loggers
 from app.settings import Settings
 
 T = TypeVar("T")
 
 
 def configure_logging(level: str) -> None:
+    from app.runtime import quiet_library_loggers  # the service's modules load only for commands that need them
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     quiet_library_loggers()
 

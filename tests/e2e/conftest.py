@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -19,14 +18,12 @@ from app import db
 from app.auth import users
 from app.auth.principal import Role, cli_principal
 from app.core.clock import ScaledClock
-from app.main import create_app, make_server
+from app.demo import stack as stack_builder
 from app.runtime import Runtime
 from app.settings import Settings
-from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
-from simulators.runner import device_configs
-from tests.support import free_port, wait_for
+from tests.support import free_port
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -48,18 +45,9 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def serve(settings: Settings, clock: ScaledClock) -> AsyncIterator[tuple[str, Runtime]]:
-    """Run the service on a real uvicorn on 127.0.0.1 until the block ends."""
-    app = create_app(settings, clock=clock)
-    server = make_server(app, settings, host="127.0.0.1")
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started or task.done(), timeout=60, what="uvicorn to start")
-        if task.done():
-            task.result()
-        yield f"http://127.0.0.1:{settings.port}", app.state.runtime
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
+    """Run the service on a real uvicorn on 127.0.0.1 until the block ends (app.demo.stack builds it)."""
+    async with stack_builder.service(settings, clock) as svc:
+        yield svc.base_url, svc.runtime
 
 
 E2E_PASSWORD = "Seven-Day-Culture-42"
@@ -84,25 +72,17 @@ async def login(client: httpx.AsyncClient, dsn: str, role: Role) -> str:
 async def stack(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("e2e")
     clock = ScaledClock(scale=E2E_SCALE)
-    incubator = IncubatorSimulator(clock, seed=7)
-    culture = CultureSystemSimulator(clock, seed=7, t0=clock.now() - timedelta(days=1))
-    await incubator.start()
-    await culture.start()
-    devices_file = tmp / "devices.yaml"
-    devices_file.write_text(dump_devices(device_configs(incubator, culture, poll_interval=0.2)))
-    settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=devices_file,
-                        time_scale=E2E_SCALE, port=free_port(), ingest_flush_interval=0.2, max_points=2000)
-    try:
+    async with stack_builder.simulators(clock, tmp / "devices.yaml", seed=7, culture_t0=clock.now() - timedelta(days=1),
+                                        poll_interval=0.2) as sims:
+        settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=sims.devices_file,
+                            time_scale=E2E_SCALE, port=free_port(), ingest_flush_interval=0.2, max_points=2000)
         async with serve(settings, clock) as (base_url, runtime), \
                 httpx.AsyncClient(base_url=base_url, timeout=10) as client:
             # Every API call needs credentials: an operator logs in and the client sends its token.
             token = await login(client, db_dsn, Role.OPERATOR)
             client.headers["Authorization"] = f"Bearer {token}"
             client.cookies.clear()
-            yield Stack(base_url, clock, incubator, culture, runtime, client, settings)
-    finally:
-        await culture.stop()
-        await incubator.stop()
+            yield Stack(base_url, clock, sims.incubator, sims.culture, runtime, client, settings)
 
 
 # -- the browser (the dashboard's tests) ----------------------------------------------------------------------------

@@ -21,12 +21,11 @@ from app import db
 from app.auth.principal import Role
 from app.core.clock import ScaledClock
 from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
+from app.demo.stack import simulators
 from app.settings import Settings
-from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
 from simulators.faults import Fault
 from simulators.incubator import IncubatorSimulator
-from simulators.runner import device_configs
 from tests.api.protocol_support import INPUTS, run_body
 from tests.e2e.conftest import serve
 from tests.support import free_port, wait_for
@@ -53,21 +52,15 @@ class Dash:
 async def dash(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dash]:
     tmp: Path = tmp_path_factory.mktemp("dash")
     clock = ScaledClock(scale=SCALE)
-    incubator = IncubatorSimulator(clock, seed=3)
-    culture = CultureSystemSimulator(clock, seed=3)
-    await incubator.start()
-    await culture.start()
-    devices_file = tmp / "devices.yaml"
-    devices_file.write_text(dump_devices(device_configs(incubator, culture, poll_interval=0.5)))
-    settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=devices_file,
-                        time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2)
     conn = await db.connect(db_dsn)
     try:  # the demo's users (operator, supervisor, qa, admin) and its released recipe
         await ensure_demo_accounts(conn, tmp)
         await ensure_demo_recipe(conn)
     finally:
         await conn.close()
-    try:
+    async with simulators(clock, tmp / "devices.yaml", seed=3, poll_interval=0.5) as sims:
+        settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=sims.devices_file,
+                            time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2)
         async with serve(settings, clock) as (base_url, _runtime), \
                 httpx.AsyncClient(base_url=base_url, timeout=10) as api:
             r = await api.post("/api/v1/auth/login", json={"username": "operator", "password": DEMO_PASSWORD})
@@ -80,10 +73,7 @@ async def dash(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
                                                              incubator="incubator-1",
                                                              culture_system="culture-system-1"))
             assert r.status_code == 201, r.text
-            yield Dash(base_url, incubator, culture, api, int(r.json()["id"]))
-    finally:
-        await culture.stop()
-        await incubator.stop()
+            yield Dash(base_url, sims.incubator, sims.culture, api, int(r.json()["id"]))
 
 
 async def _page(browser: Browser, dash: Dash, role: Role = Role.OPERATOR,

@@ -22,12 +22,9 @@ from app import db
 from app.core.clock import ScaledClock
 from app.demo.client import DemoAutomation
 from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
+from app.demo.stack import simulators
 from app.runtime import Runtime
 from app.settings import Settings
-from drivers.devices import dump_devices
-from simulators.culture_system import CultureSystemSimulator
-from simulators.incubator import IncubatorSimulator
-from simulators.runner import device_configs
 from tests.e2e.conftest import serve
 from tests.support import free_port, sse_events
 
@@ -48,27 +45,19 @@ class FastStack:
 async def fast(db_dsn: str, tmp_path: Path) -> AsyncIterator[FastStack]:
     clock = ScaledClock(scale=SCALE)
     t0_offset = timedelta(hours=23)
-    incubator = IncubatorSimulator(clock, seed=3)
-    culture = CultureSystemSimulator(clock, seed=3, t0=clock.now() + t0_offset)
-    await incubator.start()
-    await culture.start()
-    devices_file = tmp_path / "devices.yaml"
-    devices_file.write_text(dump_devices(device_configs(incubator, culture, poll_interval=0.05)))
-    settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp_path / "data", devices_file=devices_file,
-                        time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2, token_ttl_minutes=24 * 60,
-                        engine_interval=0.05)
     conn = await db.connect(db_dsn)
     try:
         accounts = await ensure_demo_accounts(conn, tmp_path)
         await ensure_demo_recipe(conn)
     finally:
         await conn.close()
-    try:
+    async with simulators(clock, tmp_path / "devices.yaml", seed=3, culture_t0=clock.now() + t0_offset,
+                          poll_interval=0.05) as sims:
+        settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp_path / "data", devices_file=sims.devices_file,
+                            time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2, token_ttl_minutes=24 * 60,
+                            engine_interval=0.05)
         async with serve(settings, clock) as (base_url, runtime):
             yield FastStack(base_url, clock, runtime, accounts.automation_key, t0_offset)
-    finally:
-        await culture.stop()
-        await incubator.stop()
 
 
 async def _cli(stack: FastStack, *args: str) -> tuple[int, str]:
