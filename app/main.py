@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from app.api.routes import alarms as alarms_api
 from app.api.routes import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
 from app.api.routes import audit as audit_api
 from app.api.routes import setpoints as setpoints_api
 from app.api.routes import signatures as signatures_api
+from app.api.schemas import API_ERRORS, DEVICE_ERRORS, problem_responses
 from app.api.security import current_principal
 from app.core.clock import Clock
 from app.core.live import LiveHub
-from app.core.problems import install_problem_handlers
+from app.core.problems import PROBLEM_JSON, install_problem_handlers
 from app.runtime import Runtime
 from app.settings import Settings
 from app.web import pages as web_pages
@@ -55,17 +59,40 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.runtime = runtime
     install_problem_handlers(app)
     app.include_router(health.router)
-    # Every API route needs credentials and a role the policy table (app/auth/policy.py) allows.
+    # Every API route needs credentials and a role the policy table (app/auth/policy.py) allows; every error it can
+    # answer is documented as problem JSON.
+    errors = problem_responses(*API_ERRORS)
     for module in (devices, channels, stream):
-        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(current_principal)])
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(current_principal)],
+                           responses=errors)
     # These declare CurrentPrincipal per route (login is public).
-    for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations, setpoints_api,
-                   alarms_api):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(alarms_api.runs_router, prefix=API_PREFIX)
+    for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations, alarms_api):
+        app.include_router(module.router, prefix=API_PREFIX, responses=errors)
+    app.include_router(setpoints_api.router, prefix=API_PREFIX,
+                       responses=problem_responses(*API_ERRORS, *DEVICE_ERRORS))
+    app.include_router(alarms_api.runs_router, prefix=API_PREFIX, responses=errors)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # The operator dashboard: pages redirect to /login without the session cookie (after the problem handlers).
     web_pages.install(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with every error answer under application/problem+json (what the API sends)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        for path in doc.get("paths", {}).values():
+            for operation in path.values():
+                for code, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if code[0] in "45" and "application/json" in content:
+                        response["content"] = {PROBLEM_JSON: content.pop("application/json")}
+        schemas = doc.get("components", {}).get("schemas", {})
+        if "#/components/schemas/HTTPValidationError" not in json.dumps(doc.get("paths", {})):
+            schemas.pop("HTTPValidationError", None)  # FastAPI's own 422 body, which this API never sends
+            schemas.pop("ValidationError", None)
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 class Server(uvicorn.Server):

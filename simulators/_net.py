@@ -13,7 +13,7 @@ from app.core.clock import Clock
 from drivers.base import PointError, PointSpec, find_point
 from simulators.faults import VALUE_FAULTS, ActiveFaults, Fault, as_fault, fault_point, fault_value
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.simulators")
 
 
 class FaultableModel(Protocol):

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from simulators.faults import SUPPORTED, Fault, parse_fault_spec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.simulators")
 
 PROBLEM_JSON = "application/problem+json"
 

@@ -26,7 +26,7 @@ from simulators._net import SimulatorServer
 from simulators.faults import Fault
 from simulators.physics import CultureModel
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.simulators")
 
 READ_INPUT = 4
 HOLDING_FUNCTIONS = frozenset({3, 6, 16, 22, 23})

@@ -29,7 +29,7 @@ from simulators._net import SimulatorServer
 from simulators.faults import Fault
 from simulators.physics import IncubatorModel
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.simulators")
 
 ENDPOINT_PATH = "/culturectl/incubator"
 

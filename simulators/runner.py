@@ -15,7 +15,7 @@ from simulators.culture_system import CultureSystemSimulator
 from simulators.faults import FaultRequest
 from simulators.incubator import IncubatorSimulator
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.simulators")
 
 Which = Literal["incubator", "culture-system", "all"]
 

@@ -129,12 +129,12 @@ class AlarmService:
         self._kinds = {d.name: d.kind for d in self.devices}
         now = self.clock.now()
         defaults = default_definitions()
-        for d in self.devices:
-            comm = f"{d.name}:comm_loss"
-            self.alarms[comm] = Alarm(comm, d.name, d.name, _COMM_LOSS, initial_state(comm, now))
-            for p in d.points:
-                channel = f"{d.name}.{p.name}"
-                self._set_channel(channel, defaults.get(f"{d.kind}.{p.name}", ()), None, now)
+        for device in self.devices:
+            comm = f"{device.name}:comm_loss"
+            self.alarms[comm] = Alarm(comm, device.name, device.name, _COMM_LOSS, initial_state(comm, now))
+            for point in device.points:
+                channel = f"{device.name}.{point.name}"
+                self._set_channel(channel, defaults.get(f"{device.kind}.{point.name}", ()), None, now)
         self.alarms[HISTORIAN_ALARM] = Alarm(HISTORIAN_ALARM, HISTORIAN, HISTORIAN, _HISTORIAN_DEF,
                                              initial_state(HISTORIAN_ALARM, now))
 
@@ -388,20 +388,20 @@ class AlarmService:
         self._bindings = bindings
         now = self.clock.now()
         defaults = default_definitions()
-        for d in self.devices:
-            b = bindings.get(d.name)
-            for p in d.points:
-                if p.writable:
+        for device in self.devices:
+            serves = bindings.get(device.name)
+            for point in device.points:
+                if point.writable:
                     continue
-                key = f"{d.kind}.{p.name}"
+                key = f"{device.kind}.{point.name}"
                 defs = defaults.get(key, ())
-                if b is not None:
-                    for o in b.overrides:
-                        if o.channel == key and (not o.during or b.in_window & set(o.during)):
-                            defs = o.definitions
+                if serves is not None:
+                    for override in serves.overrides:
+                        if override.channel == key and (not override.during or serves.in_window & set(override.during)):
+                            defs = override.definitions
                             break
-                self._set_channel(f"{d.name}.{p.name}", defs, b.run_id if b else None, now)
-            self.alarms[f"{d.name}:comm_loss"].run_id = b.run_id if b else None
+                self._set_channel(f"{device.name}.{point.name}", defs, serves.run_id if serves else None, now)
+            self.alarms[f"{device.name}:comm_loss"].run_id = serves.run_id if serves else None
         await self._bind_excursions(conn, bindings)
 
     async def _bind_excursions(self, conn: asyncpg.Connection, bindings: Mapping[str, _Binding]) -> None:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 
 from app.core.problems import Problem
 from app.runtime import Runtime
@@ -36,3 +36,11 @@ async def get_connection(runtime: RuntimeDep) -> AsyncIterator[asyncpg.Connectio
 
 
 ConnectionDep = Annotated[asyncpg.Connection, Depends(get_connection)]
+
+
+# Ids as the schema states them: a value the database column cannot hold is a 422 naming the range, not a 500.
+INT32_MAX = 2_147_483_647
+INT64_MAX = 9_223_372_036_854_775_807
+SmallId = Annotated[int, Path(ge=1, le=INT32_MAX, description="an id (int4)")]
+RecordId = Annotated[int, Path(ge=1, le=INT64_MAX, description="an id (int8)")]
+RecordIdQuery = Annotated[int | None, Query(ge=1, le=INT64_MAX, description="an id (int8)")]

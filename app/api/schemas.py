@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class PointPublic(BaseModel):
@@ -69,3 +70,304 @@ class TelemetryPublic(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+# -- protocol: recipes, runs, steps, deviations ---------------------------------------------------------------------
+# Extra keys are refused: a view that grows a field without its model fails the tests instead of vanishing.
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipeSummary(_Strict):
+    id: int
+    key: str
+    version: int
+    title: str
+    content_hash: str
+    released_at: datetime
+    released_by: str
+    steps: list[str] = Field(description="the step keys in order")
+
+
+class RecipePublic(RecipeSummary):
+    content: dict[str, Any] = Field(description="the validated recipe (the format in docs/protocol.md)")
+
+
+class Window(_Strict):
+    earliest: datetime
+    target: datetime
+    latest: datetime
+    hard_latest: datetime | None
+
+
+class ScheduleEntry(_Strict):
+    key: str
+    title: str
+    status: str = Field(description="pending, open, due, late, missed, skipped or done")
+    window: Window
+    optional: bool
+    predecessors: list[str]
+    blocked_by: list[str]
+    done_at: datetime | None
+    overridden: bool
+    step_record_id: int | None
+
+
+class NextDue(_Strict):
+    key: str
+    status: str
+    window: Window
+
+
+class DoseView(_Strict):
+    required_cd7_cells: float
+    target_per_kg: float
+    seed: dict[str, Any] | None = Field(description="the projection band at seeding")
+    day3: dict[str, Any] | None = Field(description="the projection band at the day-3 count")
+    achieved: dict[str, Any] | None = Field(description="the achieved dose at harvest")
+
+
+class InfusionCheck(_Strict):
+    at: datetime
+    hsct_day: float
+    window_days: list[float]
+    warning: str | None
+
+
+class RecipeRef(_Strict):
+    id: int
+    key: str
+    version: int
+    content_hash: str
+
+
+class RunPublic(_Strict):
+    id: int
+    code: str
+    status: str
+    donor_id: str | None
+    patient_id: str | None
+    patient_weight_kg: float | None
+    target_dose_per_kg: float | None
+    cell_source: str | None
+    hsct_at: datetime | None
+    planned_t0: datetime | None
+    t0: datetime | None
+    incubator: str | None
+    culture_system: str | None
+    hold_reason: str | None
+    abort_reason: str | None
+    created_by: str | None
+    created_at: datetime
+    ended_at: datetime | None
+    vessel_ids: list[str]
+    now: datetime
+    open_deviations: int
+    recipe: RecipeRef | None
+    schedule: list[ScheduleEntry]
+    next_due: NextDue | None
+    dose: DoseView | None
+    infusion: InfusionCheck | None
+
+
+class RunCreated(RunPublic):
+    t0_proposal: dict[str, Any] = Field(description="T0 planned backwards from the HSCT, with the infusion day")
+
+
+class RunSummary(_Strict):
+    id: int
+    code: str
+    status: str
+    recipe_key: str | None
+    recipe_version: int | None
+    donor_id: str | None
+    patient_id: str | None
+    cell_source: str | None
+    planned_t0: datetime | None
+    t0: datetime | None
+    hsct_at: datetime | None
+    incubator: str | None
+    culture_system: str | None
+    created_by: str | None
+    created_at: datetime
+    ended_at: datetime | None
+    open_deviations: int
+
+
+class CommentPublic(_Strict):
+    id: int
+    at: datetime
+    author: str
+    text: str
+
+
+class DeviationPublic(_Strict):
+    id: int
+    run_id: int
+    step_key: str | None
+    rule: str
+    severity: str
+    description: str
+    facts: Any
+    opened_at: datetime
+    opened_by: str
+    status: str
+    closed_at: datetime | None
+    closed_by: str | None
+    close_reason: str | None
+    comments: list[CommentPublic] | None = None
+
+
+class StepRecordPublic(_Strict):
+    id: int
+    run_id: int
+    step_key: str
+    posted_at: datetime
+    inputs: dict[str, Any]
+    actor: str
+    override: bool
+    override_reason: str | None
+    deviation_ids: list[int]
+
+
+class RunStatusPublic(_Strict):
+    id: int
+    status: str
+
+
+class StepPosted(_Strict):
+    step_record: StepRecordPublic
+    run: RunStatusPublic
+    decision: dict[str, Any] = Field(description="the window and order decision (outcome, rule, window, now)")
+    deviations: list[DeviationPublic]
+    alerts: list[dict[str, Any]]
+    dose: dict[str, Any] | None
+    signature: dict[str, Any] | None
+    signatures_required: list[str]
+
+
+# -- alarms and setpoints --------------------------------------------------------------------------------------------
+
+
+class AlarmPublic(_Strict):
+    id: str
+    channel: str
+    device: str
+    point: str | None
+    name: str
+    kind: str
+    description: str
+    priority: str
+    status: str = Field(description="the ISA-18.2 state")
+    severity: str | None
+    value: float | None
+    active_since: datetime | None
+    changed_at: datetime | None
+    mode_until: datetime | None
+    run_id: int | None
+
+
+class AlarmDetail(AlarmPublic):
+    definition: dict[str, Any]
+
+
+class AlarmEventPublic(_Strict):
+    id: int
+    alarm_id: str
+    channel: str
+    device: str
+    name: str
+    at: datetime
+    from_state: str
+    to_state: str
+    severity: str | None
+    priority: str
+    value: float | None
+    reason: str
+    actor: str | None
+    comment: str | None
+    run_id: int | None
+
+
+class ExcursionChannel(_Strict):
+    channel: str
+    unit: str
+    band: list[float | None]
+    minutes_outside: float
+    integral: float
+    integral_unit: str
+    worst_beyond_band: float
+    episodes: int
+    hard_limit_episodes: int
+    outside_now: bool
+    first_outside_at: datetime | None
+    updated_at: datetime
+
+
+class ExcursionDeviation(_Strict):
+    id: int
+    rule: str
+    description: str
+    status: str
+    opened_at: datetime
+
+
+class ExcursionReport(_Strict):
+    run_id: int
+    channels: list[ExcursionChannel]
+    deviations: list[ExcursionDeviation]
+
+
+class SetpointCommandPublic(_Strict):
+    id: int
+    device: str
+    point: str
+    run_id: int | None
+    requested: float
+    previous: float | None
+    read_back: float | None
+    result: str | None
+    detail: str | None
+    actor: str
+    reason: str | None
+    requested_at: datetime
+    completed_at: datetime | None
+    source: str
+
+
+# -- errors ------------------------------------------------------------------------------------------------------------
+
+
+class ProblemDetails(BaseModel):
+    """An error answer (RFC 9457, application/problem+json); extra members name the rule, the limit, the state..."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+_ERRORS = {
+    400: "the request cannot be answered as asked (e.g. more points than the limit, a time without offset)",
+    401: "no valid credentials (missing, wrong, expired or revoked)",
+    403: "the principal's role may not do this",
+    404: "no such resource",
+    409: "the state does not allow it (window, order, run state, alarm state, signatures)",
+    422: "the request is not valid: the member names the field and the rule",
+    500: "the database refused the request",
+    502: "the device did not follow the command",
+    503: "a dependency (the database, a device, a service part) is unavailable now",
+    504: "the device did not answer in time",
+}
+API_ERRORS = (400, 401, 403, 404, 409, 422, 500, 503)
+DEVICE_ERRORS = (502, 504)
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error answers, as problem JSON (app.main moves them to application/problem+json)."""
+    return {code: {"model": ProblemDetails, "description": _ERRORS[code]} for code in codes}

@@ -24,21 +24,17 @@ def verify(
     from app.cli.common import with_database
     from app.records import audit
 
-    results: list[audit.VerifyResult | None] = []
-
-    async def main(dsn: str) -> None:
+    async def main(dsn: str) -> audit.VerifyResult | None:
         conn = await db.connect(dsn)
         try:
             if not await conn.fetchval("SELECT to_regclass('audit_log') IS NOT NULL"):
-                results.append(None)
-                return
+                return None
             await db.assume_app_role(conn)  # read as the service does: SELECT is all it needs
-            results.append(await audit.verify(conn))
+            return await audit.verify(conn)
         finally:
             await conn.close()
 
-    with_database(lambda dsn: asyncio.run(main(dsn)))
-    result = results[0]
+    result = with_database(lambda dsn: asyncio.run(main(dsn)))
     if result is None:
         typer.echo("error: the database has no audit trail: run `culturectl db upgrade` first", err=True)
         raise typer.Exit(2)

@@ -40,7 +40,7 @@ from app.devices.hub import DeviceHub
 from app.records import audit
 from drivers.base import DeviceUnavailable, PointSpec
 
-log = logging.getLogger("culturectl.setpoints")
+log = logging.getLogger("culturectl.control")
 
 # Key space of the per-point advisory locks (two-int form: apart from the audit writers' one-bigint lock).
 LOCK_SPACE = 0x53504354  # "SPCT"
@@ -57,7 +57,8 @@ class SetpointRequest(BaseModel):
     point: str = Field(min_length=1, max_length=100, description="a writable point, e.g. temperature_setpoint")
     value: float = Field(allow_inf_nan=False, description="the absolute value in the point's unit")
     reason: str = Field(min_length=1, max_length=2000, description="why (recorded in the audit trail)")
-    run_id: int | None = Field(default=None, description="the run the change is for (must use this device)")
+    run_id: int | None = Field(default=None, ge=1, le=9_223_372_036_854_775_807,
+                               description="the run the change is for (must use this device)")
 
 
 class SetpointFailed(Problem):

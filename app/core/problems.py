@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -9,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("culturectl.service")
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://culturectl.example/problems/"
@@ -54,6 +58,21 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for the request's path."""
+    app = request.app
+    patterns: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow_patterns", None)
+    if patterns is None:
+        patterns = [(re.compile("^" + re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(path)) + "$"),
+                     sorted(m.upper() for m in ops if m in _HTTP_METHODS))
+                    for path, ops in app.openapi().get("paths", {}).items()]
+        app.state.allow_patterns = patterns
+    return next((methods for pattern, methods in patterns if pattern.match(request.url.path)), [])
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"})
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error the API returns a problem JSON document."""
 
@@ -86,6 +105,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; a path served by several routes has all of them
+            allowed = _allowed_methods(request)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
         return response
 
     async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
@@ -104,7 +128,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     for unavailable in (ConnectionError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
                         asyncpg.exceptions.OperatorInterventionError):
         app.add_exception_handler(unavailable, on_database_down)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return problem_response(request, 500, "internal-error", "Internal error",
+                                f"the service failed to answer ({type(exc).__name__}); it is logged",
+                                rule="internal_error")
+
     app.add_exception_handler(asyncpg.PostgresError, on_database_error)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

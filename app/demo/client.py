@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-log = logging.getLogger("culturectl.demo.client")
+log = logging.getLogger("culturectl.demo")
 
 VOLUME_ML = 20.0  # culture volume the counts are scaled by (seeded 2e6 cells at 1e5 cells/mL)
 SEEDED_CELLS = 2.0e6

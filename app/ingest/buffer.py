@@ -14,7 +14,7 @@ from collections import deque
 
 from drivers.base import Reading
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.ingest")
 
 
 class OverflowPolicy(enum.StrEnum):

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.ingest")
 
 T = TypeVar("T")
 

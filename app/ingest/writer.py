@@ -36,7 +36,7 @@ from app.ingest.spool import Row, Spool, level_of
 from drivers.base import MAX_MAGNITUDE, Quality, Reading
 from drivers.supervisor import backoff_delay
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.ingest")
 
 COLUMNS = ("time", "channel_id", "value", "quality")
 _BUCKET = timedelta(minutes=5)

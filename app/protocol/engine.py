@@ -54,7 +54,7 @@ from app.protocol.planner import ACTIONABLE, AbsWindow, StepPlan, StepStatus
 from app.protocol.recipe import Recipe
 from app.records import audit
 
-log = logging.getLogger("culturectl.engine")
+log = logging.getLogger("culturectl.protocol")
 
 ACTIVE: tuple[str, ...] = ("planned", "running", "held")
 MISSED_RULE = "missed_step"

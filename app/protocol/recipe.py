@@ -308,17 +308,17 @@ class Recipe(_Model):
         errors: list[str] = []
         if self.t0_step not in known:
             errors.append(f"t0_step {self.t0_step!r} is not a step of this recipe")
-        for s in self.steps:
-            for p in s.predecessors:
-                if p not in known:
-                    errors.append(f"step {s.key!r}: predecessor {p!r} is not a step of this recipe")
-                elif p == s.key:
-                    errors.append(f"step {s.key!r}: a step cannot be its own predecessor")
-            a = s.window.anchor
-            if a != "t0" and a not in known:
-                errors.append(f"step {s.key!r}: window anchor {a!r} is neither t0 nor a step of this recipe")
-            elif a == s.key:
-                errors.append(f"step {s.key!r}: a window cannot be anchored to its own step")
+        for step in self.steps:
+            for pred in step.predecessors:
+                if pred not in known:
+                    errors.append(f"step {step.key!r}: predecessor {pred!r} is not a step of this recipe")
+                elif pred == step.key:
+                    errors.append(f"step {step.key!r}: a step cannot be its own predecessor")
+            anchor = step.window.anchor
+            if anchor != "t0" and anchor not in known:
+                errors.append(f"step {step.key!r}: window anchor {anchor!r} is neither t0 nor a step of this recipe")
+            elif anchor == step.key:
+                errors.append(f"step {step.key!r}: a window cannot be anchored to its own step")
         for o in self.alarms:
             errors += [f"alarms of {o.channel}: during {k!r} is not a step of this recipe" for k in o.during
                        if k not in known]

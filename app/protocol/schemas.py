@@ -15,7 +15,8 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     recipe_key: str = Field(min_length=1, max_length=64, description="a released recipe's key")
-    recipe_version: int | None = Field(default=None, ge=1, description="unset: the newest released version")
+    recipe_version: int | None = Field(default=None, ge=1, le=2_147_483_647,
+                                       description="unset: the newest released version")
     code: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                              description="the run's code; unset: generated")
     donor_id: str = Field(min_length=1, max_length=100)
@@ -45,7 +46,13 @@ class SignedReason(Reason):
 class StepPost(BaseModel):
     """A step's recorded values, an optional supervisor override, and the performer's signature."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The override rule, stated in the schema too: override true needs a reason, a reason needs override true.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"override": {"const": True}}, "required": ["override"]},
+        "then": {"required": ["override_reason"],
+                 "properties": {"override_reason": {"type": "string", "pattern": "\\S"}}},
+        "else": {"properties": {"override_reason": {"type": "null"}}},
+    })
 
     inputs: dict[str, Any] = Field(default_factory=dict,
                                    description="the step's inputs: a value, or {value, unit} with the recipe's unit")

@@ -119,8 +119,13 @@ class SignatureInput(BaseModel):
     comment: str | None = Field(default=None, max_length=2000, description="optional note kept with the signature")
 
 
+# The record types the protocol registers as signable (register_signable); a test keeps the two equal, so the
+# schema states exactly what the service accepts.
+SignableType = Literal["culture_run", "deviation", "recipe", "step_record"]
+
+
 class SignatureRequest(SignatureInput):
-    entity_type: str = Field(min_length=1, max_length=100, description="a signable record type, e.g. culture_run")
+    entity_type: SignableType = Field(description="a signable record type")
     entity_id: str = Field(min_length=1, max_length=200, description="the record's id")
 
 

@@ -175,7 +175,9 @@ async def test_bad_requests_are_named(service: Service) -> None:
         (_body(run, password, signed_at="2020-01-01T00:00:00Z"), 422, "signed_at"),
         (_body(run, password, signer_user_id=1), 422, "signer_user_id"),
         (_body(run, password, printed_name="Somebody Else"), 422, "printed_name"),
-        ({**_body(run, password), "entity_type": "device"}, 422, "cannot be signed"),
+        # the schema names the signable types
+        ({**_body(run, password), "entity_type": "device"}, 422,
+         "'culture_run', 'deviation', 'recipe' or 'step_record'"),
         (_body(999999, password), 404, "no culture_run with id '999999'"),
     ]
     for body, status, words in cases:

@@ -258,8 +258,8 @@ async def test_a_database_outage_logs_one_line_down_and_one_up_per_loop(world: W
                        what="the engine and the alarm service to log their recovery")
         outage = svc.text()[mark:]
     lines = outage.splitlines()
-    for logger, back in (("culturectl.engine", "recovered"), ("culturectl.alarms", "recovered"),
-                         ("app.ingest.writer", "reachable again")):
+    for logger, back in (("culturectl.protocol", "recovered"), ("culturectl.alarms", "recovered"),
+                         ("culturectl.ingest", "reachable again")):
         mine = [line for line in lines if f" {logger}: " in line]
         down = [line for line in mine if " WARNING " in line and "unavailable" in line]
         up = [line for line in mine if " INFO " in line and back in line]

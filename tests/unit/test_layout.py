@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import get_args
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "drivers", "simulators")
@@ -113,3 +114,27 @@ def test_drivers_and_simulators_know_nothing_of_the_service() -> None:
 def test_the_top_level_of_app_holds_assembly_only() -> None:
     top = sorted(p.name for p in (ROOT / "app").glob("*.py"))
     assert top == ["__init__.py", "main.py", "runtime.py", "settings.py"]
+
+
+def test_one_logger_naming_scheme() -> None:
+    """Every module logs under culturectl.<area>, so one logging setting covers a whole area."""
+    names: dict[str, str] = {}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "getLogger" and node.args:
+                arg = node.args[0]
+                if isinstance(arg, ast.Name) and arg.id == "__name__":
+                    names[name] = "__name__"
+                elif isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value not in (
+                        "asyncua", "pymodbus", "asyncpg"):
+                    names[name] = arg.value
+    assert names, "no logger found: the walker is broken"
+    wrong = {m: n for m, n in names.items() if not n.startswith("culturectl.")}
+    assert wrong == {}
+
+
+def test_the_schema_names_exactly_the_signable_record_types() -> None:
+    import app.main  # noqa: F401  (imports every module that registers a signable type)
+    from app.records import signatures
+
+    assert set(get_args(signatures.SignableType)) == set(signatures.SIGNABLE)

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.alarms import journal
 from app.alarms.service import Action, AlarmService
-from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.deps import INT64_MAX, ConnectionDep, RecordId, RecordIdQuery, RuntimeDep
+from app.api.schemas import AlarmDetail, AlarmEventPublic, AlarmPublic, ExcursionReport
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
 from app.protocol import deviations, runs
@@ -37,7 +38,8 @@ class AlarmComment(BaseModel):
 class ShelveIn(AlarmComment):
     """Shelve for a number of clock minutes (at most CULTURECTL_ALARM_SHELVE_MAX_MINUTES)."""
 
-    minutes: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60, allow_inf_nan=False,
+                                    description="at most CULTURECTL_ALARM_SHELVE_MAX_MINUTES (at most 7 days)")]
 
 
 def _service(runtime: Runtime) -> AlarmService:
@@ -47,7 +49,8 @@ def _service(runtime: Runtime) -> AlarmService:
     return runtime.alarms
 
 
-@router.get("", summary="Alarms and their current state, most urgent first (default: not normal)")
+@router.get("", response_model=list[AlarmPublic],
+            summary="Alarms and their current state, most urgent first (default: not normal)")
 async def list_alarms(
     principal: CurrentPrincipal, runtime: RuntimeDep,
     state: Annotated[Literal["active", "all"] | Status, Query(
@@ -55,7 +58,7 @@ async def list_alarms(
     device: Annotated[str | None, Query()] = None,
     channel: Annotated[str | None, Query(description="device.point")] = None,
     priority: Annotated[Literal["high", "medium", "low", "advisory"] | None, Query()] = None,
-    run_id: Annotated[int | None, Query()] = None,
+    run_id: RecordIdQuery = None,
 ) -> list[dict[str, Any]]:
     svc = _service(runtime)
     alarms = svc.active() if state == "active" else sorted(svc.alarms.values(), key=lambda a: a.id)
@@ -71,18 +74,19 @@ async def list_alarms(
     return out
 
 
-@router.get("/history", summary="The alarm journal: every transition, newest first, with filters")
+@router.get("/history", response_model=list[AlarmEventPublic],
+            summary="The alarm journal: every transition, newest first, with filters")
 async def history(
     principal: CurrentPrincipal, conn: ConnectionDep, runtime: RuntimeDep,
     alarm_id: Annotated[str | None, Query()] = None,
     device: Annotated[str | None, Query()] = None,
     channel: Annotated[str | None, Query()] = None,
-    run_id: Annotated[int | None, Query()] = None,
+    run_id: RecordIdQuery = None,
     priority: Annotated[Literal["high", "medium", "low", "advisory"] | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="clock time, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="clock time, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-    before_id: Annotated[int | None, Query(description="page: events older than this id")] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="page: events older than this id")] = None,
 ) -> list[dict[str, Any]]:
     if runtime.alarms is not None:
         await runtime.alarms.flush()  # what the stream has shown is in the journal
@@ -90,7 +94,7 @@ async def history(
                                  priority=priority, since=since, until=until, before_id=before_id, limit=limit)
 
 
-@router.get("/{alarm_id}", summary="One alarm with its definition")
+@router.get("/{alarm_id}", response_model=AlarmDetail, summary="One alarm with its definition")
 async def get_alarm(alarm_id: str, principal: CurrentPrincipal, runtime: RuntimeDep) -> dict[str, Any]:
     alarm = _service(runtime).get(alarm_id)
     return {**alarm.view(), "definition": alarm.defn.model_dump(mode="json")}
@@ -102,40 +106,43 @@ async def _act(runtime: Runtime, request: Request, principal: Any, alarm_id: str
                                        client=client_address(request))
 
 
-@router.post("/{alarm_id}/acknowledge", summary="Acknowledge (active_unack -> active_ack, returned_unack -> normal)")
+@router.post("/{alarm_id}/acknowledge", response_model=AlarmPublic,
+             summary="Acknowledge (active_unack -> active_ack, returned_unack -> normal)")
 async def acknowledge(alarm_id: str, body: AlarmComment, principal: CurrentPrincipal, request: Request,
                       runtime: RuntimeDep) -> dict[str, Any]:
     return await _act(runtime, request, principal, alarm_id, "acknowledge", body.comment)
 
 
-@router.post("/{alarm_id}/shelve", summary="Shelve for some clock minutes (expires by itself)")
+@router.post("/{alarm_id}/shelve", response_model=AlarmPublic,
+             summary="Shelve for some clock minutes (expires by itself)")
 async def shelve(alarm_id: str, body: ShelveIn, principal: CurrentPrincipal, request: Request,
                  runtime: RuntimeDep) -> dict[str, Any]:
     until = runtime.clock.now() + timedelta(minutes=body.minutes)
     return await _act(runtime, request, principal, alarm_id, "shelve", body.comment, until)
 
 
-@router.post("/{alarm_id}/unshelve", summary="Unshelve before the shelve expires")
+@router.post("/{alarm_id}/unshelve", response_model=AlarmPublic, summary="Unshelve before the shelve expires")
 async def unshelve(alarm_id: str, body: AlarmComment, principal: CurrentPrincipal, request: Request,
                    runtime: RuntimeDep) -> dict[str, Any]:
     return await _act(runtime, request, principal, alarm_id, "unshelve", body.comment)
 
 
-@router.post("/{alarm_id}/out-of-service", summary="Take out of service (maintenance); not annunciated until returned")
+@router.post("/{alarm_id}/out-of-service", response_model=AlarmPublic,
+             summary="Take out of service (maintenance); not annunciated until returned")
 async def take_out_of_service(alarm_id: str, body: AlarmComment, principal: CurrentPrincipal, request: Request,
                               runtime: RuntimeDep) -> dict[str, Any]:
     return await _act(runtime, request, principal, alarm_id, "out_of_service", body.comment)
 
 
-@router.post("/{alarm_id}/return-to-service", summary="Return to service")
+@router.post("/{alarm_id}/return-to-service", response_model=AlarmPublic, summary="Return to service")
 async def return_to_service(alarm_id: str, body: AlarmComment, principal: CurrentPrincipal, request: Request,
                             runtime: RuntimeDep) -> dict[str, Any]:
     return await _act(runtime, request, principal, alarm_id, "return_to_service", body.comment)
 
 
-@runs_router.get("/{run_id}/excursions", tags=["runs"],
+@runs_router.get("/{run_id}/excursions", response_model=ExcursionReport, tags=["runs"],
                  summary="Time and integral outside the band per channel of a run (batch record)")
-async def excursions(run_id: int, principal: CurrentPrincipal, conn: ConnectionDep,
+async def excursions(run_id: RecordId, principal: CurrentPrincipal, conn: ConnectionDep,
                      runtime: RuntimeDep) -> dict[str, Any]:
     await runs.run_row(conn, run_id)  # 404 for an unknown run
     if runtime.alarms is not None:

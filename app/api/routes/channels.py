@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import TypeAdapter, ValidationError
 
-from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.deps import ConnectionDep, RuntimeDep, SmallId
 from app.api.schemas import ChannelPublic, LatestValue, TelemetryPoint, TelemetryPublic
 from app.core.problems import Problem
 from app.devices import registry
@@ -64,7 +64,7 @@ async def list_channels(conn: ConnectionDep) -> list[ChannelPublic]:
                404: {"description": "no such channel"}},
 )
 async def channel_telemetry(
-    channel_id: int,
+    channel_id: SmallId,
     conn: ConnectionDep,
     runtime: RuntimeDep,
     start: Annotated[datetime | None, Query(description="inclusive, with UTC offset; default end - 1 h")] = None,

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.deps import INT64_MAX, ConnectionDep, RecordId, RuntimeDep
+from app.api.schemas import DeviationPublic
 from app.api.security import CurrentPrincipal, client_address
 from app.protocol import deviations, schemas
 from app.records import signatures
@@ -14,30 +15,32 @@ from app.records import signatures
 router = APIRouter(prefix="/deviations", tags=["deviations"])
 
 
-@router.get("", summary="Deviations, oldest first (filters: run, status)")
+@router.get("", response_model=list[DeviationPublic], summary="Deviations, oldest first (filters: run, status)")
 async def list_deviations(
     principal: CurrentPrincipal, conn: ConnectionDep,
-    run_id: Annotated[int | None, Query(description="only this run's")] = None,
+    run_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="only this run's")] = None,
     status: Annotated[Literal["open", "closed"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
     return await deviations.list_deviations(conn, run_id, status, limit)
 
 
-@router.get("/{deviation_id}", summary="One deviation with its facts and comments")
-async def get_deviation(deviation_id: int, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
+@router.get("/{deviation_id}", response_model=DeviationPublic, summary="One deviation with its facts and comments")
+async def get_deviation(deviation_id: RecordId, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
     return await deviations.deviation_view(conn, deviation_id)
 
 
-@router.post("/{deviation_id}/comments", status_code=201, summary="Comment on a deviation (any user)")
-async def comment(deviation_id: int, body: schemas.CommentIn, principal: CurrentPrincipal, request: Request,
+@router.post("/{deviation_id}/comments", response_model=DeviationPublic, status_code=201,
+             summary="Comment on a deviation (any user)")
+async def comment(deviation_id: RecordId, body: schemas.CommentIn, principal: CurrentPrincipal, request: Request,
                   conn: ConnectionDep) -> dict[str, Any]:
     return await deviations.comment_deviation(conn, deviation_id, body.text, principal=principal,
                                          client=client_address(request))
 
 
-@router.post("/{deviation_id}/close", summary="Close a deviation (QA): reason + signature 'approved'")
-async def close(deviation_id: int, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
+@router.post("/{deviation_id}/close", response_model=DeviationPublic,
+             summary="Close a deviation (QA): reason + signature 'approved'")
+async def close(deviation_id: RecordId, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
                 conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
     await deviations.deviation_view(conn, deviation_id, comments=False)  # 404 before asking for the password

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.deps import ConnectionDep, RuntimeDep, SmallId
+from app.api.schemas import RecipePublic, RecipeSummary
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
 from app.protocol import recipes
@@ -27,7 +28,7 @@ class RecipeRelease(BaseModel):
     signature: signatures.SignatureInput
 
 
-@router.post("", status_code=201,
+@router.post("", response_model=RecipePublic, status_code=201,
              summary="Release a recipe (QA, admin): YAML text + signature 'approved'; 200 if already released as is")
 async def release_recipe(body: RecipeRelease, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
                          runtime: RuntimeDep) -> Any:
@@ -42,14 +43,15 @@ async def release_recipe(body: RecipeRelease, principal: CurrentPrincipal, reque
                                                   threshold=runtime.settings.lockout_threshold)
     view, created = await recipes.release_recipe(conn, recipe, principal=principal, signer=signer,
                                                signature=body.signature, client=client)
-    return view if created else JSONResponse(view, status_code=200)
+    # already released as is: the same body, 200 instead of 201
+    return view if created else JSONResponse(RecipePublic.model_validate(view).model_dump(mode="json"), status_code=200)
 
 
-@router.get("", summary="Released recipes (key, version, content hash, steps)")
+@router.get("", response_model=list[RecipeSummary], summary="Released recipes (key, version, content hash, steps)")
 async def list_recipes(principal: CurrentPrincipal, conn: ConnectionDep) -> list[dict[str, Any]]:
     return await recipes.list_recipes(conn)
 
 
-@router.get("/{key}/{version}", summary="One released recipe with its content")
-async def get_recipe(key: str, version: int, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
+@router.get("/{key}/{version}", response_model=RecipePublic, summary="One released recipe with its content")
+async def get_recipe(key: str, version: SmallId, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
     return recipes.recipe_view(await recipes.find_recipe(conn, key, version), with_content=True)

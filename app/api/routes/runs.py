@@ -8,7 +8,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from app.api import idempotency
-from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.deps import ConnectionDep, RecordId, RuntimeDep
+from app.api.schemas import RunCreated, RunPublic, RunSummary, StepPosted
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
 from app.protocol import runs, schemas, steps
@@ -17,7 +18,7 @@ from app.records import audit, signatures
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
-@router.post("", status_code=201,
+@router.post("", response_model=RunCreated, status_code=201,
              summary="Plan a run from a released recipe (operator, supervisor, admin): T0 proposal, infusion warning")
 async def create_run(body: schemas.RunCreate, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
                      runtime: RuntimeDep) -> dict[str, Any]:
@@ -25,7 +26,7 @@ async def create_run(body: schemas.RunCreate, principal: CurrentPrincipal, reque
                                   client=client_address(request))
 
 
-@router.get("", summary="Culture runs, newest first")
+@router.get("", response_model=list[RunSummary], summary="Culture runs, newest first")
 async def list_runs(
     principal: CurrentPrincipal, conn: ConnectionDep,
     status: Literal["planned", "running", "held", "completed", "aborted"] | None = None,
@@ -34,16 +35,17 @@ async def list_runs(
     return await runs.list_runs(conn, status, max(1, min(limit, 1000)))
 
 
-@router.get("/{run_id}", summary="A run with its schedule (windows, step states), next due step, dose, deviations")
-async def get_run(run_id: int, principal: CurrentPrincipal, conn: ConnectionDep,
+@router.get("/{run_id}", response_model=RunPublic,
+            summary="A run with its schedule (windows, step states), next due step, dose, deviations")
+async def get_run(run_id: RecordId, principal: CurrentPrincipal, conn: ConnectionDep,
                   runtime: RuntimeDep) -> dict[str, Any]:
     return await runs.run_view(conn, run_id, runtime.clock.now())
 
 
-@router.post("/{run_id}/steps/{step_key}", status_code=201,
+@router.post("/{run_id}/steps/{step_key}", response_model=StepPosted, status_code=201,
              summary="Record a step (operator, supervisor, QA, automation): windows, order, inputs, acceptance")
 async def post_step(
-    run_id: int, step_key: str, body: schemas.StepPost, principal: CurrentPrincipal, request: Request,
+    run_id: RecordId, step_key: str, body: schemas.StepPost, principal: CurrentPrincipal, request: Request,
     conn: ConnectionDep, runtime: RuntimeDep,
     idempotency_key: Annotated[str | None, Header(max_length=200,
                                                   description="same key + same body: the first answer again")] = None,
@@ -54,7 +56,7 @@ async def post_step(
     if idempotency_key is not None:
         replay = await idempotency.stored_reply(conn, principal, idempotency_key, path, digest)
         if replay is not None:
-            return JSONResponse(replay[1], status_code=replay[0], headers={"Idempotent-Replayed": "true"})
+            return _replayed(replay)
     reply = None if idempotency_key is None else idempotency.store_reply(principal, idempotency_key, path, digest)
     try:
         return await steps.post_step(conn, run_id, step_key, body, principal=principal, now=runtime.clock.now(),
@@ -64,19 +66,27 @@ async def post_step(
         if idempotency_key is not None:  # a concurrent request with the same key may have won: answer as it did
             replay = await idempotency.stored_reply(conn, principal, idempotency_key, path, digest)
             if replay is not None:
-                return JSONResponse(replay[1], status_code=replay[0], headers={"Idempotent-Replayed": "true"})
+                return _replayed(replay)
         raise
 
 
-@router.post("/{run_id}/hold", summary="Hold a running run (supervisor, QA), with a reason")
-async def hold(run_id: int, body: schemas.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+def _replayed(replay: tuple[int, Any]) -> JSONResponse:
+    """The stored answer, in the form the first one was sent (through the same response model)."""
+    body = StepPosted.model_validate(replay[1]).model_dump(mode="json")
+    return JSONResponse(body, status_code=replay[0], headers={"Idempotent-Replayed": "true"})
+
+
+@router.post("/{run_id}/hold", response_model=RunPublic, summary="Hold a running run (supervisor, QA), with a reason")
+async def hold(run_id: RecordId, body: schemas.Reason, principal: CurrentPrincipal, request: Request,
+               conn: ConnectionDep,
                runtime: RuntimeDep) -> dict[str, Any]:
     return await runs.hold_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
                                 client=client_address(request))
 
 
-@router.post("/{run_id}/resume", summary="Resume a held run (QA): reason + signature 'approved'")
-async def resume(run_id: int, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
+@router.post("/{run_id}/resume", response_model=RunPublic,
+             summary="Resume a held run (QA): reason + signature 'approved'")
+async def resume(run_id: RecordId, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
                  conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
     await runs.run_row(conn, run_id)  # 404 before asking for the password
@@ -87,8 +97,10 @@ async def resume(run_id: int, body: schemas.SignedReason, principal: CurrentPrin
                                   client=client)
 
 
-@router.post("/{run_id}/abort", summary="Abort a run (supervisor, QA), with a reason; it never changes again")
-async def abort(run_id: int, body: schemas.Reason, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+@router.post("/{run_id}/abort", response_model=RunPublic,
+             summary="Abort a run (supervisor, QA), with a reason; it never changes again")
+async def abort(run_id: RecordId, body: schemas.Reason, principal: CurrentPrincipal, request: Request,
+                conn: ConnectionDep,
                 runtime: RuntimeDep) -> dict[str, Any]:
     return await runs.abort_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
                                  client=client_address(request))

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.schemas import SetpointCommandPublic
 from app.api.security import CurrentPrincipal, client_address
 from app.control import setpoints
 from app.control.setpoints import SetpointRequest, SetpointService
@@ -23,7 +24,7 @@ def service(runtime: RuntimeDep) -> SetpointService:
                            timeout=runtime.settings.setpoint_timeout)
 
 
-@router.post("/{name}/setpoints",
+@router.post("/{name}/setpoints", response_model=SetpointCommandPublic,
              summary="Command a setpoint (operator, supervisor): limits, run state, rate of change, device state; "
                      "written, read back and confirmed")
 async def command_setpoint(name: str, body: SetpointRequest, principal: CurrentPrincipal, request: Request,
@@ -32,7 +33,8 @@ async def command_setpoint(name: str, body: SetpointRequest, principal: CurrentP
                                           client=client_address(request))
 
 
-@router.get("/{name}/setpoints", summary="The device's setpoint commands with their results, newest first")
+@router.get("/{name}/setpoints", response_model=list[SetpointCommandPublic],
+            summary="The device's setpoint commands with their results, newest first")
 async def list_setpoints(
     name: str, principal: CurrentPrincipal, conn: ConnectionDep, runtime: RuntimeDep,
     point: str | None = None,

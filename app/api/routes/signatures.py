@@ -34,7 +34,7 @@ async def create_signature(body: signatures.SignatureRequest, principal: Current
 async def list_signatures(
     principal: CurrentPrincipal,
     conn: ConnectionDep,
-    entity_type: Annotated[str, Query(description="a signable record type, e.g. culture_run")],
+    entity_type: Annotated[signatures.SignableType, Query(description="a signable record type")],
     entity_id: Annotated[str | None, Query(description="the record's id; unset: every record of the type")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[signatures.SignatureOut]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.deps import ConnectionDep, RuntimeDep, SmallId
 from app.api.routes.auth import UserPublic
 from app.api.security import CurrentPrincipal, client_address
 from app.auth import users
@@ -67,14 +67,14 @@ async def change_password(body: PasswordChange, principal: CurrentPrincipal, req
 
 @router.post("/{user_id}/disable", response_model=UserPublic,
              summary="Disable a user (admin): refused at once, sessions end")
-async def disable_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
+async def disable_user(user_id: SmallId, body: Reason, principal: CurrentPrincipal, request: Request,
                        conn: ConnectionDep) -> UserPublic:
     return _public(await users.set_disabled(conn, user_id, True, actor=principal, reason=body.reason,
                                                client=client_address(request)))
 
 
 @router.post("/{user_id}/enable", response_model=UserPublic, summary="Enable a disabled user (admin)")
-async def enable_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
+async def enable_user(user_id: SmallId, body: Reason, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep) -> UserPublic:
     return _public(await users.set_disabled(conn, user_id, False, actor=principal, reason=body.reason,
                                                client=client_address(request)))
@@ -82,7 +82,7 @@ async def enable_user(user_id: int, body: Reason, principal: CurrentPrincipal, r
 
 @router.post("/{user_id}/unlock", response_model=UserPublic,
              summary="Unlock a user locked by failed logins (admin)")
-async def unlock_user(user_id: int, body: Reason, principal: CurrentPrincipal, request: Request,
+async def unlock_user(user_id: SmallId, body: Reason, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep) -> UserPublic:
     return _public(await users.unlock_user(conn, user_id, actor=principal, reason=body.reason,
                                               client=client_address(request)))
