@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from app.auth.principal import Principal
 from app.control import rules as control
@@ -36,7 +37,9 @@ from app.control.rules import BoundRun, Refusal, Source
 from app.core.clock import Clock
 from app.core.live import LiveHub
 from app.core.problems import Problem
+from app.db import query, schema
 from app.devices.hub import DeviceHub
+from app.protocol import runs
 from app.records import audit
 from drivers.base import DeviceUnavailable, PointSpec
 
@@ -204,10 +207,7 @@ class SetpointService:
 
     @staticmethod
     async def _runs(conn: asyncpg.Connection, device: str) -> list[BoundRun]:
-        rows = await conn.fetch(
-            "SELECT r.id, r.code, r.status FROM culture_run r JOIN device d "
-            "ON d.id = r.incubator_device_id OR d.id = r.culture_system_device_id "
-            "WHERE d.name = $1 AND r.status = ANY($2::text[]) ORDER BY r.id", device, sorted(control.BINDING_STATES))
+        rows = await runs.runs_on_device(conn, device, sorted(control.BINDING_STATES))
         return [BoundRun(int(r["id"]), str(r["code"]), str(r["status"])) for r in rows]
 
     @staticmethod
@@ -228,8 +228,9 @@ class SetpointService:
 async def history(conn: asyncpg.Connection, device: str, *, point: str | None = None,
                   limit: int = 100) -> list[dict[str, Any]]:
     """The device's setpoint commands, newest first."""
-    rows = await conn.fetch(
-        f"SELECT {COMMAND_COLUMNS} FROM setpoint_command WHERE device = $1 AND ($2::text IS NULL OR point = $2) "
-        "ORDER BY id DESC LIMIT $3", device, point, limit)
-    return [command_view(r) for r in rows]
+    t = schema.setpoint_command
+    q = select(*(t.c[name] for name in COMMAND_COLUMNS.split(", "))).where(t.c.device == device)
+    if point is not None:
+        q = q.where(t.c.point == point)
+    return [command_view(r) for r in await query.fetch(conn, q.order_by(t.c.id.desc()).limit(limit))]
 

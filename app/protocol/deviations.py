@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from app.auth.principal import Principal
 from app.core.problems import Problem
-from app.db import DBConnection
+from app.db import DBConnection, query, schema
 from app.protocol.common import json_ready, not_found, require_meaning
 from app.protocol.schemas import SignedReason
 from app.records import audit, signatures
@@ -88,11 +90,15 @@ async def deviation_view(conn: DBConnection, deviation_id: int, *, comments: boo
 
 async def list_deviations(conn: DBConnection, run_id: int | None, status: str | None,
                           limit: int = 200) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        f"SELECT {DEVIATION_COLUMNS} FROM deviation WHERE ($1::bigint IS NULL OR run_id = $1) "
-        "AND ($2::text IS NULL OR status = $2) ORDER BY id LIMIT $3", run_id, status, limit)
+    """Deviations, oldest first, of one run and of one status when given."""
+    t = schema.deviation
+    q = select(*(t.c[name.strip()] for name in DEVIATION_COLUMNS.split(",")))
+    if run_id is not None:
+        q = q.where(t.c.run_id == run_id)
+    if status is not None:
+        q = q.where(t.c.status == status)
     out = []
-    for r in rows:
+    for r in await query.fetch(conn, q.order_by(t.c.id).limit(limit)):
         d = dict(r)
         d["facts"] = None if r["facts"] is None else json.loads(r["facts"])
         out.append(json_ready(d))

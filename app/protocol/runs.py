@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
+from sqlalchemy import func, select
 
 from app.auth.principal import Principal
 from app.core.problems import Problem
-from app.db import DBConnection
+from app.db import DBConnection, query, schema
 from app.devices.registry import device_id
 from app.protocol import deviations, dose, planner
 from app.protocol.common import invalid, json_ready, not_found, require_meaning
@@ -27,6 +28,17 @@ from app.protocol.recipes import find_recipe, recipe_of, recipe_row
 from app.protocol.schemas import RunCreate, SignedReason
 from app.records import audit, signatures
 from app.records.signatures import SignatureInput, Signer
+
+
+@signatures.register_signable("culture_run", description="a culture run: code, status, devices, t0, end")
+async def _load_culture_run(conn: DBConnection, entity_id: str) -> Mapping[str, Any] | None:
+    if not entity_id.isdigit():
+        return None
+    row = await conn.fetchrow(
+        "SELECT id, code, status, incubator_device_id, culture_system_device_id, t0, created_at, ended_at "
+        "FROM culture_run WHERE id = $1", int(entity_id))
+    return dict(row) if row is not None else None
+
 
 RunStatus = Literal["planned", "running", "held", "completed", "aborted"]
 CLOSED: frozenset[str] = frozenset({"completed", "aborted"})
@@ -217,6 +229,14 @@ async def newest_active(conn: DBConnection) -> asyncpg.Record | None:
     return row
 
 
+async def runs_on_device(conn: DBConnection, device: str, statuses: Sequence[str]) -> list[asyncpg.Record]:
+    """The runs in `statuses` that have `device` bound (as incubator or culture system), oldest first."""
+    return list(await conn.fetch(
+        "SELECT r.id, r.code, r.status FROM culture_run r JOIN device d "
+        "ON d.id = r.incubator_device_id OR d.id = r.culture_system_device_id "
+        "WHERE d.name = $1 AND r.status = ANY($2::text[]) ORDER BY r.id", device, list(statuses)))
+
+
 async def bound_runs(conn: DBConnection, statuses: Sequence[str], in_window: Sequence[str]) -> list[asyncpg.Record]:
     """Runs in `statuses` with their recipe content, bound devices and the steps whose status is in `in_window`."""
     return list(await conn.fetch(
@@ -230,12 +250,18 @@ async def bound_runs(conn: DBConnection, statuses: Sequence[str], in_window: Seq
 
 
 async def list_runs(conn: DBConnection, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        f"SELECT {RUN_COLUMNS}, rc.key AS recipe_key, rc.version AS recipe_version, "
-        "(SELECT count(*) FROM deviation d WHERE d.run_id = r.id AND d.status = 'open') AS open_deviations "
-        f"FROM {RUN_FROM} LEFT JOIN recipe rc ON rc.id = r.recipe_id "
-        "WHERE ($1::text IS NULL OR r.status = $1) ORDER BY r.id DESC LIMIT $2", status, limit)
-    keys = ("id", "code", "status", "recipe_key", "recipe_version", "donor_id", "patient_id", "cell_source",
-            "planned_t0", "t0", "hsct_at", "incubator", "culture_system", "created_by", "created_at", "ended_at",
-            "open_deviations")
-    return [json_ready({k: r[k] for k in keys}) for r in rows]
+    """Runs, newest first, of one status when given, with their recipe and open deviation count."""
+    r, rc, d = schema.culture_run, schema.recipe, schema.deviation
+    inc, cs = schema.device.alias("inc"), schema.device.alias("cs")
+    open_deviations = (select(func.count()).select_from(d)
+                       .where(d.c.run_id == r.c.id, d.c.status == "open").scalar_subquery())
+    q = (select(r.c.id, r.c.code, r.c.status, rc.c.key.label("recipe_key"), rc.c.version.label("recipe_version"),
+                r.c.donor_id, r.c.patient_id, r.c.cell_source, r.c.planned_t0, r.c.t0, r.c.hsct_at,
+                inc.c.name.label("incubator"), cs.c.name.label("culture_system"), r.c.created_by, r.c.created_at,
+                r.c.ended_at, open_deviations.label("open_deviations"))
+         .select_from(r.outerjoin(inc, inc.c.id == r.c.incubator_device_id)
+                      .outerjoin(cs, cs.c.id == r.c.culture_system_device_id)
+                      .outerjoin(rc, rc.c.id == r.c.recipe_id)))
+    if status is not None:
+        q = q.where(r.c.status == status)
+    return [json_ready(dict(row)) for row in await query.fetch(conn, q.order_by(r.c.id.desc()).limit(limit))]

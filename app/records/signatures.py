@@ -73,16 +73,6 @@ def register_signable(
     return register
 
 
-@register_signable("culture_run", description="a culture run: code, status, devices, t0, end")
-async def _load_culture_run(conn: DBConnection, entity_id: str) -> Mapping[str, Any] | None:
-    if not entity_id.isdigit():
-        return None
-    row = await conn.fetchrow(
-        "SELECT id, code, status, incubator_device_id, culture_system_device_id, t0, created_at, ended_at "
-        "FROM culture_run WHERE id = $1", int(entity_id))
-    return dict(row) if row is not None else None
-
-
 def _signable(entity_type: str) -> Signable:
     signable = SIGNABLE.get(entity_type)
     if signable is None:
