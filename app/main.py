@@ -77,6 +77,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     return app
 
 
+_PROBLEM_REF = "#/components/schemas/ProblemDetails"
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with every error answer under application/problem+json (what the API sends)."""
     if app.openapi_schema is None:
@@ -84,9 +87,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for path in doc.get("paths", {}).values():
             for operation in path.values():
                 for code, response in operation.get("responses", {}).items():
-                    content = response.get("content", {})
-                    if code[0] in "45" and "application/json" in content:
-                        response["content"] = {PROBLEM_JSON: content.pop("application/json")}
+                    # every error answer of the API is problem JSON (app.core.problems); /readyz answers its report
+                    if code[0] in "45" and response.get("content", {}).get("application/json", {}).get("schema") \
+                            != {"$ref": "#/components/schemas/Ready"}:
+                        response["content"] = {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}
         schemas = doc.get("components", {}).get("schemas", {})
         if "#/components/schemas/HTTPValidationError" not in json.dumps(doc.get("paths", {})):
             schemas.pop("HTTPValidationError", None)  # FastAPI's own 422 body, which this API never sends

@@ -68,6 +68,22 @@ class TelemetryPublic(BaseModel):
     points: list[TelemetryPoint]
 
 
+class DatabaseReady(BaseModel):
+    ok: bool
+    error: str | None
+
+
+class Ready(BaseModel):
+    """Readiness: 200 with status "ready" when the database answers, else 503 "not ready"; the state as it is now."""
+
+    status: str = Field(description="ready or not ready")
+    database: DatabaseReady
+    ingest: dict[str, Any] | None = Field(description="the telemetry writer's and spool's counters")
+    buffer: dict[str, Any] | None = Field(description="the ingest buffer's counters")
+    live: dict[str, Any] = Field(description="the live stream's counters")
+    devices: dict[str, dict[str, Any]] = Field(description="each device's connection state and since when")
+
+
 class Health(BaseModel):
     status: str
 

@@ -138,3 +138,25 @@ def test_the_schema_names_exactly_the_signable_record_types() -> None:
     from app.records import signatures
 
     assert set(get_args(signatures.SignableType)) == set(signatures.SIGNABLE)
+
+
+def test_every_operation_declares_its_answers() -> None:
+    """A typed contract: each success answer has a schema, each error answer is problem JSON with its schema."""
+    from app.main import create_app
+
+    doc = create_app().openapi()
+    untyped, errors = [], []
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            for code, response in op["responses"].items():
+                content = response.get("content") or {}
+                if code.startswith("2"):
+                    schema = (content.get("application/json") or {}).get("schema")
+                    if code != "204" and "text/event-stream" not in content and not schema:
+                        untyped.append(f"{method.upper()} {path} {code}")
+                elif path != "/readyz" and content != {
+                        "application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}:
+                    errors.append(f"{method.upper()} {path} {code}")
+            if path.startswith("/api/") and not {"401", "422", "500", "503"} <= set(op["responses"]):
+                errors.append(f"{method.upper()} {path}: common errors undocumented")
+    assert (untyped, errors) == ([], [])

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app import db
 from app.api.deps import RuntimeDep
 from app.api.metrics import render_metrics
-from app.api.schemas import Health
+from app.api.schemas import Health, Ready
 
 router = APIRouter(tags=["health"])
 
@@ -23,7 +23,7 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", summary="Database and devices: 200 when the database is reachable, else 503",
-            responses={503: {"description": "the database cannot be reached"}})
+            responses={200: {"model": Ready}, 503: {"model": Ready, "description": "the database cannot be reached"}})
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     db_ok, db_error = False, None
     if runtime.pool is not None:
