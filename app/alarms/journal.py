@@ -102,7 +102,9 @@ ALARM_SQL = (
     "$14) ON CONFLICT (id) DO UPDATE SET description = EXCLUDED.description, priority = EXCLUDED.priority, "
     "kind = EXCLUDED.kind, status = EXCLUDED.status, severity = EXCLUDED.severity, value = EXCLUDED.value, "
     "active_since = EXCLUDED.active_since, mode_until = EXCLUDED.mode_until, run_id = EXCLUDED.run_id, "
-    "changed_at = EXCLUDED.changed_at"
+    "changed_at = EXCLUDED.changed_at "
+    # a replayed older snapshot never overwrites a newer state
+    "WHERE alarm.changed_at <= EXCLUDED.changed_at"
 )
 # The record key makes a replay from the spool idempotent (a crash between the commit and the spool's delete).
 EVENT_SQL = (
@@ -154,7 +156,8 @@ EXCURSION_SQL = (
     "integral = EXCLUDED.integral, worst = EXCLUDED.worst, episodes = EXCLUDED.episodes, "
     "hard_episodes = EXCLUDED.hard_episodes, cumulative_tripped = EXCLUDED.cumulative_tripped, "
     "outside = EXCLUDED.outside, beyond_hard = EXCLUDED.beyond_hard, last_value = EXCLUDED.last_value, "
-    "last_at = EXCLUDED.last_at, first_outside_at = EXCLUDED.first_outside_at, updated_at = EXCLUDED.updated_at"
+    "last_at = EXCLUDED.last_at, first_outside_at = EXCLUDED.first_outside_at, updated_at = EXCLUDED.updated_at "
+    "WHERE excursion.updated_at <= EXCLUDED.updated_at"  # a replayed older snapshot never overwrites a newer one
 )
 
 

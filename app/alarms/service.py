@@ -7,8 +7,9 @@
   end of suppression), raises the historian alarm from the writer's state, refreshes which run each device
   serves (phase-aware definitions from the run's recipe, door suppression, excursions), and persists.
 - Transitions are published on the live stream at once (kind "alarm") and written to the journal
-  (`alarm_event`) and the current state (`alarm`) in order; while the database is down they wait in memory and are
-  written when it returns.
+  (`alarm_event`) and the current state (`alarm`) in order (app/alarms/journal.py); while the database is down they
+  go to the disk spool (fsync'd) and are written first, in order, when it returns: a record key keeps events and
+  deviations from being written twice, and a replayed older snapshot never overwrites a newer alarm or excursion.
 - Operator actions (acknowledge, shelve, unshelve, out of service) need a comment; each writes its journal row,
   the alarm row and one audit record in one transaction before the in-memory state changes.
 - Excursions of a run's channels (time and integral outside the band) are accounted from the same readings; the
@@ -92,6 +93,18 @@ class _Binding:
     door_steps: frozenset[str]
     overrides: tuple[AlarmOverride, ...]
     excursions: tuple[ExcursionRule, ...]
+
+
+@dataclass
+class _Replay:
+    """What a replay of the spool wrote (ids to delete after the commit) and what the database refused."""
+
+    done: list[int] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)
+
+
+# (journal events written, (alarm id, the state written) of each alarm row written)
+_Written = tuple[int, list[tuple[str, AlarmState]]]
 
 
 @dataclass
@@ -349,18 +362,16 @@ class AlarmService:
         except ValueError as exc:
             raise Problem(422, "shelve-not-allowed", "Shelve not allowed", str(exc), rule="shelve_duration",
                           max_minutes=self.shelve_max.total_seconds() / 60) from None
-        actor = principal.label
-        async with self._lock, self.pool.acquire() as conn, conn.transaction():
-            await self._flush_pending(conn)
-            snapshot = replace(alarm, state=new)
-            await journal.upsert_alarm(conn, snapshot)
-            for tr in trs:
-                await journal.insert_event(conn, snapshot, tr, actor, comment)
-            await audit.record(conn, actor=principal, action=f"alarm.{action}", entity_type="alarm", entity_id=alarm_id,
-                               old={"status": before.status.value},
-                               new={"status": new.status.value, "until": until, "at": now,
-                                    "severity": new.active.value if new.active is not None else None},
-                               reason=comment, client=client)
+        published: list[tuple[int, dict[str, Any]]] = []
+        async with self._lock:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # what waits in the spool and in memory goes first, so the journal stays in order
+                replay = await self._replay(conn, published)
+                written = await self._flush_pending(conn)
+                await self._act_within(conn, alarm, before, new, trs, principal, action, now, until, comment,
+                                       client)
+            await self._committed(replay, written)
+        self._publish_deviations(published)
         # the hot path may have changed the alarm meanwhile: apply the action to what it is now
         if alarm.state is not before:
             try:
@@ -368,8 +379,23 @@ class AlarmService:
             except (IllegalTransition, ValueError):
                 new, trs = alarm.state, []
         alarm.state = new
-        self._emit(alarm, trs, actor, comment, persist=False)
+        self._emit(alarm, trs, principal.label, comment, persist=False)
         return alarm.view()
+
+    async def _act_within(self, conn: asyncpg.Connection, alarm: Alarm, before: AlarmState, new: AlarmState,
+                          trs: Sequence[Transition], principal: Principal, action: Action, now: datetime,
+                          until: datetime | None, comment: str, client: str | None) -> None:
+        """The action's alarm row, journal rows and audit record, in the caller's transaction."""
+        actor = principal.label
+        snapshot = replace(alarm, state=new)
+        await journal.upsert_alarm(conn, snapshot)
+        for tr in trs:
+            await journal.insert_event(conn, snapshot, tr, actor, comment)
+        await audit.record(conn, actor=principal, action=f"alarm.{action}", entity_type="alarm", entity_id=alarm.id,
+                           old={"status": before.status.value},
+                           new={"status": new.status.value, "until": until, "at": now,
+                                "severity": new.active.value if new.active is not None else None},
+                           reason=comment, client=client)
 
     # -- context: which run each device serves ---------------------------------------------------------------
 
@@ -461,32 +487,47 @@ class AlarmService:
                 await self._spool_work()
                 return
             published: list[tuple[int, dict[str, Any]]] = []
-            replayed: list[int] = []
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    replayed = await self._replay(conn, published)
-                    await self._flush_pending(conn)
+                    replay = await self._replay(conn, published)
+                    written = await self._flush_pending(conn)
                     now = self.clock.now()
-                    for exs in self._excursions.values():
-                        for ex in exs:
-                            if ex.dirty:
-                                await conn.execute(journal.EXCURSION_SQL, *journal.excursion_args(ex, now))
-                    for t in self._trips:
+                    excursions = [ex for exs in self._excursions.values() for ex in exs if ex.dirty]
+                    for ex in excursions:
+                        await journal.upsert_excursion(conn, ex, now)
+                    trips = list(self._trips)
+                    for t in trips:
                         dev = await journal.open_deviation(conn, t)
                         if dev is not None:
                             published.append((t.run_id, dev))
             except db.UNAVAILABLE:
                 if self.spool is not None:
-                    await self._spool_work()
+                    await self._spool_work()  # nothing was cleared before the commit: all of it is still here
                 raise
-            if replayed and self.spool is not None:
-                await self.spool.delete_records(replayed)  # committed: only now may they leave the spool
-            self._trips.clear()
-            for exs in self._excursions.values():
-                for ex in exs:
-                    ex.dirty = False
+            await self._committed(replay, written)
+            del self._trips[:len(trips)]
+            for ex in excursions:
+                ex.dirty = False  # a reading meanwhile makes it dirty again with its own later state
+        self._publish_deviations(published)
+
+    def _publish_deviations(self, published: Sequence[tuple[int, dict[str, Any]]]) -> None:
         for run_id, dev in published:
             self.live.publish("deviation", str(dev["id"]), {"run_id": run_id, **dev})
+
+    async def _committed(self, replay: _Replay, written: _Written) -> None:
+        """After the COMMIT: forget what it wrote (in memory and in the spool); what changed meanwhile stays."""
+        events, alarms = written
+        for _ in range(events):
+            self._pending.popleft()
+        for alarm_id, state in alarms:
+            alarm = self._dirty.get(alarm_id)
+            if alarm is not None and alarm.state is state:
+                del self._dirty[alarm_id]
+        if self.spool is not None:
+            if replay.done:
+                await self.spool.delete_records(replay.done)  # committed: only now may they leave the spool
+            if replay.refused:
+                await self.spool.quarantine_records(replay.refused)
 
     async def _spool_work(self) -> None:
         """Move everything waiting in memory to the disk spool, in the order it would be written. Caller holds the
@@ -511,49 +552,58 @@ class AlarmService:
                 ex.dirty = False
         self.stats["spooled"] = self.stats.get("spooled", 0) + len(records)
 
-    async def _replay(self, conn: asyncpg.Connection, published: list[tuple[int, dict[str, Any]]]) -> list[int]:
-        """Write what the spool holds, oldest first, in the caller's transaction; return the records' ids."""
+    async def _replay(self, conn: asyncpg.Connection, published: list[tuple[int, dict[str, Any]]]) -> _Replay:
+        """Write what the spool holds, oldest first, in the caller's transaction (each record in a savepoint: one the
+        database refuses goes to the spool's quarantine after the commit instead of blocking the others)."""
+        out = _Replay()
         if self.spool is None or not self.spool.record_count:
-            return []
-        done: list[int] = []
-        while True:
-            batch = [r for r in await self.spool.oldest_records(limit=1000) if r.id not in set(done)]
-            if not batch:
-                return done
+            return out
+        after = 0
+        while batch := await self.spool.oldest_records(limit=1000, after_id=after):
             for rec in batch:
-                args = journal.unpack(rec.payload)
-                if rec.kind == "alarm":
-                    await conn.execute(journal.ALARM_SQL, *args)
-                elif rec.kind == "alarm_event":
-                    await conn.execute(journal.EVENT_SQL, *args)
-                elif rec.kind == "excursion":
-                    await conn.execute(journal.EXCURSION_SQL, *args)
-                elif rec.kind == "deviation":
-                    run_id, rule, description, facts, at, key = args
-                    dev = await journal.open_deviation(conn, DeviationTrip(run_id, rule, description, facts, at, key))
-                    if dev is not None:
-                        published.append((run_id, dev))
-                else:
-                    log.error("spooled record %d of unknown kind %r left in the spool", rec.id, rec.kind)
+                after = rec.id
+                try:
+                    async with conn.transaction():
+                        await self._apply_record(conn, rec.kind, journal.unpack(rec.payload), published)
+                except db.UNAVAILABLE:
+                    raise
+                except (asyncpg.PostgresError, ValueError, TypeError) as exc:
+                    log.error("spooled %s record %d refused, moved to the spool's quarantine: %s", rec.kind, rec.id,
+                              exc)
+                    out.refused.append((rec.id, f"{type(exc).__name__}: {exc}"))
                     continue
-                done.append(rec.id)
-            self.stats["replayed"] = self.stats.get("replayed", 0) + len(batch)
-            if len(batch) < 1000:
-                return done
+                out.done.append(rec.id)
+        self.stats["replayed"] = self.stats.get("replayed", 0) + len(out.done)
+        return out
 
-    async def _flush_pending(self, conn: asyncpg.Connection) -> None:
-        """Alarm rows first (the journal refers to them), then the journal in order. Caller holds the lock."""
-        if not (self._pending or self._dirty):
-            return
+    @staticmethod
+    async def _apply_record(conn: asyncpg.Connection, kind: str, args: list[Any],
+                            published: list[tuple[int, dict[str, Any]]]) -> None:
+        if kind == "alarm":
+            await conn.execute(journal.ALARM_SQL, *args)
+        elif kind == "alarm_event":
+            await conn.execute(journal.EVENT_SQL, *args)
+        elif kind == "excursion":
+            await conn.execute(journal.EXCURSION_SQL, *args)
+        elif kind == "deviation":
+            run_id, rule, description, facts, at, key = args
+            dev = await journal.open_deviation(conn, DeviationTrip(run_id, rule, description, facts, at, key))
+            if dev is not None:
+                published.append((run_id, dev))
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+
+    async def _flush_pending(self, conn: asyncpg.Connection) -> _Written:
+        """Alarm rows first (the journal refers to them), then the journal in order; what was written, for
+        `_committed` to forget once the transaction is committed. Caller holds the lock."""
+        alarms = [(alarm.id, alarm.state) for alarm in self._dirty.values()]
         for alarm in list(self._dirty.values()):
             await journal.upsert_alarm(conn, alarm)
         events = list(self._pending)
         if events:
             await conn.executemany(journal.EVENT_SQL, [
                 journal.event_args(e.alarm, e.transition, e.actor, e.comment, e.key) for e in events])
-        self._dirty.clear()
-        for _ in events:
-            self._pending.popleft()
+        return len(events), alarms
 
     def wall_interval(self) -> float:
         """Wall seconds between passes: `interval`, but at most `clock_step` of clock time (at least 50 ms), so

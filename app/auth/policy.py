@@ -1,7 +1,7 @@
 """The role x endpoint table: who may call what. Every route of the app has an entry (a test checks it).
 
 An entry is PUBLIC (no credentials), ANY (any authenticated user or API key), USERS (any user, not an API
-key) or a set of roles. The dependency in app.auth.deps looks the matched route up here on every request;
+key) or a set of roles. The dependency in app/api/security.py looks the matched route up here on every request;
 a route without an entry is refused (fail closed).
 """
 

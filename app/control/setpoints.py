@@ -1,6 +1,6 @@
 """The setpoint command service: the one supervised path from a person, a script or the recipe to a device.
 
-`SetpointService.command` checks (app/control.py, in order) the device and point, the point's limits, the run
+`SetpointService.command` checks (app/control/rules.py, in order) the device and point, the point's limits, the run
 state and the rate of change, then the device state; refusals raise a `Problem` and leave no row. A command that
 passes is recorded in `setpoint_command` (result NULL) before it is written through `DeviceHub.write`; the write
 and its read-back get `timeout` wall seconds; then the row is updated with the result (confirmed,

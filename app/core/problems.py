@@ -120,9 +120,19 @@ def install_problem_handlers(app: FastAPI) -> None:
         return response
 
     async def on_database_error(request: Request, exc: Exception) -> JSONResponse:
+        # the database's own message names tables, columns and values: it goes to the log, not to the client
         state = getattr(exc, "sqlstate", None) or "?"
+        log.error("database refused %s %s (SQLSTATE %s): %s", request.method, request.url.path, state, exc)
         return problem_response(request, 500, "database-error", "The database refused the request",
-                                f"SQLSTATE {state}: {exc}", rule="database_error", sqlstate=state)
+                                f"the database refused the request (SQLSTATE {state}); it is logged",
+                                rule="database_error", sqlstate=state)
+
+    async def on_timeout(request: Request, exc: Exception) -> JSONResponse:
+        response = problem_response(request, 503, "timeout", "Timed out",
+                                    "a dependency (the database, a device) did not answer in time; try again shortly",
+                                    rule="timeout")
+        response.headers["Retry-After"] = "5"
+        return response
 
     # Connection errors only: an OSError or a timeout elsewhere in a route is not the database's.
     for unavailable in (ConnectionError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -135,6 +145,7 @@ def install_problem_handlers(app: FastAPI) -> None:
                                 rule="internal_error")
 
     app.add_exception_handler(asyncpg.PostgresError, on_database_error)
+    app.add_exception_handler(TimeoutError, on_timeout)
     app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

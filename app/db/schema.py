@@ -1,7 +1,7 @@
 """The data model in one place: every table as SQLAlchemy Core metadata (columns, keys, indexes, constraints).
 
 The migrations in `migrations/` create this schema, and a test holds a database migrated to head against it
-(Alembic"s compare), so a migration that drifts fails CI. Where the code builds a query from filters and paging it
+(Alembic's compare), so a migration that drifts fails CI. Where the code builds a query from filters and paging it
 builds it from these tables (app/db/query.py); the hot paths (COPY, the rollup upsert, the latest values) stay
 hand-written asyncpg SQL in the module that owns the table.
 
@@ -14,12 +14,12 @@ Owners (the only modules that write each table family):
   step_status: app/protocol/engine.py; deviation, deviation_comment: app/protocol/deviations.py
 - idempotency_key: app/api/idempotency.py
 - setpoint_command: app/control/setpoints.py
-- alarm, alarm_event, excursion: app/alarms/service.py
+- alarm, alarm_event, excursion: app/alarms/journal.py (for the alarm service)
 - schema_info: the migrations
 
 With TimescaleDB, telemetry is a hypertable (no BRIN index) and telemetry_5m a continuous aggregate (a view);
 the schema test leaves those two differences out on that path. Triggers and rights (append-only audit trail,
-journal and recipes) are the migrations" and are tested where they matter.
+journal and recipes) are the migrations' and are tested where they matter.
 """
 
 from __future__ import annotations

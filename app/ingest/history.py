@@ -126,6 +126,14 @@ ORDER BY 1
 """
 
 
+def _stored(value: float | None, quality: int) -> tuple[float | None, Quality]:
+    """A stored value as the API shows it: a non-finite value (rows stored before quality was judged at the edge
+    may hold NaN marked good) is no measurement."""
+    if value is not None and not math.isfinite(value):
+        return None, Quality.BAD
+    return value, Quality(quality)
+
+
 def _check_range(start: datetime, end: datetime) -> None:
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be timezone-aware")
@@ -156,7 +164,7 @@ async def query_telemetry(
         rows = await conn.fetch(_RAW_SQL, channel_id, start, end, max_points + 1)
         if len(rows) > max_points:
             raise TooManyPoints(len(rows), max_points)
-        return [RawPoint(r["time"], r["value"], Quality(r["quality"])) for r in rows]
+        return [RawPoint(r["time"], *_stored(r["value"], r["quality"])) for r in rows]
 
     if bucket <= timedelta(0):
         raise ValueError("bucket must be a positive duration")
@@ -191,10 +199,7 @@ async def latest_values(conn: DBConnection) -> list[LatestValue]:
         ORDER BY key
         """
     )
-    return [
-        LatestValue(int(r["id"]), r["key"], r["unit"], r["time"], r["value"], Quality(r["quality"]))
-        for r in rows
-    ]
+    return [LatestValue(int(r["id"]), r["key"], r["unit"], r["time"], *_stored(r["value"], r["quality"])) for r in rows]
 
 
 async def last_telemetry_time(dsn: str) -> datetime | None:

@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS record (
     kind TEXT NOT NULL,
     payload TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS record_quarantine (
+    id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    error TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS gap (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     channel_id INTEGER,
@@ -177,6 +185,7 @@ class Spool:
         self.deleted_rows = 0
         self.refused_batches = 0
         self.refused_rows = 0
+        self.quarantined_records = 0
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -301,6 +310,7 @@ class Spool:
             "spool_gaps_pending": self._gap_count,
             "spool_age_seconds": self.age,
             "spool_records": self._records,
+            "spool_quarantined_records": self.quarantined_records,
         }
 
     # -- batches ------------------------------------------------------------------------------------------
@@ -407,12 +417,12 @@ class Spool:
         await self._call(work)
         self._records += len(records)
 
-    async def oldest_records(self, limit: int = 1000) -> list[SpooledRecord]:
-        """The oldest waiting records, in the order they were appended."""
+    async def oldest_records(self, limit: int = 1000, after_id: int = 0) -> list[SpooledRecord]:
+        """The oldest waiting records after `after_id`, in the order they were appended (page with the last id)."""
 
         def work() -> list[tuple[int, str, str, float]]:
             return self._conn().execute(
-                "SELECT id, kind, payload, created_at FROM record ORDER BY id LIMIT ?", (limit,)
+                "SELECT id, kind, payload, created_at FROM record WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
             ).fetchall()
 
         return [SpooledRecord(i, k, p, at) for i, k, p, at in await self._call(work)]
@@ -428,6 +438,31 @@ class Spool:
             return self._conn().execute(f"DELETE FROM record WHERE id IN ({marks})", ids).rowcount
 
         self._records -= await self._call(work)
+
+    async def quarantine_records(self, refused: Sequence[tuple[int, str]]) -> None:
+        """Move records the database refused to `record_quarantine` with the error, in one transaction."""
+        if not refused:
+            return
+
+        def work() -> int:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                moved = 0
+                for record_id, error in refused:
+                    cur = db.execute("INSERT INTO record_quarantine (id, created_at, kind, payload, error, "
+                                     "quarantined_at) SELECT id, created_at, kind, payload, ?, ? FROM record "
+                                     "WHERE id = ?", (error, time.time(), record_id))
+                    db.execute("DELETE FROM record WHERE id = ?", (record_id,))
+                    moved += cur.rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return moved
+
+        self._records -= await self._call(work)
+        self.quarantined_records += len(refused)
 
     # -- quarantine -------------------------------------------------------------------------------------
 

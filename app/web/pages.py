@@ -1,6 +1,6 @@
 """The operator dashboard's pages and the HTML fragments they re-fetch when the live stream says something changed.
 
-Pages are read-only views rendered with the same store and service functions the API uses; every action
+Pages are read-only views rendered with the same protocol, alarm and service functions the API uses; every action
 (login, logout, step posts with signatures, alarm acknowledge/shelve) is a fetch to the JSON API from the page,
 so the rules live in one place. Pages need the session cookie: without one they redirect (303) to /login.
 """

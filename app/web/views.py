@@ -1,6 +1,6 @@
 """Pure helpers of the dashboard: what a page shows of a run, an alarm, a step's inputs and a chart.
 
-No I/O here: the page routes (app/web/pages.py) load data with the same store and service functions the API
+No I/O here: the page routes (app/web/pages.py) load data with the same protocol, alarm and service functions the API
 uses and pass it through these functions to the templates. No business rule is decided here either: step
 posts, alarm actions and signatures go to the JSON API, which answers with the rule that applies.
 """

@@ -49,7 +49,7 @@ class Service:
 
     async def create_user(self, role: Role | str, *, password: str | None = None,
                           username: str | None = None) -> tuple[int, str, str]:
-        """A user made through app.auth.accounts (audited as user.create by the cli principal)."""
+        """A user made through app.auth.users (audited as user.create by the cli principal)."""
         role = Role(role)
         username = username or f"{role.value}-{next(_counter)}-{uuid.uuid4().hex[:4]}"
         password = password or new_password()

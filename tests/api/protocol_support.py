@@ -1,4 +1,5 @@
-"""Helpers of the protocol API tests: the default recipe released by a QA user, runs planned through the store."""
+"""Helpers of the protocol API tests: the default recipe released by a QA user, runs planned through
+app.protocol.runs."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def run_body(hsct: datetime, **over: Any) -> dict[str, Any]:
 
 async def make_run(service: Service, now: datetime, *, t0: datetime | None = None,
                    status: str | None = None) -> int:
-    """A planned run (through the store, as the command line) whose T0 is `t0` (default: 10 h after `now`)."""
+    """A planned run (through app.protocol.runs, as the command line) whose T0 is `t0` (default: 10 h after `now`)."""
     await ensure_recipe(service)
     t0 = t0 or now + timedelta(hours=10)
     body = schemas.RunCreate.model_validate(run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat()))

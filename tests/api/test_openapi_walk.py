@@ -194,7 +194,7 @@ BODIES: dict[tuple[str, str], Builder] = {
 }
 
 # Endpoints that sign their own change: the change's record and the signature's own record (signature.create,
-# written by app.signatures.sign_within in the same transaction), both with the caller as actor.
+# written by app.records.signatures.sign_within in the same transaction), both with the caller as actor.
 SIGNED_CHANGE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/recipes"): "recipe.release",
     ("POST", "/api/v1/runs/{run_id}/resume"): "run.resume",

@@ -54,7 +54,7 @@ E2E_PASSWORD = "Seven-Day-Culture-42"
 
 
 async def login(client: httpx.AsyncClient, dsn: str, role: Role) -> str:
-    """Create a user of `role` through app.auth.accounts and log it in over HTTP; returns the token."""
+    """Create a user of `role` through app.auth.users and log it in over HTTP; returns the token."""
     username = f"e2e-{role.value}"
     conn = await db.connect(dsn)
     try:

@@ -1,4 +1,4 @@
-"""The pure rules of setpoint control (app/control.py), by table: limits, run state, rate of change, device state,
+"""The pure rules of setpoint control (app/control/rules.py), by table: limits, run state, rate of change, device state,
 read-back confirmation, with their boundaries."""
 
 from __future__ import annotations

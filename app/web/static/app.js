@@ -541,7 +541,9 @@
             var ts = [], vs = [];
             (data.points || []).forEach(function (p) {
               ts.push(Date.parse(p.time) / 1000);
-              vs.push(p.avg !== undefined && p.avg !== null ? p.avg : (p.n ? null : (p.value === undefined ? null : p.value)));
+              // only good samples are charted: bad, uncertain and implausible ones are gaps (buckets hold good only)
+              var raw = p.quality === undefined || p.quality === null || p.quality === "good" ? p.value : null;
+              vs.push(p.avg !== undefined && p.avg !== null ? p.avg : (p.n ? null : (raw === undefined ? null : raw)));
             });
             var g = withGaps(ts, vs, bucket);
             c.xs = g[0]; c.ys = g[1]; c.lastMeta = null;
@@ -590,7 +592,7 @@
       var t = Date.parse(d.time) / 1000;
       var n = c.xs.length;
       if (n && t <= c.xs[n - 1]) return;
-      var v = d.value === null || d.value === undefined || d.quality === "bad" ? null : d.value;
+      var v = d.value === null || d.value === undefined || d.quality !== "good" ? null : d.value;
       c.xs.push(t); c.ys.push(v);
       while (c.xs.length > MAX_POINTS) { c.xs.shift(); c.ys.shift(); }
       c.lastMeta = { t: t, receivedAt: Date.now(), drawnAt: null };
