@@ -141,12 +141,9 @@ class LimitAlarm(_Alarm):
         return self.priority if lim is None else lim.priority
 
 
-class RateAlarm(_Alarm):
-    """Rate of change above max_per_min (either direction) over window_s, held for on_delay_s."""
+class _DelayedAlarm(_Alarm):
+    """An alarm with one condition and one on-delay and off-delay for it."""
 
-    kind: Literal["rate"] = "rate"
-    max_per_min: Annotated[float, Field(allow_inf_nan=False, gt=0)]
-    window_s: Annotated[float, Field(allow_inf_nan=False, gt=0, le=3600)] = 60.0
     on_delay_s: Seconds = 0.0
     off_delay_s: Seconds = 0.0
 
@@ -157,6 +154,14 @@ class RateAlarm(_Alarm):
     def off_delay(self, level: Severity) -> float:
         """Off-delay, seconds."""
         return self.off_delay_s
+
+
+class RateAlarm(_DelayedAlarm):
+    """Rate of change above max_per_min (either direction) over window_s, held for on_delay_s."""
+
+    kind: Literal["rate"] = "rate"
+    max_per_min: Annotated[float, Field(allow_inf_nan=False, gt=0)]
+    window_s: Annotated[float, Field(allow_inf_nan=False, gt=0, le=3600)] = 60.0
 
 
 class StaleAlarm(_Alarm):
@@ -171,7 +176,7 @@ class StaleAlarm(_Alarm):
     changes_only: bool = False
 
 
-class BadQualityAlarm(_Alarm):
+class BadQualityAlarm(_DelayedAlarm):
     """Readings whose quality is not Good (BAD, uncertain or implausible) for on_delay_s: the culture is unobserved.
 
     A BAD reading has no value; it counts all the same. The gap markers of a device that lost its link do not:
@@ -179,16 +184,6 @@ class BadQualityAlarm(_Alarm):
     """
 
     kind: Literal["bad_quality"] = "bad_quality"
-    on_delay_s: Seconds = 0.0
-    off_delay_s: Seconds = 0.0
-
-    def on_delay(self, level: Severity) -> float:
-        """On-delay, seconds."""
-        return self.on_delay_s
-
-    def off_delay(self, level: Severity) -> float:
-        """Off-delay, seconds."""
-        return self.off_delay_s
 
 
 class CommLossAlarm(_Alarm):
