@@ -24,8 +24,6 @@ from app.alarms.model import (
 from drivers.base import Quality
 
 S = AlarmStatus
-_HIGH = (Severity.HH, Severity.H)
-_LOW = (Severity.LL, Severity.L)
 _RANK = {Severity.HH: 2, Severity.LL: 2}
 _SIDE = {Severity.HH: 1, Severity.H: 1, Severity.L: -1, Severity.LL: -1}
 _MODES = (S.SHELVED, S.SUPPRESSED_BY_DESIGN, S.OUT_OF_SERVICE)

@@ -67,10 +67,6 @@ async def list_api_keys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(await conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))
 
 
-async def get_api_key(conn: asyncpg.Connection, key_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-
-
 async def create_api_key(
     conn: asyncpg.Connection, *, name: str, role: Role | str, actor: Principal, client: str | None = None,
     reason: str | None = None,

@@ -54,10 +54,6 @@ class ScaledClock:
         start = self.origin if self.origin is not None else self.epoch
         return start + timedelta(seconds=wall * self.scale)
 
-    def wall_seconds(self, clock_seconds: float) -> float:
-        """How long `clock_seconds` of this clock take on the wall clock."""
-        return clock_seconds / self.scale
-
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.scale)
 

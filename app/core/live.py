@@ -77,10 +77,6 @@ class LiveHub:
         self.published = 0
         self._closed = False
 
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
-
     def stats(self) -> dict[str, int]:
         return {
             "published": self.published,

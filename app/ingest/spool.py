@@ -252,10 +252,6 @@ class Spool:
     # -- state --------------------------------------------------------------------------------------------
 
     @property
-    def is_open(self) -> bool:
-        return self._executor is not None
-
-    @property
     def rows(self) -> int:
         return self._rows
 

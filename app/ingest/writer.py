@@ -241,11 +241,6 @@ class TelemetryWriter:
         """"ok", "warn" (spool >= 80 % full) or "critical" (>= 95 %)."""
         return self._spool.level
 
-    def update_channels(self, channel_ids: Mapping[str, int]) -> None:
-        """Add or change channel key -> id mappings (e.g. after a device was added)."""
-        self._channel_ids.update(channel_ids)
-        self._unknown_seen.difference_update(channel_ids)
-
     def stats(self) -> dict[str, Any]:
         """Counters for /readyz and /metrics."""
         out: dict[str, Any] = {
