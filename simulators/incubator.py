@@ -165,8 +165,8 @@ class IncubatorSimulator(SimulatorServer):
         try:
             while await reader.read(65536):
                 pass
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the client left; a cancellation (the listener closing) goes on to the finally below
         finally:
             self._mute_peers.discard(writer)
             writer.close()

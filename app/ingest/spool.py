@@ -102,6 +102,12 @@ def decode_rows(data: bytes) -> list[Row]:
     return out
 
 
+def _oldest_batch_time(db: sqlite3.Connection) -> float | None:
+    """created_at of the oldest batch waiting (None when there is none)."""
+    value = db.execute("SELECT min(created_at) FROM batch").fetchone()[0]
+    return None if value is None else float(value)
+
+
 def level_of(ratio: float) -> str:
     """"ok" below 80 % full, "warn" from 80 %, "critical" from 95 %."""
     if ratio >= CRITICAL_RATIO:
@@ -218,7 +224,7 @@ class Spool:
         ).fetchone()
         (self._gap_count,) = db.execute("SELECT count(*) FROM gap").fetchone()
         (self._records,) = db.execute("SELECT count(*) FROM record").fetchone()
-        (self._oldest_at,) = db.execute("SELECT min(created_at) FROM batch").fetchone()
+        self._oldest_at = _oldest_batch_time(db)
         if self._records:
             log.info("spool %s holds %d records of the service to write", self.path, self._records)
         if self._batches:
@@ -325,17 +331,16 @@ class Spool:
             self.refused_rows += n
             return None
         data = encode_rows(rows)
+        created = time.time()
 
         def work() -> int:
             db = self._conn()
             cur = db.execute(
                 "INSERT INTO batch (created_at, n_rows, format, data) VALUES (?, ?, ?, ?)",
-                (time.time(), n, _FORMAT, data),
+                (created, n, _FORMAT, data),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
-
-        created = time.time()
 
         batch_id = await self._call(work)
         if not self._batches:
@@ -382,7 +387,7 @@ class Spool:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            (self._oldest_at,) = db.execute("SELECT min(created_at) FROM batch").fetchone()
+            self._oldest_at = _oldest_batch_time(db)
             return cur.rowcount, n_rows
 
         n_batches, n_rows = await self._call(work)
@@ -488,7 +493,7 @@ class Spool:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            (self._oldest_at,) = db.execute("SELECT min(created_at) FROM batch").fetchone()
+            self._oldest_at = _oldest_batch_time(db)
             return deleted
 
         n_batches, n_rows = await self._call(work)

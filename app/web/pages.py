@@ -168,10 +168,6 @@ def _script_json(data: Any) -> str:
     return json.dumps(data).replace("</", "<\\/")
 
 
-async def _first_reading(conn: asyncpg.Connection, channel_ids: list[int], since: datetime | None) -> datetime | None:
-    return None if since is None else await history.first_reading(conn, channel_ids, since)
-
-
 def _run_devices(run: dict[str, Any]) -> set[str]:
     return {d for d in (run.get("incubator"), run.get("culture_system")) if d}
 
@@ -203,8 +199,9 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
             if alarm is not None:
                 limits[key] = views.limit_bands(alarm.defn.model_dump(mode="json"))
     charts = views.chart_specs(run, runtime.channel_ids, units, limits, recipe)
-    first_data = await _first_reading(conn, [c["channel_id"] for c in charts if c["channel_id"]],
-                                      views.parse_time(views.chart_range(run, now)["start"]))
+    since = views.parse_time(views.chart_range(run, now)["start"])
+    first_data = None if since is None else await history.first_reading(
+        conn, [c["channel_id"] for c in charts if c["channel_id"]], since)
     devices = _run_devices(run)
     return _page(request, "run.html", principal, "run", run=run, card=_card(run, now),
                  timeline=views.timeline(run.get("schedule") or [], now), forms=views.step_forms(recipe), charts=charts,
