@@ -228,11 +228,20 @@ async def test_step_out_of_its_window_shows_the_reason_and_inside_it_is_signed_a
     await _fill(form, INPUTS["coat_vessels"])
     await form.locator("[data-testid=submit-step]").click()
     assert await _sign_if_asked(page), "coating needs a signature: the dialog must ask for it"
+    # the form says it was recorded (or why not), then the timeline shows it done
+    await wait_for(lambda: _answered(form), timeout=15, what="the form to show the service's answer")
+    assert "Recorded" in await form.locator(".success").inner_text(), \
+        await form.locator("[data-testid=form-error]").inner_text()
     coat = page.locator("[data-testid=timeline] [data-testid=step][data-step=coat_vessels]")
     await wait_for(lambda: _status(coat, "done"), timeout=15, what="coating done on the timeline")
     r = await dash.api.get(f"/api/v1/runs/{dash.run_id}")
     assert next(s for s in r.json()["schedule"] if s["key"] == "coat_vessels")["status"] == "done"
     await page.context.close()
+
+
+async def _answered(form: Any) -> bool:
+    texts = [await form.locator(sel).inner_text() for sel in (".success", "[data-testid=form-error]")]
+    return any(t.strip() for t in texts)
 
 
 async def _status(locator: Any, status: str) -> bool:

@@ -173,14 +173,31 @@
   });
 
   // Parts re-fetched on events: data-src + data-refresh-on="kind,kind". Debounced, trailing, one at a time.
+  // Each fetch has a deadline; a failed or late one is retried (a part must never stay stale after a change).
+  var REFRESH_TIMEOUT_MS = 10000, REFRESH_RETRY_MS = 1000;
   function refresher(el) {
     var timer = null, busy = false, again = false;
     function run() {
       if (busy) { again = true; return; }
       busy = true;
-      htmx.ajax("GET", el.dataset.src, { target: el, swap: "innerHTML" }).then(done, done);
+      var ctl = new AbortController();
+      var late = setTimeout(function () { ctl.abort(); }, REFRESH_TIMEOUT_MS);
+      fetch(el.dataset.src, { credentials: "same-origin", signal: ctl.signal }).then(function (r) {
+        if (r.status === 401) { toLogin(); return null; }
+        if (!r.ok) throw new Error("refresh failed (" + r.status + ")");
+        return r.text();
+      }).then(function (html) {
+        if (html === null) return;
+        el.innerHTML = html;
+        htmx.process(el);
+        done(true);
+      }, function () { done(false); }).finally(function () { clearTimeout(late); });
     }
-    function done() { busy = false; if (again) { again = false; schedule(); } }
+    function done(ok) {
+      busy = false;
+      if (!ok) { again = false; clearTimeout(timer); timer = setTimeout(run, REFRESH_RETRY_MS); return; }
+      if (again) { again = false; schedule(); }
+    }
     function schedule() { clearTimeout(timer); timer = setTimeout(run, 150); }
     el.__refresh = schedule;
     return schedule;
