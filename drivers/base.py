@@ -61,16 +61,26 @@ class Reading:
 
 
 RegisterType = Literal["input", "holding", "coil", "discrete"]
-DataType = Literal["float32", "int16", "uint16", "bool"]
+DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64"]
+WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 PointKind = Literal["analog", "boolean"]
+
+_REGISTERS: dict[str, int] = {"int32": 2, "uint32": 2, "float32": 2, "float64": 4}
 
 
 @dataclass(frozen=True, slots=True)
 class PointSpec:
-    """One point of a device, read the same way by the driver, the simulator and validation.
+    """One point of a device as a profile describes it, read the same way by the driver, the simulator and the
+    service. Built by `drivers.profiles` from a device profile; nothing else constructs one outside tests.
 
-    For OPC UA `address` is a string NodeId; for Modbus it is the first register's address. A Modbus
-    value is `raw * scale`; float32 spans two registers in `word_order`.
+    `unit` is the unit values are stored and shown in: the role's canonical unit when the point plays a role,
+    else the device's. The device reports in `device_unit`; `stored = device_value * gain + bias`. Limits
+    (`min`/`max`) and the plausible range are in `unit`.
+
+    OPC UA: `address` is a NodeId (`ns=<index or namespace alias>;i=...`, `nsu=<uri>;s=...`) or "" when the
+    point is reached by `browse_path` (qualified names from the Objects folder, each `<alias or index>:<name>`).
+    Modbus: `address` is the first register (or coil) of the point in table `register_type`; the device's
+    value is `raw * scale + offset` (raw decoded as `data_type` in `word_order`, or one `bit` of a register).
     """
 
     name: str
@@ -78,18 +88,44 @@ class PointSpec:
     address: str | int
     kind: PointKind = "analog"
     description: str = ""
-    register_type: RegisterType | None = None
-    data_type: DataType = "float32"
-    scale: float = 1.0
+    role: str | None = None
+    device_unit: str = ""
+    gain: float = 1.0
+    bias: float = 0.0
     writable: bool = False
     min: float | None = None
     max: float | None = None
     plausible_min: float | None = None
     plausible_max: float | None = None
+    # Modbus
+    register_type: RegisterType | None = None
+    data_type: DataType = "float32"
+    word_order: WordOrder = "ABCD"
+    bit: int | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    write_function: int | None = None
+    # OPC UA
+    browse_path: tuple[str, ...] = ()
+    opc_type: str | None = None
+    sampling_interval_ms: float | None = None
+    queue_size: int | None = None
+    deadband: tuple[Literal["absolute", "percent"], float] | None = None
 
     @property
     def register_count(self) -> int:
-        return 2 if self.data_type == "float32" else 1
+        """Registers (or coils) the point spans on a Modbus device."""
+        if self.register_type in ("coil", "discrete") or self.bit is not None:
+            return 1
+        return _REGISTERS.get(self.data_type, 1)
+
+    def to_unit(self, device_value: float) -> float:
+        """A value as the device reports it -> the point's stored unit."""
+        return device_value * self.gain + self.bias
+
+    def to_device(self, value: float) -> float:
+        """A value in the point's stored unit -> as the device takes it."""
+        return (value - self.bias) / self.gain
 
     def check_write(self, value: float) -> float:
         """Return `value` if it may be written to this point, else raise a PointError."""
@@ -102,6 +138,30 @@ class PointSpec:
                 f"point {self.name!r}: {value} {self.unit} is outside [{self.min}, {self.max}] {self.unit}"
             )
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class PointCheck:
+    """What a device says about one point of its profile: found where the profile says, with which data type,
+    unit, access and value, and every way it differs from the profile (`problems`)."""
+
+    point: str
+    found: bool
+    where: str
+    data_type: str | None = None
+    unit: str | None = None
+    writable: bool | None = None
+    value: float | None = None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.found and not self.problems
+
+    def as_dict(self) -> dict[str, object]:
+        return {"point": self.point, "found": self.found, "where": self.where, "data_type": self.data_type,
+                "unit": self.unit, "writable": self.writable, "value": self.value, "ok": self.ok,
+                "problems": list(self.problems)}
 
 
 def judge(point: PointSpec, value: float | None, reported: Quality = Quality.GOOD) -> tuple[float | None, Quality]:
@@ -127,9 +187,13 @@ def reading(device: str, point: PointSpec, value: float | None, at: datetime,
 
 
 def find_point(points: Sequence[PointSpec], name: str, device: str) -> PointSpec:
-    """The spec of point `name` in a device's map; PointError names the device and the point."""
+    """The spec of point `name` in a device's profile, else of the point playing role `name`; PointError names
+    the device and the point."""
     for p in points:
         if p.name == name:
+            return p
+    for p in points:
+        if p.role == name:
             return p
     raise PointError(f"{device}: unknown point {name!r}")
 

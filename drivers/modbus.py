@@ -1,4 +1,4 @@
-"""Modbus TCP driver for culture systems: polls the point map, one request at a time per connection.
+"""Modbus TCP driver: polls the points of a device's profile, one request at a time per connection.
 
 Design choices:
 - pymodbus' own retries and reconnect task are switched off (`retries=0`, `reconnect_delay=0`): the
@@ -6,7 +6,12 @@ Design choices:
 - One `asyncio.Lock` per connection serialises requests. After a timeout the connection is dropped,
   because the late answer could otherwise be read as the answer to the next request; the driver then
   raises DeviceUnavailable and the supervisor reconnects.
-- Each register type is read in as few requests as the map allows: one contiguous span per type.
+- Neighbouring points of one table are read in one request (`plan_reads`): at most 125 registers or 2000
+  bits (or the profile's lower limits), never spanning more than `max_gap` unmapped registers and never
+  a range the profile marks unreadable.
+- Values are decoded by `drivers.modbus_codec` (data type, byte and word order, bit, scale, offset, unit).
+- Writes use the function the point needs: FC6 for one holding register, FC16 for more, FC5 for a coil
+  (or the profile's `write_function`), each followed by a read-back.
 
 Errors: pymodbus exceptions and error responses are translated here (see `drivers.base`).
 """
@@ -18,7 +23,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import urlparse
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -37,14 +42,18 @@ from drivers.base import (
     reading,
 )
 from drivers.devices import DeviceConfig
-from drivers.points import CULTURE_SYSTEM_DEVICE_ID, MODBUS_WORD_ORDER
+from drivers.modbus_codec import decode, encode
+from drivers.profiles import ModbusSettings
 
 log = logging.getLogger("culturectl.devices.modbus")
 
-DATATYPE = AsyncModbusTcpClient.DATATYPE
-_WORD_ORDER: Literal["big", "little"] = "little" if MODBUS_WORD_ORDER == "little" else "big"
-# Modbus allows at most 125 registers in one read request.
+# Modbus allows at most 125 registers or 2000 bits in one read request.
 MAX_REGISTERS_PER_READ: Final = 125
+MAX_BITS_PER_READ: Final = 2000
+_READ_CALLS: Final[dict[str, str]] = {
+    "coil": "read_coils", "discrete": "read_discrete_inputs",
+    "input": "read_input_registers", "holding": "read_holding_registers",
+}
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -57,7 +66,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """One read request: `count` registers of one type from `start`, covering `points`."""
+    """One read request: `count` registers (or bits) of one table from `start`, covering `points`."""
 
     register_type: RegisterType
     start: int
@@ -65,74 +74,47 @@ class Span:
     points: tuple[PointSpec, ...]
 
 
-def plan_reads(points: Sequence[PointSpec]) -> list[Span]:
-    """Group points into as few read requests as possible (one span per type, split at 125 registers)."""
+def plan_reads(points: Sequence[PointSpec], settings: ModbusSettings | None = None) -> list[Span]:
+    """Group points into as few read requests as the device allows (see the module's notes)."""
+    settings = settings or ModbusSettings()
     spans: list[Span] = []
-    for rtype in ("input", "holding"):
-        chosen = sorted((p for p in points if p.register_type == rtype), key=lambda p: int(p.address))
+    for table in ("coil", "discrete", "input", "holding"):
+        bits = table in ("coil", "discrete")
+        limit = settings.max_bits_per_read if bits else settings.max_registers_per_read
+        unreadable = () if bits else settings.unreadable
+        chosen = sorted((p for p in points if p.register_type == table), key=lambda p: int(p.address))
         group: list[PointSpec] = []
         start = end = 0
         for p in chosen:
-            addr = int(p.address)
-            if group and addr + p.register_count - start > MAX_REGISTERS_PER_READ:
-                spans.append(Span(rtype, start, end - start, tuple(group)))
+            addr, stop = int(p.address), int(p.address) + p.register_count
+            if group and (addr - end > settings.max_gap or max(end, stop) - start > limit
+                          or any(lo <= addr - 1 and hi >= end for lo, hi in unreadable)):
+                spans.append(Span(table, start, end - start, tuple(group)))
                 group = []
             if not group:
-                start = addr
-                end = addr
+                start = end = addr
             group.append(p)
-            end = max(end, addr + p.register_count)
+            end = max(end, stop)
         if group:
-            spans.append(Span(rtype, start, end - start, tuple(group)))
+            spans.append(Span(table, start, end - start, tuple(group)))
     return spans
-
-
-def decode(point: PointSpec, registers: Sequence[int]) -> float:
-    """Registers of one point -> engineering value (`raw * scale`)."""
-    if point.data_type == "float32":
-        raw = AsyncModbusTcpClient.convert_from_registers(
-            list(registers[:2]), DATATYPE.FLOAT32, word_order=_WORD_ORDER
-        )
-    elif point.data_type == "int16":
-        raw = AsyncModbusTcpClient.convert_from_registers(list(registers[:1]), DATATYPE.INT16)
-    elif point.data_type == "uint16":
-        raw = AsyncModbusTcpClient.convert_from_registers(list(registers[:1]), DATATYPE.UINT16)
-    else:
-        raise DeviceProtocolError(f"point {point.name!r}: data type {point.data_type} is not a register type")
-    if not isinstance(raw, int | float):
-        raise DeviceProtocolError(f"point {point.name!r}: cannot decode {registers!r}")
-    return float(raw) * point.scale
-
-
-def encode(point: PointSpec, value: float) -> list[int]:
-    """Engineering value -> registers of one point."""
-    if point.data_type == "float32":
-        return AsyncModbusTcpClient.convert_to_registers(
-            value, DATATYPE.FLOAT32, word_order=_WORD_ORDER
-        )
-    raw = round(value / point.scale)
-    if point.data_type == "int16":
-        if not -32768 <= raw <= 32767:
-            raise PointError(f"point {point.name!r}: {value} does not fit an int16 register")
-        return AsyncModbusTcpClient.convert_to_registers(raw, DATATYPE.INT16)
-    if point.data_type == "uint16":
-        if not 0 <= raw <= 65535:
-            raise PointError(f"point {point.name!r}: {value} does not fit a uint16 register")
-        return AsyncModbusTcpClient.convert_to_registers(raw, DATATYPE.UINT16)
-    raise PointError(f"point {point.name!r}: data type {point.data_type} cannot be written as registers")
 
 
 class ModbusDriver:
     """Polls every point of one Modbus TCP device every `config.poll_interval` wall seconds."""
 
-    def __init__(self, config: DeviceConfig, clock: Clock, device_id: int = CULTURE_SYSTEM_DEVICE_ID) -> None:
+    def __init__(self, config: DeviceConfig, clock: Clock, device_id: int | None = None,
+                 merge: bool = True) -> None:
         self.config = config
         self.name: str = config.name
         self.points: Sequence[PointSpec] = config.points
         self._clock = clock
-        self._device_id = device_id
+        settings = config.modbus_settings
+        self._device_id = settings.unit_id if device_id is None else device_id
         self._host, self._port = parse_endpoint(config.endpoint)
-        self._spans = plan_reads(self.points)
+        # merge=False: one request per point (the bench's comparison; never used by the service)
+        self._spans = plan_reads(self.points, settings) if merge else [
+            Span(p.register_type or "input", int(p.address), p.register_count, (p,)) for p in self.points]
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
@@ -219,24 +201,24 @@ class ModbusDriver:
             raise ConnectionException("connection closed by the device")
         return task.result()
 
-    async def _read_span(self, span: Span) -> list[int]:
-        call = "read_input_registers" if span.register_type == "input" else "read_holding_registers"
+    async def _read_span(self, span: Span) -> list[int] | list[bool]:
         what = f"read {span.register_type} {span.start}+{span.count}"
-        response = await self._request(what, call, span.start, count=span.count)
-        registers = list(response.registers)
-        if len(registers) < span.count:
-            raise DeviceProtocolError(f"{self.name}: {what}: got {len(registers)} registers")
-        return registers
+        response = await self._request(what, _READ_CALLS[span.register_type], span.start, count=span.count)
+        values: list[int] | list[bool] = list(response.bits) if span.register_type in ("coil", "discrete") \
+            else list(response.registers)
+        if len(values) < span.count:
+            raise DeviceProtocolError(f"{self.name}: {what}: got {len(values)} values")
+        return values
 
     async def poll(self) -> list[Reading]:
         """Read every point once; all readings share the clock time of the poll."""
         when = self._clock.now()
         out: list[Reading] = []
         for span in self._spans:
-            registers = await self._read_span(span)
+            values = await self._read_span(span)
             for p in span.points:
                 offset = int(p.address) - span.start
-                out.append(reading(self.name, p, decode(p, registers[offset : offset + p.register_count]), when))
+                out.append(reading(self.name, p, decode(p, values[offset : offset + p.register_count]), when))
         return out
 
     async def readings(self) -> AsyncIterator[Reading]:
@@ -254,20 +236,27 @@ class ModbusDriver:
             await asyncio.sleep(next_poll - now)
 
     async def write(self, point: str, value: float) -> float:
-        """Write an absolute value, read it back and return the read-back value."""
+        """Write an absolute value (in the point's unit), read it back and return the read-back value."""
         spec = find_point(self.points, point, self.name)
         checked = spec.check_write(float(value))
-        if spec.register_type != "holding":
-            raise PointError(f"{self.name}: point {point!r} is not a holding register")
+        if spec.register_type not in ("holding", "coil"):
+            raise PointError(f"{self.name}: point {point!r} is a {spec.register_type}, which cannot be written")
         registers = encode(spec, checked)
         address = int(spec.address)
+        coil = spec.register_type == "coil"
+        function = spec.write_function or (5 if coil else 6 if len(registers) == 1 else 16)
+        calls: dict[int, tuple[str, dict[str, object]]] = {
+            5: ("write_coil", {"value": bool(registers[0])}),
+            15: ("write_coils", {"values": [bool(registers[0])]}),
+            6: ("write_register", {"value": registers[0]}),
+            16: ("write_registers", {"values": registers}),
+        }
+        call, kwargs = calls[function]
         # Write and read-back as one unit, so a concurrent write cannot slip in between and be reported.
         async with self._write_lock:
-            await self._request(f"write {point}", "write_registers", address, values=registers)
-            response = await self._request(
-                f"read back {point}", "read_holding_registers", address, count=spec.register_count
-            )
-        return decode(spec, list(response.registers))
+            await self._request(f"write {point} (FC{function})", call, address, **kwargs)
+            back = await self._read_span(Span(spec.register_type, address, spec.register_count, (spec,)))
+        return decode(spec, back)
 
     async def close(self) -> None:
         """Close the connection; never raises."""

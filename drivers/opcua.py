@@ -1,4 +1,10 @@
-"""OPC UA driver for incubators: one session, one subscription, readings pushed into a bounded queue.
+"""OPC UA driver: one session, one subscription, readings pushed into a bounded queue.
+
+Where each point lives comes from the device's profile: a NodeId in any form (`ns=<index|alias>;i=..`,
+`nsu=<uri>;s=..`, GUID, opaque) or a browse path from the Objects folder; namespace aliases and URIs are
+resolved to indexes from the server's namespace array at connect time. On connect every point is checked
+(found, data type, engineering units, access level) and the result kept in `checks`: a point that is not
+found is left out of the subscription and reported, never a crash. Values are converted to the role's unit.
 
 Design choices:
 - asyncua's `auto_reconnect` stays OFF. The supervisor owns reconnects; two reconnect loops (asyncua's
@@ -28,12 +34,15 @@ from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.uaerrors import UaStatusCodeError
 
 from app.core.clock import Clock
 from drivers.base import (
     DeviceProtocolError,
     DeviceUnavailable,
     DriverError,
+    PointCheck,
     PointSpec,
     Quality,
     Reading,
@@ -41,7 +50,7 @@ from drivers.base import (
     reading,
 )
 from drivers.devices import DeviceConfig
-from drivers.points import INCUBATOR_NAMESPACE
+from drivers.roles import normalize_unit
 
 log = logging.getLogger("culturectl.devices.opcua")
 
@@ -116,10 +125,156 @@ def _as_float(value: Any) -> float | None:
         return None
     if isinstance(value, bool):
         return 1.0 if value else 0.0
+    if hasattr(value, "value") and isinstance(value.value, int):  # an enumeration member
+        return float(value.value)
     try:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+# DataType NodeIds (namespace 0) of the types a profile may name
+DATA_TYPES: Final[dict[int, str]] = {
+    1: "Boolean", 2: "SByte", 3: "Byte", 4: "Int16", 5: "UInt16", 6: "Int32", 7: "UInt32", 8: "Int64",
+    9: "UInt64", 10: "Float", 11: "Double", 29: "Enumeration",
+}
+VARIANT_TYPES: Final[dict[str, ua.VariantType]] = {
+    "Boolean": ua.VariantType.Boolean, "SByte": ua.VariantType.SByte, "Byte": ua.VariantType.Byte,
+    "Int16": ua.VariantType.Int16, "UInt16": ua.VariantType.UInt16, "Int32": ua.VariantType.Int32,
+    "UInt32": ua.VariantType.UInt32, "Int64": ua.VariantType.Int64, "UInt64": ua.VariantType.UInt64,
+    "Float": ua.VariantType.Float, "Double": ua.VariantType.Double, "Enumeration": ua.VariantType.Int32,
+}
+_INTEGERS: Final = frozenset({"SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+                              "Enumeration"})
+# UNECE codes (EUInformation.UnitId) of the units the roles use
+UNECE_UNITS: Final[dict[int, str]] = {
+    4408652: "degC", 4604232: "degF", 4932940: "K", 20529: "%", 5067858: "ppm", 13110: "mL", 19272: "L",
+    4797768: "mL/h",
+}
+
+
+def resolve_nodeid(text: str, namespaces: dict[str, str], array: list[str]) -> ua.NodeId:
+    """A profile's NodeId (alias, index or URI form) -> a NodeId with the server's namespace index.
+
+    ValueError names the namespace when the server does not have it."""
+    ns_part, sep, rest = text.partition(";")
+    if not sep:
+        return ua.NodeId.from_string(text)
+    key, _, ns = ns_part.partition("=")
+    uri = ns if key == "nsu" else namespaces.get(ns)
+    if key == "ns" and uri is None:
+        return ua.NodeId.from_string(text)  # a numeric index
+    if uri not in array:
+        raise ValueError(f"server has no namespace {uri!r}" + (f" (alias {ns!r})" if key == "ns" else ""))
+    return ua.NodeId.from_string(f"ns={array.index(uri)};{rest}")
+
+
+def resolve_browse_name(step: str, namespaces: dict[str, str], array: list[str]) -> str:
+    """`alias:Name` or `index:Name` -> `index:Name` for the server at hand."""
+    ns, sep, name = step.partition(":")
+    if not sep:
+        return f"0:{step}"
+    if ns.isdigit():
+        return step
+    uri = namespaces.get(ns)
+    if uri not in array:
+        raise ValueError(f"server has no namespace {uri!r} (alias {ns!r})")
+    return f"{array.index(uri)}:{name}"
+
+
+async def locate(client: Client, points: Sequence[PointSpec], namespaces: dict[str, str]
+                 ) -> tuple[dict[str, Node], dict[str, str]]:
+    """Find each point's node: point name -> Node for the found, point name -> why for the others."""
+    array = await client.get_namespace_array()
+    found: dict[str, Node] = {}
+    missing: dict[str, str] = {}
+    for p in points:
+        try:
+            if p.browse_path:
+                path = [resolve_browse_name(step, namespaces, array) for step in p.browse_path]
+                found[p.name] = await client.nodes.objects.get_child(path)
+            else:
+                found[p.name] = client.get_node(resolve_nodeid(str(p.address), namespaces, array))
+        except ValueError as exc:
+            missing[p.name] = str(exc)
+        except UaStatusCodeError as exc:
+            missing[p.name] = f"browse path {'/'.join(p.browse_path)} not found ({type(exc).__name__})"
+    return found, missing
+
+
+async def inspect(client: Client, points: Sequence[PointSpec], namespaces: dict[str, str],
+                  read_value: bool = True) -> tuple[list[PointCheck], dict[str, Node]]:
+    """Check every point against the server: found, data type, engineering units, access level (and value)."""
+    nodes, missing = await locate(client, points, namespaces)
+    present = [p for p in points if p.name in nodes]
+    order = [nodes[p.name] for p in present]
+    if order:
+        types = await client.read_attributes(order, AttributeIds.DataType)
+        access = await client.read_attributes(order, AttributeIds.UserAccessLevel)
+        values = await client.read_attributes(order, AttributeIds.Value) if read_value else [None] * len(order)
+    else:
+        types = access = values = []
+    checks: dict[str, PointCheck] = {}
+    gone: set[str] = set()
+    for p, node, t, a, v in zip(present, order, types, access, values, strict=True):
+        where = node.nodeid.to_string()
+        if t.StatusCode is not None and not t.StatusCode.is_good():
+            gone.add(p.name)
+            checks[p.name] = PointCheck(p.name, False, where, problems=(
+                f"node {where} not found ({t.StatusCode.name})",))
+            continue
+        problems: list[str] = []
+        dtype = _type_name(t.Value.Value if t.Value is not None else None)
+        if dtype is not None and dtype not in DATA_TYPES.values():
+            # a server-specific type: an enumeration's subtype reads as Int32; anything else cannot be a number
+            dtype = "Enumeration" if p.opc_type == "Enumeration" else dtype
+        if p.opc_type is not None and dtype != p.opc_type:
+            problems.append(f"data type is {dtype}, the profile says {p.opc_type}")
+        elif p.opc_type is None and dtype not in DATA_TYPES.values():
+            problems.append(f"data type {dtype} is not a number or a boolean")
+        level = a.Value.Value if a.Value is not None else None
+        writable = bool(int(level) & 0x02) if isinstance(level, int) else None
+        if p.writable and writable is False:
+            problems.append("the profile says writable, the server does not allow writing")
+        unit = await _engineering_unit(node)
+        if unit is not None and normalize_unit(unit) != normalize_unit(p.device_unit) and p.device_unit:
+            problems.append(f"the server's EngineeringUnits say {unit!r}, the profile says {p.device_unit!r}")
+        value = None
+        if v is not None and v.Value is not None:
+            raw = _as_float(v.Value.Value)
+            value = p.to_unit(raw) if raw is not None else None
+        checks[p.name] = PointCheck(p.name, True, where, dtype, unit, writable, value, tuple(problems))
+    for name, why in missing.items():
+        checks[name] = PointCheck(name, False, _where(next(p for p in points if p.name == name)), problems=(why,))
+    usable = {n: node for n, node in nodes.items() if n not in gone}
+    return [checks[p.name] for p in points], usable
+
+
+def _type_name(tid: Any) -> str | None:
+    """A DataType NodeId -> the name a profile uses (Double, Int32, ...), else the NodeId as text."""
+    if not isinstance(tid, ua.NodeId):
+        return None
+    if tid.NamespaceIndex == 0 and isinstance(tid.Identifier, int) and tid.Identifier in DATA_TYPES:
+        return DATA_TYPES[tid.Identifier]
+    return tid.to_string()
+
+
+def _where(p: PointSpec) -> str:
+    return str(p.address) if p.address else "/".join(p.browse_path)
+
+
+async def _engineering_unit(node: Node) -> str | None:
+    """The variable's EngineeringUnits (display name, else the UNECE code's unit), or None if it has none."""
+    try:
+        prop = await node.get_child("0:EngineeringUnits")
+        eu = await prop.read_value()
+    except Exception:  # no such property, or not readable: nothing to compare
+        return None
+    text = getattr(getattr(eu, "DisplayName", None), "Text", None)
+    if text:
+        return str(text)
+    code = getattr(eu, "UnitId", None)
+    return UNECE_UNITS.get(code) if isinstance(code, int) else None
 
 
 class OpcUaDriver:
@@ -135,7 +290,10 @@ class OpcUaDriver:
         self._client: Client | None = None
         self._subscription: Subscription | None = None
         self._nodes: dict[str, Node] = {}
+        self._types: dict[str, str | None] = {}
         self._by_nodeid: dict[ua.NodeId, PointSpec] = {}
+        # the point check of the last connect (drivers.base.PointCheck per point of the profile)
+        self.checks: list[PointCheck] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._lost: str | None = None
         self._write_lock = asyncio.Lock()
@@ -191,30 +349,42 @@ class OpcUaDriver:
 
     async def _open(self, client: Client) -> None:
         await client.connect()
-        try:
-            ns = await client.get_namespace_index(INCUBATOR_NAMESPACE)
-        except ValueError:
-            raise DeviceProtocolError(
-                f"{self.name}: server has no namespace {INCUBATOR_NAMESPACE!r}"
-            ) from None
-        self._nodes = {p.name: client.get_node(f"ns={ns};s={p.address}") for p in self.points}
-        self._by_nodeid = {self._nodes[p.name].nodeid: p for p in self.points}
+        namespaces = dict(self.config.opcua_settings.namespaces)
+        self.checks, nodes = await inspect(client, self.points, namespaces, read_value=False)
+        if not nodes:
+            raise DeviceProtocolError(f"{self.name}: none of the profile's points was found: "
+                                      + "; ".join(c.problems[0] for c in self.checks if c.problems))
+        for c in self.checks:
+            if not c.ok:
+                log.warning("%s: point %s: %s", self.name, c.point, "; ".join(c.problems))
+        self._nodes = nodes
+        self._types = {c.point: c.data_type for c in self.checks if c.found}
+        self._by_nodeid = {node.nodeid: p for p in self.points if (node := nodes.get(p.name)) is not None}
         sub = await client.create_subscription(
             PUBLISHING_INTERVAL_MS,
             queue_maxsize=self._queue_size,
             overflow=OverflowPolicy.DROP_OLDEST,
         )
         self._subscription = sub
-        results = await sub.subscribe_data_change(
-            list(self._nodes.values()),
-            queuesize=MONITORED_ITEM_QUEUE_SIZE,
-            sampling_interval=ua.Duration(SAMPLING_INTERVAL_MS),
-        )
-        failed = [
-            f"{p.name}: {r.name}"
-            for p, r in zip(self.points, results, strict=True)
-            if isinstance(r, ua.StatusCode)
-        ]
+        # one CreateMonitoredItems call per distinct (sampling interval, queue size, deadband)
+        groups: dict[tuple[float, int, tuple[str, float] | None], list[PointSpec]] = {}
+        for p in self.points:
+            if p.name in nodes:
+                key = (p.sampling_interval_ms if p.sampling_interval_ms is not None else SAMPLING_INTERVAL_MS,
+                       p.queue_size or MONITORED_ITEM_QUEUE_SIZE, p.deadband)
+                groups.setdefault(key, []).append(p)
+        failed: list[str] = []
+        for (sampling, queue, deadband), pts in groups.items():
+            mfilter = None
+            if deadband is not None:
+                mfilter = ua.DataChangeFilter()
+                mfilter.Trigger = ua.DataChangeTrigger.StatusValue
+                mfilter.DeadbandType = 2 if deadband[0] == "percent" else 1
+                mfilter.DeadbandValue = deadband[1]
+            results = await sub._subscribe([nodes[p.name] for p in pts], AttributeIds.Value, mfilter, queue,
+                                           sampling_interval=ua.Duration(sampling))
+            failed += [f"{p.name}: {r.name}" for p, r in zip(pts, results, strict=True)
+                       if isinstance(r, ua.StatusCode)]
         if failed:
             raise DeviceProtocolError(f"{self.name}: cannot monitor {', '.join(failed)}")
 
@@ -268,7 +438,9 @@ class OpcUaDriver:
             source = _aware_utc(dv.SourceTimestamp) or _aware_utc(dv.ServerTimestamp)
             status = dv.StatusCode
         # NaN or Inf with status Good, or a value that cannot be true: judged at the edge like every driver's
-        return reading(self.name, point, _as_float(event.value), source or self._clock.now(), _quality(status))
+        raw = _as_float(event.value)
+        value = point.to_unit(raw) if raw is not None else None
+        return reading(self.name, point, value, source or self._clock.now(), _quality(status))
 
     async def readings(self) -> AsyncIterator[Reading]:
         """Yield readings until the connection is lost, then raise DeviceUnavailable."""
@@ -281,16 +453,24 @@ class OpcUaDriver:
             yield item
 
     async def write(self, point: str, value: float) -> float:
-        """Write an absolute Double to a writable point, read it back and return the read-back."""
+        """Write an absolute value (in the point's unit) in the node's data type, read it back, return it."""
         spec = find_point(self.points, point, self.name)
         checked = spec.check_write(float(value))
         node = self._nodes.get(spec.name)
         if node is None or not self.connected:
-            raise DeviceUnavailable(f"{self.name}: not connected")
+            raise DeviceUnavailable(f"{self.name}: not connected" if self.connected or node is not None
+                                    else f"{self.name}: point {spec.name} was not found on the server")
+        dtype = self._types.get(spec.name) or spec.opc_type or "Double"
+        device_value: Any = spec.to_device(checked)
+        if dtype == "Boolean":
+            device_value = bool(device_value)
+        elif dtype in _INTEGERS:
+            device_value = round(device_value)
         try:
             # Write and read-back as one unit, so a concurrent write cannot slip in between and be reported.
             async with self._write_lock:
-                await node.write_value(ua.DataValue(ua.Variant(checked, ua.VariantType.Double)))
+                await node.write_value(ua.DataValue(ua.Variant(device_value, VARIANT_TYPES.get(
+                    dtype, ua.VariantType.Double))))
                 back = await node.read_value()
         except _UNAVAILABLE as exc:
             raise DeviceUnavailable(f"{self.name}: write {point} failed: {exc!r}") from None
@@ -299,7 +479,7 @@ class OpcUaDriver:
         result = _as_float(back)
         if result is None:
             raise DeviceProtocolError(f"{self.name}: read-back of {point} is not a number: {back!r}")
-        return result
+        return spec.to_unit(result)
 
     async def close(self) -> None:
         """Delete the subscription and close the session; never raises."""

@@ -1,75 +1,24 @@
-"""The point maps of the two device types, defined once for drivers, simulators and docs.
+"""The two shipped simulator profiles as point lists, and profiles as the Markdown tables docs/devices.md shows.
 
-Incubator (OPC UA): variables live in namespace `INCUBATOR_NAMESPACE` under the object
-`Incubator`, with string NodeIds `ns=<index>;s=Incubator.<Name>`. The index is looked up by URI at
-connect time, so the map stores the string part only.
-
-Culture system (Modbus TCP, unit/device id 1): float32 values take two registers, high word first
-(big-endian words, big-endian bytes); int16/uint16 values are raw integers times `scale`.
-
-Every point has a plausible range: a finite value outside it cannot be true (a sensor or decoding fault) and is
-stored with the quality IMPLAUSIBLE (see `drivers.base.judge`).
+Nothing here is special in code: the simulators' point maps are the profiles `culturectl-sim-incubator` and
+`culturectl-sim-culture-system` in `drivers/profile_library/`, read like any site's profile.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 from drivers.base import PointSpec
+from drivers.profiles import ModbusProfile, OpcUaProfile, Profile, point_specs, shipped_library
 
-INCUBATOR_NAMESPACE = "urn:culturectl:simulator:incubator"
-CULTURE_SYSTEM_DEVICE_ID = 1
-MODBUS_WORD_ORDER = "big"
+INCUBATOR_PROFILE: Final = shipped_library().get("culturectl-sim-incubator")
+CULTURE_SYSTEM_PROFILE: Final = shipped_library().get("culturectl-sim-culture-system")
+assert isinstance(INCUBATOR_PROFILE, OpcUaProfile) and isinstance(CULTURE_SYSTEM_PROFILE, ModbusProfile)
 
-INCUBATOR_POINTS: tuple[PointSpec, ...] = (
-    PointSpec("temperature", "degC", "Incubator.Temperature", description="chamber temperature",
-              plausible_min=-20.0, plausible_max=100.0),
-    PointSpec("co2", "%", "Incubator.CO2", description="chamber CO2", plausible_min=0.0, plausible_max=100.0),
-    PointSpec("humidity", "%RH", "Incubator.Humidity", description="chamber relative humidity",
-              plausible_min=0.0, plausible_max=100.0),
-    PointSpec("door_open", "bool", "Incubator.DoorOpen", kind="boolean",
-              description="door open (1) or shut (0)", plausible_min=0.0, plausible_max=1.0),
-    PointSpec(
-        "temperature_setpoint", "degC", "Incubator.TemperatureSetpoint",
-        description="temperature setpoint", writable=True, min=30.0, max=40.0,
-        plausible_min=-20.0, plausible_max=100.0,
-    ),
-    PointSpec(
-        "co2_setpoint", "%", "Incubator.CO2Setpoint",
-        description="CO2 setpoint", writable=True, min=0.0, max=10.0, plausible_min=0.0, plausible_max=100.0,
-    ),
-)
-
-CULTURE_SYSTEM_POINTS: tuple[PointSpec, ...] = (
-    PointSpec("viable_cell_density", "cells/mL", 0, register_type="input", data_type="float32",
-              description="viable cells per mL", plausible_min=0.0, plausible_max=1e9),
-    PointSpec("viability", "%", 2, register_type="input", data_type="float32", description="viable fraction",
-              plausible_min=0.0, plausible_max=100.0),
-    PointSpec("cd7_percent", "%", 4, register_type="input", data_type="float32",
-              description="CD7+ share of viable cells", plausible_min=0.0, plausible_max=100.0),
-    PointSpec("ph", "pH", 6, register_type="input", data_type="uint16", scale=0.001, description="medium pH",
-              plausible_min=0.0, plausible_max=14.0),
-    PointSpec("dissolved_o2", "%", 7, register_type="input", data_type="float32",
-              description="dissolved O2, % air saturation", plausible_min=0.0, plausible_max=500.0),
-    PointSpec("medium_pumped", "mL", 9, register_type="input", data_type="float32",
-              description="medium pumped since start", plausible_min=0.0, plausible_max=1e6),
-    PointSpec("temperature", "degC", 11, register_type="input", data_type="int16", scale=0.01,
-              description="culture temperature", plausible_min=-20.0, plausible_max=100.0),
-    PointSpec("pump_rate_setpoint", "mL/h", 100, register_type="holding", data_type="float32",
-              description="medium pump rate setpoint", writable=True, min=0.0, max=50.0,
-              plausible_min=0.0, plausible_max=1000.0),
-)
-
-POINT_MAPS: dict[str, tuple[PointSpec, ...]] = {
-    "incubator": INCUBATOR_POINTS,
-    "culture-system": CULTURE_SYSTEM_POINTS,
-}
-
-
-def point_map(kind: str) -> tuple[PointSpec, ...]:
-    """The point map of a device kind; KeyError names the known kinds."""
-    try:
-        return POINT_MAPS[kind]
-    except KeyError:
-        raise KeyError(f"unknown device kind {kind!r}; known: {', '.join(sorted(POINT_MAPS))}") from None
+INCUBATOR_NAMESPACE: Final = INCUBATOR_PROFILE.opcua.namespaces["sim"]
+INCUBATOR_POINTS: Final[tuple[PointSpec, ...]] = point_specs(INCUBATOR_PROFILE)
+CULTURE_SYSTEM_DEVICE_ID: Final = CULTURE_SYSTEM_PROFILE.modbus.unit_id
+CULTURE_SYSTEM_POINTS: Final[tuple[PointSpec, ...]] = point_specs(CULTURE_SYSTEM_PROFILE)
 
 
 def _plausible(p: PointSpec) -> str:
@@ -78,25 +27,33 @@ def _plausible(p: PointSpec) -> str:
         else "-"
 
 
-def register_map_markdown() -> str:
-    """The culture system's register map as the Markdown table the README shows."""
+def _rw(p: PointSpec) -> str:
+    return f"yes ({p.min:g}..{p.max:g})" if p.writable and p.min is not None and p.max is not None else "no"
+
+
+def register_map_markdown(profile: Profile = CULTURE_SYSTEM_PROFILE) -> str:
+    """A Modbus profile's register map as a Markdown table."""
     lines = [
-        "| point | address | register | data type | word order | scale | unit | plausible | writable (min..max) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| point | role | table | address | data type | word order | scale | unit | plausible | writable (min..max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for p in CULTURE_SYSTEM_POINTS:
-        order = MODBUS_WORD_ORDER if p.data_type == "float32" else "-"
-        span = f"{p.address}-{int(p.address) + 1}" if p.register_count == 2 else str(p.address)
-        rw = f"yes ({p.min:g}..{p.max:g})" if p.writable else "no"
-        lines.append(f"| {p.name} | {span} | {p.register_type} | {p.data_type} | {order} | {p.scale:g} | "
-                     f"{p.unit} | {_plausible(p)} | {rw} |")
+    for p in point_specs(profile):
+        assert isinstance(p.address, int)
+        span = f"{p.address}-{p.address + p.register_count - 1}" if p.register_count > 1 else str(p.address)
+        if p.bit is not None:
+            span += f" bit {p.bit}"
+        order = p.word_order if p.register_count > 1 else "-"
+        lines.append(f"| {p.name} | {p.role or '-'} | {p.register_type} | {span} | {p.data_type} | {order} | "
+                     f"{p.scale:g} | {p.unit} | {_plausible(p)} | {_rw(p)} |")
     return "\n".join(lines)
 
 
-def node_map_markdown() -> str:
-    """The incubator's OPC UA variables as the Markdown table the README shows."""
-    lines = ["| point | NodeId | unit | plausible | writable (min..max) |", "|---|---|---|---|---|"]
-    for p in INCUBATOR_POINTS:
-        rw = f"yes ({p.min:g}..{p.max:g})" if p.writable else "no"
-        lines.append(f"| {p.name} | `ns=<{INCUBATOR_NAMESPACE}>;s={p.address}` | {p.unit} | {_plausible(p)} | {rw} |")
+def node_map_markdown(profile: Profile = INCUBATOR_PROFILE) -> str:
+    """An OPC UA profile's variables as a Markdown table."""
+    lines = ["| point | role | NodeId or browse path | data type | unit | plausible | writable (min..max) |",
+             "|---|---|---|---|---|---|---|"]
+    for p in point_specs(profile):
+        where = f"`{p.address}`" if p.address else "`" + "/".join(p.browse_path) + "`"
+        lines.append(f"| {p.name} | {p.role or '-'} | {where} | {p.opc_type or '-'} | {p.unit} | {_plausible(p)} | "
+                     f"{_rw(p)} |")
     return "\n".join(lines)

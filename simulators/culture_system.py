@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import struct
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -21,7 +20,8 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from app.core.clock import Clock
 from drivers.base import PointError, PointSpec
-from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS, MODBUS_WORD_ORDER
+from drivers.modbus_codec import decode, encode
+from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS
 from simulators._net import SimulatorServer
 from simulators.faults import Fault
 from simulators.physics import CultureModel
@@ -35,29 +35,19 @@ _SILENT = (Fault.modbus_timeout, Fault.no_answer)
 _SIM_TYPES = {"float32": DataType.FLOAT32, "int16": DataType.INT16, "uint16": DataType.UINT16}
 
 
-def encode_point(spec: PointSpec, value: float, word_order: str = MODBUS_WORD_ORDER) -> list[int]:
-    """Registers for `value` of `spec`: float32 as two words in `word_order`, 16-bit as round(value/scale)."""
-    if spec.data_type == "float32":
-        hi, lo = struct.unpack(">HH", struct.pack(">f", value))
-        return [hi, lo] if word_order == "big" else [lo, hi]
-    raw = round(value / spec.scale) if math.isfinite(value) else 0
-    if spec.data_type == "int16":
-        raw = max(-32768, min(32767, raw))
-        return [raw & 0xFFFF]
-    if spec.data_type == "uint16":
-        return [max(0, min(0xFFFF, raw))]
-    raise ValueError(f"point {spec.name!r}: data type {spec.data_type!r} is not a register type")
+def encode_point(spec: PointSpec, value: float) -> list[int]:
+    """Registers for `value` of `spec` as the profile encodes it; a value that does not fit is clamped."""
+    try:
+        return encode(spec, value if math.isfinite(value) or spec.data_type.startswith("float") else 0.0)
+    except PointError:
+        lo, hi = (-(2**15), 2**15 - 1) if spec.data_type == "int16" else (0, 2**16 - 1)
+        raw = (spec.to_device(value) - spec.offset) / spec.scale
+        return encode(spec, spec.to_unit(max(lo, min(hi, raw)) * spec.scale + spec.offset))
 
 
-def decode_point(spec: PointSpec, registers: Sequence[int], word_order: str = MODBUS_WORD_ORDER) -> float:
+def decode_point(spec: PointSpec, registers: Sequence[int]) -> float:
     """Inverse of `encode_point`."""
-    if spec.data_type == "float32":
-        hi, lo = (registers[0], registers[1]) if word_order == "big" else (registers[1], registers[0])
-        return float(struct.unpack(">f", struct.pack(">HH", hi, lo))[0])
-    raw = registers[0]
-    if spec.data_type == "int16" and raw >= 0x8000:
-        raw -= 0x10000
-    return raw * spec.scale
+    return decode(spec, registers)
 
 
 def _covers(specs: Sequence[PointSpec], address: int, count: int) -> bool:

@@ -1,7 +1,7 @@
 """OPC UA server standing in for a CO2 incubator, driven by `IncubatorModel` on the injected clock.
 
-Variables live under the object `Incubator` in namespace `INCUBATOR_NAMESPACE`, with string NodeIds
-equal to the `address` of each `INCUBATOR_POINTS` spec. Analog points are Double, `door_open` is
+Variables live under the object `Incubator` in namespace `INCUBATOR_NAMESPACE`, with the string NodeIds
+of the shipped profile `culturectl-sim-incubator` (`INCUBATOR_POINTS`). Analog points are Double, `door_open` is
 Boolean. Values carry the clock's (simulated) time as SourceTimestamp. Clients may write the setpoints
 (any numeric variant; stored as Double); a value outside the point's limits is refused with
 BadOutOfRange and leaves the model unchanged.
@@ -220,8 +220,9 @@ class IncubatorSimulator(SimulatorServer):
         setpoints: dict[ua.NodeId, PointSpec] = {}
         nodes: dict[str, ua.NodeId] = {}
         for spec in INCUBATOR_POINTS:
-            nodeid = ua.NodeId(ua.String(str(spec.address)), ns)
-            browse = ua.QualifiedName(str(spec.address).split(".", 1)[-1], ua.UInt16(idx))
+            string_id = str(spec.address).split(";s=", 1)[1]  # the shipped profile: ns=sim;s=Incubator.<Name>
+            nodeid = ua.NodeId(ua.String(string_id), ns)
+            browse = ua.QualifiedName(string_id.split(".", 1)[-1], ua.UInt16(idx))
             var = await obj.add_variable(nodeid, browse, self._variant(spec, values[spec.name]))
             if spec.writable:
                 await var.set_writable()

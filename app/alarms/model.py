@@ -16,8 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import PointSpec
-from drivers.points import POINT_MAPS
+from drivers.roles import ROLES
 
 Seconds = Annotated[float, Field(allow_inf_nan=False, ge=0, le=7 * 24 * 3600)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -208,7 +207,7 @@ BAD_QUALITY_OFF_DELAY_S = 30.0
 _STEADY_POINTS = frozenset({"culture-system.medium_pumped", "culture-system.cd7_percent", "culture-system.viability"})
 
 
-def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...]:
+def _quality_alarms(channel: str, kind: str) -> tuple[AlarmDefinition, ...]:
     """Data-quality alarms of a read-only point: stale (frozen for noisy analog points), bad quality, comm loss.
 
     Discrete points (the door) get no stale alarm: OPC UA reports them only when they change, so hours without a
@@ -219,7 +218,7 @@ def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...
                         description="readings bad, uncertain or implausible: the culture is unobserved"),
         CommLossAlarm(name="comm_loss", description="device communication lost"),
     )
-    if spec.kind == "boolean":
+    if kind == "boolean":
         return quality
     changes = channel not in _STEADY_POINTS
     what = "no new value" if changes else "no sample"
@@ -230,13 +229,13 @@ def _quality_alarms(channel: str, spec: PointSpec) -> tuple[AlarmDefinition, ...
 
 @functools.cache
 def default_definitions() -> Mapping[str, tuple[AlarmDefinition, ...]]:
-    """docs/process.md alarm defaults keyed by "<device kind>.<point>"; every read-only point gets data-quality alarms.
+    """docs/process.md alarm defaults keyed by role ("<device class>.<role>"); every measured role gets data-quality
+    alarms. A point without a role gets none: it is stored and shown only.
 
     Built once (the alarm service looks them up on every context refresh); the definitions are frozen models.
     """
     out: dict[str, tuple[AlarmDefinition, ...]] = {
-        f"{kind}.{p.name}": _quality_alarms(f"{kind}.{p.name}", p)
-        for kind, points in POINT_MAPS.items() for p in points if not p.writable
+        r.ref: _quality_alarms(r.ref, r.kind) for roles in ROLES.values() for r in roles.values() if not r.writable
     }
     m = Priority.MEDIUM
     hi = Priority.HIGH

@@ -147,7 +147,8 @@ class AlarmService:
             self.alarms[comm] = Alarm(comm, device.name, device.name, _COMM_LOSS, initial_state(comm, now))
             for point in device.points:
                 channel = f"{device.name}.{point.name}"
-                self._set_channel(channel, defaults.get(f"{device.kind}.{point.name}", ()), None, now)
+                ref = f"{device.kind}.{point.role}" if point.role else None
+                self._set_channel(channel, defaults.get(ref, ()) if ref else (), None, now)
         self.alarms[HISTORIAN_ALARM] = Alarm(HISTORIAN_ALARM, HISTORIAN, HISTORIAN, _HISTORIAN_DEF,
                                              initial_state(HISTORIAN_ALARM, now))
 
@@ -417,9 +418,9 @@ class AlarmService:
         for device in self.devices:
             serves = bindings.get(device.name)
             for point in device.points:
-                if point.writable:
-                    continue
-                key = f"{device.kind}.{point.name}"
+                if point.writable or point.role is None:
+                    continue  # setpoints raise no alarm; a point without a role is stored and shown only
+                key = f"{device.kind}.{point.role}"
                 defs = defaults.get(key, ())
                 if serves is not None:
                     for override in serves.overrides:
@@ -437,9 +438,10 @@ class AlarmService:
             if b is None or b.status not in EXCURSION_RUN_STATES:
                 continue
             for rule in b.excursions:
-                kind, _, point = rule.channel.partition(".")
-                if kind == d.kind:
-                    wanted[(b.run_id, f"{d.name}.{point}")] = rule
+                kind, _, role = rule.channel.partition(".")
+                point = d.role_point(role) if kind == d.kind else None
+                if point is not None:
+                    wanted[(b.run_id, f"{d.name}.{point.name}")] = rule
         have = {(e.run_id, e.channel): e for exs in self._excursions.values() for e in exs}
         if set(have) == set(wanted):
             return

@@ -100,6 +100,9 @@ class SetpointService:
         for spec in status.config.points:
             if spec.name == point:
                 return spec
+        for spec in status.config.points:  # a role ("temperature_setpoint") names the point that plays it
+            if spec.role == point:
+                return spec
         writable = [p.name for p in status.config.points if p.writable]
         raise Problem(422, "unknown-point", "Unknown point",
                       f"{device} has no point {point!r}; writable points: {', '.join(writable)}",
@@ -112,8 +115,9 @@ class SetpointService:
         if hub is None:
             raise Problem(503, "device-unavailable", "Setpoint refused", "the device hub is not running",
                           rule="device_unavailable")
-        point, value = body.point, float(body.value)
-        spec = self._spec(hub, device, point)
+        spec = self._spec(hub, device, body.point)
+        # records name the device's point; the rate rules go by the role it plays
+        point, rule, value = spec.name, spec.role or spec.name, float(body.value)
         refusal = control.check_point(spec, value)
         if refusal is not None:
             raise _refused(refusal)
@@ -140,11 +144,11 @@ class SetpointService:
                 state = hub.state(device)
                 checks: list[Callable[[], Refusal | None]] = [
                     lambda: control.check_run_state(runs, principal.role, source),
-                    lambda: control.check_interval(point, last_at, now, source),
+                    lambda: control.check_interval(rule, last_at, now, source),
                     # An unknown reference is refused below, after the device state (an offline device is 503).
-                    lambda: control.check_step(point, current, value, source) if current is not None else None,
+                    lambda: control.check_step(rule, current, value, source) if current is not None else None,
                     lambda: control.check_device(device, state),
-                    lambda: control.check_step(point, current, value, source),
+                    lambda: control.check_step(rule, current, value, source),
                 ]
                 for check in checks:
                     refusal = check()

@@ -100,6 +100,8 @@ device = Table(
     Column("endpoint", Text, nullable=False),
     Column("description", Text, nullable=False, server_default=text("''::text")),
     Column("created_at", DateTime(True), nullable=False, server_default=text("now()")),
+    Column("profile", Text),
+    Column("profile_version", Text),
     PrimaryKeyConstraint("id", name="device_pkey"),
     UniqueConstraint("name", name="device_name_key"),
 )
@@ -259,10 +261,12 @@ channel = Table(
     Column("name", Text, nullable=False),
     Column("unit", Text, nullable=False),
     Column("kind", Text, nullable=False),
+    Column("role", Text),
     CheckConstraint("kind = ANY (ARRAY['analog'::text, 'boolean'::text])", name="channel_kind_check"),
     ForeignKeyConstraint(["device_id"], ["device.id"], name="channel_device_id_fkey"),
     PrimaryKeyConstraint("id", name="channel_pkey"),
     UniqueConstraint("device_id", "name", name="channel_device_id_name_key"),
+    Index("channel_device_role_key", "device_id", "role", unique=True, postgresql_where="(role IS NOT NULL)"),
 )
 
 culture_run = Table(

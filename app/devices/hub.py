@@ -103,7 +103,9 @@ class DeviceHub:
         status = self.status.get(device)
         if status is None:
             raise PointError(f"unknown device {device!r}")
-        find_point(status.config.points, point, device).check_write(value)
+        spec = find_point(status.config.points, point, device)  # a point's name, or the role it plays
+        spec.check_write(value)
+        point = spec.name
         sup = self._supervisors.get(device)
         if sup is None:
             raise DeviceUnavailable(f"{device} is not supervised (devices are not connected)")

@@ -11,26 +11,34 @@ from app.db import DBConnection
 from app.records import audit
 from drivers.devices import DeviceConfig
 
-_DEVICE_FIELDS = ("name", "kind", "protocol", "endpoint", "description")
+_DEVICE_FIELDS = ("name", "kind", "protocol", "endpoint", "description", "profile", "profile_version")
 
 _UPSERT_DEVICE = """
-INSERT INTO device (name, kind, protocol, endpoint, description)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO device (name, kind, protocol, endpoint, description, profile, profile_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (name) DO UPDATE
 SET kind = EXCLUDED.kind, protocol = EXCLUDED.protocol,
-    endpoint = EXCLUDED.endpoint, description = EXCLUDED.description
-WHERE (device.kind, device.protocol, device.endpoint, device.description)
-      IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.protocol, EXCLUDED.endpoint, EXCLUDED.description)
+    endpoint = EXCLUDED.endpoint, description = EXCLUDED.description,
+    profile = EXCLUDED.profile, profile_version = EXCLUDED.profile_version
+WHERE (device.kind, device.protocol, device.endpoint, device.description, device.profile, device.profile_version)
+      IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.protocol, EXCLUDED.endpoint, EXCLUDED.description,
+                        EXCLUDED.profile, EXCLUDED.profile_version)
 """
 
-# Channels are never deleted here: telemetry of a point that left the map keeps its channel row.
+# Channels are never deleted here: telemetry of a point that left the profile keeps its channel row (and loses
+# its role, which another point may now play). A channel keeps its id while its device keeps its name and point.
+_CLEAR_ROLES = """
+UPDATE channel SET role = NULL
+WHERE device_id = $1 AND role IS NOT NULL
+  AND (name <> ALL($2::text[]) OR role IS DISTINCT FROM ($3::text[])[array_position($2::text[], name)])
+"""
 _UPSERT_CHANNELS = """
-INSERT INTO channel (device_id, name, unit, kind)
-SELECT $1, p.name, p.unit, p.kind
-FROM unnest($2::text[], $3::text[], $4::text[]) AS p(name, unit, kind)
+INSERT INTO channel (device_id, name, unit, kind, role)
+SELECT $1, p.name, p.unit, p.kind, p.role
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS p(name, unit, kind, role)
 ON CONFLICT (device_id, name) DO UPDATE
-SET unit = EXCLUDED.unit, kind = EXCLUDED.kind
-WHERE (channel.unit, channel.kind) IS DISTINCT FROM (EXCLUDED.unit, EXCLUDED.kind)
+SET unit = EXCLUDED.unit, kind = EXCLUDED.kind, role = EXCLUDED.role
+WHERE (channel.unit, channel.kind, channel.role) IS DISTINCT FROM (EXCLUDED.unit, EXCLUDED.kind, EXCLUDED.role)
 """
 
 
@@ -56,7 +64,8 @@ async def sync_devices(
             old = await conn.fetchrow(f"SELECT id, {', '.join(_DEVICE_FIELDS)} FROM device WHERE name = $1",
                                       dev.name)
             await conn.execute(
-                _UPSERT_DEVICE, dev.name, dev.kind, dev.protocol, dev.endpoint, dev.description
+                _UPSERT_DEVICE, dev.name, dev.kind, dev.protocol, dev.endpoint, dev.description,
+                dev.profile_spec.name, dev.profile_spec.version,
             )
             new = await conn.fetchrow(f"SELECT id, {', '.join(_DEVICE_FIELDS)} FROM device WHERE name = $1",
                                       dev.name)
@@ -70,13 +79,10 @@ async def sync_devices(
                                    entity_id=device_id, old=_device_record(old), new=_device_record(new),
                                    reason="the devices file changed")
             points = dev.points
-            await conn.execute(
-                _UPSERT_CHANNELS,
-                device_id,
-                [p.name for p in points],
-                [p.unit for p in points],
-                [p.kind for p in points],
-            )
+            names, roles = [p.name for p in points], [p.role for p in points]
+            await conn.execute(_CLEAR_ROLES, device_id, names, roles)
+            await conn.execute(_UPSERT_CHANNELS, device_id, names, [p.unit for p in points],
+                               [p.kind for p in points], roles)
         names = [d.name for d in devices]
         rows = await conn.fetch(
             "SELECT d.name AS device, c.name AS point, c.id "
@@ -110,11 +116,12 @@ async def device_id(conn: DBConnection, name: str | None, kind: str) -> int | No
     return int(row["id"])
 
 
-_CHANNELS = "SELECT c.id, d.name AS device, c.name, c.unit, c.kind FROM channel c JOIN device d ON d.id = c.device_id"
+_CHANNELS = ("SELECT c.id, d.name AS device, c.name, c.unit, c.kind, c.role, d.kind AS device_class "
+             "FROM channel c JOIN device d ON d.id = c.device_id")
 
 
 async def channels(conn: DBConnection) -> list[Any]:
-    """Every channel (id, device, name, unit, kind), by device and id."""
+    """Every channel (id, device, name, unit, kind, role, device_class), by device and id."""
     return list(await conn.fetch(_CHANNELS + " ORDER BY d.name, c.id"))
 
 
@@ -125,3 +132,15 @@ async def channel(conn: DBConnection, channel_id: int) -> Any | None:
 async def channel_units(conn: DBConnection) -> dict[str, str]:
     """Channel key ("<device>.<point>") -> unit."""
     return {f"{r['device']}.{r['name']}": r["unit"] for r in await channels(conn)}
+
+
+async def role_channels(conn: DBConnection) -> dict[str, str]:
+    """"<device>.<role>" -> the channel key of the point playing it ("<device>.<point>")."""
+    return {f"{r['device']}.{r['role']}": channel_key(r["device"], r["name"])
+            for r in await channels(conn) if r["role"] is not None}
+
+
+async def device_roles(conn: DBConnection, device_id: int) -> frozenset[str]:
+    """The roles the points of a registered device play."""
+    rows = await conn.fetch("SELECT role FROM channel WHERE device_id = $1 AND role IS NOT NULL", device_id)
+    return frozenset(str(r["role"]) for r in rows)

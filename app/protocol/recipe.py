@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.alarms.excursion import ExcursionRule
 from app.alarms.model import AlarmDefinition
-from drivers.points import POINT_MAPS
+from drivers.roles import DEVICE_CLASSES, known_roles, role
 
 Meaning = Literal["performed", "verified", "reviewed", "approved"]
 InputKind = Literal["number", "integer", "text", "bool", "choice"]
@@ -155,14 +155,16 @@ class Setpoint(_Model):
 
     @model_validator(mode="after")
     def _writable(self) -> Setpoint:
-        if self.device_kind not in POINT_MAPS:
-            raise ValueError(f"unknown device kind {self.device_kind!r}; known: {', '.join(sorted(POINT_MAPS))}")
-        spec = {p.name: p for p in POINT_MAPS[self.device_kind]}.get(self.point)
+        if self.device_kind not in DEVICE_CLASSES:
+            raise ValueError(f"unknown device kind {self.device_kind!r}; known: {', '.join(DEVICE_CLASSES)}")
+        spec = role(self.device_kind, self.point)
         if spec is None or not spec.writable:
-            writable = [p.name for p in POINT_MAPS[self.device_kind] if p.writable]
-            raise ValueError(f"{self.device_kind}.{self.point} is not a writable point; writable: {writable}")
-        if (spec.min is not None and self.value < spec.min) or (spec.max is not None and self.value > spec.max):
-            raise ValueError(f"{self.device_kind}.{self.point} = {self.value:g} is outside {spec.min:g}..{spec.max:g}")
+            writable = [r for r in known_roles(self.device_kind) if (x := role(self.device_kind, r)) and x.writable]
+            raise ValueError(f"{self.device_kind}.{self.point} is not a setpoint role; setpoints: {writable}")
+        lo, hi = spec.plausible
+        if not lo <= self.value <= hi:
+            raise ValueError(f"{self.device_kind}.{self.point} = {self.value:g} is outside {lo:g}..{hi:g} "
+                             f"{spec.unit}")
         return self
 
 
@@ -179,7 +181,7 @@ class Step(_Model):
     inputs: tuple[StepInput, ...] = ()
     signatures: tuple[Meaning, ...] = ()
     setpoints: tuple[Setpoint, ...] = ()
-    channels: tuple[str, ...] = ()  # "<device kind>.<point>" the step concerns
+    channels: tuple[str, ...] = ()  # "<device class>.<role>" the step concerns
     door_opening: bool = False  # door alarms are suppressed by design inside its window
 
     @model_validator(mode="after")
@@ -191,8 +193,8 @@ class Step(_Model):
             raise ValueError(f"duplicate signature meanings {list(self.signatures)}")
         for ch in self.channels:
             kind, _, point = ch.partition(".")
-            if point not in {p.name for p in POINT_MAPS.get(kind, ())}:
-                raise ValueError(f"unknown channel {ch!r}: use <device kind>.<point> of a point map")
+            if role(kind, point) is None:
+                raise ValueError(f"unknown channel {ch!r}: use <device class>.<role> of the role vocabulary")
         return self
 
     def input(self, name: str) -> StepInput | None:
@@ -259,9 +261,9 @@ class Planning(_Model):
 
 def _read_only_channel(channel: str) -> None:
     kind, _, point = channel.partition(".")
-    spec = {p.name: p for p in POINT_MAPS.get(kind, ())}.get(point)
+    spec = role(kind, point)
     if spec is None or spec.writable:
-        raise ValueError(f"unknown channel {channel!r}: use <device kind>.<point> of a read-only point of a point map")
+        raise ValueError(f"unknown channel {channel!r}: use <device class>.<role> of a measured role")
 
 
 class AlarmOverride(_Model):
@@ -334,6 +336,18 @@ class Recipe(_Model):
         if cycle := _find_cycle({s.key: _depends_on(s) for s in self.steps}):
             raise ValueError("cycle in step order (predecessors and anchors): " + " -> ".join(cycle))
         return self
+
+    def required_roles(self) -> dict[str, frozenset[str]]:
+        """Device class -> the roles this recipe uses on the device bound as that class (steps' channels,
+        setpoints, alarm overrides, excursions): a device lacking one cannot be bound to a run of it."""
+        refs = [ch for s in self.steps for ch in s.channels]
+        refs += [f"{sp.device_kind}.{sp.point}" for s in self.steps for sp in s.setpoints]
+        refs += [o.channel for o in self.alarms] + [e.channel for e in self.excursions]
+        out: dict[str, set[str]] = {}
+        for ref in refs:
+            kind, _, name = ref.partition(".")
+            out.setdefault(kind, set()).add(name)
+        return {k: frozenset(v) for k, v in out.items()}
 
     def step(self, key: str) -> Step:
         """The step called `key`; KeyError names the known steps."""

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.db import DBConnection, query, schema
-from app.devices.registry import device_id
+from app.devices.registry import device_id, device_roles
 from app.protocol import deviations, dose, planner
 from app.protocol.common import invalid, json_ready, not_found, require_meaning
 from app.protocol.recipe import Recipe
@@ -69,6 +69,8 @@ async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principa
         raise invalid("weight_out_of_range", str(exc), "patient_weight_kg") from None
     incubator = await device_id(conn, body.incubator, "incubator")
     culture = await device_id(conn, body.culture_system, "culture-system")
+    await _check_roles(conn, recipe, {"incubator": (body.incubator, incubator),
+                                      "culture-system": (body.culture_system, culture)})
     proposal = planner.propose_t0(recipe, body.hsct_at)
     planned_t0 = body.planned_t0 or proposal.t0
     code = body.code or f"RUN-{now:%Y%m%d}-{uuid.uuid4().hex[:6].upper()}"
@@ -90,6 +92,24 @@ async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principa
     view = await run_view(conn, int(run_id), now)
     view["t0_proposal"] = json_ready(asdict(proposal))
     return view
+
+
+async def _check_roles(conn: DBConnection, recipe: Recipe,
+                       bound: Mapping[str, tuple[str | None, int | None]]) -> None:
+    """409 naming the missing roles when a device lacks a role the recipe uses (by its profile)."""
+    required = recipe.required_roles()
+    missing: dict[str, list[str]] = {}
+    for kind, (name, dev_id) in bound.items():
+        if dev_id is None or name is None:
+            continue
+        lacking = sorted(required.get(kind, frozenset()) - await device_roles(conn, dev_id))
+        if lacking:
+            missing[name] = [f"{kind}.{r}" for r in lacking]
+    if missing:
+        text = "; ".join(f"{dev} lacks {', '.join(roles)}" for dev, roles in missing.items())
+        raise Problem(409, "device-lacks-roles", "Device lacks roles",
+                      f"the recipe uses roles its device's profile does not provide: {text}",
+                      rule="device_lacks_roles", missing_roles=missing)
 
 
 async def run_row(conn: DBConnection, run_id: int, *, lock: bool = False) -> asyncpg.Record:

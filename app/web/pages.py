@@ -198,7 +198,7 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
             alarm = runtime.alarms.alarms.get(f"{key}:limit")
             if alarm is not None:
                 limits[key] = views.limit_bands(alarm.defn.model_dump(mode="json"))
-    charts = views.chart_specs(run, runtime.channel_ids, units, limits, recipe)
+    charts = views.chart_specs(run, runtime.channel_ids, units, limits, recipe, await registry.role_channels(conn))
     since = views.parse_time(views.chart_range(run, now)["start"])
     first_data = None if since is None else await history.first_reading(
         conn, [c["channel_id"] for c in charts if c["channel_id"]], since)

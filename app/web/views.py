@@ -28,7 +28,8 @@ STATUS_TEXT = {
 STEP_STATUS_ICONS = {"pending": "\u25cb", "open": "\u25d4", "due": "\u25d1", "late": "\u26a0", "missed": "\u2716",
                      "skipped": "\u2192", "done": "\u2714"}
 RUN_DAYS = 7
-# The run page's charts: (device kind, point, label). Channel keys are "<device>.<point>".
+# The run page's charts by role: (device class, role, label); each shows the point playing the role on the bound
+# device (channel keys are "<device>.<point>").
 CHART_POINTS: tuple[tuple[str, str, str], ...] = (
     ("incubator", "temperature", "Incubator temperature"),
     ("incubator", "co2", "Incubator CO2"),
@@ -217,17 +218,21 @@ def limit_bands(definition: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def chart_specs(run: Mapping[str, Any], channel_ids: Mapping[str, int], units: Mapping[str, str],
-                limits: Mapping[str, Mapping[str, float]], recipe: Recipe | None) -> list[dict[str, Any]]:
-    """The run page's charts: channel key and id, label, unit, alarm limits and the recipe's excursion band."""
+                limits: Mapping[str, Mapping[str, float]], recipe: Recipe | None,
+                roles: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The run page's charts: channel key and id, label, unit, alarm limits and the recipe's excursion band.
+
+    `roles` maps "<device>.<role>" to the channel key of the point playing it; a role the device lacks has no
+    chart."""
     devices = {"incubator": run.get("incubator"), "culture-system": run.get("culture_system")}
     bands = {e.channel: e for e in recipe.excursions} if recipe is not None else {}
     out = []
-    for kind, point, label in CHART_POINTS:
+    for kind, role, label in CHART_POINTS:
         device = devices.get(kind)
-        if not device:
+        key = roles.get(f"{device}.{role}") if device else None
+        if key is None:
             continue
-        key = f"{device}.{point}"
-        band = bands.get(f"{kind}.{point}")
+        band = bands.get(f"{kind}.{role}")
         out.append({"channel": key, "channel_id": channel_ids.get(key), "label": label, "unit": units.get(key, ""),
                     "limits": dict(limits.get(key, {})),
                     "band": None if band is None else {"low": band.low, "high": band.high}})

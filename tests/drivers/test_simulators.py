@@ -18,7 +18,10 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from app.core.clock import ScaledClock, utcnow
 from drivers.base import PointSpec
-from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_NAMESPACE, INCUBATOR_POINTS, MODBUS_WORD_ORDER
+from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_NAMESPACE, INCUBATOR_POINTS
+
+# the shipped profile's word order ABCD is pymodbus' "big": decoded here with pymodbus, not our codec
+MODBUS_WORD_ORDER = "big"
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
 from simulators.runner import run_simulators
@@ -57,7 +60,7 @@ async def opcua_client(sim: IncubatorSimulator) -> tuple[Client, int]:
 
 def node(client: Client, idx: int, name: str) -> ua.NodeId:
     spec = next(p for p in INCUBATOR_POINTS if p.name == name)
-    return client.get_node(ua.NodeId(str(spec.address), idx))
+    return client.get_node(ua.NodeId(str(spec.address).split(";s=", 1)[1], idx))
 
 
 async def modbus_client(sim: CultureSystemSimulator) -> AsyncModbusTcpClient:

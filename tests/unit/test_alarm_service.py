@@ -115,7 +115,7 @@ def test_recipe_alarm_overrides_are_checked() -> None:
         Recipe.model_validate(bad_step)
     bad_channel = {**base, "alarms": [{"channel": "incubator.co2_setpoint",
                                        "definitions": [{"kind": "bad_quality", "name": "q"}]}]}
-    with pytest.raises(ValidationError, match="read-only point"):
+    with pytest.raises(ValidationError, match="measured role"):
         Recipe.model_validate(bad_channel)
     dup = {**base, "alarms": [{"channel": "incubator.co2", "definitions": [
         {"kind": "bad_quality", "name": "q"}, {"kind": "comm_loss", "name": "q"}]}]}

@@ -135,7 +135,7 @@ def mutate_setpoint(d: dict[str, Any]) -> None:
 
 
 def mutate_setpoint_range(d: dict[str, Any]) -> None:
-    step(d, "seed")["setpoints"][0]["value"] = 45
+    step(d, "seed")["setpoints"][0]["value"] = 145
 
 
 def mutate_channel(d: dict[str, Any]) -> None:
@@ -194,9 +194,10 @@ RULES = [
     (mutate_duplicate_step, "duplicate step keys ['seed']"),
     (mutate_duplicate_input, "steps[harvest]: duplicate input names ['total_viable_cells']"),
     (mutate_t0_step, "t0_step 'sow' is not a step of this recipe"),
-    (mutate_setpoint, "incubator.temperature is not a writable point; writable: ['temperature_setpoint', "
-                      "'co2_setpoint']"),
-    (mutate_setpoint_range, "incubator.temperature_setpoint = 45 is outside 30..40"),
+    (mutate_setpoint, "incubator.temperature is not a setpoint role; setpoints: ['co2_setpoint', "
+                      "'temperature_setpoint']"),
+    # the role's range; the bound device's own limits are checked when the setpoint is written
+    (mutate_setpoint_range, "incubator.temperature_setpoint = 145 is outside -20..100 degC"),
     (mutate_channel, "unknown channel 'incubator.pressure'"),
     (mutate_meaning, "steps[seed].signatures[1]: Input should be 'performed', 'verified', 'reviewed' or 'approved'"),
     (mutate_accept_order, "acceptance accept_min 60000 > accept_max 50000"),

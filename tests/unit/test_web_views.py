@@ -83,9 +83,11 @@ def test_forms_follow_the_recipe_inputs() -> None:
 def test_chart_specs_carry_limits_and_bands() -> None:
     recipe = default_recipe()
     run = {"incubator": "inc-1", "culture_system": None}
-    specs = views.chart_specs(run, {"inc-1.temperature": 7}, {"inc-1.temperature": "degC"},
-                              {"inc-1.temperature": {"l": 36.0, "h": 38.0}}, recipe)
-    assert [s["channel"] for s in specs] == ["inc-1.temperature", "inc-1.co2", "inc-1.humidity"]
+    # a vendor's point names: the charts follow the roles they play; a role the device lacks has no chart
+    roles = {"inc-1.temperature": "inc-1.ChamberTemp", "inc-1.co2": "inc-1.CO2_Level"}
+    specs = views.chart_specs(run, {"inc-1.ChamberTemp": 7}, {"inc-1.ChamberTemp": "degC"},
+                              {"inc-1.ChamberTemp": {"l": 36.0, "h": 38.0}}, recipe, roles)
+    assert [s["channel"] for s in specs] == ["inc-1.ChamberTemp", "inc-1.CO2_Level"]
     temp = specs[0]
     assert temp["channel_id"] == 7 and temp["limits"] == {"l": 36.0, "h": 38.0}
     assert temp["band"] == {"low": 36.0, "high": 38.0}
