@@ -70,7 +70,7 @@ class Runtime:
         quiet_library_loggers()
         s = self.settings
         self.started_at = self.clock.now()
-        self.devices = load_devices(s.devices_file)
+        self.devices = load_devices(s.devices_file, s.profiles_dir)
         dsn = s.database_dsn()
         if dsn is None:
             self.embedded = db.EmbeddedPostgres(Path(s.data_dir) / "pg")

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("./culturectl-data"), description="embedded database, spool, state")
     devices_file: Path | None = Field(default=None, description="devices YAML; unset: the bundled simulators")
+    profiles_dir: Path | None = Field(default=None, description="the site's device profiles (*.yaml), besides the "
+                                                                "shipped library")
     clock_epoch: datetime | None = Field(
         default=None, description="wall-clock instant the scaled clock is anchored at (UTC); unset: start-up"
     )

@@ -120,7 +120,7 @@ def _quality(status: ua.StatusCode | None) -> Quality:
     return Quality.BAD
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
@@ -241,7 +241,7 @@ async def inspect(client: Client, points: Sequence[PointSpec], namespaces: dict[
             problems.append(f"the server's EngineeringUnits say {unit!r}, the profile says {p.device_unit!r}")
         value = None
         if v is not None and v.Value is not None:
-            raw = _as_float(v.Value.Value)
+            raw = as_float(v.Value.Value)
             value = p.to_unit(raw) if raw is not None else None
         checks[p.name] = PointCheck(p.name, True, where, dtype, unit, writable, value, tuple(problems))
     for name, why in missing.items():
@@ -438,7 +438,7 @@ class OpcUaDriver:
             source = _aware_utc(dv.SourceTimestamp) or _aware_utc(dv.ServerTimestamp)
             status = dv.StatusCode
         # NaN or Inf with status Good, or a value that cannot be true: judged at the edge like every driver's
-        raw = _as_float(event.value)
+        raw = as_float(event.value)
         value = point.to_unit(raw) if raw is not None else None
         return reading(self.name, point, value, source or self._clock.now(), _quality(status))
 
@@ -476,7 +476,7 @@ class OpcUaDriver:
             raise DeviceUnavailable(f"{self.name}: write {point} failed: {exc!r}") from None
         except Exception as exc:  # a Bad status code from the server, or a decoding error
             raise DeviceProtocolError(f"{self.name}: write {point} rejected: {exc!r}") from None
-        result = _as_float(back)
+        result = as_float(back)
         if result is None:
             raise DeviceProtocolError(f"{self.name}: read-back of {point} is not a number: {back!r}")
         return spec.to_unit(result)

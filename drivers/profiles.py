@@ -209,7 +209,9 @@ class _Profile(_Model):
             if p.role in seen:
                 raise ValueError(f"{where}.role: {p.role!r} is already played by point {seen[p.role]!r}")
             seen[p.role] = p.name
-            if conversion(p.unit, spec.unit) is None:
+            if spec.kind == "boolean" and p.unit in ("", "bool"):
+                pass
+            elif conversion(p.unit, spec.unit) is None:
                 raise ValueError(f"{where}.unit: {p.unit!r} cannot be converted to {spec.unit!r}, the unit of role "
                                  f"{spec.ref}")
             if spec.writable and not p.writable:
@@ -281,10 +283,9 @@ def _where(loc: Sequence[int | str], data: Any) -> str:
     """A pydantic error location as a reader finds it in the file: points[2] (chamber_temp).role."""
     out = ""
     node = data
+    if loc and isinstance(data, Mapping) and loc[0] == data.get("protocol"):
+        loc = loc[1:]  # the discriminator's branch name, not a key of the file
     for part in loc:
-        if part in ("opcua", "modbus") and out == "" and isinstance(node, Mapping) and "points" in node \
-                and part not in node:
-            continue  # the discriminator's branch name, not a key of the file
         if isinstance(part, int):
             name = node[part].get("name") if isinstance(node, list) and part < len(node) \
                 and isinstance(node[part], Mapping) else None
@@ -295,7 +296,7 @@ def _where(loc: Sequence[int | str], data: Any) -> str:
             node = node[part]
         except (KeyError, IndexError, TypeError):
             node = None
-    return out or "(top level)"
+    return out
 
 
 def parse_profile(data: Any, source: str) -> Profile:
@@ -308,7 +309,8 @@ def parse_profile(data: Any, source: str) -> Profile:
         lines = []
         for err in exc.errors(include_url=False):
             msg = str(err["msg"]).removeprefix("Value error, ")
-            lines.append(f"{source}: {_where(err['loc'], data)}: {msg}")
+            where = _where(err["loc"], data)
+            lines.append(f"{source}: {where}: {msg}" if where else f"{source}: {msg}")
         raise ProfileError("\n".join(lines)) from None
 
 
@@ -396,7 +398,7 @@ def point_specs(profile: Profile) -> tuple[PointSpec, ...]:
     out: list[PointSpec] = []
     for p in profile.points:
         spec = role(profile.device_class, p.role) if p.role else None
-        device_unit = normalize_unit(p.unit)
+        device_unit = normalize_unit(p.unit) or ("bool" if p.boolean else "")
         unit = spec.unit if spec else device_unit
         gain, bias = conversion(device_unit, unit) or (1.0, 0.0)
 

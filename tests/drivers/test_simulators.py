@@ -19,14 +19,13 @@ from pymodbus.client import AsyncModbusTcpClient
 from app.core.clock import ScaledClock, utcnow
 from drivers.base import PointSpec
 from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_NAMESPACE, INCUBATOR_POINTS
-
-# the shipped profile's word order ABCD is pymodbus' "big": decoded here with pymodbus, not our codec
-MODBUS_WORD_ORDER = "big"
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
 from simulators.runner import run_simulators
 from tests.support import free_port, wait_for
 
+# the shipped profile's word order ABCD is pymodbus' "big": decoded here with pymodbus, not our codec
+MODBUS_WORD_ORDER = "big"
 SCALE = 600.0
 CLOCK = ScaledClock(scale=SCALE)
 DEVICE = 1

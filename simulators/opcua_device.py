@@ -1,0 +1,230 @@
+"""An OPC UA server built from a device profile: another vendor's address space, not ours.
+
+Each point becomes a variable where the profile says it is: at its NodeId (numeric, string, GUID or opaque, in
+the namespace its alias or URI names) under nested objects (`parents`), or at the end of its browse path (the
+objects on the way are created, e.g. a LADS-shaped DeviceSet/FunctionalUnitSet/FunctionSet tree). Variables
+carry the profile's data type and an `EngineeringUnits` property with the device's unit, and report values in
+the device's unit (a degF incubator reports degF). Writes to writable points are checked against the point's
+limits (BadOutOfRange) and passed to `on_write(point, value in the stored unit)`.
+
+`extra_variables` adds that many more variables in nested folders (for timing `device browse`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from asyncua import ua
+from asyncua.crypto.permission_rules import User
+from asyncua.server.address_space import AddressSpace, AttributeService
+from asyncua.server.server import Server
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+
+from app.core.clock import utcnow
+from drivers.base import PointError, PointSpec
+from drivers.opcua import VARIANT_TYPES, as_float
+from drivers.profiles import OpcUaProfile, point_specs
+from simulators._net import pick_free_port
+
+log = logging.getLogger("culturectl.simulators")
+
+ENDPOINT_PATH: Final = "/vendor"
+
+
+class _CheckedWrites(AttributeService):
+    """Writes to writable points: limits checked, accepted values passed on."""
+
+    def __init__(self, aspace: AddressSpace, device: OpcUaProfileDevice) -> None:
+        super().__init__(aspace)
+        self._device = device
+
+    async def write(self, params: ua.WriteParameters, user: User | None = None) -> list[ua.StatusCode]:
+        out: list[ua.StatusCode] = []
+        for item in params.NodesToWrite:
+            spec = self._device.writable.get(item.NodeId)
+            if spec is not None and item.AttributeId == AttributeIds.Value:
+                raw = as_float(item.Value.Value.Value if item.Value.Value is not None else None)
+                if raw is None:
+                    out.append(ua.StatusCode(ua.UInt32(StatusCodes.BadTypeMismatch)))
+                    continue
+                try:
+                    spec.check_write(spec.to_unit(raw))
+                except PointError:
+                    out.append(ua.StatusCode(ua.UInt32(StatusCodes.BadOutOfRange)))
+                    continue
+            one = ua.WriteParameters(NodesToWrite=[item])
+            status = (await (super().write(one) if user is None else super().write(one, user=user)))[0]
+            if spec is not None and status.is_good():
+                self._device.accepted(spec, raw)
+            out.append(status)
+        return out
+
+
+class OpcUaProfileDevice:
+    """An OPC UA server on 127.0.0.1 serving the points of `profile` (anonymous, no security)."""
+
+    def __init__(self, profile: OpcUaProfile, source: Callable[[], Mapping[str, float]],
+                 on_write: Callable[[str, float], None] | None = None, *,
+                 parents: Mapping[str, Sequence[str]] | None = None, host: str = "127.0.0.1", port: int = 0,
+                 update_interval: float = 0.2, extra_variables: int = 0, engineering_units: bool = True) -> None:
+        self.profile = profile
+        self.points = point_specs(profile)
+        self.host = host
+        self.port = port or pick_free_port(host)
+        self._source = source
+        self._on_write = on_write
+        self._parents = parents or {}
+        self._interval = update_interval
+        self._extra = extra_variables
+        self._eu = engineering_units
+        self._server: Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.nodes: dict[str, ua.NodeId] = {}
+        self.writable: dict[ua.NodeId, PointSpec] = {}
+        self.held: dict[str, float] = {}  # writable point -> device value
+        self.overrides: dict[str, float] = {}  # point -> device value reported instead of the source's
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}{ENDPOINT_PATH}"
+
+    async def __aenter__(self) -> OpcUaProfileDevice:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    def accepted(self, spec: PointSpec, device_value: float) -> None:
+        self.held[spec.name] = device_value
+        if self._on_write is not None:
+            self._on_write(spec.name, spec.to_unit(device_value))
+
+    def _device_value(self, p: PointSpec) -> float:
+        if p.name in self.overrides:
+            return self.overrides[p.name]
+        if p.writable:
+            return self.held.get(p.name, p.to_device(p.min or 0.0))
+        return p.to_device(float(self._source().get(p.name, 0.0)))
+
+    def _variant(self, p: PointSpec, value: float) -> ua.Variant:
+        dtype = p.opc_type or "Double"
+        vt = VARIANT_TYPES.get(dtype, ua.VariantType.Double)
+        v: Any = bool(value) if dtype == "Boolean" else round(value) if vt not in (
+            ua.VariantType.Float, ua.VariantType.Double) else float(value)
+        return ua.Variant(v, vt)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name(f"{self.profile.vendor or 'vendor'} {self.profile.model or 'device'}")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        server.allow_remote_admin(False)
+        index: dict[str, int] = {}
+        for alias, uri in self.profile.opcua.namespaces.items():
+            index[alias] = await server.register_namespace(uri)
+            index[uri] = index[alias]
+        first = next(iter(index.values()), 1)
+        objects: dict[tuple[str, ...], Any] = {(): server.nodes.objects}
+
+        async def folder(path: Sequence[str]) -> Any:
+            key = tuple(path)
+            if key not in objects:
+                parent = await folder(key[:-1])
+                ns, name = _qualified(key[-1], index, first)
+                objects[key] = await parent.add_object(ua.NodeId(f"obj:{'/'.join(key)}", ns),
+                                                       ua.QualifiedName(name, ua.UInt16(ns)))
+            return objects[key]
+
+        for p in self.points:
+            value = self._variant(p, self._device_value(p))
+            if p.browse_path:
+                parent = await folder(p.browse_path[:-1])
+                ns, name = _qualified(p.browse_path[-1], index, first)
+                nodeid = ua.NodeId(f"var:{'/'.join(p.browse_path)}", ns)
+            else:
+                nodeid = _nodeid(str(p.address), index)
+                parent = await folder(self._parents.get(p.name, ("Device",)))
+                name = p.name
+            var = await parent.add_variable(nodeid, ua.QualifiedName(name, ua.UInt16(nodeid.NamespaceIndex)), value,
+                                            varianttype=value.VariantType)
+            if self._eu and p.device_unit:
+                eu = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact", UnitId=-1,
+                                      DisplayName=ua.LocalizedText(p.device_unit),
+                                      Description=ua.LocalizedText(p.device_unit))
+                await var.add_property(ua.NodeId(f"eu:{nodeid.to_string()}", nodeid.NamespaceIndex),
+                                       ua.QualifiedName("EngineeringUnits", 0), eu)
+            if p.writable:
+                await var.set_writable()
+                self.writable[nodeid] = p
+                self.held.setdefault(p.name, self._device_value(p))
+            self.nodes[p.name] = nodeid
+        for i in range(self._extra):
+            parent = await folder(("Bulk", f"Group{i // 100:03d}"))
+            await parent.add_variable(ua.NodeId(f"bulk:{i}", first), ua.QualifiedName(f"Value{i:05d}", first),
+                                      ua.Variant(float(i), ua.VariantType.Double))
+        server.iserver.attribute_service = _CheckedWrites(server.iserver.aspace, self)
+        await server.start()
+        self._server = server
+        self._task = asyncio.create_task(self._update(server), name=f"opcua-device-{self.port}")
+
+    async def _update(self, server: Server) -> None:
+        while True:
+            try:
+                wall = utcnow()
+                for p in self.points:
+                    dv = ua.DataValue(self._variant(p, self._device_value(p)),
+                                      StatusCode=ua.StatusCode(ua.UInt32(StatusCodes.Good)),
+                                      SourceTimestamp=wall, ServerTimestamp=wall)  # type: ignore[arg-type]
+                    await server.write_attribute_value(self.nodes[p.name], dv)
+            except Exception:  # one bad cycle must not end the simulation
+                log.exception("opcua device update failed")
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        server, task = self._server, self._task
+        self._server, self._task = None, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if server is not None:
+            for session in list(server.iserver._external_sessions.values()):
+                with contextlib.suppress(Exception):
+                    await session.close_session(delete_subs=True)
+            await server.stop()
+
+
+def _qualified(step: str, index: Mapping[str, int], default: int) -> tuple[int, str]:
+    ns, sep, name = step.partition(":")
+    if not sep:
+        return default, step
+    return (int(ns) if ns.isdigit() else index[ns]), name
+
+
+def _nodeid(text: str, index: Mapping[str, int]) -> ua.NodeId:
+    """A profile's NodeId with the alias or URI replaced by this server's index."""
+    head, sep, rest = text.partition(";")
+    if not sep:
+        return ua.NodeId.from_string(text)
+    _key, _, ns = head.partition("=")
+    idx = int(ns) if ns.isdigit() else index[ns]
+    kind, _, ident = rest.partition("=")
+    if kind == "i":
+        return ua.NodeId(int(ident), idx)
+    if kind == "g":
+        return ua.NodeId(uuid.UUID(ident), idx, ua.NodeIdType.Guid)
+    if kind == "b":
+        import base64
+        return ua.NodeId(base64.b64decode(ident), idx, ua.NodeIdType.ByteString)
+    return ua.NodeId(ident, idx)
