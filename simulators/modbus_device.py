@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from drivers.base import PointError, PointSpec
@@ -144,8 +144,8 @@ class ModbusProfileDevice:
         if fc == 15:
             address, count, _n = struct.unpack(">HHB", data[:5])
             self.requests.append((fc, address, count))
-            bits = [(data[5 + i // 8] >> (i % 8)) & 1 for i in range(count)]
-            self._write("coil", address, bits)
+            coils = [(data[5 + i // 8] >> (i % 8)) & 1 for i in range(count)]
+            self._write("coil", address, coils)
             return bytes([fc]) + data[:4]
         if fc == 6:
             address, value = struct.unpack(">HH", data[:4])
@@ -189,7 +189,7 @@ class ModbusProfileDevice:
                 image[start + i] = r
         return [image[a] for a in range(address, address + count)]
 
-    def _write(self, table: str, address: int, values: list[int]) -> None:
+    def _write(self, table: str, address: int, values: Sequence[int]) -> None:
         touched: dict[str, PointSpec] = {}
         for i in range(len(values)):
             p = self._owner.get((table, address + i))

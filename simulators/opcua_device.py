@@ -60,7 +60,7 @@ class _CheckedWrites(AttributeService):
                     continue
             one = ua.WriteParameters(NodesToWrite=[item])
             status = (await (super().write(one) if user is None else super().write(one, user=user)))[0]
-            if spec is not None and status.is_good():
+            if spec is not None and raw is not None and status.is_good():
                 self._device.accepted(spec, raw)
             out.append(status)
         return out
@@ -142,7 +142,7 @@ class OpcUaProfileDevice:
             if key not in objects:
                 parent = await folder(key[:-1])
                 ns, name = _qualified(key[-1], index, first)
-                objects[key] = await parent.add_object(ua.NodeId(f"obj:{'/'.join(key)}", ns),
+                objects[key] = await parent.add_object(_nid(f"obj:{'/'.join(key)}", ns),
                                                        ua.QualifiedName(name, ua.UInt16(ns)))
             return objects[key]
 
@@ -151,7 +151,7 @@ class OpcUaProfileDevice:
             if p.browse_path:
                 parent = await folder(p.browse_path[:-1])
                 ns, name = _qualified(p.browse_path[-1], index, first)
-                nodeid = ua.NodeId(f"var:{'/'.join(p.browse_path)}", ns)
+                nodeid = _nid(f"var:{'/'.join(p.browse_path)}", ns)
             else:
                 nodeid = _nodeid(str(p.address), index)
                 parent = await folder(self._parents.get(p.name, ("Device",)))
@@ -162,7 +162,7 @@ class OpcUaProfileDevice:
                 eu = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact", UnitId=-1,
                                       DisplayName=ua.LocalizedText(p.device_unit),
                                       Description=ua.LocalizedText(p.device_unit))
-                await var.add_property(ua.NodeId(f"eu:{nodeid.to_string()}", nodeid.NamespaceIndex),
+                await var.add_property(_nid(f"eu:{nodeid.to_string()}", nodeid.NamespaceIndex),
                                        ua.QualifiedName("EngineeringUnits", 0), eu)
             if p.writable:
                 await var.set_writable()
@@ -171,7 +171,7 @@ class OpcUaProfileDevice:
             self.nodes[p.name] = nodeid
         for i in range(self._extra):
             parent = await folder(("Bulk", f"Group{i // 100:03d}"))
-            await parent.add_variable(ua.NodeId(f"bulk:{i}", first), ua.QualifiedName(f"Value{i:05d}", first),
+            await parent.add_variable(_nid(f"bulk:{i}", first), ua.QualifiedName(f"Value{i:05d}", first),
                                       ua.Variant(float(i), ua.VariantType.Double))
         server.iserver.attribute_service = _CheckedWrites(server.iserver.aspace, self)
         await server.start()
@@ -205,6 +205,12 @@ class OpcUaProfileDevice:
             await server.stop()
 
 
+def _nid(ident: Any, ns: int, kind: Any = None) -> ua.NodeId:
+    """A NodeId (asyncua's constructor is typed with its own integer and string aliases)."""
+    args: list[Any] = [ident, ns] + ([kind] if kind is not None else [])
+    return ua.NodeId(*args)
+
+
 def _qualified(step: str, index: Mapping[str, int], default: int) -> tuple[int, str]:
     ns, sep, name = step.partition(":")
     if not sep:
@@ -221,10 +227,10 @@ def _nodeid(text: str, index: Mapping[str, int]) -> ua.NodeId:
     idx = int(ns) if ns.isdigit() else index[ns]
     kind, _, ident = rest.partition("=")
     if kind == "i":
-        return ua.NodeId(int(ident), idx)
+        return _nid(int(ident), idx)
     if kind == "g":
-        return ua.NodeId(uuid.UUID(ident), idx, ua.NodeIdType.Guid)
+        return _nid(uuid.UUID(ident), idx, ua.NodeIdType.Guid)
     if kind == "b":
         import base64
-        return ua.NodeId(base64.b64decode(ident), idx, ua.NodeIdType.ByteString)
-    return ua.NodeId(ident, idx)
+        return _nid(base64.b64decode(ident), idx, ua.NodeIdType.ByteString)
+    return _nid(ident, idx)
