@@ -22,7 +22,7 @@ from app.ingest.buffer import ReadingBuffer
 from app.ingest.writer import TelemetryWriter
 from app.protocol.engine import Engine
 from app.settings import Settings
-from drivers.base import DeviceState, Reading
+from drivers.base import DeviceState, PointCheck, Reading
 from drivers.devices import DeviceConfig, load_devices
 
 log = logging.getLogger("culturectl.service")
@@ -103,7 +103,7 @@ class Runtime:
         # Each reading goes to the ingest buffer, the alarm evaluation and the live stream, in that order.
         self.hub = DeviceHub(self.devices, self.clock,
                              sinks=[self.buffer.put_nowait, self.alarms.on_reading, self._publish_reading],
-                             on_state=self._publish_state)
+                             on_state=self._publish_state, on_check=self._device_checked)
         if s.connect_devices:
             self.hub.start()
         if s.engine_enabled:
@@ -128,6 +128,13 @@ class Runtime:
             self.alarms.on_device_state(device, state, since)
         self.live.publish("device_state", device, {"device": device, "state": state.value,
                                                    "since": since.isoformat()})
+
+    def _device_checked(self, device: str, checks: list[PointCheck], at: datetime) -> None:
+        if self.alarms is not None:
+            self.alarms.on_device_check(device, checks, at)
+        bad = [c.as_dict() for c in checks if not c.ok]
+        self.live.publish("device_check", device, {"device": device, "ok": not bad, "problems": bad,
+                                                   "at": at.isoformat()})
 
     async def stop(self) -> None:
         for task in [t for t in self._tasks if t.get_name() == "schedule-engine"]:

@@ -227,9 +227,10 @@ class Driver(Protocol):
 
     name: str
     points: Sequence[PointSpec]
+    checks: list[PointCheck]  # what the last connect found of each point (empty before the first)
 
     async def connect(self) -> None:
-        """Open the connection; raise DeviceUnavailable when it cannot."""
+        """Open the connection and check the points; raise DeviceUnavailable when it cannot."""
         ...
 
     def readings(self) -> AsyncIterator[Reading]:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 from app.core.clock import Clock
-from drivers.base import DeviceUnavailable, DriverError, PointError, PointSpec, Quality, Reading, reading
+from drivers.base import DeviceUnavailable, DriverError, PointCheck, PointError, PointSpec, Quality, Reading, reading
 
 
 class FakeDriver:
@@ -24,6 +24,7 @@ class FakeDriver:
     def __init__(self, name: str, points: Sequence[PointSpec], clock: Clock) -> None:
         self.name = name
         self.points: Sequence[PointSpec] = tuple(points)
+        self.checks: list[PointCheck] = []
         self._clock = clock
         self._queue: asyncio.Queue[Reading | DriverError] = asyncio.Queue()
         self.connected = False

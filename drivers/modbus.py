@@ -27,6 +27,7 @@ from typing import Final
 from urllib.parse import urlparse
 
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
@@ -34,6 +35,7 @@ from app.core.clock import Clock
 from drivers.base import (
     DeviceProtocolError,
     DeviceUnavailable,
+    PointCheck,
     PointError,
     PointSpec,
     Reading,
@@ -112,9 +114,11 @@ class ModbusDriver:
         settings = config.modbus_settings
         self._device_id = settings.unit_id if device_id is None else device_id
         self._host, self._port = parse_endpoint(config.endpoint)
-        # merge=False: one request per point (the bench's comparison; never used by the service)
-        self._spans = plan_reads(self.points, settings) if merge else [
-            Span(p.register_type or "input", int(p.address), p.register_count, (p,)) for p in self.points]
+        self._settings = settings
+        self._merge = merge  # False: one request per point (the bench's comparison; never used by the service)
+        self._spans = self._plan(self.points)
+        # the point check of the last connect (drivers.base.PointCheck per point of the profile)
+        self.checks: list[PointCheck] = []
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
@@ -122,6 +126,33 @@ class ModbusDriver:
         self.in_flight = 0
         self.max_in_flight = 0
         self._closed_by_peer: asyncio.Future[None] | None = None
+
+    def _plan(self, points: Sequence[PointSpec]) -> list[Span]:
+        if self._merge:
+            return plan_reads(points, self._settings)
+        return [Span(p.register_type or "input", int(p.address), p.register_count, (p,)) for p in points]
+
+    async def inspect(self) -> list[PointCheck]:
+        """Read every point on its own: found (the device answers), value. A point the device refuses is left
+        out of the polls, so one wrong address does not blind the others."""
+        checks: list[PointCheck] = []
+        for p in self.points:
+            where = f"{p.register_type} {p.address}" + (f" bit {p.bit}" if p.bit is not None else "")
+            try:
+                values = await self._read_span(Span(p.register_type or "input", int(p.address), p.register_count,
+                                                    (p,)))
+            except DeviceProtocolError as exc:
+                checks.append(PointCheck(p.name, False, where, problems=(str(exc),)))
+                continue
+            try:
+                value: float | None = decode(p, values)
+            except DeviceProtocolError as exc:
+                checks.append(PointCheck(p.name, True, where, p.data_type, p.device_unit, p.writable,
+                                         problems=(str(exc),)))
+                continue
+            checks.append(PointCheck(p.name, True, where, p.data_type, p.device_unit or None,
+                                     p.writable if p.register_type in ("holding", "coil") else False, value))
+        return checks
 
     def _on_connect_change(self, connected: bool) -> None:
         # pymodbus leaves a pending request waiting for its timeout when the peer closes; end it now.
@@ -158,6 +189,20 @@ class ModbusDriver:
         if not ok:
             await self.close()
             raise DeviceUnavailable(f"{self.name}: cannot connect to {self.config.endpoint}")
+        try:
+            self.checks = await self.inspect()
+        except DeviceUnavailable:
+            await self.close()
+            raise
+        found = [p for p, c in zip(self.points, self.checks, strict=True) if c.found]
+        for c in self.checks:
+            if not c.ok:
+                log.warning("%s: point %s: %s", self.name, c.point, "; ".join(c.problems))
+        if not found:
+            await self.close()
+            raise DeviceProtocolError(f"{self.name}: the device answers for none of the profile's points "
+                                      f"(first: {self.checks[0].problems[0]})")
+        self._spans = self._plan(found)
 
     async def _request(self, what: str, call: str, address: int, **kwargs: object) -> ModbusPDU:
         """Run one request under the connection lock, translating every failure."""
@@ -181,7 +226,12 @@ class ModbusDriver:
             finally:
                 self.in_flight -= 1
             if response.isError():
-                raise DeviceProtocolError(f"{self.name}: {what}: device answered with error {response!r}")
+                code = getattr(response, "exception_code", None)
+                try:
+                    text = ExcCodes(code).name
+                except ValueError:
+                    text = f"exception code {code}"
+                raise DeviceProtocolError(f"{self.name}: {what}: the device answered {text}")
             return response
 
     async def _unless_closed(self, request: Awaitable[ModbusPDU]) -> ModbusPDU:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.core.clock import Clock
-from drivers.base import DeviceState, DeviceUnavailable, Driver, DriverError, Quality, Reading
+from drivers.base import DeviceState, DeviceUnavailable, Driver, DriverError, PointCheck, Quality, Reading
 from drivers.devices import DeviceConfig
 
 log = logging.getLogger("culturectl.devices")
@@ -77,6 +77,7 @@ class DeviceSupervisor:
         backoff_max: float = 5.0,
         jitter: float = 0.2,
         rng: random.Random | None = None,
+        on_check: Callable[[str, list[PointCheck]], None] | None = None,
     ) -> None:
         if backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
@@ -86,6 +87,7 @@ class DeviceSupervisor:
         self._clock = clock
         self._on_reading = on_reading
         self._on_state = on_state
+        self._on_check = on_check
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.jitter = jitter
@@ -147,6 +149,8 @@ class DeviceSupervisor:
             try:
                 await self.driver.connect()
                 self.stats.connects += 1
+                if self._on_check is not None:
+                    self._on_check(self.name, list(self.driver.checks))
                 async for reading in self.driver.readings():
                     if self._state is not DeviceState.ONLINE:
                         attempt = 0  # the link works: the next outage starts its backoff afresh

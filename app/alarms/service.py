@@ -65,7 +65,7 @@ from app.protocol import runs
 from app.protocol.recipe import AlarmOverride
 from app.protocol.recipes import recipe_of
 from app.records import audit
-from drivers.base import DeviceState, Quality, Reading
+from drivers.base import DeviceState, PointCheck, Quality, Reading
 from drivers.devices import DeviceConfig
 
 log = logging.getLogger("culturectl.alarms")
@@ -79,6 +79,10 @@ BOUND_RUN_STATES = ("planned", "running", "held")
 ALARM_RULE = "excursion_alarm"
 
 _COMM_LOSS = CommLossAlarm(name="comm_loss", description="device communication lost: its channels are unobserved")
+# A configuration alarm: the device does not match its profile (a point not found, or another type, unit or access
+# than declared). The points that were found are still read; the others are unobserved.
+_CONFIGURATION = CommLossAlarm(name="configuration", description="device does not match its profile: points not "
+                                                                  "found or not as declared (see the device check)")
 _HISTORIAN_DEF = CommLossAlarm(
     name="historian", description="the database (historian) is unavailable: telemetry is kept in the local spool")
 
@@ -145,6 +149,8 @@ class AlarmService:
         for device in self.devices:
             comm = f"{device.name}:comm_loss"
             self.alarms[comm] = Alarm(comm, device.name, device.name, _COMM_LOSS, initial_state(comm, now))
+            conf = f"{device.name}:configuration"
+            self.alarms[conf] = Alarm(conf, device.name, device.name, _CONFIGURATION, initial_state(conf, now))
             for point in device.points:
                 channel = f"{device.name}.{point.name}"
                 ref = f"{device.kind}.{point.role}" if point.role else None
@@ -245,6 +251,12 @@ class AlarmService:
         # connecting says nothing yet; the service stopping its own supervisor is not a loss
         if alarm is not None and state in (DeviceState.ONLINE, DeviceState.OFFLINE):
             self._link(alarm, state is DeviceState.ONLINE, at)
+
+    def on_device_check(self, device: str, checks: Sequence[PointCheck], at: datetime) -> None:
+        """A device's point check on connect: the configuration alarm is active while any point is off profile."""
+        alarm = self.alarms.get(f"{device}:configuration")
+        if alarm is not None:
+            self._link(alarm, all(c.ok for c in checks), at)
 
     def _link(self, alarm: Alarm, up: bool, at: datetime) -> int:
         """Feed a communication-loss alarm whether its link is up; returns the number of transitions."""
@@ -429,6 +441,7 @@ class AlarmService:
                             break
                 self._set_channel(f"{device.name}.{point.name}", defs, serves.run_id if serves else None, now)
             self.alarms[f"{device.name}:comm_loss"].run_id = serves.run_id if serves else None
+            self.alarms[f"{device.name}:configuration"].run_id = serves.run_id if serves else None
         await self._bind_excursions(conn, bindings)
 
     async def _bind_excursions(self, conn: asyncpg.Connection, bindings: Mapping[str, _Binding]) -> None:

@@ -10,25 +10,46 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class PointPublic(BaseModel):
     name: str
-    unit: str
+    unit: str = Field(description="the unit values are stored and shown in (the role's canonical unit)")
     kind: str
+    role: str | None = Field(default=None, description="the role the point plays; none: stored and shown only")
+    device_unit: str = Field(default="", description="the unit the device reports in (converted to `unit`)")
     writable: bool
     min: float | None = None
     max: float | None = None
     description: str = ""
 
 
+class PointCheckPublic(BaseModel):
+    """What the device said about one point when it last connected."""
+
+    point: str
+    found: bool
+    where: str = Field(description="NodeId, browse path or register where it was looked for")
+    data_type: str | None = None
+    unit: str | None = None
+    writable: bool | None = None
+    value: float | None = None
+    ok: bool
+    problems: list[str]
+
+
 class DevicePublic(BaseModel):
     name: str
-    kind: str
+    kind: str = Field(description="device class: incubator or culture-system")
     protocol: str
     endpoint: str
     description: str
+    profile: str = Field(description="the device profile it runs with")
+    profile_version: str
     state: str
     state_since: datetime | None
     last_reading_time: datetime | None = None
     last_error: str | None = None
     points: list[PointPublic]
+    checked_at: datetime | None = Field(default=None, description="when the points were last checked (on connect)")
+    check_ok: bool | None = Field(default=None, description="every point found as declared; null before a check")
+    check: list[PointCheckPublic] = Field(default_factory=list)
 
 
 class LatestValue(BaseModel):
@@ -44,6 +65,8 @@ class ChannelPublic(BaseModel):
     name: str
     unit: str
     kind: str
+    role: str | None = Field(default=None, description="the role the point plays, as recipes name it "
+                                                        "(<device class>.<role>); none: stored and shown only")
     latest: LatestValue | None = None
 
 

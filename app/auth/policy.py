@@ -71,6 +71,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/auth/login"): PUBLIC,
     # Reading the plant: anyone signed in.
     ("GET", f"{V1}/devices"): ANY,
+    ("GET", f"{V1}/devices/{{name}}"): ANY,
     ("GET", f"{V1}/channels"): ANY,
     ("GET", f"{V1}/channels/{{channel_id}}/telemetry"): ANY,
     ("GET", f"{V1}/stream"): ANY,

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from app.core.clock import Clock
-from drivers.base import DeviceState, DeviceUnavailable, Driver, PointError, Reading, find_point
+from drivers.base import DeviceState, DeviceUnavailable, Driver, PointCheck, PointError, Reading, find_point
 from drivers.devices import DeviceConfig
 from drivers.supervisor import DeviceSupervisor, make_driver
 
@@ -31,16 +31,21 @@ class DeviceStatus:
     config: DeviceConfig
     state: DeviceState = DeviceState.CONNECTING
     since: datetime | None = None
+    # the point check of the last connect: found, type, unit, writable per point of the profile
+    checks: list[PointCheck] = field(default_factory=list)
+    checked_at: datetime | None = None
 
 
 class DeviceHub:
     """Owns the supervisors; fans their readings out to the sinks."""
 
     def __init__(self, devices: Sequence[DeviceConfig], clock: Clock, sinks: Sequence[ReadingSink],
-                 on_state: Callable[[str, DeviceState, datetime], None] | None = None) -> None:
+                 on_state: Callable[[str, DeviceState, datetime], None] | None = None,
+                 on_check: Callable[[str, list[PointCheck], datetime], None] | None = None) -> None:
         self._clock = clock
         self._sinks = tuple(sinks)
         self._on_state = on_state
+        self._on_check = on_check
         self.status: dict[str, DeviceStatus] = {d.name: DeviceStatus(d) for d in devices}
         self._supervisors: dict[str, DeviceSupervisor] = {}
         # The last value of each channel ("<device>.<point>"); None after a BAD reading (nothing known).
@@ -58,6 +63,13 @@ class DeviceHub:
         if self._on_state is not None:
             self._on_state(name, state, status.since)
 
+    def _check(self, name: str, checks: list[PointCheck]) -> None:
+        status = self.status[name]
+        status.checks = checks
+        status.checked_at = self._clock.now()
+        if self._on_check is not None:
+            self._on_check(name, checks, status.checked_at)
+
     def start(self) -> None:
         for name, status in self.status.items():
             self.attach(name, make_driver(status.config, self._clock))
@@ -67,7 +79,8 @@ class DeviceHub:
         status = self.status[name]
         if name in self._supervisors:
             raise RuntimeError(f"{name} is already supervised")
-        sup = DeviceSupervisor(driver, self._clock, on_reading=self._reading, on_state=self._state)
+        sup = DeviceSupervisor(driver, self._clock, on_reading=self._reading, on_state=self._state,
+                               on_check=self._check)
         self._supervisors[name] = sup
         status.since = self._clock.now()
         sup.start()

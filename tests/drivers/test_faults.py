@@ -384,11 +384,9 @@ async def test_modbus_timeout_leaves_requests_unanswered_until_cleared(
         await culture.inject("modbus_timeout")
         with pytest.raises(DeviceUnavailable, match="failed"):
             await poll(driver)
-        # the device still accepts connections, it just never answers
-        await driver.connect()
-        assert driver.connected
-        with pytest.raises(DeviceUnavailable):
-            await poll(driver)
+        # the device still accepts connections, it just never answers: the point check on connect times out
+        with pytest.raises(DeviceUnavailable, match="failed"):
+            await driver.connect()
         await culture.clear("modbus_timeout")
         await driver.connect()
         v = await poll(driver)

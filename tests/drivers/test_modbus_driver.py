@@ -68,14 +68,16 @@ async def test_decoded_values_equal_the_simulator_model(
     running_sim: CultureSystemSimulator, clock: ManualClock
 ) -> None:
     driver = ModbusDriver(config(running_sim.endpoint), clock)
-    await driver.connect()
+    await driver.connect()  # the point check reads each point once
+    checked = driver.requests
     try:
         clock.advance(3600)
         readings = await driver.poll()
     finally:
         await driver.close()
     assert {r.channel for r in readings} == CHANNELS
-    assert driver.requests == 2  # the whole map in two reads
+    assert checked == len(CULTURE_SYSTEM_POINTS) and all(c.ok for c in driver.checks)
+    assert driver.requests - checked == 2  # then the whole map in two reads
     model = running_sim.model.values()
     for spec in CULTURE_SYSTEM_POINTS:
         (r,) = [r for r in readings if r.channel == f"cs-1.{spec.name}"]
@@ -131,10 +133,9 @@ async def test_wrong_device_id_is_a_protocol_error(
     running_sim: CultureSystemSimulator, clock: ManualClock
 ) -> None:
     driver = ModbusDriver(config(running_sim.endpoint), clock, device_id=7)
-    await driver.connect()
     try:
-        with pytest.raises(DeviceProtocolError):
-            await driver.poll()
+        with pytest.raises(DeviceProtocolError, match="answers for none of the profile's points.*GATEWAY"):
+            await driver.connect()  # the point check on connect finds nothing at that unit id
     finally:
         await driver.close()
 
@@ -161,10 +162,9 @@ async def test_timeout_drops_the_connection_so_a_late_answer_is_never_used(clock
     port = server.sockets[0].getsockname()[1]
     driver = ModbusDriver(config(f"modbus://127.0.0.1:{port}", timeout=0.3), clock)
     try:
-        await driver.connect()
         start = time.monotonic()
         with pytest.raises(DeviceUnavailable):
-            await driver.poll()
+            await driver.connect()  # the point check's first read is answered too late
         assert time.monotonic() - start < 1.0
         assert not driver.connected
         with pytest.raises(DeviceUnavailable):

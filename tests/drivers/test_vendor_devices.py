@@ -148,8 +148,10 @@ async def test_unit_17_cdab_counters_bits_and_coil(bioflow: ModbusProfileDevice)
         assert readings["PumpCycles"].value == 123456.0
         assert readings["PumpRunning"].value == 1.0 and readings["LidClosed"].value == 1.0
         assert all(r.quality is Quality.GOOD for r in readings.values())
-        # four requests for twelve points, none touching the two registers the device refuses
-        reads = [r for r in bioflow.requests if r[0] in (1, 2, 3, 4)]
+        # after the point check (one read per point), four requests for twelve points, none touching the two
+        # registers the device refuses
+        assert all(c.ok for c in driver.checks)
+        reads = [r for r in bioflow.requests[len(driver.points):] if r[0] in (1, 2, 3, 4)]
         assert len(reads) == 4 and not any(fc == 4 and a <= 11 and a + n > 10 for fc, a, n in reads)
         # writes: FC16 for the float setpoint (the profile asks for it), FC5 for the coil
         assert await driver.write("pump_rate_setpoint", 30.0) == pytest.approx(30.0)
@@ -171,7 +173,7 @@ async def test_a_gap_the_device_refuses_needs_the_profile_to_say_so(bioflow: Mod
     driver = ModbusDriver(cfg, ScaledClock())
     await driver.connect()
     try:
-        with pytest.raises(DeviceProtocolError, match="read input 0\\+17"):
+        with pytest.raises(DeviceProtocolError, match="read input 0\\+17: the device answered ILLEGAL_ADDRESS"):
             await driver.poll()
     finally:
         await driver.close()
@@ -179,10 +181,9 @@ async def test_a_gap_the_device_refuses_needs_the_profile_to_say_so(bioflow: Mod
 
 async def test_another_unit_id_is_answered_by_the_gateway_with_an_error(bioflow: ModbusProfileDevice) -> None:
     driver = ModbusDriver(_device("cs-1", "bioflow-cs200", bioflow.endpoint), ScaledClock(), device_id=1)
-    await driver.connect()
     try:
-        with pytest.raises(DeviceProtocolError, match="device answered with error"):
-            await driver.poll()
+        with pytest.raises(DeviceProtocolError, match="none of the profile's points.*GATEWAY_NO_RESPONSE"):
+            await driver.connect()
     finally:
         await driver.close()
 

@@ -43,7 +43,7 @@ def _channel(row: Any, latest: dict[int, Any] | None = None) -> ChannelPublic:
     last = (latest or {}).get(row["id"])
     return ChannelPublic(
         id=row["id"], key=f"{row['device']}.{row['name']}", device=row["device"], name=row["name"],
-        unit=row["unit"], kind=row["kind"],
+        unit=row["unit"], kind=row["kind"], role=f"{row['device_class']}.{row['role']}" if row["role"] else None,
         latest=LatestValue(time=last["time"], value=last["value"], quality=_quality_name(last["quality"]) or "")
         if last is not None else None,
     )
