@@ -226,7 +226,7 @@ class ModbusDriver:
             finally:
                 self.in_flight -= 1
             if response.isError():
-                code = getattr(response, "exception_code", None)
+                code = int(getattr(response, "exception_code", 0) or 0)
                 try:
                     text = ExcCodes(code).name
                 except ValueError:

@@ -134,7 +134,7 @@ async def test_wrong_device_id_is_a_protocol_error(
 ) -> None:
     driver = ModbusDriver(config(running_sim.endpoint), clock, device_id=7)
     try:
-        with pytest.raises(DeviceProtocolError, match="answers for none of the profile's points.*GATEWAY"):
+        with pytest.raises(DeviceProtocolError, match=r"answers for none of the profile's points.*GATEWAY"):
             await driver.connect()  # the point check on connect finds nothing at that unit id
     finally:
         await driver.close()

@@ -182,7 +182,7 @@ async def test_a_gap_the_device_refuses_needs_the_profile_to_say_so(bioflow: Mod
 async def test_another_unit_id_is_answered_by_the_gateway_with_an_error(bioflow: ModbusProfileDevice) -> None:
     driver = ModbusDriver(_device("cs-1", "bioflow-cs200", bioflow.endpoint), ScaledClock(), device_id=1)
     try:
-        with pytest.raises(DeviceProtocolError, match="none of the profile's points.*GATEWAY_NO_RESPONSE"):
+        with pytest.raises(DeviceProtocolError, match=r"none of the profile's points.*GATEWAY_NO_RESPONSE"):
             await driver.connect()
     finally:
         await driver.close()
