@@ -32,9 +32,11 @@ def quiet_library_loggers() -> None:
     """Library loggers: asyncua and pymodbus log tracebacks (at ERROR) on every lost link; the supervisors log
     once instead.
 
-    At DEBUG the libraries keep their own logging, for when a link needs to be looked at closely.
+    At DEBUG the libraries keep their own logging, for when a link needs to be looked at closely, except asyncua's
+    DEBUG messages: they print request bodies, an OPC UA user's password among them.
     """
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        logging.getLogger("asyncua").setLevel(logging.INFO)
         return
     for name in ("asyncua", "pymodbus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -103,7 +105,7 @@ class Runtime:
         # Each reading goes to the ingest buffer, the alarm evaluation and the live stream, in that order.
         self.hub = DeviceHub(self.devices, self.clock,
                              sinks=[self.buffer.put_nowait, self.alarms.on_reading, self._publish_reading],
-                             on_state=self._publish_state, on_check=self._device_checked)
+                             on_state=self._publish_state, on_check=self._device_checked, data_dir=s.data_dir)
         if s.connect_devices:
             self.hub.start()
         if s.engine_enabled:

@@ -27,6 +27,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 from asyncua import ua
@@ -280,8 +281,10 @@ async def _engineering_unit(node: Node) -> str | None:
 class OpcUaDriver:
     """Subscribes to every point of one OPC UA device and writes setpoints with read-back."""
 
-    def __init__(self, config: DeviceConfig, clock: Clock, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(self, config: DeviceConfig, clock: Clock, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 data_dir: Path | None = None) -> None:
         self.config = config
+        self._data_dir = data_dir  # where culturectl's certificate and the trust list live (secured devices)
         self.name: str = config.name
         self.points: Sequence[PointSpec] = config.points
         self._clock = clock
@@ -348,7 +351,15 @@ class OpcUaDriver:
         ]
 
     async def _open(self, client: Client) -> None:
-        await client.connect()
+        if self.config.security is not None:
+            from drivers.opcua_security import secure
+
+            await secure(client, self.config.security, self.config.endpoint, self._data_dir)
+        try:
+            await client.connect()
+        except UaStatusCodeError as exc:
+            # refused by the server: our certificate not trusted there, a wrong user or password, ...
+            raise DeviceProtocolError(f"{self.name}: the server refused the session: {type(exc).__name__}") from None
         namespaces = dict(self.config.opcua_settings.namespaces)
         self.checks, nodes = await inspect(client, self.points, namespaces, read_value=False)
         if not nodes:

@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from app.core.clock import Clock
 from drivers.base import DeviceState, DeviceUnavailable, Driver, DriverError, PointCheck, Quality, Reading
@@ -51,12 +52,12 @@ def backoff_delay(
     return max(0.0, min(maximum, base * (1.0 + r)))
 
 
-def make_driver(config: DeviceConfig, clock: Clock) -> Driver:
-    """The driver for a device, chosen by its protocol."""
+def make_driver(config: DeviceConfig, clock: Clock, data_dir: Path | None = None) -> Driver:
+    """The driver for a device, chosen by its protocol (`data_dir`: the OPC UA certificate store's home)."""
     if config.protocol == "opcua":
         from drivers.opcua import OpcUaDriver
 
-        return OpcUaDriver(config, clock)
+        return OpcUaDriver(config, clock, data_dir=data_dir)
     if config.protocol == "modbus":
         from drivers.modbus import ModbusDriver
 

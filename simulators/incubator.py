@@ -27,6 +27,7 @@ from drivers.base import PointError, PointLimitError, PointSpec
 from drivers.points import INCUBATOR_NAMESPACE, INCUBATOR_POINTS
 from simulators._net import SimulatorServer
 from simulators.faults import Fault
+from simulators.opcua_security import ServerSecurity, secure_server
 from simulators.physics import IncubatorModel
 
 log = logging.getLogger("culturectl.simulators")
@@ -114,8 +115,10 @@ class IncubatorSimulator(SimulatorServer):
         seed: int = 0,
         update_interval: float = 0.25,
         model: IncubatorModel | None = None,
+        security: ServerSecurity | None = None,
     ) -> None:
         super().__init__(host, port)
+        self.security = security  # None: anonymous, SecurityPolicy None (the demo's); else secured endpoints
         self.clock = clock
         self.seed = seed
         self.update_interval = update_interval
@@ -193,11 +196,6 @@ class IncubatorSimulator(SimulatorServer):
             await self._unmute()
             await self.start()
 
-    def _security_policies(self) -> list[ua.SecurityPolicyType]:
-        # certificates come later: add Basic256Sha256_SignAndEncrypt here and load the
-        # certificate and key in start() before server.start()
-        return [ua.SecurityPolicyType.NoSecurity]
-
     async def start(self) -> None:
         """Build a fresh server around the kept model and listen; returns when clients can connect."""
         if self._server is not None:
@@ -206,9 +204,8 @@ class IncubatorSimulator(SimulatorServer):
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("culturectl incubator simulator")
-        server.set_security_policy(self._security_policies())
-        # anonymous only while there is no certificate: user names and certificates would travel unprotected
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        # without security: anonymous only (user names would travel unprotected)
+        await secure_server(server, self.security)
         server.allow_remote_admin(False)
         idx = await server.register_namespace(INCUBATOR_NAMESPACE)
         ns = ua.Int16(idx)

@@ -31,6 +31,7 @@ from drivers.base import PointError, PointSpec
 from drivers.opcua import VARIANT_TYPES, as_float
 from drivers.profiles import OpcUaProfile, point_specs
 from simulators._net import pick_free_port
+from simulators.opcua_security import ServerSecurity, secure_server
 
 log = logging.getLogger("culturectl.simulators")
 
@@ -67,12 +68,14 @@ class _CheckedWrites(AttributeService):
 
 
 class OpcUaProfileDevice:
-    """An OPC UA server on 127.0.0.1 serving the points of `profile` (anonymous, no security)."""
+    """An OPC UA server on 127.0.0.1 serving the points of `profile` (secured as `security` says)."""
 
     def __init__(self, profile: OpcUaProfile, source: Callable[[], Mapping[str, float]],
                  on_write: Callable[[str, float], None] | None = None, *,
                  parents: Mapping[str, Sequence[str]] | None = None, host: str = "127.0.0.1", port: int = 0,
-                 update_interval: float = 0.2, extra_variables: int = 0, engineering_units: bool = True) -> None:
+                 update_interval: float = 0.2, extra_variables: int = 0, engineering_units: bool = True,
+                 security: ServerSecurity | None = None) -> None:
+        self.security = security
         self.profile = profile
         self.points = point_specs(profile)
         self.host = host
@@ -127,8 +130,7 @@ class OpcUaProfileDevice:
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"{self.profile.vendor or 'vendor'} {self.profile.model or 'device'}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        await secure_server(server, self.security)
         server.allow_remote_admin(False)
         index: dict[str, int] = {}
         for alias, uri in self.profile.opcua.namespaces.items():

@@ -1,4 +1,4 @@
-"""The `culturectl` command: serve, demo, simulate and database migrations."""
+"""The `culturectl` command: serve, demo, simulate, database migrations, devices and certificates."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from app.cli.admin import apikey_app, user_app
 from app.cli.audit import audit_app
 from app.cli.common import configure_logging, settings_with, with_database
+from app.cli.device import certs_app, device_app
 from app.cli.recipe import recipe_app
 from app.cli.run import run_app, step_app
 from app.core.clock import ScaledClock, utcnow
@@ -37,6 +38,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(run_app, name="run")
 app.add_typer(step_app, name="step")
+app.add_typer(device_app, name="device")
+app.add_typer(certs_app, name="certs")
 
 DEMO_SCALE = 7 * 24 * 60 / 30  # 7 days in 30 minutes
 

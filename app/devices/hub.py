@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from app.core.clock import Clock
@@ -41,8 +42,10 @@ class DeviceHub:
 
     def __init__(self, devices: Sequence[DeviceConfig], clock: Clock, sinks: Sequence[ReadingSink],
                  on_state: Callable[[str, DeviceState, datetime], None] | None = None,
-                 on_check: Callable[[str, list[PointCheck], datetime], None] | None = None) -> None:
+                 on_check: Callable[[str, list[PointCheck], datetime], None] | None = None,
+                 data_dir: Path | None = None) -> None:
         self._clock = clock
+        self._data_dir = data_dir
         self._sinks = tuple(sinks)
         self._on_state = on_state
         self._on_check = on_check
@@ -72,7 +75,7 @@ class DeviceHub:
 
     def start(self) -> None:
         for name, status in self.status.items():
-            self.attach(name, make_driver(status.config, self._clock))
+            self.attach(name, make_driver(status.config, self._clock, self._data_dir))
 
     def attach(self, name: str, driver: Driver) -> DeviceSupervisor:
         """Supervise configured device `name` through `driver` (start() uses the real one; tests attach fakes)."""
