@@ -204,8 +204,8 @@ class _Profile(_Model):
                 continue
             spec = role(self.device_class, p.role)
             if spec is None:
-                raise ValueError(f"{where}.role: {p.role!r} is not a role of a {self.device_class}; known: "
-                                 f"{', '.join(known_roles(self.device_class))}")
+                raise ValueError(f"{where}.role: {p.role!r} is not a role of device class {self.device_class}; "
+                                 f"known: {', '.join(known_roles(self.device_class))}")
             if p.role in seen:
                 raise ValueError(f"{where}.role: {p.role!r} is already played by point {seen[p.role]!r}")
             seen[p.role] = p.name

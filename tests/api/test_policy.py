@@ -21,6 +21,7 @@ SIGNED_IN = set(ROLES)
 # What the issue asks, written out independently of app/auth/policy.py: GET endpoint -> roles allowed.
 EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/devices": SIGNED_IN,
+    "/api/v1/devices/{name}": SIGNED_IN,
     "/api/v1/channels": SIGNED_IN,
     "/api/v1/channels/{channel_id}/telemetry": SIGNED_IN,
     "/api/v1/auth/me": SIGNED_IN,

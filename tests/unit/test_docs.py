@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.settings import Settings
 from drivers.points import node_map_markdown, register_map_markdown
+from drivers.roles import vocabulary_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -30,6 +31,10 @@ def test_register_map_in_the_docs_matches_code() -> None:
 
 def test_node_map_in_the_docs_matches_code() -> None:
     assert _section(_doc("devices.md"), "node-map") == node_map_markdown()
+
+
+def test_role_vocabulary_in_the_docs_matches_code() -> None:
+    assert _section(_doc("devices.md"), "role-vocabulary") == vocabulary_markdown()
 
 
 def test_every_setting_is_documented() -> None:
