@@ -128,8 +128,12 @@ def _device_states(runtime: Runtime) -> list[dict[str, Any]]:
     out = []
     for d in runtime.devices:
         status = hub.status.get(d.name) if hub else None
+        checks = status.checks if status else []
+        off = [f"{c.point}: {'; '.join(c.problems)}" for c in checks if not c.ok]
         out.append({"name": d.name, "kind": d.kind, "state": status.state.value if status else "stopped",
-                    "since": status.since if status else None})
+                    "since": status.since if status else None,
+                    "profile": f"{d.profile_spec.name} {d.profile_spec.version}",
+                    "check": None if not checks else ("ok" if not off else "mismatch"), "off_profile": off})
     return out
 
 

@@ -163,3 +163,49 @@ def test_embedded_server_keeps_data_and_leaves_no_process(tmp_path: Path) -> Non
         assert asyncio.run(read(dsn)) == 42
         pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
     assert not (psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+
+
+async def test_profiles_migration_keeps_devices_channels_and_history(pg_server: str) -> None:
+    """A database from before device profiles: after the upgrade and the next device sync every channel keeps its id
+    and history, gets its role, and the device records its profile and version (audited)."""
+    from app.devices.registry import sync_devices
+    from drivers.devices import load_devices
+
+    name = f"t_profiles_{uuid.uuid4().hex[:8]}"
+    dsn = await db.create_database(pg_server, name)
+    try:
+        await db.upgrade_async(dsn, "20261201_0008")
+        conn = await asyncpg.connect(dsn)
+        try:  # what the service wrote before: devices and channels without profile or role, and telemetry
+            dev = await conn.fetchval("INSERT INTO device (name, kind, protocol, endpoint) VALUES "
+                                      "('incubator-1', 'incubator', 'opcua', 'opc.tcp://127.0.0.1:1/x') RETURNING id")
+            old = {}
+            for point, unit, kind in (("temperature", "degC", "analog"), ("door_open", "bool", "boolean"),
+                                      ("retired_probe", "degC", "analog")):
+                old[point] = await conn.fetchval("INSERT INTO channel (device_id, name, unit, kind) VALUES "
+                                                 "($1, $2, $3, $4) RETURNING id", dev, point, unit, kind)
+            await conn.execute("INSERT INTO telemetry (channel_id, time, value, quality) VALUES ($1, now(), 37.0, 0)",
+                               old["temperature"])
+        finally:
+            await conn.close()
+        await db.upgrade_async(dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            devices = [d for d in load_devices() if d.name == "incubator-1"]
+            ids = await sync_devices(conn, devices)
+            assert ids["incubator-1.temperature"] == old["temperature"]
+            assert ids["incubator-1.door_open"] == old["door_open"]
+            rows = {r["name"]: r for r in await conn.fetch("SELECT id, name, role FROM channel WHERE device_id = $1",
+                                                           dev)}
+            assert rows["temperature"]["role"] == "temperature" and rows["retired_probe"]["role"] is None
+            assert rows["retired_probe"]["id"] == old["retired_probe"]  # a point that left keeps its channel
+            assert await conn.fetchval("SELECT count(*) FROM telemetry WHERE channel_id = $1", old["temperature"]) == 1
+            prof = await conn.fetchrow("SELECT profile, profile_version FROM device WHERE id = $1", dev)
+            assert tuple(prof) == ("culturectl-sim-incubator", "1.0")
+            audited = await conn.fetchval("SELECT new->>'profile' FROM audit_log WHERE action = 'device.update' "
+                                          "AND entity_id = $1", str(dev))
+            assert audited == "culturectl-sim-incubator"
+        finally:
+            await conn.close()
+    finally:
+        await db.drop_database(pg_server, name)

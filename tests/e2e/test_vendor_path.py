@@ -154,6 +154,10 @@ async def test_a_point_the_device_lacks_raises_the_configuration_alarm(vendor: V
     await wait_for(lambda: _latest(api, "acme-2.ChamberTemp"), timeout=20, what="acme-2's temperature")
     r = await api.get("/api/v1/devices/nope")
     assert r.status_code == 404 and "acme-1" in r.json()["detail"]
+    # the overview shows it too, naming the point
+    html = (await api.get("/")).text
+    assert 'data-device="acme-2" data-check="mismatch"' in html and "ChamberRH" in html
+    assert 'data-device="acme-1" data-check="ok"' in html
 
 
 async def test_an_alarm_follows_the_role_in_canonical_units(vendor: Vendor) -> None:
