@@ -133,6 +133,13 @@ class DeviceConfig(BaseModel):
         return self.resolved.profile
 
     @property
+    def profile_source(self) -> str:
+        """The profile's name, version and file (or "inline"), as messages name it."""
+        assert self.resolved is not None
+        prof = self.resolved.profile
+        return f"{prof.name} {prof.version} ({self.resolved.source})"
+
+    @property
     def points(self) -> tuple[PointSpec, ...]:
         assert self.resolved is not None
         return self.resolved.points

@@ -11,6 +11,7 @@ No database, no HTTP: the command line prints the results.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,16 +152,18 @@ async def connect_opcua(endpoint: str, security: OpcUaSecurity | None, timeout: 
     from drivers.opcua_security import secure
 
     client = Client(endpoint, timeout=timeout)
-    if security is not None:
-        await secure(client, security, endpoint, data_dir)
     try:
+        if security is not None:
+            await secure(client, security, endpoint, data_dir)  # asks the server for its endpoints first
         await client.connect()
-    except DriverError:
-        raise
-    except (TimeoutError, OSError) as exc:
-        raise DeviceUnavailable(f"cannot connect to {endpoint}: {exc!r}") from None
-    except Exception as exc:  # asyncua raises many kinds
-        raise DeviceProtocolError(f"OPC UA connect to {endpoint} failed: {exc!r}") from None
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+        if isinstance(exc, DriverError):
+            raise
+        if isinstance(exc, TimeoutError | OSError):
+            raise DeviceUnavailable(f"cannot connect to {endpoint}: {exc!r}") from None
+        raise DeviceProtocolError(f"OPC UA connect to {endpoint} failed: {exc!r}") from None  # asyncua's many kinds
     return client
 
 

@@ -165,8 +165,9 @@ class ModbusDriver:
         return self._client is not None and self._client.connected
 
     async def connect(self) -> None:
-        """Open the TCP connection; raise DeviceUnavailable when it cannot."""
+        """Open the TCP connection and check every point; raise DeviceUnavailable when it cannot."""
         await self.close()
+        self.checks = []
         client = AsyncModbusTcpClient(
             self._host,
             port=self._port,
@@ -197,7 +198,8 @@ class ModbusDriver:
         found = [p for p, c in zip(self.points, self.checks, strict=True) if c.found]
         for c in self.checks:
             if not c.ok:
-                log.warning("%s: point %s: %s", self.name, c.point, "; ".join(c.problems))
+                log.warning("%s: point %s of profile %s: %s", self.name, c.point, self.config.profile_source,
+                            "; ".join(c.problems))
         if not found:
             await self.close()
             raise DeviceProtocolError(f"{self.name}: the device answers for none of the profile's points "
@@ -264,8 +266,24 @@ class ModbusDriver:
         """Read every point once; all readings share the clock time of the poll."""
         when = self._clock.now()
         out: list[Reading] = []
-        for span in self._spans:
-            values = await self._read_span(span)
+        for span in list(self._spans):
+            try:
+                values = await self._read_span(span)
+            except DeviceProtocolError as exc:
+                if len(span.points) < 2 or "ILLEGAL_ADDRESS" not in str(exc):
+                    raise
+                # the device refuses a register between two points: read them apart from now on (the profile's
+                # `unreadable` ranges say so up front)
+                log.warning("%s: %s; reading its %d points one by one (declare the gap in the profile's "
+                            "modbus.unreadable)", self.name, exc, len(span.points))
+                singles = [Span(span.register_type, int(p.address), p.register_count, (p,)) for p in span.points]
+                i = self._spans.index(span)
+                self._spans[i : i + 1] = singles
+                for single in singles:
+                    part = await self._read_span(single)
+                    p = single.points[0]
+                    out.append(reading(self.name, p, decode(p, part), when))
+                continue
             for p in span.points:
                 offset = int(p.address) - span.start
                 out.append(reading(self.name, p, decode(p, values[offset : offset + p.register_count]), when))

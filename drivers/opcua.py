@@ -149,8 +149,7 @@ _INTEGERS: Final = frozenset({"SByte", "Byte", "Int16", "UInt16", "Int32", "UInt
                               "Enumeration"})
 # UNECE codes (EUInformation.UnitId) of the units the roles use
 UNECE_UNITS: Final[dict[int, str]] = {
-    4408652: "degC", 4604232: "degF", 4932940: "K", 20529: "%", 5067858: "ppm", 13110: "mL", 19272: "L",
-    4797768: "mL/h",
+    4408652: "degC", 4604232: "degF", 4932940: "K", 20529: "%", 13625: "ppm", 5065812: "mL", 5002322: "L",
 }
 
 
@@ -312,9 +311,10 @@ class OpcUaDriver:
         return client is not None and self._lost is None and client.uaclient.state is UaClientState.CONNECTED
 
     async def connect(self) -> None:
-        """Open a session, resolve the namespace, subscribe to every point."""
+        """Open a session, find and check every point, subscribe to the ones found."""
         if self._client is not None:
             await self.close()
+        self.checks = []
         self._lost = None
         dropped = self._queue.dropped
         self._queue = DropOldestQueue(self._queue_size)
@@ -367,7 +367,8 @@ class OpcUaDriver:
                                       + "; ".join(c.problems[0] for c in self.checks if c.problems))
         for c in self.checks:
             if not c.ok:
-                log.warning("%s: point %s: %s", self.name, c.point, "; ".join(c.problems))
+                log.warning("%s: point %s of profile %s: %s", self.name, c.point, self.config.profile_source,
+                            "; ".join(c.problems))
         self._nodes = nodes
         self._types = {c.point: c.data_type for c in self.checks if c.found}
         self._by_nodeid = {node.nodeid: p for p in self.points if (node := nodes.get(p.name)) is not None}
@@ -384,7 +385,7 @@ class OpcUaDriver:
                 key = (p.sampling_interval_ms if p.sampling_interval_ms is not None else SAMPLING_INTERVAL_MS,
                        p.queue_size or MONITORED_ITEM_QUEUE_SIZE, p.deadband)
                 groups.setdefault(key, []).append(p)
-        failed: list[str] = []
+        failed: list[tuple[PointSpec, ua.StatusCode]] = []
         for (sampling, queue, deadband), pts in groups.items():
             mfilter = None
             if deadband is not None:
@@ -394,10 +395,16 @@ class OpcUaDriver:
                 mfilter.DeadbandValue = deadband[1]
             results = await sub._subscribe([nodes[p.name] for p in pts], AttributeIds.Value, mfilter, queue,
                                            sampling_interval=ua.Duration(sampling))
-            failed += [f"{p.name}: {r.name}" for p, r in zip(pts, results, strict=True)
-                       if isinstance(r, ua.StatusCode)]
+            failed += [(p, r) for p, r in zip(pts, results, strict=True) if isinstance(r, ua.StatusCode)]
         if failed:
-            raise DeviceProtocolError(f"{self.name}: cannot monitor {', '.join(failed)}")
+            # e.g. a percent deadband on a variable without EURange: that point is off profile, the others are read
+            why = {p.name: f"the server refused to monitor it ({r.name})" for p, r in failed}
+            self.checks = [PointCheck(c.point, c.found, c.where, c.data_type, c.unit, c.writable, c.value,
+                                      (*c.problems, why[c.point])) if c.point in why else c for c in self.checks]
+            for name, text in why.items():
+                log.warning("%s: point %s of profile %s: %s", self.name, name, self.config.profile_source, text)
+            if len(failed) == len(self._by_nodeid):
+                raise DeviceProtocolError(f"{self.name}: cannot monitor any point: {'; '.join(why.values())}")
 
     async def _on_connection_lost(self, exc: Exception) -> None:
         self._mark_lost(f"connection lost: {exc!r}")
@@ -468,9 +475,11 @@ class OpcUaDriver:
         spec = find_point(self.points, point, self.name)
         checked = spec.check_write(float(value))
         node = self._nodes.get(spec.name)
-        if node is None or not self.connected:
-            raise DeviceUnavailable(f"{self.name}: not connected" if self.connected or node is not None
-                                    else f"{self.name}: point {spec.name} was not found on the server")
+        if not self.connected:
+            raise DeviceUnavailable(f"{self.name}: not connected")
+        if node is None:
+            raise DeviceProtocolError(f"{self.name}: point {spec.name} was not found on the server (see the device "
+                                      "check)")
         dtype = self._types.get(spec.name) or spec.opc_type or "Double"
         device_value: Any = spec.to_device(checked)
         if dtype == "Boolean":

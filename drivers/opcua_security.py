@@ -163,6 +163,15 @@ async def secure(client: Client, security: OpcUaSecurity, endpoint: str, data_di
             offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
             raise DeviceProtocolError(f"{endpoint} offers no endpoint with {security.policy}/{security.mode} "
                                       f"(offers: {', '.join(offered)}); not connecting with less")
+        if security.username:
+            tokens = [t for t in chosen[0].UserIdentityTokens or [] if t.TokenType == ua.UserTokenType.UserName]
+            if not tokens:
+                raise DeviceProtocolError(f"{endpoint} takes no user name tokens on {security.policy}/{security.mode}")
+            unencrypted = all((t.SecurityPolicyUri or "").endswith("#None") for t in tokens)
+            if unencrypted and mode is not ua.MessageSecurityMode.SignAndEncrypt:
+                raise DeviceProtocolError(f"{endpoint} would take the password of {security.username!r} in clear text "
+                                          f"(its user name token has no security policy and the mode is "
+                                          f"{security.mode}); use mode SignAndEncrypt")
         der = _first_cert_from_chain(chosen[0].ServerCertificate)
         if not pki.is_trusted(der):
             t = pki.reject(der)

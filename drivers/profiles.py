@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from drivers.base import DataType, PointKind, PointSpec, RegisterType, WordOrder
-from drivers.roles import DeviceClass, conversion, known_roles, normalize_unit, role
+from drivers.roles import DeviceClass, conversion, known_roles, normalize_unit, role, role_conversion
 
 SCHEMA_VERSION: Final = 1
 LIBRARY_PACKAGE: Final = "drivers.profile_library"
@@ -211,7 +211,7 @@ class _Profile(_Model):
             seen[p.role] = p.name
             if spec.kind == "boolean" and p.unit in ("", "bool"):
                 pass
-            elif conversion(p.unit, spec.unit) is None:
+            elif role_conversion(spec, p.unit) is None:
                 raise ValueError(f"{where}.unit: {p.unit!r} cannot be converted to {spec.unit!r}, the unit of role "
                                  f"{spec.ref}")
             if spec.writable and not p.writable:

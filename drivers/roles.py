@@ -26,6 +26,7 @@ class RoleSpec:
     kind: Literal["analog", "boolean"] = "analog"
     writable: bool = False  # a setpoint: the point that plays it must be writable
     plausible: tuple[float, float] = (-1e12, 1e12)
+    units: tuple[str, ...] | None = None  # the device units it takes, when not every unit of its quantity fits
 
     @property
     def ref(self) -> str:
@@ -34,8 +35,9 @@ class RoleSpec:
 
 
 def _r(cls: DeviceClass, name: str, unit: str, description: str, plausible: tuple[float, float],
-       kind: Literal["analog", "boolean"] = "analog", writable: bool = False) -> RoleSpec:
-    return RoleSpec(name, cls, unit, description, kind, writable, plausible)
+       kind: Literal["analog", "boolean"] = "analog", writable: bool = False,
+       units: tuple[str, ...] | None = None) -> RoleSpec:
+    return RoleSpec(name, cls, unit, description, kind, writable, plausible, units)
 
 
 ROLES: Final[dict[DeviceClass, dict[str, RoleSpec]]] = {
@@ -54,7 +56,8 @@ ROLES: Final[dict[DeviceClass, dict[str, RoleSpec]]] = {
         _r("culture-system", "viability", "%", "viable share of all cells", (0.0, 100.0)),
         _r("culture-system", "cd7_percent", "%", "CD7+ share of viable cells", (0.0, 100.0)),
         _r("culture-system", "ph", "pH", "medium pH", (0.0, 14.0)),
-        _r("culture-system", "dissolved_o2", "%", "dissolved O2, % air saturation", (0.0, 500.0)),
+        # % air saturation: a ppm (mg/L) or a fraction is another measure of dissolved O2, not a unit of this one
+        _r("culture-system", "dissolved_o2", "%", "dissolved O2, % air saturation", (0.0, 500.0), units=("%",)),
         _r("culture-system", "medium_pumped", "mL", "medium pumped since the start", (0.0, 1e6)),
         _r("culture-system", "temperature", "degC", "culture (medium) temperature", (-20.0, 100.0)),
         _r("culture-system", "pump_running", "bool", "medium pump running (1) or stopped (0)", (0.0, 1.0),
@@ -89,7 +92,7 @@ _ALIASES: Final[dict[str, str]] = {
     "k": "K", "kelvin": "K",
     "%": "%", "percent": "%", "p1": "%", "% sat": "%", "%sat": "%", "% air sat": "%",
     "%rh": "%RH", "% rh": "%RH", "rh": "%RH",
-    "fraction": "fraction", "1": "fraction", "ratio": "fraction",
+    "fraction": "fraction", "ratio": "fraction",
     "ppm": "ppm",
     "bool": "bool", "boolean": "bool", "": "",
     "cells/ml": "cells/mL", "1/ml": "cells/mL", "cells/l": "cells/L", "1e6 cells/ml": "1e6 cells/mL",
@@ -120,6 +123,13 @@ _UNITS: Final[dict[str, tuple[str, float, float]]] = {
     "uL/min": ("flow", 0.06, 0.0),
     "pH": ("pH", 1.0, 0.0),
 }
+
+
+def role_conversion(spec: RoleSpec, from_unit: str) -> tuple[float, float] | None:
+    """(gain, offset) from a device unit to the role's canonical unit, or None when the role cannot take it."""
+    if spec.units is not None and normalize_unit(from_unit) not in spec.units:
+        return None
+    return conversion(from_unit, spec.unit)
 
 
 def normalize_unit(unit: str) -> str:

@@ -148,10 +148,11 @@ class DeviceSupervisor:
         while True:
             self._set_state(DeviceState.CONNECTING if not self._down else DeviceState.OFFLINE)
             try:
-                await self.driver.connect()
+                try:
+                    await self.driver.connect()
+                finally:
+                    self._report_checks()  # also when the connect failed because of them
                 self.stats.connects += 1
-                if self._on_check is not None:
-                    self._on_check(self.name, list(self.driver.checks))
                 async for reading in self.driver.readings():
                     if self._state is not DeviceState.ONLINE:
                         attempt = 0  # the link works: the next outage starts its backoff afresh
@@ -175,6 +176,15 @@ class DeviceSupervisor:
             log.debug("%s: reconnect attempt %d in %.2f s", self.name, attempt, delay)
             # Backoff is wall time: it paces network attempts, not simulated process time.
             await asyncio.sleep(delay)
+
+    def _report_checks(self) -> None:
+        checks = list(self.driver.checks)
+        if self._on_check is None or not checks:
+            return
+        try:
+            self._on_check(self.name, checks)
+        except Exception:  # a failing listener must not take the device down
+            log.exception("%s: the point check listener failed", self.name)
 
     def _came_up(self) -> None:
         if self._down:

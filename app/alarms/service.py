@@ -144,6 +144,8 @@ class AlarmService:
 
     def __post_init__(self) -> None:
         self._kinds = {d.name: d.kind for d in self.devices}
+        # channel -> the role its point plays: rules name roles, channels name vendors' points
+        self._roles = {f"{d.name}.{p.name}": p.role for d in self.devices for p in d.points if p.role}
         now = self.clock.now()
         defaults = default_definitions()
         for device in self.devices:
@@ -211,7 +213,7 @@ class AlarmService:
         self.stats["readings"] += 1
         at = r.source_time
         binding = None
-        if r.channel.endswith(".door_open") and r.value is not None and r.value >= 0.5:
+        if self._roles.get(r.channel) == "door_open" and r.value is not None and r.value >= 0.5:
             binding = self._bindings.get(r.channel.partition(".")[0])
         # A BAD reading from a device whose link is down is the supervisor's gap marker, not a bad measurement.
         marker = r.quality is Quality.BAD and self._device_offline(r.channel.partition(".")[0])
@@ -300,7 +302,7 @@ class AlarmService:
         binding = self._bindings.get(alarm.device)
         if binding is None or binding.status not in EXCURSION_RUN_STATES:
             return
-        kind_channel = f"{self._kinds.get(alarm.device, '')}.{alarm.point}"
+        kind_channel = f"{self._kinds.get(alarm.device, '')}.{self._roles.get(alarm.channel, '')}"
         for rule in binding.excursions:
             if rule.channel == kind_channel and rule.deviation_on_alarm == f"{alarm.defn.name}:{tr.severity.value}":
                 self._trip(binding.run_id, alarm.channel, Trip(

@@ -307,6 +307,7 @@ class Engine:
         try:
             if device is None:
                 raise LookupError(f"run {run_id} has no {sp.device_kind} device bound")
+            body = body.model_copy(update={"point": self._point_of(device, sp.point)})
             await service.command(device, body, principal=SYSTEM, source="recipe")
         except SetpointFailed as exc:  # written and recorded with its result by the service
             log.warning("engine: setpoint %s.%s = %g for run %s step %s not confirmed: %s", device, sp.point,
@@ -316,6 +317,15 @@ class Engine:
             log.warning("engine: setpoint %s.%s = %g for run %s step %s failed: %s", device or sp.device_kind,
                         sp.point, sp.value, run_id, sp.step_key, detail)
             await self._audit_write("device.setpoint_failed", device or sp.device_kind, {**what, "error": detail})
+
+    def _point_of(self, device: str, role: str) -> str:
+        """The bound device's point that plays the recipe's setpoint role (recipes name roles, never points)."""
+        hub = self.hub()
+        status = hub.status.get(device) if hub is not None else None
+        spec = status.config.role_point(role) if status is not None else None
+        if spec is None:
+            raise LookupError(f"{device} has no point playing role {role}")
+        return spec.name
 
     async def _audit_write(self, action: str, device: str, new: dict[str, Any]) -> None:
         try:

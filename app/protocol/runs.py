@@ -28,6 +28,7 @@ from app.protocol.recipes import find_recipe, recipe_of, recipe_row
 from app.protocol.schemas import RunCreate, SignedReason
 from app.records import audit, signatures
 from app.records.signatures import SignatureInput, Signer
+from drivers.devices import DeviceConfig
 
 
 @signatures.register_signable("culture_run", description="a culture run: code, status, devices, t0, end")
@@ -55,7 +56,7 @@ RUN_FROM = ("culture_run r LEFT JOIN device inc ON inc.id = r.incubator_device_i
 
 
 async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principal, now: datetime,
-                     client: str | None) -> dict[str, Any]:
+                     client: str | None, devices: Mapping[str, DeviceConfig] | None = None) -> dict[str, Any]:
     """Plan a run: checks the dose and weight against the recipe, proposes T0 from the HSCT, warns about infusion."""
     rrow = await find_recipe(conn, body.recipe_key, body.recipe_version)
     recipe = recipe_of(rrow)
@@ -71,6 +72,9 @@ async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principa
     culture = await device_id(conn, body.culture_system, "culture-system")
     await _check_roles(conn, recipe, {"incubator": (body.incubator, incubator),
                                       "culture-system": (body.culture_system, culture)})
+    if devices is not None:
+        _check_setpoint_limits(recipe, {"incubator": devices.get(body.incubator or ""),
+                                        "culture-system": devices.get(body.culture_system or "")})
     proposal = planner.propose_t0(recipe, body.hsct_at)
     planned_t0 = body.planned_t0 or proposal.t0
     code = body.code or f"RUN-{now:%Y%m%d}-{uuid.uuid4().hex[:6].upper()}"
@@ -110,6 +114,26 @@ async def _check_roles(conn: DBConnection, recipe: Recipe,
         raise Problem(409, "device-lacks-roles", "Device lacks roles",
                       f"the recipe uses roles its device's profile does not provide: {text}",
                       rule="device_lacks_roles", missing_roles=missing)
+
+
+def _check_setpoint_limits(recipe: Recipe, bound: Mapping[str, DeviceConfig | None]) -> None:
+    """409 when a recipe setpoint is outside the limits of the bound device's point that would take it."""
+    outside = []
+    for step in recipe.steps:
+        for sp in step.setpoints:
+            dev = bound.get(sp.device_kind)
+            point = dev.role_point(sp.point) if dev is not None else None
+            if point is None or dev is None:
+                continue
+            if (point.min is not None and sp.value < point.min) or (point.max is not None and sp.value > point.max):
+                outside.append({"step": step.key, "device": dev.name, "point": point.name, "role": sp.point,
+                                "value": sp.value, "min": point.min, "max": point.max, "unit": point.unit})
+    if outside:
+        text = "; ".join(f"step {o['step']}: {o['role']} = {o['value']:g} is outside {o['device']}.{o['point']} "
+                         f"{o['min']:g}..{o['max']:g} {o['unit']}" for o in outside)
+        raise Problem(409, "setpoint-outside-device-limits", "Setpoint outside the device's limits",
+                      f"the recipe's setpoints do not fit the bound devices: {text}",
+                      rule="setpoint_outside_device_limits", setpoints=outside)
 
 
 async def run_row(conn: DBConnection, run_id: int, *, lock: bool = False) -> asyncpg.Record:

@@ -73,6 +73,8 @@ async def vendor(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Async
     assert isinstance(bio_p, ModbusProfile)
     inc, inc2 = IncubatorModel(clock.now(), 5), IncubatorModel(clock.now(), 6)
     culture = CultureModel(clock.now(), 7, "mobilized", start=clock.now())
+    cold = acme_p.model_dump(mode="json", by_alias=True)
+    cold["name"], cold["points"][4]["max"] = "acme-cold-room", 95.0  # TempSet up to 35 degC: the recipe asks 37
     broken = acme_p.model_dump(mode="json", by_alias=True)
     broken["name"], broken["points"][2]["node"] = "acme-misconfigured", "ns=acme;i=4242"  # ChamberRH is elsewhere
     async with OpcUaProfileDevice(acme_p, _source(acme_p, inc, clock), parents=ACME_PARENTS) as acme, \
@@ -84,6 +86,7 @@ async def vendor(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Async
             {"name": "lads-1", "profile": "lads-incubator", "profile_version": "1.0", "endpoint": lads.endpoint},
             {"name": "cs-17", "profile": "bioflow-cs200", "endpoint": bioflow.endpoint, "poll_interval": 0.3},
             {"name": "acme-2", "profile": broken, "endpoint": acme.endpoint},
+            {"name": "acme-cold", "profile": cold, "endpoint": acme.endpoint},
             {"name": "cs-min", "endpoint": bioflow.endpoint, "profile": {
                 "schema": 1, "name": "bioflow-vcd-only", "version": "1", "device_class": "culture-system",
                 "protocol": "modbus", "modbus": {"unit_id": 17, "word_order": "CDAB"},
@@ -200,6 +203,11 @@ async def test_binding_checks_roles_and_the_run_page_charts_by_role(vendor: Vend
     problem = r.json()
     assert problem["rule"] == "device_lacks_roles" and "culture-system.viability" in problem["missing_roles"]["cs-min"]
     assert "culture-system.viable_cell_density" not in problem["missing_roles"]["cs-min"]
+    # an incubator whose setpoint limits exclude the recipe's 37 degC: 409 naming the step, point and limits
+    r = await api.post("/api/v1/runs", json={**body, "incubator": "acme-cold"})
+    assert r.status_code == 409, r.text
+    problem = r.json()
+    assert problem["rule"] == "setpoint_outside_device_limits" and "acme-cold.TempSet 30..35 degC" in problem["detail"]
     r = await api.post("/api/v1/runs", json={**body, "incubator": "lads-1", "culture_system": None})
     assert r.status_code == 201, r.text  # the LADS incubator has every incubator role the recipe uses
     page = await (await browser.new_context(base_url=vendor.base_url)).new_page()

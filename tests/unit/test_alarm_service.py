@@ -127,3 +127,29 @@ def test_recipe_alarm_overrides_are_checked() -> None:
 def test_the_alarm_pass_is_at_most_15_clock_seconds_apart_down_to_50_ms(scale: float, wall: float) -> None:
     svc, _, _ = make(scale=scale)
     assert svc.wall_interval() == pytest.approx(wall)
+
+
+def test_a_vendor_device_gets_its_alarms_by_role_and_a_configuration_alarm() -> None:
+    from pathlib import Path
+
+    from drivers.base import PointCheck
+    from drivers.devices import parse_devices
+
+    profiles = Path(__file__).parent.parent / "profiles"
+    acme = parse_devices(yaml.safe_dump({"devices": [{"name": "acme", "profile": "acme-cellmaster-170",
+                                                      "endpoint": "opc.tcp://127.0.0.1:1/x"}]}), profiles)
+    clock = ManualClock(START)
+    live = LiveHub()
+    svc = AlarmService(clock, live, acme)
+    ids = set(svc.alarms)
+    assert {"acme.ChamberTemp:limit", "acme.ChamberTemp:stale", "acme.DoorState:limit", "acme:configuration"} <= ids
+    assert not [i for i in ids if i.startswith("acme.FanSpeed")]  # no role: stored and shown, no alarm
+    for _ in range(20):  # 33 degC (the driver converted 91.4 degF): the LL limit of the temperature role
+        svc.on_reading(Reading("acme.ChamberTemp", 33.0, clock.now()))
+        clock.advance(10)
+        svc.tick()
+    assert ("acme.ChamberTemp:limit", "active_unack", "ll") in alarm_events(live)
+    svc.on_device_check("acme", [PointCheck("ChamberRH", False, "ns=2;i=9", problems=("not found",))], clock.now())
+    assert ("acme:configuration", "active_unack", None) in [(i, t, None) for i, t, _s in alarm_events(live)]
+    svc.on_device_check("acme", [PointCheck("ChamberRH", True, "ns=2;i=9")], clock.now())
+    assert svc.alarms["acme:configuration"].state.active is None

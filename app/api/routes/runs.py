@@ -23,7 +23,7 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 async def create_run(body: schemas.RunCreate, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
                      runtime: RuntimeDep) -> dict[str, Any]:
     return await runs.create_run(conn, body, principal=principal, now=runtime.clock.now(),
-                                  client=client_address(request))
+                                  client=client_address(request), devices={d.name: d for d in runtime.devices})
 
 
 @router.get("", response_model=list[RunSummary], summary="Culture runs, newest first")
