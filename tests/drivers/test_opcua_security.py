@@ -127,3 +127,20 @@ async def test_no_fallback_to_none_when_the_policy_is_not_offered(tmp_path: Path
             await _connect(_config(sim.endpoint, "Aes256_Sha256_RsaPss", "Sign"), tmp_path / "data")
     finally:
         await sim.stop()
+
+
+def test_the_password_comes_from_a_file_or_the_environment_never_the_devices_file(tmp_path: Path) -> None:
+    from drivers.opcua_security import password_of
+
+    secret = tmp_path / "opcua.pw"
+    secret.write_text("From-A-File-3\nignored second line\n")
+    sec = OpcUaSecurity(policy="Basic256Sha256", mode="SignAndEncrypt", username="u", password_file=secret)
+    assert password_of(sec) == "From-A-File-3"
+    with pytest.raises(DeviceProtocolError, match="cannot read the password file"):
+        password_of(sec.model_copy(update={"password_file": tmp_path / "missing"}))
+    with pytest.raises(ValueError, match="needs password_env or password_file"):
+        OpcUaSecurity(policy="Basic256Sha256", mode="Sign", username="u")
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        OpcUaSecurity(policy="Basic256Sha256", mode="Sign", username="u", password="inline")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="needs mode Sign or SignAndEncrypt"):
+        OpcUaSecurity(policy="Basic256Sha256")
