@@ -47,6 +47,26 @@ def channel_key(device: str, point: str) -> str:
     return f"{device}.{point}"
 
 
+_CHANNEL_STATE = "SELECT id, name, unit, kind, role FROM channel WHERE device_id = $1"
+
+
+async def _audit_channel_changes(conn: DBConnection, actor: Principal, device_id: int,
+                                 before: dict[str, Any]) -> None:
+    """A channel whose unit, kind or role changed with the profile is audited (channel.update): its history before
+    the change is in the old unit, and a reader of the record must be able to tell."""
+    for r in await conn.fetch(_CHANNEL_STATE, device_id):
+        old = before.get(r["name"])
+        if old is None:
+            continue
+        fields = ("unit", "kind", "role")
+        if any(old[f] != r[f] for f in fields):
+            history = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM telemetry WHERE channel_id = $1)", r["id"])
+            reason = "the device's profile changed" + (
+                "; readings before this record are in the old unit" if old["unit"] != r["unit"] and history else "")
+            await audit.record(conn, actor=actor, action="channel.update", entity_type="channel", entity_id=r["id"],
+                               old={f: old[f] for f in fields}, new={f: r[f] for f in fields}, reason=reason)
+
+
 def _device_record(row: Any) -> dict[str, Any]:
     return {f: row[f] for f in _DEVICE_FIELDS}
 
@@ -80,9 +100,11 @@ async def sync_devices(
                                    reason="the devices file changed")
             points = dev.points
             names, roles = [p.name for p in points], [p.role for p in points]
+            before = {r["name"]: r for r in await conn.fetch(_CHANNEL_STATE, device_id)}
             await conn.execute(_CLEAR_ROLES, device_id, names, roles)
             await conn.execute(_UPSERT_CHANNELS, device_id, names, [p.unit for p in points],
                                [p.kind for p in points], roles)
+            await _audit_channel_changes(conn, actor, device_id, before)
         names = [d.name for d in devices]
         rows = await conn.fetch(
             "SELECT d.name AS device, c.name AS point, c.id "

@@ -86,3 +86,29 @@ async def test_device_registration_and_changes_are_audited(conn: asyncpg.Connect
     rows = (await audit_rows())[before:]
     assert [r["action"] for r in rows] == ["device.register", "device.update"]
     assert "4999" in rows[1]["old"] and "5999" in rows[1]["new"] and rows[1]["reason"]
+
+
+async def test_a_profile_change_of_a_channels_unit_or_role_is_audited(conn: asyncpg.Connection) -> None:
+    import yaml
+
+    from drivers.devices import parse_devices
+    from drivers.profiles import shipped_library
+
+    def device(unit: str, role: str | None) -> DeviceConfig:
+        prof = shipped_library().get("culturectl-sim-incubator").model_dump(mode="json", by_alias=True)
+        prof["name"], prof["points"][0]["unit"], prof["points"][0]["role"] = "site-incubator", unit, role
+        return parse_devices(yaml.safe_dump({"devices": [{"name": "unit-change", "profile": prof,
+                                                          "endpoint": "opc.tcp://127.0.0.1:1/x"}]}))[0]
+
+    ids = await sync_devices(conn, [device("degC", "temperature")])
+    temp = ids["unit-change.temperature"]
+    await conn.execute("INSERT INTO telemetry (channel_id, time, value, quality) VALUES ($1, now(), 37.0, 0)", temp)
+    await sync_devices(conn, [device("degF", None)])  # no role: stored in the device's unit from now on
+    rows = await conn.fetch("SELECT old, new, reason FROM audit_log WHERE action = 'channel.update' AND "
+                            "entity_id = $1", str(temp))
+    assert len(rows) == 1
+    assert '"degC"' in rows[0]["old"] and '"degF"' in rows[0]["new"] and '"temperature"' in rows[0]["old"]
+    assert "readings before this record are in the old unit" in rows[0]["reason"]
+    await sync_devices(conn, [device("degF", None)])  # unchanged: nothing more
+    assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'channel.update' AND entity_id = $1",
+                               str(temp)) == 1
