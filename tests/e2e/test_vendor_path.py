@@ -210,6 +210,8 @@ async def test_binding_checks_roles_and_the_run_page_charts_by_role(vendor: Vend
     assert problem["rule"] == "setpoint_outside_device_limits" and "acme-cold.TempSet 30..35 degC" in problem["detail"]
     r = await api.post("/api/v1/runs", json={**body, "incubator": "lads-1", "culture_system": None})
     assert r.status_code == 201, r.text  # the LADS incubator has every incubator role the recipe uses
+    lads_page = (await api.get(f"/runs/{r.json()['id']}")).text
+    assert 'data-channel="lads-1.temperature"' in lads_page and 'data-channel="lads-1.co2"' in lads_page
     page = await (await browser.new_context(base_url=vendor.base_url)).new_page()
     await page.goto("/login")
     await page.fill("form#login input[name=username]", "operator")
