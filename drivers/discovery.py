@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -50,8 +50,10 @@ class BrowseResult:
     objects: int = 0
 
 
-async def browse_opcua(client: Client, max_nodes: int = MAX_NODES) -> BrowseResult:
-    """Every variable below the Objects folder (the standard Server object left out)."""
+async def browse_opcua(client: Client, max_nodes: int = MAX_NODES,
+                       progress: Callable[[str], None] | None = None) -> BrowseResult:
+    """Every variable below the Objects folder (the standard Server object left out); `progress` hears one line
+    per level and one for the attribute reads."""
     result = BrowseResult(await client.get_namespace_array())
     seen: set[str] = set()
     level: list[tuple[ua.NodeId, list[str]]] = [(client.nodes.objects.nodeid, [])]
@@ -88,6 +90,10 @@ async def browse_opcua(client: Client, max_nodes: int = MAX_NODES) -> BrowseResu
                     following.append((ua.NodeId(nid.Identifier, nid.NamespaceIndex, nid.NodeIdType), child))
         level = following
         depth += 1
+        if progress is not None:
+            progress(f"level {depth}: {len(seen)} nodes, {len(variables)} variables")
+    if progress is not None:
+        progress(f"reading data type, access level and units of {len(variables)} variables")
     nodes = [client.get_node(n) for n, _ in variables]
     types: list[ua.DataValue] = []
     access: list[ua.DataValue] = []

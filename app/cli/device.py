@@ -58,7 +58,7 @@ def browse(
         started = time.monotonic()
         client = await connect_opcua(endpoint, security, timeout, _data_dir())
         try:
-            result = await browse_opcua(client)
+            result = await browse_opcua(client, progress=lambda line: typer.echo(f"browse: {line}", err=True))
         finally:
             await client.disconnect()
         return draft_profile(result, name, device_class), len(result.variables), time.monotonic() - started

@@ -55,6 +55,7 @@ async def test_browse_prints_a_draft_profile_that_validates(acme: OpcUaProfileDe
     code, out = await _cli("device", "browse", acme.endpoint, "--name", "acme-draft", "-o", str(draft),
                            data_dir=tmp_path / "data")
     assert code == 0, out
+    assert "browse: level 1:" in out and "variables" in out  # progress on stderr while it walks
     data = yaml.safe_load(draft.read_text())
     points = {p["name"]: p for p in data["points"]}
     temp = points["ChamberTemp"]
