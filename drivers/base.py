@@ -68,6 +68,11 @@ PointKind = Literal["analog", "boolean"]
 _REGISTERS: dict[str, int] = {"int32": 2, "uint32": 2, "float32": 2, "float64": 4}
 
 
+def registers_of(data_type: str) -> int:
+    """How many 16-bit registers a value of `data_type` spans (bool, int16, uint16: one)."""
+    return _REGISTERS.get(data_type, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class PointSpec:
     """One point of a device as a profile describes it, read the same way by the driver, the simulator and the
@@ -117,7 +122,7 @@ class PointSpec:
         """Registers (or coils) the point spans on a Modbus device."""
         if self.register_type in ("coil", "discrete") or self.bit is not None:
             return 1
-        return _REGISTERS.get(self.data_type, 1)
+        return registers_of(self.data_type)
 
     def to_unit(self, device_value: float) -> float:
         """A value as the device reports it -> the point's stored unit."""

@@ -10,7 +10,6 @@ No database, no HTTP: the command line prints the results.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from app.core.clock import Clock
 from drivers.base import DeviceProtocolError, DeviceUnavailable, DriverError, PointCheck
 from drivers.devices import DeviceConfig, OpcUaSecurity
 from drivers.modbus import parse_endpoint
-from drivers.opcua import DATA_TYPES, OpcUaDriver, _engineering_unit, _type_name, inspect
+from drivers.opcua import DATA_TYPES, OpcUaDriver, type_name, unit_text
 from drivers.profiles import SCHEMA_VERSION
 
 MAX_NODES: Final = 50_000
@@ -58,57 +57,68 @@ async def browse_opcua(client: Client, max_nodes: int = MAX_NODES,
     seen: set[str] = set()
     level: list[tuple[ua.NodeId, list[str]]] = [(client.nodes.objects.nodeid, [])]
     variables: list[tuple[ua.NodeId, list[str]]] = []
+    units_of: dict[str, ua.NodeId] = {}  # a variable's NodeId -> its EngineeringUnits property (met while browsing)
     depth = 0
     while level and depth < MAX_DEPTH and len(seen) < max_nodes:
         following: list[tuple[ua.NodeId, list[str]]] = []
         for i in range(0, len(level), _BROWSE_BATCH):
             batch = level[i : i + _BROWSE_BATCH]
             params = ua.BrowseParameters()
-            for nodeid, _path in batch:
-                desc = ua.BrowseDescription()
-                desc.NodeId = nodeid
-                desc.BrowseDirection = ua.BrowseDirection.Forward
-                desc.ReferenceTypeId = ua.NodeId.from_string("i=33")  # HierarchicalReferences
-                desc.IncludeSubtypes = True
-                desc.NodeClassMask = int(ua.NodeClass.Object) | int(ua.NodeClass.Variable)
-                desc.ResultMask = int(ua.BrowseResultMask.All)
-                params.NodesToBrowse.append(desc)
-            for (_parent, path), res in zip(batch, await client.uaclient.browse(params), strict=True):
+            params.NodesToBrowse = [_browse_children(nodeid) for nodeid, _path in batch]
+            for (parent, path), res in zip(batch, await client.uaclient.browse(params), strict=True):
                 for ref in res.References:
-                    nid = ref.NodeId
+                    nid = ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
                     key = nid.to_string()
                     name = f"{ref.BrowseName.NamespaceIndex}:{ref.BrowseName.Name}"
                     if key in seen or (not path and name == "0:Server"):
                         continue
                     seen.add(key)
-                    child = [*path, name]
+                    if name == "0:EngineeringUnits" and ref.NodeClass == ua.NodeClass.Variable:
+                        units_of[parent.to_string()] = nid
+                        continue
                     if ref.NodeClass == ua.NodeClass.Variable:
-                        if ref.BrowseName.Name != "EngineeringUnits" or ref.BrowseName.NamespaceIndex != 0:
-                            variables.append((ua.NodeId(nid.Identifier, nid.NamespaceIndex, nid.NodeIdType), child))
+                        variables.append((nid, [*path, name]))
                     else:
                         result.objects += 1
-                    following.append((ua.NodeId(nid.Identifier, nid.NamespaceIndex, nid.NodeIdType), child))
+                    following.append((nid, [*path, name]))
         level = following
         depth += 1
         if progress is not None:
             progress(f"level {depth}: {len(seen)} nodes, {len(variables)} variables")
     if progress is not None:
         progress(f"reading data type, access level and units of {len(variables)} variables")
-    nodes = [client.get_node(n) for n, _ in variables]
-    types: list[ua.DataValue] = []
-    access: list[ua.DataValue] = []
-    for i in range(0, len(nodes), _BROWSE_BATCH):
-        part = nodes[i : i + _BROWSE_BATCH]
-        types += await client.read_attributes(part, AttributeIds.DataType)
-        access += await client.read_attributes(part, AttributeIds.UserAccessLevel)
-    units = await asyncio.gather(*(_engineering_unit(n) for n in nodes[:2000]))
-    for k, ((nid, path), t, a) in enumerate(zip(variables, types, access, strict=True)):
-        level_ = a.Value.Value if a.Value is not None else None
-        rw = ("r" if isinstance(level_, int) and level_ & 1 else "") + (
-            "w" if isinstance(level_, int) and level_ & 2 else "")
-        result.variables.append(Variable(nid.to_string(), path, _type_name(t.Value.Value if t.Value else None), rw,
-                                         units[k] if k < len(units) else None))
+    types = await _read_all(client, [n for n, _ in variables], AttributeIds.DataType)
+    access = await _read_all(client, [n for n, _ in variables], AttributeIds.UserAccessLevel)
+    eu_keys = list(units_of)
+    eu_values = await _read_all(client, [units_of[k] for k in eu_keys], AttributeIds.Value)
+    units = {k: unit_text(v.Value.Value if v.Value is not None else None) for k, v in zip(eu_keys, eu_values,
+                                                                                         strict=True)}
+    for (nid, path), t, a in zip(variables, types, access, strict=True):
+        bits = a.Value.Value if a.Value is not None else None
+        rw = ("r" if isinstance(bits, int) and bits & 1 else "") + ("w" if isinstance(bits, int) and bits & 2 else "")
+        result.variables.append(Variable(nid.to_string(), path, type_name(t.Value.Value if t.Value else None), rw,
+                                         units.get(nid.to_string())))
     return result
+
+
+def _browse_children(nodeid: ua.NodeId) -> ua.BrowseDescription:
+    """Forward hierarchical references of `nodeid` to objects and variables."""
+    desc = ua.BrowseDescription()
+    desc.NodeId = nodeid
+    desc.BrowseDirection = ua.BrowseDirection.Forward
+    desc.ReferenceTypeId = ua.NodeId.from_string("i=33")  # HierarchicalReferences
+    desc.IncludeSubtypes = True
+    desc.NodeClassMask = int(ua.NodeClass.Object) | int(ua.NodeClass.Variable)
+    desc.ResultMask = int(ua.BrowseResultMask.All)
+    return desc
+
+
+async def _read_all(client: Client, nodeids: Sequence[ua.NodeId], attr: AttributeIds) -> list[ua.DataValue]:
+    """One attribute of many nodes, `_BROWSE_BATCH` nodes a Read request."""
+    out: list[ua.DataValue] = []
+    for i in range(0, len(nodeids), _BROWSE_BATCH):
+        out += await client.read_attributes([client.get_node(n) for n in nodeids[i : i + _BROWSE_BATCH]], attr)
+    return out
 
 
 def _alias(uri: str, taken: set[str]) -> str:
@@ -209,12 +219,10 @@ async def probe_modbus(endpoint: str, unit: int, start: int, end: int, table: st
 async def check_device(config: DeviceConfig, clock: Clock, data_dir: Any = None) -> list[PointCheck]:
     """Connect as the service does and return the check of every point (with values)."""
     if config.protocol == "opcua":
-        driver = OpcUaDriver(config, clock, data_dir=data_dir)
-        await driver.connect()
+        driver = OpcUaDriver(config, clock, data_dir=data_dir, check_values=True)
         try:
-            assert driver._client is not None
-            checks, _ = await inspect(driver._client, config.points, dict(config.opcua_settings.namespaces))
-            return checks
+            await driver.connect()
+            return list(driver.checks)
         finally:
             await driver.close()
     from drivers.modbus import ModbusDriver

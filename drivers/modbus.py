@@ -196,10 +196,6 @@ class ModbusDriver:
             await self.close()
             raise
         found = [p for p, c in zip(self.points, self.checks, strict=True) if c.found]
-        for c in self.checks:
-            if not c.ok:
-                log.warning("%s: point %s of profile %s: %s", self.name, c.point, self.config.profile_source,
-                            "; ".join(c.problems))
         if not found:
             await self.close()
             raise DeviceProtocolError(f"{self.name}: the device answers for none of the profile's points "

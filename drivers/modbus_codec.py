@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
-from drivers.base import DataType, DeviceProtocolError, PointError, PointSpec, WordOrder
+from drivers.base import DataType, DeviceProtocolError, PointError, PointSpec, WordOrder, registers_of
 
 _FORMATS: Final[dict[str, str]] = {
     "int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d",
@@ -41,10 +41,6 @@ def _from_words(registers: Sequence[int], order: WordOrder) -> bytes:
     if order in ("CDAB", "DCBA"):
         words.reverse()
     return b"".join(words)
-
-
-def register_count(data_type: DataType) -> int:
-    return struct.calcsize(_FORMATS[data_type]) // 2 if data_type in _FORMATS else 1
 
 
 def pack(data_type: DataType, order: WordOrder, raw: float) -> list[int]:
@@ -102,7 +98,7 @@ def candidates(registers: Sequence[int], at: int) -> dict[str, float]:
     """What the registers from index `at` would mean in each data type and word order (for probing a map)."""
     out: dict[str, float] = {}
     for dtype in ("uint16", "int16", "uint32", "int32", "float32", "float64"):
-        n = register_count(dtype)
+        n = registers_of(dtype)
         if at + n > len(registers):
             continue
         orders: tuple[WordOrder, ...] = ("ABCD", "BADC") if n == 1 else WORD_ORDERS

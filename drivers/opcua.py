@@ -224,7 +224,7 @@ async def inspect(client: Client, points: Sequence[PointSpec], namespaces: dict[
                 f"node {where} not found ({t.StatusCode.name})",))
             continue
         problems: list[str] = []
-        dtype = _type_name(t.Value.Value if t.Value is not None else None)
+        dtype = type_name(t.Value.Value if t.Value is not None else None)
         if dtype is not None and dtype not in DATA_TYPES.values():
             # a server-specific type: an enumeration's subtype reads as Int32; anything else cannot be a number
             dtype = "Enumeration" if p.opc_type == "Enumeration" else dtype
@@ -236,7 +236,7 @@ async def inspect(client: Client, points: Sequence[PointSpec], namespaces: dict[
         writable = bool(int(level) & 0x02) if isinstance(level, int) else None
         if p.writable and writable is False:
             problems.append("the profile says writable, the server does not allow writing")
-        unit = await _engineering_unit(node)
+        unit = await engineering_unit(node)
         if unit is not None and normalize_unit(unit) != normalize_unit(p.device_unit) and p.device_unit:
             problems.append(f"the server's EngineeringUnits say {unit!r}, the profile says {p.device_unit!r}")
         value = None
@@ -250,7 +250,7 @@ async def inspect(client: Client, points: Sequence[PointSpec], namespaces: dict[
     return [checks[p.name] for p in points], usable
 
 
-def _type_name(tid: Any) -> str | None:
+def type_name(tid: Any) -> str | None:
     """A DataType NodeId -> the name a profile uses (Double, Int32, ...), else the NodeId as text."""
     if not isinstance(tid, ua.NodeId):
         return None
@@ -263,13 +263,18 @@ def _where(p: PointSpec) -> str:
     return str(p.address) if p.address else "/".join(p.browse_path)
 
 
-async def _engineering_unit(node: Node) -> str | None:
+async def engineering_unit(node: Node) -> str | None:
     """The variable's EngineeringUnits (display name, else the UNECE code's unit), or None if it has none."""
     try:
         prop = await node.get_child("0:EngineeringUnits")
         eu = await prop.read_value()
     except Exception:  # no such property, or not readable: nothing to compare
         return None
+    return unit_text(eu)
+
+
+def unit_text(eu: Any) -> str | None:
+    """An EUInformation as a unit: its display name, else the unit of its UNECE code."""
     text = getattr(getattr(eu, "DisplayName", None), "Text", None)
     if text:
         return str(text)
@@ -281,8 +286,9 @@ class OpcUaDriver:
     """Subscribes to every point of one OPC UA device and writes setpoints with read-back."""
 
     def __init__(self, config: DeviceConfig, clock: Clock, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, check_values: bool = False) -> None:
         self.config = config
+        self._check_values = check_values  # the check on connect also reads each value (`device check`)
         self._data_dir = data_dir  # where culturectl's certificate and the trust list live (secured devices)
         self.name: str = config.name
         self.points: Sequence[PointSpec] = config.points
@@ -361,14 +367,10 @@ class OpcUaDriver:
             # refused by the server: our certificate not trusted there, a wrong user or password, ...
             raise DeviceProtocolError(f"{self.name}: the server refused the session: {type(exc).__name__}") from None
         namespaces = dict(self.config.opcua_settings.namespaces)
-        self.checks, nodes = await inspect(client, self.points, namespaces, read_value=False)
+        self.checks, nodes = await inspect(client, self.points, namespaces, read_value=self._check_values)
         if not nodes:
             raise DeviceProtocolError(f"{self.name}: none of the profile's points was found: "
                                       + "; ".join(c.problems[0] for c in self.checks if c.problems))
-        for c in self.checks:
-            if not c.ok:
-                log.warning("%s: point %s of profile %s: %s", self.name, c.point, self.config.profile_source,
-                            "; ".join(c.problems))
         self._nodes = nodes
         self._types = {c.point: c.data_type for c in self.checks if c.found}
         self._by_nodeid = {node.nodeid: p for p in self.points if (node := nodes.get(p.name)) is not None}
@@ -401,8 +403,6 @@ class OpcUaDriver:
             why = {p.name: f"the server refused to monitor it ({r.name})" for p, r in failed}
             self.checks = [PointCheck(c.point, c.found, c.where, c.data_type, c.unit, c.writable, c.value,
                                       (*c.problems, why[c.point])) if c.point in why else c for c in self.checks]
-            for name, text in why.items():
-                log.warning("%s: point %s of profile %s: %s", self.name, name, self.config.profile_source, text)
             if len(failed) == len(self._by_nodeid):
                 raise DeviceProtocolError(f"{self.name}: cannot monitor any point: {'; '.join(why.values())}")
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from drivers.base import DataType, PointKind, PointSpec, RegisterType, WordOrder
+from drivers.base import DataType, PointKind, PointSpec, RegisterType, WordOrder, registers_of
 from drivers.roles import DeviceClass, conversion, known_roles, normalize_unit, role, role_conversion
 
 SCHEMA_VERSION: Final = 1
@@ -161,7 +161,7 @@ class ModbusPoint(_Point):
     def count(self) -> int:
         if self.table in ("coil", "discrete") or self.bit is not None:
             return 1
-        return {"int32": 2, "uint32": 2, "float32": 2, "float64": 4}.get(self.dtype, 1)
+        return registers_of(self.dtype)
 
     @property
     def boolean(self) -> bool:
@@ -389,10 +389,6 @@ def library(site_dir: Path | None) -> ProfileLibrary:
     return build_library(site_dir) if site_dir is not None else shipped_library()
 
 
-def _opc_address(p: OpcUaPoint) -> str:
-    return p.node or ""
-
-
 def point_specs(profile: Profile) -> tuple[PointSpec, ...]:
     """The profile's points as the drivers read them, converted to their roles' canonical units."""
     out: list[PointSpec] = []
@@ -424,7 +420,7 @@ def point_specs(profile: Profile) -> tuple[PointSpec, ...]:
                 write_function=p.write_function, **common))
         else:
             out.append(PointSpec(
-                address=_opc_address(p), browse_path=tuple(p.browse_path or ()), opc_type=p.data_type,
+                address=p.node or "", browse_path=tuple(p.browse_path or ()), opc_type=p.data_type,
                 sampling_interval_ms=p.sampling_interval_ms, queue_size=p.queue_size,
                 deadband=(p.deadband.type, p.deadband.value) if p.deadband else None, **common))
     return tuple(out)

@@ -45,11 +45,6 @@ def encode_point(spec: PointSpec, value: float) -> list[int]:
         return encode(spec, spec.to_unit(max(lo, min(hi, raw)) * spec.scale + spec.offset))
 
 
-def decode_point(spec: PointSpec, registers: Sequence[int]) -> float:
-    """Inverse of `encode_point`."""
-    return decode(spec, registers)
-
-
 def _covers(specs: Sequence[PointSpec], address: int, count: int) -> bool:
     """Whether every register in [address, address + count) belongs to one of `specs`."""
     owned = {int(s.address) + i for s in specs for i in range(s.register_count)}
@@ -219,7 +214,7 @@ class CultureSystemSimulator(SimulatorServer):
             a = int(spec.address)
             if a + spec.register_count <= address or a >= address + len(set_values):
                 continue
-            value = decode_point(spec, image[a - start_address : a - start_address + spec.register_count])
+            value = decode(spec, image[a - start_address : a - start_address + spec.register_count])
             try:
                 updates.append((spec, spec.check_write(value)))
             except PointError:

@@ -27,7 +27,7 @@ from drivers.base import PointError, PointLimitError, PointSpec
 from drivers.points import INCUBATOR_NAMESPACE, INCUBATOR_POINTS
 from simulators._net import SimulatorServer
 from simulators.faults import Fault
-from simulators.opcua_security import ServerSecurity, secure_server
+from simulators.opcua_security import ServerSecurity, secure_server, stop_server
 from simulators.physics import IncubatorModel
 
 log = logging.getLogger("culturectl.simulators")
@@ -244,12 +244,7 @@ class IncubatorSimulator(SimulatorServer):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if server is not None:
-            # asyncua's stop() leaves the sessions of still-connected clients running (their timeout and
-            # subscription loops); close them as a real device's power-off would.
-            for session in list(server.iserver._external_sessions.values()):
-                with contextlib.suppress(Exception):
-                    await session.close_session(delete_subs=True)
-            await server.stop()
+            await stop_server(server)
             log.info("incubator simulator on port %d stopped", self._port)
 
     @staticmethod

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -28,10 +27,10 @@ from asyncua.ua.status_codes import StatusCodes
 
 from app.core.clock import utcnow
 from drivers.base import PointError, PointSpec
-from drivers.opcua import VARIANT_TYPES, as_float
+from drivers.opcua import VARIANT_TYPES, as_float, resolve_browse_name, resolve_nodeid
 from drivers.profiles import OpcUaProfile, point_specs
 from simulators._net import pick_free_port
-from simulators.opcua_security import ServerSecurity, secure_server
+from simulators.opcua_security import ServerSecurity, secure_server, stop_server
 
 log = logging.getLogger("culturectl.simulators")
 
@@ -132,19 +131,24 @@ class OpcUaProfileDevice:
         server.set_server_name(f"{self.profile.vendor or 'vendor'} {self.profile.model or 'device'}")
         await secure_server(server, self.security)
         server.allow_remote_admin(False)
-        index: dict[str, int] = {}
-        for alias, uri in self.profile.opcua.namespaces.items():
-            index[alias] = await server.register_namespace(uri)
-            index[uri] = index[alias]
-        first = next(iter(index.values()), 1)
+        namespaces = dict(self.profile.opcua.namespaces)
+        for uri in namespaces.values():
+            await server.register_namespace(uri)
+        array = await server.get_namespace_array()
+        first = array.index(next(iter(namespaces.values()))) if namespaces else 1
         objects: dict[tuple[str, ...], Any] = {(): server.nodes.objects}
+
+        def qualified(step: str) -> tuple[int, str]:
+            """The browse name a profile's path step names, in this server's namespace indexes."""
+            ns, _, name = resolve_browse_name(step, namespaces, array).partition(":")
+            return int(ns), name
 
         async def folder(path: Sequence[str]) -> Any:
             key = tuple(path)
             if key not in objects:
                 parent = await folder(key[:-1])
-                ns, name = _qualified(key[-1], index, first)
-                objects[key] = await parent.add_object(_nid(f"obj:{'/'.join(key)}", ns),
+                ns, name = qualified(key[-1])
+                objects[key] = await parent.add_object(_string_id(f"obj:{'/'.join(key)}", ns),
                                                        ua.QualifiedName(name, ua.UInt16(ns)))
             return objects[key]
 
@@ -152,10 +156,10 @@ class OpcUaProfileDevice:
             value = self._variant(p, self._device_value(p))
             if p.browse_path:
                 parent = await folder(p.browse_path[:-1])
-                ns, name = _qualified(p.browse_path[-1], index, first)
-                nodeid = _nid(f"var:{'/'.join(p.browse_path)}", ns)
+                ns, name = qualified(p.browse_path[-1])
+                nodeid = _string_id(f"var:{'/'.join(p.browse_path)}", ns)
             else:
-                nodeid = _nodeid(str(p.address), index)
+                nodeid = resolve_nodeid(str(p.address), namespaces, array)
                 parent = await folder(self._parents.get(p.name, ("Device",)))
                 name = p.name
             var = await parent.add_variable(nodeid, ua.QualifiedName(name, ua.UInt16(nodeid.NamespaceIndex)), value,
@@ -164,7 +168,7 @@ class OpcUaProfileDevice:
                 eu = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact", UnitId=-1,
                                       DisplayName=ua.LocalizedText(p.device_unit),
                                       Description=ua.LocalizedText(p.device_unit))
-                await var.add_property(_nid(f"eu:{nodeid.to_string()}", nodeid.NamespaceIndex),
+                await var.add_property(_string_id(f"eu:{nodeid.to_string()}", nodeid.NamespaceIndex),
                                        ua.QualifiedName("EngineeringUnits", 0), eu)
             if p.writable:
                 await var.set_writable()
@@ -173,7 +177,7 @@ class OpcUaProfileDevice:
             self.nodes[p.name] = nodeid
         for i in range(self._extra):
             parent = await folder(("Bulk", f"Group{i // 100:03d}"))
-            await parent.add_variable(_nid(f"bulk:{i}", first), ua.QualifiedName(f"Value{i:05d}", first),
+            await parent.add_variable(_string_id(f"bulk:{i}", first), ua.QualifiedName(f"Value{i:05d}", first),
                                       ua.Variant(float(i), ua.VariantType.Double))
         server.iserver.attribute_service = _CheckedWrites(server.iserver.aspace, self)
         await server.start()
@@ -201,38 +205,9 @@ class OpcUaProfileDevice:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if server is not None:
-            for session in list(server.iserver._external_sessions.values()):
-                with contextlib.suppress(Exception):
-                    await session.close_session(delete_subs=True)
-            await server.stop()
+            await stop_server(server)
 
 
-def _nid(ident: Any, ns: int, kind: Any = None) -> ua.NodeId:
-    """A NodeId (asyncua's constructor is typed with its own integer and string aliases)."""
-    args: list[Any] = [ident, ns] + ([kind] if kind is not None else [])
-    return ua.NodeId(*args)
-
-
-def _qualified(step: str, index: Mapping[str, int], default: int) -> tuple[int, str]:
-    ns, sep, name = step.partition(":")
-    if not sep:
-        return default, step
-    return (int(ns) if ns.isdigit() else index[ns]), name
-
-
-def _nodeid(text: str, index: Mapping[str, int]) -> ua.NodeId:
-    """A profile's NodeId with the alias or URI replaced by this server's index."""
-    head, sep, rest = text.partition(";")
-    if not sep:
-        return ua.NodeId.from_string(text)
-    _key, _, ns = head.partition("=")
-    idx = int(ns) if ns.isdigit() else index[ns]
-    kind, _, ident = rest.partition("=")
-    if kind == "i":
-        return _nid(int(ident), idx)
-    if kind == "g":
-        return _nid(uuid.UUID(ident), idx, ua.NodeIdType.Guid)
-    if kind == "b":
-        import base64
-        return _nid(base64.b64decode(ident), idx, ua.NodeIdType.ByteString)
-    return _nid(ident, idx)
+def _string_id(ident: str, ns: int) -> ua.NodeId:
+    """A string NodeId this simulator makes up for an object or variable the profile names by path."""
+    return ua.NodeId.from_string(f"ns={ns};s={ident}")

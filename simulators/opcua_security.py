@@ -1,9 +1,11 @@
-"""Secured endpoints for the OPC UA simulators, as a plant's server would offer them: a server certificate,
+"""What the OPC UA simulators share: secured endpoints, as a plant's server would offer them (a server certificate,
 Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss with Sign and SignAndEncrypt, user names with
-passwords, and a list of the client certificates it trusts (any other client is refused at CreateSession)."""
+passwords, and a list of the client certificates it trusts; any other client is refused at CreateSession), and a
+shutdown that ends every client session as a device's power-off would."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,3 +86,12 @@ async def secure_server(server: Server, security: ServerSecurity | None) -> None
             raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
     server.set_certificate_validator(validate)
+
+
+async def stop_server(server: Server) -> None:
+    """Stop `server`. asyncua's stop() leaves the sessions of still-connected clients running (their timeout and
+    subscription loops); close them first, as a real device's power-off would."""
+    for session in list(server.iserver._external_sessions.values()):
+        with contextlib.suppress(Exception):
+            await session.close_session(delete_subs=True)
+    await server.stop()

@@ -41,7 +41,7 @@ from app.db import query, schema
 from app.devices.hub import DeviceHub
 from app.protocol import runs
 from app.records import audit
-from drivers.base import DeviceUnavailable, PointSpec
+from drivers.base import DeviceUnavailable, PointError, PointSpec, find_point
 
 log = logging.getLogger("culturectl.control")
 
@@ -97,12 +97,10 @@ class SetpointService:
             raise Problem(404, "device-not-found", "Not found",
                           f"there is no device {device!r}; known: {', '.join(sorted(hub.status)) or 'none'}",
                           rule="unknown_device")
-        for spec in status.config.points:
-            if spec.name == point:
-                return spec
-        for spec in status.config.points:  # a role ("temperature_setpoint") names the point that plays it
-            if spec.role == point:
-                return spec
+        try:  # a point's name, or the role it plays ("temperature_setpoint")
+            return find_point(status.config.points, point, device)
+        except PointError:
+            pass
         writable = [p.name for p in status.config.points if p.writable]
         raise Problem(422, "unknown-point", "Unknown point",
                       f"{device} has no point {point!r}; writable points: {', '.join(writable)}",

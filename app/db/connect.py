@@ -133,23 +133,24 @@ def create_engine(dsn: str, **kw: Any) -> AsyncEngine:
     return create_async_engine(sqlalchemy_url(dsn), **kw)
 
 
-async def create_database(admin_dsn: str, dbname: str) -> str:
-    """CREATE DATABASE `dbname` on the server of `admin_dsn`; returns the new database's DSN."""
+async def _admin(admin_dsn: str, sql: str) -> None:
+    """Run one statement on its own connection (CREATE/DROP DATABASE cannot run in a transaction or a pool)."""
     conn = await connect(admin_dsn)
     try:
-        await conn.execute(f"CREATE DATABASE {_ident(dbname)}")
+        await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def create_database(admin_dsn: str, dbname: str) -> str:
+    """CREATE DATABASE `dbname` on the server of `admin_dsn`; returns the new database's DSN."""
+    await _admin(admin_dsn, f"CREATE DATABASE {_ident(dbname)}")
     return with_database(admin_dsn, dbname)
 
 
 async def drop_database(admin_dsn: str, dbname: str) -> None:
     """DROP DATABASE IF EXISTS ... WITH (FORCE): disconnects whoever is still connected (PG 13+)."""
-    conn = await connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {_ident(dbname)} WITH (FORCE)")
-    finally:
-        await conn.close()
+    await _admin(admin_dsn, f"DROP DATABASE IF EXISTS {_ident(dbname)} WITH (FORCE)")
 
 
 def _ident(name: str) -> str:

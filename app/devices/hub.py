@@ -68,6 +68,10 @@ class DeviceHub:
 
     def _check(self, name: str, checks: list[PointCheck]) -> None:
         status = self.status[name]
+        for c in checks:  # the one place a point off profile is logged, whichever driver found it
+            if not c.ok:
+                log.warning("%s: point %s of profile %s: %s", name, c.point, status.config.profile_source,
+                            "; ".join(c.problems))
         status.checks = checks
         status.checked_at = self._clock.now()
         if self._on_check is not None:

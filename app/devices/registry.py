@@ -151,15 +151,13 @@ async def channel(conn: DBConnection, channel_id: int) -> Any | None:
     return await conn.fetchrow(_CHANNELS + " WHERE c.id = $1", channel_id)
 
 
-async def channel_units(conn: DBConnection) -> dict[str, str]:
-    """Channel key ("<device>.<point>") -> unit."""
-    return {f"{r['device']}.{r['name']}": r["unit"] for r in await channels(conn)}
-
-
-async def role_channels(conn: DBConnection) -> dict[str, str]:
-    """"<device>.<role>" -> the channel key of the point playing it ("<device>.<point>")."""
-    return {f"{r['device']}.{r['role']}": channel_key(r["device"], r["name"])
-            for r in await channels(conn) if r["role"] is not None}
+async def channel_units_and_roles(conn: DBConnection) -> tuple[dict[str, str], dict[str, str]]:
+    """In one query: channel key ("<device>.<point>") -> unit, and "<device>.<role>" -> the channel key of the
+    point playing it."""
+    rows = await channels(conn)
+    units = {channel_key(r["device"], r["name"]): r["unit"] for r in rows}
+    roles = {f"{r['device']}.{r['role']}": channel_key(r["device"], r["name"]) for r in rows if r["role"] is not None}
+    return units, roles
 
 
 async def device_roles(conn: DBConnection, device_id: int) -> frozenset[str]:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 log = logging.getLogger("culturectl.ingest")
 
@@ -428,17 +428,21 @@ class Spool:
 
         return [SpooledRecord(i, k, p, at) for i, k, p, at in await self._call(work)]
 
-    async def delete_records(self, record_ids: Iterable[int]) -> None:
-        """Forget records once their owner committed them to PostgreSQL."""
-        ids = list(record_ids)
+    async def _delete(self, table: Literal["record", "gap"], row_ids: Iterable[int]) -> int:
+        """Delete rows of `table` by id; returns how many went."""
+        ids = list(row_ids)
         if not ids:
-            return
+            return 0
 
         def work() -> int:
             marks = ",".join("?" * len(ids))
-            return self._conn().execute(f"DELETE FROM record WHERE id IN ({marks})", ids).rowcount
+            return self._conn().execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids).rowcount
 
-        self._records -= await self._call(work)
+        return await self._call(work)
+
+    async def delete_records(self, record_ids: Iterable[int]) -> None:
+        """Forget records once their owner committed them to PostgreSQL."""
+        self._records -= await self._delete("record", record_ids)
 
     async def quarantine_records(self, refused: Sequence[tuple[int, str]]) -> None:
         """Move records the database refused to `record_quarantine` with the error, in one transaction."""
@@ -561,12 +565,4 @@ class Spool:
 
     async def delete_gaps(self, gap_ids: Iterable[int]) -> None:
         """Forget gaps once they are committed to telemetry_gap."""
-        ids = list(gap_ids)
-        if not ids:
-            return
-
-        def work() -> int:
-            marks = ",".join("?" * len(ids))
-            return self._conn().execute(f"DELETE FROM gap WHERE id IN ({marks})", ids).rowcount
-
-        self._gap_count -= await self._call(work)
+        self._gap_count -= await self._delete("gap", gap_ids)

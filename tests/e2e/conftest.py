@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +20,7 @@ from app.auth import users
 from app.auth.principal import Role, cli_principal
 from app.core.clock import ScaledClock
 from app.demo import stack as stack_builder
+from app.demo.setup import DEMO_PASSWORD
 from app.runtime import Runtime
 from app.settings import Settings
 from simulators.culture_system import CultureSystemSimulator
@@ -26,7 +28,7 @@ from simulators.incubator import IncubatorSimulator
 from tests.support import free_port
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser
+    from playwright.async_api import Browser, Page
 
 # 1 wall second = 10 clock minutes: a day passes in 2.4 s.
 E2E_SCALE = 600.0
@@ -51,6 +53,34 @@ async def serve(settings: Settings, clock: ScaledClock) -> AsyncIterator[tuple[s
 
 
 E2E_PASSWORD = "Seven-Day-Culture-42"
+DESKTOP = {"width": 1280, "height": 800}
+
+
+async def demo_bearer(api: httpx.AsyncClient, role: Role = Role.OPERATOR) -> None:
+    """Sign `api` in as the demo user of `role` with a bearer token (cookies dropped: the token alone speaks)."""
+    r = await api.post("/api/v1/auth/login", json={"username": role.value, "password": DEMO_PASSWORD})
+    assert r.status_code == 200, r.text
+    api.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+    api.cookies.clear()
+
+
+async def page_ready(page: Page) -> None:
+    await page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20_000)
+
+
+async def demo_page(browser: Browser, base_url: str, role: Role = Role.OPERATOR,
+                    viewport: dict[str, int] | None = None) -> Page:
+    """A new browser context logged in through the login page as the demo user of `role`."""
+    ctx = await browser.new_context(viewport=viewport or DESKTOP, base_url=base_url)  # type: ignore[arg-type]
+    page = await ctx.new_page()
+    await page.goto("/")
+    await page.wait_for_url(re.compile(r"/login"))
+    await page.fill("form#login input[name=username]", role.value)
+    await page.fill("form#login input[name=password]", DEMO_PASSWORD)
+    await page.click("form#login button[type=submit]")
+    await page.wait_for_url(lambda url: "/login" not in url)
+    await page_ready(page)
+    return page
 
 
 async def login(client: httpx.AsyncClient, dsn: str, role: Role) -> str:

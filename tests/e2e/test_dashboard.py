@@ -27,14 +27,13 @@ from simulators.culture_system import CultureSystemSimulator
 from simulators.faults import Fault
 from simulators.incubator import IncubatorSimulator
 from tests.api.protocol_support import INPUTS, run_body
-from tests.e2e.conftest import serve
+from tests.e2e.conftest import DESKTOP, demo_bearer, demo_page, page_ready, serve
 from tests.support import free_port, wait_for
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
 
 SCALE = 60.0
-DESKTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 768, "height": 1024}
 TEMP = "incubator-1.temperature"
 
@@ -63,10 +62,7 @@ async def dash(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
                             time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2)
         async with serve(settings, clock) as (base_url, _runtime), \
                 httpx.AsyncClient(base_url=base_url, timeout=10) as api:
-            r = await api.post("/api/v1/auth/login", json={"username": "operator", "password": DEMO_PASSWORD})
-            assert r.status_code == 200, r.text
-            api.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-            api.cookies.clear()
+            await demo_bearer(api)
             # T0 in 20 clock hours: vessel coating is open now, receiving cells opens at T0 - 6 h
             t0 = clock.now() + timedelta(hours=20)
             r = await api.post("/api/v1/runs", json=run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
@@ -78,21 +74,10 @@ async def dash(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
 
 async def _page(browser: Browser, dash: Dash, role: Role = Role.OPERATOR,
                 viewport: dict[str, int] | None = None) -> Page:
-    """A new browser context logged in through the login page as the demo user of `role`."""
-    ctx = await browser.new_context(viewport=viewport or DESKTOP, base_url=dash.base_url)  # type: ignore[arg-type]
-    page = await ctx.new_page()
-    await page.goto("/")
-    await page.wait_for_url(re.compile(r"/login"))
-    await page.fill("form#login input[name=username]", role.value)
-    await page.fill("form#login input[name=password]", DEMO_PASSWORD)
-    await page.click("form#login button[type=submit]")
-    await page.wait_for_url(lambda url: "/login" not in url)
-    await _ready(page)
-    return page
+    return await demo_page(browser, dash.base_url, role, viewport)
 
 
-async def _ready(page: Page) -> None:
-    await page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20_000)
+_ready = page_ready
 
 
 async def test_login_shows_the_role_and_a_wrong_password_is_refused(browser: Browser, dash: Dash) -> None:

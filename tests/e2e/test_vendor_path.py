@@ -20,14 +20,14 @@ from pydantic import SecretStr
 
 from app import db
 from app.core.clock import ScaledClock
-from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
+from app.demo.setup import ensure_demo_accounts, ensure_demo_recipe
 from app.settings import Settings
 from drivers.profiles import ModbusProfile, OpcUaProfile, build_library
 from simulators.modbus_device import ModbusProfileDevice
 from simulators.opcua_device import OpcUaProfileDevice
 from simulators.physics import CultureModel, IncubatorModel
 from tests.api.protocol_support import run_body
-from tests.e2e.conftest import serve
+from tests.e2e.conftest import demo_bearer, demo_page, page_ready, serve
 from tests.support import free_port, wait_for
 
 if TYPE_CHECKING:
@@ -97,10 +97,7 @@ async def vendor(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Async
                             profiles_dir=PROFILES, time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2)
         async with serve(settings, clock) as (base_url, _runtime), \
                 httpx.AsyncClient(base_url=base_url, timeout=10) as api:
-            r = await api.post("/api/v1/auth/login", json={"username": "operator", "password": DEMO_PASSWORD})
-            assert r.status_code == 200, r.text
-            api.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-            api.cookies.clear()
+            await demo_bearer(api)
             yield Vendor(base_url, api, acme, lads, bioflow, clock)
 
 
@@ -212,14 +209,9 @@ async def test_binding_checks_roles_and_the_run_page_charts_by_role(vendor: Vend
     assert r.status_code == 201, r.text  # the LADS incubator has every incubator role the recipe uses
     lads_page = (await api.get(f"/runs/{r.json()['id']}")).text
     assert 'data-channel="lads-1.temperature"' in lads_page and 'data-channel="lads-1.co2"' in lads_page
-    page = await (await browser.new_context(base_url=vendor.base_url)).new_page()
-    await page.goto("/login")
-    await page.fill("form#login input[name=username]", "operator")
-    await page.fill("form#login input[name=password]", DEMO_PASSWORD)
-    await page.click("form#login button[type=submit]")
-    await page.wait_for_url(lambda url: "/login" not in url)
+    page = await demo_page(browser, vendor.base_url)
     await page.goto(f"/runs/{run_id}")
-    await page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20_000)
+    await page_ready(page)
     for channel in ("acme-1.ChamberTemp", "cs-17.VCD", "cs-17.Viability"):
         await page.locator(f"[data-testid=chart][data-channel='{channel}']").wait_for()
 
