@@ -27,7 +27,7 @@ from drivers.base import PointError, PointLimitError, PointSpec
 from drivers.points import INCUBATOR_NAMESPACE, INCUBATOR_POINTS
 from simulators._net import SimulatorServer
 from simulators.faults import Fault
-from simulators.opcua_security import ServerSecurity, secure_server, stop_server
+from simulators.opcua_security import ServerSecurity, new_server, stop_server
 from simulators.physics import IncubatorModel
 
 log = logging.getLogger("culturectl.simulators")
@@ -200,13 +200,7 @@ class IncubatorSimulator(SimulatorServer):
         """Build a fresh server around the kept model and listen; returns when clients can connect."""
         if self._server is not None:
             return
-        server = Server()
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_server_name("culturectl incubator simulator")
-        # without security: anonymous only (user names would travel unprotected)
-        await secure_server(server, self.security)
-        server.allow_remote_admin(False)
+        server = await new_server(self.endpoint, "culturectl incubator simulator", self.security)
         idx = await server.register_namespace(INCUBATOR_NAMESPACE)
         ns = ua.Int16(idx)
         obj = await server.nodes.objects.add_object(

@@ -30,7 +30,7 @@ from drivers.base import PointError, PointSpec
 from drivers.opcua import VARIANT_TYPES, as_float, resolve_browse_name, resolve_nodeid
 from drivers.profiles import OpcUaProfile, point_specs
 from simulators._net import pick_free_port
-from simulators.opcua_security import ServerSecurity, secure_server, stop_server
+from simulators.opcua_security import ServerSecurity, new_server, stop_server
 
 log = logging.getLogger("culturectl.simulators")
 
@@ -125,12 +125,8 @@ class OpcUaProfileDevice:
     async def start(self) -> None:
         if self._server is not None:
             return
-        server = Server()
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_server_name(f"{self.profile.vendor or 'vendor'} {self.profile.model or 'device'}")
-        await secure_server(server, self.security)
-        server.allow_remote_admin(False)
+        server = await new_server(self.endpoint, f"{self.profile.vendor or 'vendor'} {self.profile.model or 'device'}",
+                                  self.security)
         namespaces = dict(self.profile.opcua.namespaces)
         for uri in namespaces.values():
             await server.register_namespace(uri)

@@ -95,3 +95,15 @@ async def stop_server(server: Server) -> None:
         with contextlib.suppress(Exception):
             await session.close_session(delete_subs=True)
     await server.stop()
+
+
+async def new_server(endpoint: str, name: str, security: ServerSecurity | None) -> Server:
+    """An initialised server listening (once started) on `endpoint`, secured as `security` says (None: anonymous
+    only, SecurityPolicy None, so no user name travels unprotected), remote administration off."""
+    server = Server()
+    await server.init()
+    server.set_endpoint(endpoint)
+    server.set_server_name(name)
+    await secure_server(server, security)
+    server.allow_remote_admin(False)
+    return server
