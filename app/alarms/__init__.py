@@ -8,6 +8,7 @@ from app.alarms.evaluate import (
     evaluate,
     initial_state,
     out_of_service,
+    resume,
     return_to_service,
     shelve,
     suppress,
@@ -31,6 +32,6 @@ from app.alarms.model import (
 __all__ = [
     "AlarmDefinition", "AlarmState", "AlarmStatus", "BadQualityAlarm", "CommLossAlarm", "IllegalTransition", "Limit",
     "LimitAlarm", "Priority", "RateAlarm", "Severity", "StaleAlarm", "Transition", "acknowledge",
-    "default_definitions", "evaluate", "initial_state", "out_of_service", "return_to_service", "shelve", "suppress",
-    "tick", "unshelve",
+    "default_definitions", "evaluate", "initial_state", "out_of_service", "resume", "return_to_service", "shelve",
+    "suppress", "tick", "unshelve",
 ]

@@ -306,6 +306,25 @@ def suppress(defn: AlarmDefinition, state: AlarmState, at: datetime, until: date
     return _enter_mode(state, at, S.SUPPRESSED_BY_DESIGN, until, reason)
 
 
+def resume(defn: AlarmDefinition, state: AlarmState, at: datetime,
+           reason: str = "suppression ended") -> tuple[AlarmState, list[Transition]]:
+    """End a suppression by design before its window ends and start the alarm afresh at `at`.
+
+    What the condition did while suppressed was the design's (a planned door opening): it is forgotten. A limit
+    alarm whose last value is beyond a limit starts that limit's on-delay at `at`, so it annunciates only if the
+    condition holds for its on-delay from now; other kinds take their next sample.
+    """
+    _aware(at)
+    if state.status is not S.SUPPRESSED_BY_DESIGN:
+        raise IllegalTransition(state.alarm_id, "resume", state.status)
+    st = replace(state, mode=None, mode_until=None, unacked=False, active=None, raw=(), held=None, since=(),
+                 clear_since=None, window=())
+    if isinstance(defn, LimitAlarm) and st.last_value is not None:
+        raw, held = _conditions(defn, st, st.last_value)
+        st = replace(st, raw=raw, held=held, since=tuple((lv, at) for lv in raw))
+    return st, [Transition(state.alarm_id, state.status, st.status, None, state.last_value, at, reason)]
+
+
 def out_of_service(state: AlarmState, at: datetime,
                    reason: str = "out of service") -> tuple[AlarmState, list[Transition]]:
     """Take the alarm out of service (from any state but out_of_service)."""

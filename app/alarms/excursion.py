@@ -4,6 +4,10 @@ Pure: samples and times in, a new immutable state and the rules it tripped out. 
 value holds (zero-order hold), over at most `max_gap_s`: a gap in the data is not counted as an excursion nor as
 time inside. The integral is in unit x minutes (C x min, CO2 % x min) of distance beyond the band edge.
 
+A sample of a planned door opening (`planned`, from app/alarms/door.py) is not accounted: neither the time up to the
+next sample nor the value count as outside, no rule trips, and the excursion after it starts afresh (a value beyond a
+hard limit once the plan is exceeded trips as a new excursion). The opening is recorded as such instead.
+
 docs/process.md rules: temperature, a deviation when the time beyond +/-1 C adds up to more than 30 min, and for any
 excursion beyond +/-2 C; CO2, a deviation when its LL alarm activates (the alarm service opens that one).
 """
@@ -69,6 +73,7 @@ class ExcursionState:
     last_value: float | None = None
     last_at: datetime | None = None
     first_outside_at: datetime | None = None
+    planned: bool = False  # the last sample belonged to a planned door opening: the time after it is not accounted
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,22 +101,29 @@ def _beyond_hard(rule: ExcursionRule, value: float) -> bool:
 
 
 def add_sample(rule: ExcursionRule, st: ExcursionState, value: float | None, at: datetime,
-               max_gap_s: float = 300.0) -> tuple[ExcursionState, list[Trip]]:
-    """Account the time since the last sample at the last value, then take this one (None: no value, a gap)."""
+               max_gap_s: float = 300.0, planned: bool = False) -> tuple[ExcursionState, list[Trip]]:
+    """Account the time since the last sample at the last value, then take this one (None: no value, a gap).
+
+    `planned`: the sample belongs to a planned door opening inside its stated recovery: taken, not accounted.
+    """
     if at.tzinfo is None:
         raise ValueError("time must be timezone-aware")
     if st.last_at is not None and at < st.last_at:
         return st, []  # late sample: the interval it falls in is already accounted
     seconds, integral, worst = st.seconds_outside, st.integral, st.worst
-    if st.last_at is not None and st.last_value is not None:
+    if st.last_at is not None and st.last_value is not None and not st.planned:
         dt = min((at - st.last_at).total_seconds(), max_gap_s)
         d = beyond(rule, st.last_value)
         if d > 0:
             seconds += dt
             integral += d * dt / 60.0
     trips: list[Trip] = []
+    if planned:
+        return replace(st, seconds_outside=seconds, integral=integral, outside=False, beyond_hard=False,
+                       last_value=value if value is not None else st.last_value, last_at=at, planned=True), trips
     if value is None:
-        return replace(st, seconds_outside=seconds, integral=integral, last_value=None, last_at=at), trips
+        return replace(st, seconds_outside=seconds, integral=integral, last_value=None, last_at=at,
+                       planned=False), trips
     d = beyond(rule, value)
     outside = d > 0
     episodes = st.episodes + (1 if outside and not st.outside else 0)

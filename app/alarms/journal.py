@@ -2,8 +2,10 @@
 deviations excursion rules open; how they are written (also from the spool) and read back.
 
 Tables: `alarm` (current state), `alarm_event` (the journal; append-only for the service role; a record key makes a
-replay from the spool idempotent), `excursion` (per run and channel). The API reads the journal and the excursions
-through `history` and `run_excursions`.
+replay from the spool idempotent), `excursion` (per run and channel), `door_opening` (each planned door opening of a
+run: when the door opened and shut, when the chamber was back inside its limits, how far it fell, the outcome). The
+API reads the journal, the excursions and the door openings through `history`, `run_excursions` and
+`run_door_openings`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import select
 
+from app.alarms.door import OpeningState
 from app.alarms.evaluate import AlarmState, Transition
 from app.alarms.excursion import ExcursionRule, ExcursionState
 from app.alarms.model import AlarmDefinition
@@ -96,6 +99,8 @@ class DeviationTrip:
     key: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
+DOOR_RECOVERY = "door_recovery"  # the deviation rule of a planned door opening that broke its stated recovery
+
 ALARM_SQL = (
     "INSERT INTO alarm (id, channel, device, name, kind, description, priority, status, severity, value, "
     "active_since, mode_until, run_id, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
@@ -172,6 +177,51 @@ async def upsert_excursion(conn: asyncpg.Connection, ex: Excursion, now: datetim
     await conn.execute(EXCURSION_SQL, *excursion_args(ex, now))
 
 
+# One row per planned opening of an incubator's door (device, opened_at); each change of the opening writes the
+# whole row again. A replayed older snapshot never overwrites a newer one.
+DOOR_OPENING_SQL = (
+    "INSERT INTO door_opening (run_id, device, step_key, opened_at, closed_at, recovered_at, exceeded_at, "
+    "min_temperature, min_co2, outcome, reason, planned, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+    "$10, $11, $12::jsonb, $13) "
+    "ON CONFLICT (device, opened_at) DO UPDATE SET run_id = EXCLUDED.run_id, step_key = EXCLUDED.step_key, "
+    "closed_at = EXCLUDED.closed_at, recovered_at = EXCLUDED.recovered_at, exceeded_at = EXCLUDED.exceeded_at, "
+    "min_temperature = EXCLUDED.min_temperature, min_co2 = EXCLUDED.min_co2, outcome = EXCLUDED.outcome, "
+    "reason = EXCLUDED.reason, planned = EXCLUDED.planned, updated_at = EXCLUDED.updated_at "
+    "WHERE door_opening.updated_at <= EXCLUDED.updated_at"
+)
+
+
+def door_opening_args(run_id: int, device: str, st: OpeningState, at: datetime) -> tuple[Any, ...]:
+    """The row of a planned opening as it stands after a change at `at` (also what a spooled record keeps)."""
+    plan = st.plan
+    assert plan is not None and st.opened_at is not None, "only planned openings are recorded"
+    return (run_id, device, plan.step_key, st.opened_at, st.closed_at, st.recovered_at, st.exceeded_at,
+            st.min_temperature, st.min_co2, st.outcome, st.reason, plan.opening.model_dump_json(), at)
+
+
+async def upsert_door_opening(conn: asyncpg.Connection, args: Sequence[Any]) -> None:
+    await conn.execute(DOOR_OPENING_SQL, *args)
+
+
+async def run_door_openings(conn: DBConnection, run_id: int) -> list[dict[str, Any]]:
+    """The planned door openings of a run, oldest first, with the recovery time (min from the door shutting to both
+    values back inside; None while not recovered)."""
+    rows = await conn.fetch(
+        "SELECT id, run_id, device, step_key, opened_at, closed_at, recovered_at, exceeded_at, min_temperature, "
+        "min_co2, outcome, reason, planned, updated_at FROM door_opening WHERE run_id = $1 ORDER BY opened_at, id",
+        run_id)
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        row = dict(r)
+        if isinstance(row["planned"], str):
+            row["planned"] = json.loads(row["planned"])
+        closed, back = row["closed_at"], row["recovered_at"]
+        row["recovery_min"] = (None if closed is None or back is None
+                               else round(max(0.0, (back - closed).total_seconds()) / 60.0, 2))
+        out.append(row)
+    return out
+
+
 async def open_deviation(conn: asyncpg.Connection, t: DeviationTrip) -> dict[str, Any] | None:
     """A deviation on the run opened by the alarm service (actor system), audited; None if it was written before."""
     run_id, rule, description, facts, at = t.run_id, t.rule, t.description, t.facts, t.at
@@ -182,7 +232,8 @@ async def open_deviation(conn: asyncpg.Connection, t: DeviationTrip) -> dict[str
         return None
     await audit.record(conn, actor=SYSTEM, action="deviation.open", entity_type="deviation", entity_id=dev_id,
                        old=None, new={"run_id": run_id, "rule": rule, "description": description, "facts": facts},
-                       reason="alarm service: excursion rule")
+                       reason="alarm service: planned door opening exceeded" if rule == DOOR_RECOVERY
+                       else "alarm service: excursion rule")
     return {"id": dev_id, "rule": rule, "description": description, "status": "open", "opened_at": at.isoformat()}
 
 

@@ -14,6 +14,10 @@
   the alarm row and one audit record in one transaction before the in-memory state changes.
 - Excursions of a run's channels (time and integral outside the band) are accounted from the same readings; the
   recipe's rules open deviations on the run.
+- Door openings a recipe plans (a step's `door_opening` with its expected recovery, app/alarms/door.py): while one
+  is planned_open or recovering, the incubator's temperature and CO2 limit and rate alarms and its door alarm are
+  suppressed by design and its excursion is not accounted; the opening is recorded (`door_opening`). When it breaks
+  its plan, the alarms resume at once (on-delays counted from then) and a `door_recovery` deviation opens.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncpg
 
 from app import db
 from app.alarms import journal
+from app.alarms.door import Event, OpeningState, Phase, Plan, PlannedOpening, Sample, advance, observe
 from app.alarms.evaluate import (
     AlarmState,
     IllegalTransition,
@@ -38,6 +43,7 @@ from app.alarms.evaluate import (
     evaluate,
     initial_state,
     out_of_service,
+    resume,
     return_to_service,
     shelve,
     suppress,
@@ -45,12 +51,14 @@ from app.alarms.evaluate import (
     unshelve,
 )
 from app.alarms.excursion import ExcursionRule, ExcursionState, Trip, add_sample
-from app.alarms.journal import Alarm, DeviationTrip, Excursion, JournalEvent
+from app.alarms.journal import DOOR_RECOVERY, Alarm, DeviationTrip, Excursion, JournalEvent
 from app.alarms.model import (
     AlarmDefinition,
     AlarmStatus,
     BadQualityAlarm,
     CommLossAlarm,
+    LimitAlarm,
+    RateAlarm,
     Severity,
     StaleAlarm,
     default_definitions,
@@ -89,7 +97,11 @@ _HISTORIAN_DEF = CommLossAlarm(
 
 @dataclass
 class _Binding:
-    """A run a device serves: its recipe's alarm overrides, excursion rules and the steps in their window."""
+    """A run a device serves: its recipe's alarm overrides, excursion rules and the steps in their window.
+
+    `door_steps`: steps with recipe v1's bare `door_opening: true` (the door alarm is suppressed for its window);
+    `planned`: steps stating a PlannedOpening, in recipe order (the first in window plans an opening).
+    """
 
     run_id: int
     status: str
@@ -97,6 +109,28 @@ class _Binding:
     door_steps: frozenset[str]
     overrides: tuple[AlarmOverride, ...]
     excursions: tuple[ExcursionRule, ...]
+    planned: tuple[tuple[str, PlannedOpening], ...] = ()
+
+
+# Alarms a planned door opening suppresses on the temperature and CO2 channels: the process alarms. Stale, bad
+# quality and communication loss still say that the chamber is unobserved.
+_PLANNED_KINDS = (LimitAlarm, RateAlarm)
+_BACKSTOP_S = 60.0  # the suppression window outlasts the plan's own deadlines by this much (see _suppress_opening)
+
+
+@dataclass
+class _Door:
+    """An incubator's door openings: its door, temperature and CO2 channels, the rule's state, the run of the current
+    opening and the alarms the opening suppressed (only those resume when it ends)."""
+
+    device: str
+    door: str
+    temperature: str | None
+    co2: str | None
+    state: OpeningState = field(default_factory=OpeningState)
+    run_id: int | None = None
+    suppressed: set[str] = field(default_factory=set)
+    row_at: datetime | None = None  # the last row's time: never goes back (a reading may be older than a pass)
 
 
 @dataclass
@@ -136,6 +170,9 @@ class AlarmService:
     _pending: deque[JournalEvent] = field(default_factory=deque)
     _dirty: dict[str, Alarm] = field(default_factory=dict)
     _trips: list[DeviationTrip] = field(default_factory=list)
+    _doors: dict[str, _Door] = field(default_factory=dict)  # incubator -> its door openings
+    _door_channels: dict[str, tuple[_Door, str]] = field(default_factory=dict)  # channel -> (door, role)
+    _door_rows: list[tuple[Any, ...]] = field(default_factory=list)  # door_opening rows waiting to be written
     spool: Spool | None = None  # where the journal waits while the database is down (the telemetry spool)
     _outage: OutageLog = field(default_factory=lambda: OutageLog(log, "alarm service: database unavailable"))
     _restored: dict[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -159,6 +196,19 @@ class AlarmService:
                 self._set_channel(channel, defaults.get(ref, ()) if ref else (), None, now)
         self.alarms[HISTORIAN_ALARM] = Alarm(HISTORIAN_ALARM, HISTORIAN, HISTORIAN, _HISTORIAN_DEF,
                                              initial_state(HISTORIAN_ALARM, now))
+        for device in self.devices:
+            door, temp, co2 = (device.role_point(r) for r in ("door_open", "temperature", "co2"))
+            if device.kind != "incubator" or door is None:
+                continue
+            tracked = _Door(device.name, f"{device.name}.{door.name}",
+                            f"{device.name}.{temp.name}" if temp is not None else None,
+                            f"{device.name}.{co2.name}" if co2 is not None else None)
+            self._doors[device.name] = tracked
+            roles: tuple[tuple[str, str | None], ...] = (
+                ("door_open", tracked.door), ("temperature", tracked.temperature), ("co2", tracked.co2))
+            for role, name in roles:
+                if name is not None:
+                    self._door_channels[name] = (tracked, role)
 
     # -- definitions -----------------------------------------------------------------------------------------
 
@@ -212,6 +262,10 @@ class AlarmService:
         """Evaluate every alarm of the reading's channel (a DeviceHub sink: never awaits)."""
         self.stats["readings"] += 1
         at = r.source_time
+        planned = False
+        tracked = self._door_channels.get(r.channel)
+        if tracked is not None:  # the door rule first: this reading evaluates in the mode it leaves the alarms in
+            planned = self._observe_door(tracked[0], tracked[1], r) and tracked[1] != "door_open"
         binding = None
         if self._roles.get(r.channel) == "door_open" and r.value is not None and r.value >= 0.5:
             binding = self._bindings.get(r.channel.partition(".")[0])
@@ -231,21 +285,152 @@ class AlarmService:
                 self._emit(alarm, trs)
         for ex in self._excursions.get(r.channel, ()):
             ex.state, trips = add_sample(ex.rule, ex.state, r.value if r.quality == Quality.GOOD else None, at,
-                                         max_gap_s=max(300.0, self.stale_floor * self.clock.scale))
+                                         max_gap_s=max(300.0, self.stale_floor * self.clock.scale), planned=planned)
             ex.dirty = True
             for trip in trips:
                 self._trip(ex.run_id, ex.channel, trip)
 
-    def _suppress_door(self, alarm: Alarm, at: datetime) -> None:
+    def _suppress_door(self, alarm: Alarm, at: datetime,
+                       reason: str = "door opened inside a scheduled door-opening step") -> bool:
         """The door opened inside a scheduled door-opening step: suppress by design, bounded by the definition."""
         most = alarm.defn.max_suppression_s
-        if most is None or alarm.state.status in (AlarmStatus.SHELVED, AlarmStatus.SUPPRESSED_BY_DESIGN,
-                                                  AlarmStatus.OUT_OF_SERVICE):
-            return
-        new, trs = suppress(alarm.defn, alarm.state, at, at + timedelta(seconds=most),
-                            reason="door opened inside a scheduled door-opening step")
+        if most is None:
+            return False
+        return self._suppress_by_design(alarm, at, at + timedelta(seconds=most), reason)
+
+    def _suppress_by_design(self, alarm: Alarm, at: datetime, until: datetime, reason: str) -> bool:
+        """Suppress by design until `until` (at most the definition's max_suppression_s), unless the alarm is already
+        shelved, suppressed or out of service; whether it was suppressed."""
+        if alarm.state.status in (AlarmStatus.SHELVED, AlarmStatus.SUPPRESSED_BY_DESIGN, AlarmStatus.OUT_OF_SERVICE):
+            return False
+        most = alarm.defn.max_suppression_s
+        if most is not None:
+            until = min(until, at + timedelta(seconds=most))
+        if until <= at:
+            return False
+        new, trs = suppress(alarm.defn, alarm.state, at, until, reason=reason)
         alarm.state = new
         self._emit(alarm, trs)
+        return True
+
+    # -- planned door openings -------------------------------------------------------------------------------
+
+    def _observe_door(self, door: _Door, role: str, r: Reading) -> bool:
+        """Feed the door rule one reading of the incubator; whether the opening is planned (suppressing) after it."""
+        if r.value is None or r.quality is not Quality.GOOD:
+            return door.state.suppressing
+        plan = None
+        if role == "door_open":
+            is_open = r.value >= 0.5
+            sample = Sample(r.source_time, door_open=is_open)
+            if is_open and not door.state.door_open and door.state.phase is Phase.CLOSED:
+                plan = self._plan(door)
+        elif role == "temperature":
+            sample = Sample(r.source_time, temperature=r.value)
+        else:
+            sample = Sample(r.source_time, co2=r.value)
+        door.state, events = observe(door.state, sample, plan)
+        self._door_events(door, events)
+        return door.state.suppressing
+
+    def _plan(self, door: _Door) -> Plan | None:
+        """The first step in window of the run on the incubator that states a PlannedOpening, with the bands recovery
+        returns inside (the run of the opening is noted on the door)."""
+        binding = self._bindings.get(door.device)
+        if binding is None:
+            return None
+        step = next(((key, opening) for key, opening in binding.planned if key in binding.in_window), None)
+        if step is None:
+            return None
+        door.run_id = binding.run_id
+        return Plan(step[0], step[1], self._band(door.temperature, binding, "temperature"),
+                    self._band(door.co2, binding, "co2"))
+
+    def _band(self, channel: str | None, binding: _Binding, role: str) -> tuple[float, float] | None:
+        """The L..H limits of the channel's active limit alarm (LL/HH when it has no L/H), else the run's excursion
+        band of the role, else None (not required for recovery)."""
+        if channel is None:
+            return None
+        for alarm in self._by_channel.get(channel, ()):
+            if isinstance(alarm.defn, LimitAlarm):
+                lo = alarm.defn.l or alarm.defn.ll
+                hi = alarm.defn.h or alarm.defn.hh
+                return (lo.value if lo is not None else float("-inf"), hi.value if hi is not None else float("inf"))
+        rule = next((x for x in binding.excursions if x.channel == f"incubator.{role}"), None)
+        return (rule.low, rule.high) if rule is not None else None
+
+    def _door_events(self, door: _Door, events: Sequence[Event]) -> None:
+        for ev in events:
+            st = ev.state
+            assert st.plan is not None
+            if ev.kind in ("opened", "reopened", "closed") and st.suppressing:
+                self._suppress_opening(door, ev)
+            elif ev.kind == "recovered" and st.exceeded_at is None:
+                minutes = (st.recovery_s or 0.0) / 60.0
+                self._resume_opening(door, ev.at, f"planned door opening ({st.plan.step_key}) recovered "
+                                                  f"{minutes:.1f} min after the door shut")
+                log.info("%s: planned door opening of %s recovered in %.1f min (min %s C, %s %% CO2)", door.device,
+                         st.plan.step_key, minutes, _fmt(st.min_temperature), _fmt(st.min_co2))
+            elif ev.kind == "exceeded":
+                self._resume_opening(door, ev.at, f"planned door opening ({st.plan.step_key}) exceeded: {st.reason}")
+                self._door_deviation(door, st, ev.at)
+            if door.run_id is not None:
+                door.row_at = ev.at if door.row_at is None else max(door.row_at, ev.at)
+                self._door_rows.append(journal.door_opening_args(door.run_id, door.device, st, door.row_at))
+
+    def _suppress_opening(self, door: _Door, ev: Event) -> None:
+        """Suppress by design the temperature and CO2 process alarms and the door alarm of the incubator, for the
+        planned opening; an alarm already active, shelved or out of service is left as it is. Each change of the
+        opening moves the window's end (a backstop, e.g. after a restart: the rule ends the suppression itself) to
+        the latest the plan allows from now, plus a minute."""
+        st, at = ev.state, ev.at
+        assert st.plan is not None
+        plan = st.plan.opening
+        left_open = max(0.0, plan.max_open_s - st.open_seconds(at)) if st.door_open else 0.0
+        until = at + timedelta(seconds=left_open + plan.recovery_min * 60.0 + _BACKSTOP_S)
+        reason = f"planned door opening ({st.plan.step_key}): door opened inside its stated recovery"
+        for channel in (door.temperature, door.co2):
+            for alarm in self._by_channel.get(channel or "", ()):
+                if not isinstance(alarm.defn, _PLANNED_KINDS):
+                    continue
+                if alarm.id in door.suppressed and alarm.state.status is AlarmStatus.SUPPRESSED_BY_DESIGN:
+                    if alarm.defn.max_suppression_s is None and alarm.state.mode_until != until:
+                        alarm.state = replace(alarm.state, mode_until=until)
+                        self._dirty[alarm.id] = alarm
+                elif ev.kind == "opened" and alarm.state.active is None \
+                        and self._suppress_by_design(alarm, at, until, reason):
+                    door.suppressed.add(alarm.id)
+        if st.door_open:
+            for alarm in self._by_channel.get(door.door, ()):
+                if self._suppress_door(alarm, at, reason):
+                    door.suppressed.add(alarm.id)
+
+    def _resume_opening(self, door: _Door, at: datetime, reason: str) -> None:
+        """End the opening's suppression at once: each alarm it suppressed starts afresh (on-delays from `at`)."""
+        for alarm_id in sorted(door.suppressed):
+            alarm = self.alarms.get(alarm_id)
+            if alarm is not None and alarm.state.status is AlarmStatus.SUPPRESSED_BY_DESIGN:
+                alarm.state, trs = resume(alarm.defn, alarm.state, at, reason)
+                self._emit(alarm, trs)
+        door.suppressed.clear()
+
+    def _door_deviation(self, door: _Door, st: OpeningState, at: datetime) -> None:
+        """A planned opening broke its stated recovery: a `door_recovery` deviation on the run of the opening."""
+        assert st.plan is not None and st.opened_at is not None
+        if door.run_id is None:
+            return
+        step = st.plan.step_key
+        facts = {
+            "rule": DOOR_RECOVERY, "device": door.device, "channel": door.door, "step": step,
+            "opened_at": st.opened_at.isoformat(), "closed_at": st.closed_at.isoformat() if st.closed_at else None,
+            "open_s": round(st.open_seconds(at), 1), "min_temperature": st.min_temperature, "min_co2": st.min_co2,
+            "recovery": "not recovered" if st.recovery_s is None else f"{st.recovery_s / 60.0:.1f} min",
+            "planned": st.plan.opening.model_dump(), "reason": st.reason, "at": at.isoformat(),
+        }
+        description = (f"{door.device}: the door opening of step {step} broke its stated recovery: {st.reason} "
+                       f"(lowest {_fmt(st.min_temperature)} C, {_fmt(st.min_co2)} % CO2)")
+        self._trips.append(DeviationTrip(door.run_id, DOOR_RECOVERY, description, facts, at))
+        log.warning("run %s: %s", door.run_id, description)
 
     def on_device_state(self, device: str, state: DeviceState, at: datetime) -> None:
         """A device connection change: one communication-loss alarm per device."""
@@ -320,6 +505,10 @@ class AlarmService:
         """Apply time-only effects to every alarm; returns the number of transitions."""
         now = now or self.clock.now()
         n = 0
+        for door in self._doors.values():  # the plan's deadlines first: an exceeded plan resumes its alarms now
+            if door.state.suppressing:
+                door.state, events = advance(door.state, now)
+                self._door_events(door, events)
         for alarm in list(self.alarms.values()):
             if isinstance(alarm.defn, StaleAlarm | BadQualityAlarm) and self._device_offline(alarm.device) \
                     and alarm.state.active is None:
@@ -421,8 +610,9 @@ class AlarmService:
         for row in rows:
             recipe = recipe_of({"id": row["recipe_id"], "content": row["content"]})
             bound = _Binding(int(row["id"]), str(row["status"]), frozenset(row["in_window"]),
-                             frozenset(s.key for s in recipe.steps if s.door_opening), recipe.alarms,
-                             recipe.excursions)
+                             frozenset(s.key for s in recipe.steps if s.door_opening is True), recipe.alarms,
+                             recipe.excursions,
+                             tuple((s.key, p) for s in recipe.steps if (p := s.planned_opening) is not None))
             for dev in (row["incubator"], row["culture_system"]):
                 if dev is not None:
                     bindings[str(dev)] = bound  # the newest run wins if two claim a device
@@ -482,7 +672,7 @@ class AlarmService:
             self._restore(alarm)  # the run each alarm serves comes with the next refresh
 
     def _has_work(self) -> bool:
-        return bool(self._pending or self._dirty or self._trips
+        return bool(self._pending or self._dirty or self._trips or self._door_rows
                     or any(e.dirty for exs in self._excursions.values() for e in exs)
                     or (self.spool is not None and self.spool.record_count))
 
@@ -512,6 +702,9 @@ class AlarmService:
                     excursions = [ex for exs in self._excursions.values() for ex in exs if ex.dirty]
                     for ex in excursions:
                         await journal.upsert_excursion(conn, ex, now)
+                    door_rows = list(self._door_rows)
+                    for args in door_rows:
+                        await journal.upsert_door_opening(conn, args)
                     trips = list(self._trips)
                     for t in trips:
                         dev = await journal.open_deviation(conn, t)
@@ -523,6 +716,7 @@ class AlarmService:
                 raise
             await self._committed(replay, written)
             del self._trips[:len(trips)]
+            del self._door_rows[:len(door_rows)]
             for ex in excursions:
                 ex.dirty = False  # a reading meanwhile makes it dirty again with its own later state
         self._publish_deviations(published)
@@ -556,6 +750,7 @@ class AlarmService:
                     for e in self._pending]
         records += [("excursion", journal.pack(journal.excursion_args(ex, now)))
                     for exs in self._excursions.values() for ex in exs if ex.dirty]
+        records += [("door_opening", journal.pack(args)) for args in self._door_rows]
         records += [("deviation", journal.pack((t.run_id, t.rule, t.description, t.facts, t.at, t.key)))
                     for t in self._trips]
         if not records:
@@ -564,6 +759,7 @@ class AlarmService:
         self._dirty.clear()
         self._pending.clear()
         self._trips.clear()
+        self._door_rows.clear()
         for exs in self._excursions.values():
             for ex in exs:
                 ex.dirty = False
@@ -602,6 +798,8 @@ class AlarmService:
             await conn.execute(journal.EVENT_SQL, *args)
         elif kind == "excursion":
             await conn.execute(journal.EXCURSION_SQL, *args)
+        elif kind == "door_opening":
+            await journal.upsert_door_opening(conn, args)
         elif kind == "deviation":
             run_id, rule, description, facts, at, key = args
             dev = await journal.open_deviation(conn, DeviationTrip(run_id, rule, description, facts, at, key))
@@ -671,6 +869,10 @@ class AlarmService:
         order = {"high": 0, "medium": 1, "low": 2, "advisory": 3}
         out = [a for a in self.alarms.values() if a.state.status is not AlarmStatus.NORMAL]
         return sorted(out, key=lambda a: (order.get(a.priority(), 9), a.id))
+
+
+def _fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
 
 
 def _restored_state(st: AlarmState, row: Mapping[str, Any]) -> AlarmState:

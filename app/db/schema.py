@@ -14,7 +14,7 @@ Owners (the only modules that write each table family):
   step_status: app/protocol/engine.py; deviation, deviation_comment: app/protocol/deviations.py
 - idempotency_key: app/api/idempotency.py
 - setpoint_command: app/control/setpoints.py
-- alarm, alarm_event, excursion: app/alarms/journal.py (for the alarm service)
+- alarm, alarm_event, excursion, door_opening: app/alarms/journal.py (for the alarm service)
 - schema_info: the migrations
 
 With TimescaleDB, telemetry is a hypertable (no BRIN index) and telemetry_5m a continuous aggregate (a view);
@@ -387,6 +387,30 @@ excursion = Table(
     Column("updated_at", DateTime(True), nullable=False),
     ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="excursion_run_id_fkey"),
     PrimaryKeyConstraint("run_id", "channel", name="excursion_pkey"),
+)
+
+door_opening = Table(
+    "door_opening",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, nullable=False),
+    Column("device", Text, nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("opened_at", DateTime(True), nullable=False),
+    Column("closed_at", DateTime(True)),
+    Column("recovered_at", DateTime(True)),
+    Column("exceeded_at", DateTime(True)),
+    Column("min_temperature", Double(53)),
+    Column("min_co2", Double(53)),
+    Column("outcome", Text, nullable=False),
+    Column("reason", Text),
+    Column("planned", JSONB, nullable=False),
+    Column("updated_at", DateTime(True), nullable=False),
+    CheckConstraint("outcome = ANY (ARRAY['planned'::text, 'exceeded'::text])", name="door_opening_outcome_check"),
+    ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="door_opening_run_id_fkey"),
+    PrimaryKeyConstraint("id", name="door_opening_pkey"),
+    UniqueConstraint("device", "opened_at", name="door_opening_device_opened_at_key"),
+    Index("door_opening_run_idx", "run_id", "opened_at"),
 )
 
 setpoint_command = Table(

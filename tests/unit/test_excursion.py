@@ -76,3 +76,18 @@ def test_rules_validate_band_order_and_the_recipe_carries_the_process_defaults()
     with pytest.raises(ValidationError, match="ordered"):
         ExcursionRule(channel="incubator.temperature", unit="C", low=36.0, high=38.0, hard_high=37.5)
     assert default_recipe().excursions == default_rules()
+
+
+def test_a_planned_door_opening_is_not_accounted_and_the_excursion_after_it_starts_afresh() -> None:
+    st, trips = ExcursionState(), []
+    for minute, value, planned in [(0, 37.0, False), (1, 33.7, True), (5, 34.9, True), (12, 36.1, False),
+                                   (13, 37.0, False)]:
+        st, t = add_sample(TEMP, st, value, T0 + timedelta(minutes=minute), planned=planned)
+        trips += t
+    assert (st.seconds_outside, st.integral, st.episodes, st.hard_episodes, trips) == (0.0, 0.0, 0, 0, [])
+    # a plan exceeded while the chamber is beyond the hard limit: from then on it is an excursion like any other
+    st, t = add_sample(TEMP, st, 33.0, T0 + timedelta(minutes=20), planned=True)
+    st, t = add_sample(TEMP, st, 32.5, T0 + timedelta(minutes=21))
+    assert [x.rule for x in t] == [HARD] and st.seconds_outside == 0.0 and st.episodes == 1
+    st, _ = add_sample(TEMP, st, 37.0, T0 + timedelta(minutes=25))
+    assert st.seconds_outside == pytest.approx(240)
