@@ -4,11 +4,16 @@ Registers follow `CULTURE_SYSTEM_POINTS`: input registers are computed from the 
 reads them (so a read is never stale), the holding register `pump_rate_setpoint` is writable and read
 by the model; a value outside its limits is refused with ILLEGAL_VALUE. Reading input addresses with
 function 3, or holding addresses with function 4, is refused with ILLEGAL_ADDRESS.
+
+With an `environment` (the incubator's chamber, `IncubatorModel.chamber`) the culture grows and dies with the
+chamber's temperature and CO2 (simulators.physics); the model is then also stepped every `update_interval` wall
+seconds while the server runs, so it follows the chamber even when nobody reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -24,7 +29,7 @@ from drivers.modbus_codec import decode, encode
 from drivers.points import CULTURE_SYSTEM_DEVICE_ID, CULTURE_SYSTEM_POINTS
 from simulators._net import SimulatorServer
 from simulators.faults import Fault
-from simulators.physics import CultureModel
+from simulators.physics import CultureModel, Environment
 
 log = logging.getLogger("culturectl.simulators")
 
@@ -80,13 +85,20 @@ class CultureSystemSimulator(SimulatorServer):
         profile: str = "mobilized",
         device_id: int = CULTURE_SYSTEM_DEVICE_ID,
         model: CultureModel | None = None,
+        environment: Environment | None = None,
+        update_interval: float = 0.25,
     ) -> None:
         super().__init__(host, port)
+        if model is not None and environment is not None:
+            raise ValueError("give the environment to the model (CultureModel(environment=...)), not beside it")
         self.clock = clock
         self.seed = seed
         self.device_id = device_id
-        self.model = model or CultureModel(t0 or clock.now(), seed, profile, start=clock.now())
+        self.update_interval = update_interval
+        self.model = model or CultureModel(t0 or clock.now(), seed, profile, start=clock.now(),
+                                           environment=environment)
         self._server: ModbusTcpServer | None = None
+        self._follow: asyncio.Task[None] | None = None
         self._inputs = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "input"]
         self._holdings = [s for s in CULTURE_SYSTEM_POINTS if s.register_type == "holding"]
         # set while modbus_timeout is active: requests wait on it and are dropped unanswered when it fires
@@ -137,7 +149,19 @@ class CultureSystemSimulator(SimulatorServer):
         server = ModbusTcpServer(devices, address=(self.host, self._port))
         await server.serve_forever(background=True)
         self._server = server
+        if self.model.environment is not None:
+            self._follow = asyncio.create_task(self._follow_environment(), name=f"culture-sim-{self._port}")
         log.debug("culture-system simulator listening on %s (device id %d)", self.endpoint, self.device_id)
+
+    async def _follow_environment(self) -> None:
+        """Step the model on the clock, so the culture sees the chamber as it is, read or not."""
+        while True:
+            await asyncio.sleep(self.update_interval)
+            try:
+                self.model.step(self.clock.now())
+            except Exception:
+                # one bad cycle must not end the simulation; the next one retries
+                log.exception("culture-system simulator update failed")
 
     async def _start_fault(self, fault: Fault, now: datetime) -> None:
         # no_answer is the same silence: connections are accepted, requests never answered
@@ -165,6 +189,11 @@ class CultureSystemSimulator(SimulatorServer):
             # let the held requests go (unanswered) so shutdown does not wait for them
             self._silence.set()
             self._silence = asyncio.Event()
+        follow, self._follow = self._follow, None
+        if follow is not None:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]

@@ -4,7 +4,8 @@ fault             simulator  what happens physically -> the alarm it should rais
 door_left_open    incubator  the door opens: temperature, CO2 and RH relax toward ambient (22 C, 0.04 %, 45 %)
                              -> incubator.door_open H then HH (then CO2 and temperature L/LL)
 co2_supply_empty  incubator  no CO2 dosing: CO2 decays toward ambient 0.04 % (time constant 30 min) -> co2 L, LL
-heater_stuck_on   incubator  full heating: temperature relaxes toward ~45 C (time constant 10 min) -> temperature H, HH
+heater_stuck_on   incubator  full heating: temperature relaxes toward ~45 C (time constant 10 min) -> temperature H, HH;
+                             a coupled culture's cells die (viability and viable cell density fall, see below)
 heater_stuck_off  incubator  no heating: temperature relaxes toward ambient ~22 C (time constant 40 min)
                              -> temperature L, LL
 frozen_sensor     both       the reported value of one analog read-only point (`point=`; default temperature on the
@@ -29,6 +30,12 @@ no_answer         both       the device accepts TCP connections and never answer
 
 Clearing a fault returns the physics to normal control (door shut, supply back, heater regulating), so the
 values relax back to their setpoints.
+
+When the culture system lives in the incubator's chamber (both simulators under the runner or the demo stack, see
+docs/process.md), the incubator's physical faults show in the culture data too: heater_stuck_on kills cells (above
+42 C half of them every ~2 h): viability and viable cell density fall and stay low after the fault is cleared (the
+dead cells remain; the survivors grow again); heater_stuck_off, co2_supply_empty and door_left_open slow or stop
+growth while they last. The sensor faults (frozen_sensor, nan_value, ...) change what is reported, not the cells.
 """
 
 from __future__ import annotations

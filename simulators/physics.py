@@ -3,6 +3,13 @@
 Both models are deterministic for a given seed: noise is a function of (seed, channel, whole clock
 second), never of how often a model is stepped, and the incubator integrates with the exact
 exponential step, so stepping once over an hour or 3600 times over it gives the same state.
+
+The culture can be coupled to its incubator (`CultureModel(environment=...)`, e.g. `IncubatorModel.chamber`):
+growth slows outside 36.5-37.5 C / 4.5-5.5 % CO2 and stops at 33 / 40 C and 2 / 8 % CO2; above 39 C cells die
+(mildly up to 42 C, with a half-life of about 2 h above it) and below 10 C too. The environment is sampled on
+a fixed one-minute grid from T0 (and at the feeds) and the growth is integrated exactly over each grid
+interval, so the state does not depend on how often the model is stepped either. With no environment, or
+nominal conditions throughout, the values are exactly the closed form's.
 """
 
 from __future__ import annotations
@@ -10,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from drivers.base import PointError, PointNotWritable, PointSpec
@@ -27,12 +35,33 @@ HeaterMode = Literal["auto", "on", "off"]
 
 Profile = Literal["mobilized", "cord"]
 
-# Fold over 7 days per cell source; mobilized blood expands less than cord blood. Both stay inside
-# 10-50x with room for the measurement noise.
-PROFILE_FOLD_RANGE: dict[str, tuple[float, float]] = {
-    "mobilized": (11.0, 28.0),
-    "cord": (22.0, 48.0),
+# Fold over 7 days per cell source, run to run: lognormal (median, sd of the natural log), clipped to
+# FOLD_7D_LIMITS. Mobilized blood expands less than cord blood.
+PROFILE_FOLD_7D: dict[str, tuple[float, float]] = {
+    "mobilized": (17.0, 0.28),
+    "cord": (32.0, 0.22),
 }
+FOLD_7D_LIMITS = (10.0, 50.0)
+# %CD7+ at day 7, run to run: normal (mean, sd), clipped to CD7_FINAL_LIMITS
+CD7_FINAL = (65.0, 5.0)
+CD7_FINAL_LIMITS = (50.0, 80.0)
+
+# What the cells feel: the chamber temperature (C) and CO2 (%) at a time.
+Environment = Callable[[datetime], tuple[float, float]]
+ENVIRONMENT_STEP_S = 60.0  # the grid the culture samples its environment on
+# growth rate factor 1 inside the nominal band, falling linearly to 0 at the "stops" values
+NOMINAL_TEMPERATURE = (36.5, 37.5)
+GROWTH_STOPS_TEMPERATURE = (33.0, 40.0)
+NOMINAL_CO2 = (4.5, 5.5)
+GROWTH_STOPS_CO2 = (2.0, 8.0)
+# cell death: none from 10 to 39 C; above 39 C rising linearly to a half-life of WARM_HALF_LIFE_H at 42 C; above
+# 42 C a half-life of HEAT_HALF_LIFE_H; below 10 C COLD_HALF_LIFE_H
+WARM_DEATH_TEMPERATURE = 39.0
+HEAT_DEATH_TEMPERATURE = 42.0
+COLD_DEATH_TEMPERATURE = 10.0
+WARM_HALF_LIFE_H = 24.0
+HEAT_HALF_LIFE_H = 2.0
+COLD_HALF_LIFE_H = 12.0
 
 _INCUBATOR_SPECS = {p.name: p for p in INCUBATOR_POINTS}
 _CULTURE_SPECS = {p.name: p for p in CULTURE_SYSTEM_POINTS}
@@ -216,6 +245,12 @@ class IncubatorModel:
         else:
             raise PointNotWritable(f"point {point!r} has no setter in the model")
 
+    def chamber(self, when: datetime) -> tuple[float, float]:
+        """The chamber's true temperature (C) and CO2 (%) at `when`, stepped there first: what the cells feel,
+        without the sensors' noise or faults. A `CultureModel` environment."""
+        self.step(when)
+        return self.temperature, self.co2
+
     def values(self) -> dict[str, float]:
         """Measured values at the model's time, keyed by the incubator point names."""
         t, amp = self._now, self.noise_amplitude
@@ -250,18 +285,83 @@ class CultureParameters:
     viability_base: float
 
 
+def _clip(x: float, limits: tuple[float, float]) -> float:
+    return min(limits[1], max(limits[0], x))
+
+
 def culture_parameters(seed: int, profile: str) -> CultureParameters:
-    """Deterministic run parameters for `seed` inside the profile's ranges."""
-    if profile not in PROFILE_FOLD_RANGE:
-        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILE_FOLD_RANGE))}")
+    """Deterministic run parameters for `seed`: the profile's lognormal fold, a normal final %CD7+ (both clipped)."""
+    if profile not in PROFILE_FOLD_7D:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILE_FOLD_7D))}")
     rng = random.Random(f"culture:{seed}:{profile}")
-    lo, hi = PROFILE_FOLD_RANGE[profile]
+    median, log_sd = PROFILE_FOLD_7D[profile]
     return CultureParameters(
-        fold_7d=rng.uniform(lo, hi),
-        cd7_final=rng.uniform(55.0, 75.0),
+        fold_7d=_clip(rng.lognormvariate(math.log(median), log_sd), FOLD_7D_LIMITS),
+        cd7_final=_clip(rng.normalvariate(*CD7_FINAL), CD7_FINAL_LIMITS),
         cd7_midpoint_h=rng.uniform(80.0, 100.0),
         viability_base=rng.uniform(90.0, 94.0),
     )
+
+
+def _band_factor(x: float, nominal: tuple[float, float], stops: tuple[float, float]) -> float:
+    """1 inside `nominal`, 0 at or beyond `stops`, linear in between."""
+    if nominal[0] <= x <= nominal[1]:
+        return 1.0
+    if x <= stops[0] or x >= stops[1]:
+        return 0.0
+    if x < nominal[0]:
+        return (x - stops[0]) / (nominal[0] - stops[0])
+    return (stops[1] - x) / (stops[1] - nominal[1])
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def growth_factor(temperature: float, co2: float) -> float:
+    """Factor on the growth rate at a chamber `temperature` (C) and `co2` (%): 1 in band, 0 far out of it."""
+    t, c = _finite("temperature", temperature), _finite("co2", co2)
+    return _band_factor(t, NOMINAL_TEMPERATURE, GROWTH_STOPS_TEMPERATURE) * _band_factor(c, NOMINAL_CO2,
+                                                                                         GROWTH_STOPS_CO2)
+
+
+def death_rate(temperature: float) -> float:
+    """Rate (per day) at which viable cells die at a chamber `temperature` (C); 0 from 10 to 39 C."""
+    t = _finite("temperature", temperature)
+    per_day = math.log(2.0) * 24.0
+    if t > HEAT_DEATH_TEMPERATURE:
+        return per_day / HEAT_HALF_LIFE_H
+    if t > WARM_DEATH_TEMPERATURE:
+        share = (t - WARM_DEATH_TEMPERATURE) / (HEAT_DEATH_TEMPERATURE - WARM_DEATH_TEMPERATURE)
+        return per_day / WARM_HALF_LIFE_H * share
+    if t < COLD_DEATH_TEMPERATURE:
+        return per_day / COLD_HALF_LIFE_H
+    return 0.0
+
+
+def logistic_step(n0: float, growth: float, death: float, capacity: float, dt: float) -> tuple[float, float]:
+    """Exact solution of dN/dt = growth N (1 - N / capacity) - death N over `dt` from `n0` (rates per unit of dt).
+
+    Returns (N(dt), the integral of N over [0, dt]). With death 0 this is K / (1 + (K/N0 - 1) exp(-growth dt)).
+    """
+    a, b = growth - death, growth / capacity
+    q = dt if a == 0.0 else math.expm1(a * dt) / a  # integral of exp(a s) over [0, dt]
+    n1 = n0 * math.exp(a * dt) / (1.0 + b * n0 * q)
+    integral = n0 * q if b == 0.0 else math.log1p(b * n0 * q) / b
+    return n1, integral
+
+
+@dataclass(frozen=True, slots=True)
+class CultureState:
+    """The integrated culture once its environment has left nominal: viable and dead cells per mL, and the
+    integral of the viable density from T0 (cells/mL x days), also at each feed passed (for the pH)."""
+
+    viable: float
+    dead: float
+    integral: float
+    feed_integrals: tuple[tuple[float, float], ...]  # (feed hour, integral at that feed)
 
 
 RUN_DAYS = 7.0
@@ -274,7 +374,8 @@ CARRYING_CAPACITY_OVER_FINAL = 1.5  # K / density at day 7: growth still visible
 
 
 class CultureModel:
-    """A closed culture system: closed-form logistic growth, CD7+ rise, pH, DO, medium pumped."""
+    """A closed culture system: logistic growth, CD7+ rise, pH, DO, medium pumped; closed form unless an
+    `environment` (chamber temperature and CO2 over time) leaves nominal, then integrated step by step."""
 
     def __init__(
         self,
@@ -286,6 +387,7 @@ class CultureModel:
         pump_rate: float = 2.0,
         feeds_h: tuple[float, ...] = (72.0, 120.0),
         start: datetime | None = None,
+        environment: Environment | None = None,
     ) -> None:
         if t0.tzinfo is None:
             raise ValueError("t0 must be timezone-aware")
@@ -307,6 +409,12 @@ class CultureModel:
         # fault hooks
         self.ignore_setpoint_writes = False
         self.frozen: dict[str, float] = {}
+        # coupling: the environment is sampled at _env_from (a grid point, a feed, or the start) and holds
+        # until the next one; _state stays None while every interval so far was nominal (closed form)
+        self._environment = environment
+        self._env_from = max(self._now, t0)
+        self._env_rates: tuple[float, float] | None = None  # (growth factor, death rate per day)
+        self._state: CultureState | None = None
 
     @property
     def now(self) -> datetime:
@@ -316,10 +424,74 @@ class CultureModel:
     def pump_rate(self) -> float:
         return self._pump_rate
 
+    @property
+    def environment(self) -> Environment | None:
+        return self._environment
+
     def step(self, now: datetime) -> None:
-        """Move the model's time to `now` (the model is closed-form; only the pump integrates)."""
-        if now > self._now:
-            self._now = now
+        """Move the model's time to `now`, integrating the culture over the environment's grid intervals."""
+        if now <= self._now:
+            return
+        if self._environment is not None and now > self._env_from:
+            if self._env_rates is None:
+                self._env_rates = self._rates_at(self._env_from)
+            while (end := self._next_boundary(self._env_from)) <= now:
+                self._state = self._integrated(self._state, self._env_from, end, self._env_rates)
+                self._env_from = end
+                self._env_rates = self._rates_at(end)
+        self._now = now
+
+    def _rates_at(self, when: datetime) -> tuple[float, float]:
+        assert self._environment is not None
+        temperature, co2 = self._environment(when)
+        return growth_factor(temperature, co2), death_rate(temperature)
+
+    def _feed_time(self, hours: float) -> datetime:
+        return self.t0 + timedelta(hours=hours)
+
+    def _next_boundary(self, after: datetime) -> datetime:
+        """The next grid point (whole ENVIRONMENT_STEP_S from T0) or feed after `after`."""
+        k = math.floor((after - self.t0).total_seconds() / ENVIRONMENT_STEP_S) + 1
+        grid = self.t0 + timedelta(seconds=k * ENVIRONMENT_STEP_S)
+        feeds = [t for t in map(self._feed_time, self.feeds_h) if after < t < grid]
+        return min(feeds, default=grid)
+
+    def _closed_form_state(self, when: datetime) -> CultureState:
+        days = self._days(when)
+        feeds = tuple((f, self.density_integral(0.0, f / 24.0)) for f in self.feeds_h if self._feed_time(f) <= when)
+        return CultureState(self.density_true(days), 0.0, self.density_integral(0.0, days), feeds)
+
+    def _integrated(self, state: CultureState | None, start: datetime, end: datetime,
+                    rates: tuple[float, float]) -> CultureState | None:
+        """The state at `end` from the one at `start` under constant `rates`; None while it is all nominal."""
+        g, d = rates
+        if state is None:
+            if g == 1.0 and d == 0.0:
+                return None
+            state = self._closed_form_state(start)
+        dt = (end - start).total_seconds() / 86400.0
+        viable, integral = logistic_step(state.viable, self.rate * g, d, self.capacity, dt)
+        total = state.integral + integral
+        feeds = state.feed_integrals + tuple((f, total) for f in self.feeds_h if self._feed_time(f) == end)
+        return CultureState(viable, state.dead + d * integral, total, feeds)
+
+    def _current_state(self) -> CultureState | None:
+        """The integrated state at the model's time (committed state plus the interval in progress)."""
+        if self._environment is None or self._env_rates is None or self._now <= self._env_from:
+            return self._state
+        return self._integrated(self._state, self._env_from, self._now, self._env_rates)
+
+    @property
+    def viable_density(self) -> float:
+        """Noise-free viable cells/mL at the model's time."""
+        state = self._current_state()
+        return self.density_true(self._days(self._now)) if state is None else state.viable
+
+    @property
+    def dead_density(self) -> float:
+        """Cells/mL killed by the environment (heat, cold) so far; they stay in the closed system."""
+        state = self._current_state()
+        return 0.0 if state is None else state.dead
 
     def freeze(self, point: str, now: datetime | None = None) -> None:
         """Report the current value of `point` from now on (a stuck sensor); the culture goes on."""
@@ -372,6 +544,14 @@ class CultureModel:
         drift += PH_DRIFT_PER_DAY_PER_1E6 * self.density_integral(last_feed, days) / 1.0e6
         return max(MIN_PH, FRESH_MEDIUM_PH - drift)
 
+    def _ph_integrated(self, state: CultureState, days: float) -> float:
+        hours = days * 24.0
+        last_feed = max((f for f in self.feeds_h if f <= hours), default=0.0)
+        at_feed = dict(state.feed_integrals).get(last_feed, 0.0)
+        drift = PH_DRIFT_PER_DAY * (days - last_feed / 24.0)
+        drift += PH_DRIFT_PER_DAY_PER_1E6 * (state.integral - at_feed) / 1.0e6
+        return max(MIN_PH, FRESH_MEDIUM_PH - drift)
+
     def cd7_true(self, days: float) -> float:
         """Noise-free %CD7+: a sigmoid from 0 at T0 to the run's final share at day 7."""
         if days <= 0.0:
@@ -392,13 +572,20 @@ class CultureModel:
         """Measured values at the model's time, keyed by the culture-system point names."""
         t, seed = self._now, self.seed
         days = self._days(t)
-        density = self.density_true(days)
+        state = self._current_state()
+        if state is None:
+            density, alive, ph = self.density_true(days), 1.0, self.ph_true(days)
+        else:
+            density, ph = state.viable, self._ph_integrated(state, days)
+            alive = state.viable / (state.viable + state.dead) if state.dead > 0.0 else 1.0
         viability = self.params.viability_base - 3.0 * density / self.capacity
+        healthy = min(95.0, max(85.0, viability + 0.4 * noise(seed, "viability", t)))
         values = {
             "viable_cell_density": density * (1.0 + 0.02 * noise(seed, "density", t)),
-            "viability": min(95.0, max(85.0, viability + 0.4 * noise(seed, "viability", t))),
+            # the cells the environment killed stay in the closed system and count as non-viable
+            "viability": healthy * alive,
             "cd7_percent": max(0.0, self.cd7_true(days) + 0.5 * noise(seed, "cd7", t)),
-            "ph": self.ph_true(days) + 0.005 * noise(seed, "ph", t),
+            "ph": ph + 0.005 * noise(seed, "ph", t),
             "dissolved_o2": 20.0 + 75.0 * math.exp(-density / 2.5e6) + 0.5 * noise(seed, "do", t),
             "medium_pumped": self._medium_pumped(t),
             "temperature": 37.0 + 0.05 * math.sin(2.0 * math.pi * days) + 0.03 * noise(seed, "temp", t),

@@ -64,7 +64,11 @@ async def run_simulators(
     if "incubator" in named:
         sims["incubator"] = IncubatorSimulator(clock, host=host, port=incubator_port, seed=seed)
     if "culture-system" in named:
-        sims["culture-system"] = CultureSystemSimulator(clock, host=host, port=culture_port, seed=seed)
+        incubator = sims.get("incubator")
+        # both run: the culture lives in the incubator's chamber (its temperature and CO2)
+        environment = incubator.model.chamber if isinstance(incubator, IncubatorSimulator) else None
+        sims["culture-system"] = CultureSystemSimulator(clock, host=host, port=culture_port, seed=seed,
+                                                        environment=environment)
     control: ControlServer | None = None
     try:
         for kind, sim in sims.items():

@@ -56,9 +56,11 @@ class Simulators:
 async def simulators(clock: ScaledClock, devices_file: Path, *, seed: int = 0, culture_t0: datetime | None = None,
                      poll_interval: float = 1.0, incubator_port: int = 0,
                      culture_port: int = 0) -> AsyncIterator[Simulators]:
-    """Both simulators on 127.0.0.1 on `clock`, and the devices file that points the service at them."""
+    """Both simulators on 127.0.0.1 on `clock`, and the devices file that points the service at them. The culture
+    lives in the incubator's chamber: an incubator fault (heater, CO2, door) shows in the culture data too."""
     incubator = IncubatorSimulator(clock, port=incubator_port, seed=seed)
-    culture = CultureSystemSimulator(clock, port=culture_port, seed=seed, t0=culture_t0)
+    culture = CultureSystemSimulator(clock, port=culture_port, seed=seed, t0=culture_t0,
+                                     environment=incubator.model.chamber)
     started: list[IncubatorSimulator | CultureSystemSimulator] = []
     try:
         for sim in (incubator, culture):

@@ -1,7 +1,8 @@
 """The simulator servers seen by plain protocol clients (asyncua, pymodbus), as a driver would see them.
 
 Both servers run once per module on 127.0.0.1, on a clock 600x faster than the wall clock (one
-incubator temperature time constant per wall second).
+incubator temperature time constant per wall second). The coupled pair (the culture in the incubator's chamber)
+runs under the runner on a manual clock.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import httpx
 import pytest
 import pytest_asyncio
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import BadOutOfRange, BadUserAccessDenied
 from pymodbus.client import AsyncModbusTcpClient
 
-from app.core.clock import ScaledClock, utcnow
+from app.core.clock import ManualClock, ScaledClock, utcnow
 from drivers.base import PointSpec
+from drivers.devices import DeviceConfig
+from drivers.modbus import ModbusDriver
 from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_NAMESPACE, INCUBATOR_POINTS
 from simulators.culture_system import CultureSystemSimulator
 from simulators.incubator import IncubatorSimulator
@@ -292,3 +296,49 @@ async def test_runner_serves_until_stop_is_set_then_releases_its_ports() -> None
     assert not await culture_up()
     with pytest.raises(ValueError, match="unknown simulator"):
         await run_simulators("oven", CLOCK)
+
+
+async def test_a_stuck_heater_in_the_runners_incubator_kills_cells_in_its_culture_system() -> None:
+    clock = ManualClock(utcnow())
+    stop = asyncio.Event()
+    inc_port, cs_port, control_port = free_port(), free_port(), free_port()
+    task = asyncio.create_task(run_simulators("all", clock, incubator_port=inc_port, culture_port=cs_port, seed=4,
+                                              stop=stop, control_port=control_port))
+    cfg = DeviceConfig(name="cs", kind="culture-system", protocol="modbus", endpoint=f"modbus://127.0.0.1:{cs_port}",
+                       timeout=2.0)
+    driver = ModbusDriver(cfg, clock)
+    control = httpx.AsyncClient(base_url=f"http://127.0.0.1:{control_port}", timeout=5)
+
+    async def control_up() -> bool:
+        try:
+            return (await control.get("/faults")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def culture() -> dict[str, float | None]:
+        return {r.channel.split(".", 1)[1]: r.value for r in await driver.poll()}
+
+    async def advance(hours: float) -> None:
+        for _ in range(int(hours * 6)):  # ten clock minutes at a time, the simulators' loops running in between
+            clock.advance(600)
+            await asyncio.sleep(0.01)
+
+    try:
+        await wait_for(control_up, timeout=10, what="the runner's fault control interface")
+        await driver.connect()
+        await advance(2)
+        before = await culture()
+        assert before["viability"] is not None and before["viability"] >= 85.0
+        r = await control.post("/faults", json={"simulator": "incubator", "fault": "heater_stuck_on"})
+        assert r.status_code < 300, r.text
+        await advance(4)
+        hot = await culture()
+        assert hot["viability"] is not None and hot["viability"] < 40.0  # from ~90 %: most cells died at 45 C
+        assert hot["viable_cell_density"] is not None and before["viable_cell_density"] is not None
+        assert hot["viable_cell_density"] < 0.4 * before["viable_cell_density"]
+        assert (await control.delete("/faults/incubator/heater_stuck_on")).status_code < 300
+    finally:
+        await driver.close()
+        await control.aclose()
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)

@@ -1,9 +1,12 @@
-"""The pure simulator models: incubator dynamics, culture growth and determinism."""
+"""The pure simulator models: incubator dynamics, culture growth and its run-to-run spread, the culture's
+coupling to its incubator, and determinism."""
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,10 +16,16 @@ from drivers.points import CULTURE_SYSTEM_POINTS, INCUBATOR_POINTS
 from simulators.physics import (
     AMBIENT_CO2,
     AMBIENT_TEMPERATURE,
+    CD7_FINAL,
+    FOLD_7D_LIMITS,
     HEATER_STUCK_ON_TEMPERATURE,
-    PROFILE_FOLD_RANGE,
+    PROFILE_FOLD_7D,
     CultureModel,
     IncubatorModel,
+    culture_parameters,
+    death_rate,
+    growth_factor,
+    logistic_step,
 )
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -143,9 +152,28 @@ def test_fold_over_seven_days_is_10_to_50x(profile: str, seed: int) -> None:
     m = CultureModel(T0, seed, profile)
     start = culture_at(m, 0.0)["viable_cell_density"]
     end = culture_at(m, 7.0)["viable_cell_density"]
-    lo, hi = PROFILE_FOLD_RANGE[profile]
-    assert 10.0 <= end / start <= 50.0
-    assert lo * 0.95 <= end / start <= hi * 1.05
+    assert FOLD_7D_LIMITS == (10.0, 50.0)
+    assert 10.0 <= m.params.fold_7d <= 50.0
+    assert m.density_true(7.0) / m.density_true(0.0) == pytest.approx(m.params.fold_7d, rel=1e-12)
+    assert end / start == pytest.approx(m.params.fold_7d, rel=0.041)  # the counts' +-2 % noise
+
+
+@pytest.mark.parametrize(("profile", "median", "log_sd"), [("mobilized", 17.0, 0.28), ("cord", 32.0, 0.22)])
+def test_fold_and_final_cd7_vary_from_run_to_run_lognormal_and_normal_within_their_limits(
+    profile: str, median: float, log_sd: float
+) -> None:
+    params = [culture_parameters(seed, profile) for seed in range(2000)]
+    logs = [math.log(p.fold_7d) for p in params]
+    assert PROFILE_FOLD_7D[profile] == (median, log_sd)
+    assert math.exp(statistics.median(logs)) == pytest.approx(median, rel=0.03)
+    # the clipping at 10x / 50x trims the tails a little
+    assert statistics.stdev(logs) == pytest.approx(log_sd, rel=0.08)
+    assert min(p.fold_7d for p in params) >= 10.0 and max(p.fold_7d for p in params) <= 50.0
+    cd7 = [p.cd7_final for p in params]
+    assert statistics.fmean(cd7) == pytest.approx(CD7_FINAL[0], abs=0.5)
+    assert statistics.stdev(cd7) == pytest.approx(CD7_FINAL[1], rel=0.08)
+    assert min(cd7) >= 50.0 and max(cd7) <= 80.0
+    assert culture_parameters(5, profile) == culture_parameters(5, profile)
 
 
 def test_cord_blood_expands_more_than_mobilized_blood() -> None:
@@ -219,6 +247,126 @@ def test_medium_pumped_integrates_the_pump_rate() -> None:
     assert m.pump_rate == 10.0
 
 
+# --- the culture in its incubator -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("temperature", "co2", "factor"), [
+    (37.0, 5.0, 1.0), (36.5, 4.5, 1.0), (37.5, 5.5, 1.0),
+    (34.75, 5.0, 0.5), (38.75, 5.0, 0.5), (37.0, 3.25, 0.5), (37.0, 6.75, 0.5), (34.75, 3.25, 0.25),
+    (33.0, 5.0, 0.0), (45.0, 5.0, 0.0), (37.0, 2.0, 0.0), (37.0, AMBIENT_CO2, 0.0), (37.0, 9.0, 0.0),
+])
+def test_growth_factor_is_1_in_band_and_falls_linearly_to_0(temperature: float, co2: float, factor: float) -> None:
+    assert growth_factor(temperature, co2) == pytest.approx(factor)
+
+
+@pytest.mark.parametrize(("temperature", "half_life_h"), [
+    (10.0, None), (37.0, None), (39.0, None), (40.5, 48.0), (42.0, 24.0), (42.1, 2.0), (45.0, 2.0), (9.9, 12.0),
+])
+def test_cells_die_above_39_c_fast_above_42_c_and_below_10_c(temperature: float, half_life_h: float | None) -> None:
+    rate = death_rate(temperature)  # per day
+    assert rate == (0.0 if half_life_h is None else pytest.approx(math.log(2) * 24 / half_life_h))
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        death_rate(math.nan)
+    with pytest.raises(ValueError, match="co2 must be finite"):
+        growth_factor(37.0, math.inf)
+
+
+def test_logistic_step_is_exact() -> None:
+    k, n0, r = 3.0e6, 1.0e5, 0.6
+    n1, integral = logistic_step(n0, r, 0.0, k, 2.5)
+    assert n1 == pytest.approx(k / (1 + (k / n0 - 1) * math.exp(-r * 2.5)), rel=1e-12)
+    # the integral by the midpoint rule on a fine grid
+    steps = 20000
+    grid = [logistic_step(n0, r, 0.0, k, (i + 0.5) * 2.5 / steps)[0] for i in range(steps)]
+    assert integral == pytest.approx(sum(grid) * 2.5 / steps, rel=1e-7)
+    # two half steps are one step, with death too
+    half, i1 = logistic_step(n0, r, 2.0, k, 0.5)
+    whole, i2 = logistic_step(half, r, 2.0, k, 0.5)
+    assert logistic_step(n0, r, 2.0, k, 1.0) == pytest.approx((whole, i1 + i2), rel=1e-12)
+    # no growth: exponential death; growth equal to death: only the crowding term
+    assert logistic_step(n0, 0.0, 3.0, k, 1.0) == pytest.approx((n0 * math.exp(-3.0), n0 * (1 - math.exp(-3)) / 3))
+    assert logistic_step(n0, 3.0, 3.0, k, 1.0)[0] == pytest.approx(1 / (1 / n0 + 3.0 / k), rel=1e-12)
+
+
+def constant(temperature: float, co2: float) -> Callable[[datetime], tuple[float, float]]:
+    return lambda when: (temperature, co2)
+
+
+@pytest.mark.parametrize(("temperature", "co2"), [(37.0, 5.0), (37.4, 4.6), (36.5, 5.5)])
+def test_nominal_conditions_give_exactly_the_closed_form_values(temperature: float, co2: float) -> None:
+    plain = CultureModel(T0, 6, "cord", start=T0 - DAY)
+    coupled = CultureModel(T0, 6, "cord", start=T0 - DAY, environment=constant(temperature, co2))
+    for minutes in range(-600, 8 * 24 * 60, 37):
+        when = T0 + timedelta(minutes=minutes)
+        plain.step(when)
+        coupled.step(when)
+        assert coupled.values() == plain.values()
+    assert coupled.dead_density == 0.0
+    assert coupled.viable_density == plain.density_true(11499 / 1440)  # the last step: minute 11499
+
+
+def test_co2_out_of_band_slows_growth_and_far_out_of_band_stops_it() -> None:
+    half = CultureModel(T0, 2, "mobilized", environment=constant(37.0, 3.25))  # growth factor 0.5
+    stopped = CultureModel(T0, 2, "mobilized", environment=constant(37.0, AMBIENT_CO2))
+    nominal = CultureModel(T0, 2, "mobilized")
+    for m in (half, stopped, nominal):
+        m.step(T0 + 4 * DAY)
+    # a constant factor on the rate is a slower clock: 4 days at half speed grow as 2 days
+    assert half.viable_density == pytest.approx(nominal.density_true(2.0), rel=1e-9)
+    assert stopped.viable_density == pytest.approx(nominal.seeding_density, rel=1e-12)
+    assert stopped.viable_density < half.viable_density < nominal.viable_density
+    assert half.dead_density == 0.0 and half.values()["viability"] >= 85.0  # nobody died
+
+
+def test_empty_co2_supply_in_the_coupled_incubator_slows_the_culture() -> None:
+    incubator = IncubatorModel(T0)
+    culture = CultureModel(T0, 2, "cord", environment=incubator.chamber)
+    culture.step(T0 + 2 * DAY)
+    incubator.set_co2_supply(False, T0 + 2 * DAY)
+    culture.step(T0 + 3 * DAY)
+    assert incubator.co2 < 0.1
+    grown = culture.viable_density / culture.density_true(2.0)
+    assert 1.0 < grown < 1.1  # about an hour's growth until the CO2 fell below 2 %
+    assert culture.dead_density == 0.0
+
+
+def test_a_stuck_heater_kills_cells_viability_and_viable_density_fall_and_recover_slowly() -> None:
+    incubator = IncubatorModel(T0)
+    culture = CultureModel(T0, 1, "mobilized", environment=incubator.chamber)
+    before = culture_at(culture, 3.0)
+    incubator.set_heater("on", T0 + 3 * DAY)
+    hot = culture_at(culture, 3.0 + 4 / 24)  # four hours, most of them above 42 C
+    assert incubator.temperature > 44.0
+    assert hot["viable_cell_density"] < 0.35 * before["viable_cell_density"]
+    assert hot["viability"] < 35.0 < 85.0 <= before["viability"]
+    assert culture.dead_density > 0.6 * culture.density_true(3.0)
+    incubator.set_heater("auto", T0 + 3 * DAY + timedelta(hours=4))
+    later = culture_at(culture, 4.9)
+    assert incubator.temperature == pytest.approx(37.0, abs=0.01)
+    assert later["viable_cell_density"] > hot["viable_cell_density"]  # the survivors grow again
+    assert hot["viability"] < later["viability"] < 85.0  # the dead stay in the closed system
+    assert culture.viable_density < culture.density_true(4.9)
+    # fewer cells acidify the medium less
+    assert later["ph"] > CultureModel(T0, 1, "mobilized").ph_true(4.9) + 0.01
+
+
+def test_a_barely_off_nominal_culture_follows_the_closed_form_through_the_feeds() -> None:
+    # 37.5000001 C: growth factor 1 - 4e-8, so the integrated state (density, pH since each feed) must agree
+    coupled = CultureModel(T0, 3, "cord", environment=constant(37.5000001, 5.0))
+    plain = CultureModel(T0, 3, "cord")
+    for hours in (1.0, 50.0, 71.99, 72.0, 80.5, 119.5, 121.0, 168.0):
+        v, ref = culture_at(coupled, hours / 24), culture_at(plain, hours / 24)
+        assert v == pytest.approx(ref, rel=1e-6, abs=1e-9), hours
+    assert coupled.viable_density != plain.density_true(7.0)  # it did take the integrated path
+
+
+def test_the_environment_has_no_effect_before_t0() -> None:
+    m = CultureModel(T0, 4, "mobilized", start=T0 - DAY,
+                     environment=lambda when: (45.0, 5.0) if when < T0 else (37.0, 5.0))
+    m.step(T0 + DAY)
+    assert m.values() == CultureModel(T0, 4, "mobilized", start=T0 + DAY).values()
+
+
 # --- determinism ----------------------------------------------------------------------------------
 
 SAMPLE_TIMES = [137.0, 600.0, 1234.5, 3000.0, 7200.0]
@@ -278,6 +426,35 @@ def test_culture_is_deterministic_per_seed_and_seeds_differ() -> None:
     for x, y in zip(a, b, strict=True):
         assert x == pytest.approx(y, rel=1e-12)
     assert series(4, 24.0)[-1]["viable_cell_density"] != a[-1]["viable_cell_density"]
+
+
+def heat_episode(when: datetime) -> tuple[float, float]:
+    """A deterministic environment: 45 C from 50 h to 53 h, CO2 at 3 % from 100 h to 110 h, else nominal."""
+    hours = (when - T0).total_seconds() / 3600
+    return (45.0 if 50 <= hours < 53 else 37.0), (3.0 if 100 <= hours < 110 else 5.0)
+
+
+@pytest.mark.parametrize("stride_s", [420.0, 3600.0, 86400.0, 0.0], ids=["7min", "hourly", "daily", "irregular"])
+def test_coupled_culture_is_deterministic_whatever_the_step_pattern(stride_s: float) -> None:
+    samples = [T0 + timedelta(hours=h) for h in (49.0, 51.5, 53.0, 60.25, 105.0, 168.0)]
+
+    def series(steps: list[datetime]) -> list[dict[str, float]]:
+        m = CultureModel(T0, 8, "cord", environment=heat_episode)
+        out = []
+        for when in sorted({*steps, *samples}):
+            m.step(when)
+            if when in samples:
+                out.append(m.values())
+        return out
+
+    reference = series([])
+    if stride_s:
+        steps = [T0 + timedelta(seconds=stride_s * i) for i in range(int(168 * 3600 / stride_s) + 1)]
+    else:
+        steps = [T0 + timedelta(seconds=random.Random(3).uniform(0, 168 * 3600)) for _ in range(500)]
+    for ref, got in zip(reference, series(steps), strict=True):
+        assert got == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    assert reference[1]["viability"] < 80.0 and reference[-1]["viable_cell_density"] > 0
 
 
 # --- fault hooks ----------------------------------------------------------------------------------
