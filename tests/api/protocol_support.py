@@ -13,23 +13,28 @@ from app.protocol.recipe import default_recipe
 from tests.api.conftest import Service
 
 RECIPE = default_recipe()
+GRAFT_DIN = "W1234 26 123456 7"  # ISBT 128 DIN with its check character
+VESSELS = [{"id": "V1", "type": "T75-DL4"}]  # 2e6 cells on 75 cm2: 2.7e4 cells/cm2
 
 INPUTS: dict[str, dict[str, Any]] = {
-    "coat_vessels": {"dl4_lot": "DL4-1", "dl4_expiry": "2027-01-01", "medium_lot": "M-1", "cytokines_lot": "C-1",
-                     "tnfa_lot": "T-1", "coat_hours": 18, "coat_temperature": 37.0},
+    "coat_vessels": {"coat_hours": 18, "coat_temperature": 37.0},
     "incubator_ready": {"temperature": 37.0, "co2": 5.0, "humidity": 92, "trend_hours": 4,
                         "calibration_valid": True, "calibration_due": "2027-03-01"},
-    "receive_cells": {"donor_id": "D-100", "cell_source": "mobilized", "viable_cd34_cells": 2.0e6,
-                      "viability": 95, "cd34_purity": 92},
-    "seed": {"viable_cells_seeded": 2.0e6, "seeding_density": 3.0e4, "volume": 40, "vessel_ids": "V1,V2"},
+    "receive_cells": {"donor_id": "D-100", "graft_din": GRAFT_DIN, "cell_source": "mobilized",
+                      "viable_cd34_cells": 2.0e6, "viability": 95, "cd34_purity": 92},
+    "seed": {"viable_cells_seeded": 2.0e6, "volume": 40},
     "feed_day3": {"viable_cells": 8.0e6, "viable_density": 5.0e5, "viability": 90},
     "feed_day5": {"viable_cells": 2.0e7, "viable_density": 1.0e6, "viability": 90},
-    "harvest": {"total_viable_cells": 5.0e8, "viability": 90, "cd7_percent": 60, "cd34_percent": 5,
+    "mycoplasma_sample": {"sample_id": "MYC-1", "volume": 1.0},
+    "harvest": {"total_viable_cells": 1.0e9, "viability": 90, "cd7_percent": 60, "cd34_percent": 5,
                 "cd3_percent": 0.2},
-    "formulate": {"cd7_cells_formulated": 3.0e7, "endotoxin": 0.5, "gram_stain": "negative",
-                  "mycoplasma": "negative"},
+    "formulate": {"cd7_cells_formulated": 2.8e8, "product_volume": 100, "qc_sample_volume": 2},
     "release": {"comment": "released"},
 }
+# One lot and expiry per reagent each step uses (the recipe's materials); all far from expiring.
+LOTS: dict[str, dict[str, dict[str, str]]] = {
+    s.key: {m: {"lot": f"{m.upper()}-1", "expiry": "2099-12-31"} for m in s.materials}
+    for s in RECIPE.steps if s.materials}
 
 
 async def ensure_recipe(service: Service) -> int:
@@ -55,7 +60,8 @@ async def ensure_recipe(service: Service) -> int:
 def run_body(hsct: datetime, **over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"recipe_key": RECIPE.key, "donor_id": "D-100", "patient_id": "P-200",
                             "patient_weight_kg": 70, "target_dose_per_kg": 4.0e6, "cell_source": "mobilized",
-                            "hsct_at": hsct.isoformat()}
+                            "hsct_at": hsct.isoformat(), "transplant_type": "t_cell_depleted", "arm": "adult",
+                            "graft_din": GRAFT_DIN, "vessels": VESSELS}
     body.update(over)
     return body
 
@@ -90,6 +96,8 @@ async def open_deviation(service: Service, run_id: int) -> int:
 async def post_step(service: Service, headers: dict[str, str], run_id: int, key: str,
                     inputs: dict[str, Any] | None = None, **extra: Any) -> Any:
     body = {"inputs": INPUTS[key] if inputs is None else inputs, **extra}
+    if key in LOTS and "lots" not in body:
+        body["lots"] = LOTS[key]
     return await service.client.post(f"/api/v1/runs/{run_id}/steps/{key}", json=body, headers=headers)
 
 

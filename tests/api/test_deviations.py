@@ -32,25 +32,31 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
     t0 = START + timedelta(hours=20)
     run_id = await create_run_api(service, op, t0)
     plan = [("coat_vessels", -18), ("receive_cells", -3), ("incubator_ready", -2), ("seed", 0), ("feed_day3", 72),
-            ("harvest", 168), ("formulate", 172)]
+            ("mycoplasma_sample", 132), ("harvest", 168), ("formulate", 172)]
     dev_id = None
     for key, at in plan:
         clock.set(t0 + timedelta(hours=at))
         inputs = dict(INPUTS[key])
         if key == "formulate":
-            inputs["endotoxin"] = 9.0  # above 5 EU/kg/h: a deviation
+            inputs["cd7_cells_formulated"] = 2.0e8  # 2e8 x 98/100 mL = 1.96e8: 70 % of 2.8e8, a deviation
         r = await post_step(service, op, run_id, key, inputs)
         assert r.status_code == 201, (key, r.text)
         if key == "formulate":
             [dev] = r.json()["deviations"]
+            assert dev["rule"] == "dose_out_of_range"
             dev_id = dev["id"]
         if key == "harvest":
-            achieved = r.json()["dose"]["achieved"]
-            assert achieved["percent_of_target"] == pytest.approx(3.0e8 / 70 / 4.0e6 * 100)
-            assert achieved["within_acceptance"] and r.json()["deviations"] == []
+            harvest = r.json()["dose"]["harvest"]
+            assert harvest["cd7_cells"] == pytest.approx(1.0e9 * 0.60)
+            assert harvest["needed"] == pytest.approx(4.0e6 * 70 * 1.25)
+            assert harvest["enough"] and r.json()["deviations"] == []
     assert dev_id is not None
     clock.set(t0 + timedelta(hours=174))
     _, _, qpw, qa = await service.user("qa")
+    for test, result in (("gram_stain", {"result": "negative"}), ("endotoxin", {"eu_per_ml": 0.5}),
+                         ("mycoplasma", {"result": "negative"})):  # release waits for these
+        r = await service.client.post(f"/api/v1/runs/{run_id}/qc-results/{test}", json=result, headers=qa)
+        assert r.status_code == 200 and r.json()["passed"], r.text
     release = {"inputs": INPUTS["release"], "signature": {"meaning": "approved", "password": qpw}}
     r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
     assert r.status_code == 409 and r.json()["rule"] == "open_deviations" and r.json()["deviation_ids"] == [dev_id]
@@ -62,7 +68,8 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
                                   headers=op)
     assert r.status_code == 201 and r.json()["comments"][0]["text"] == "retest ordered"
     _, _, spw, sup = await service.user("supervisor")
-    close = {"reason": "retest 0.4 EU/kg/h, lab error", "signature": {"meaning": "approved", "password": spw}}
+    close = {"reason": "recount: 2.8e8 CD7+ cells, counting error",
+             "signature": {"meaning": "approved", "password": spw}}
     assert (await service.client.post(f"/api/v1/deviations/{dev_id}/close", json=close,
                                       headers=sup)).status_code == 403
     close["signature"]["password"] = qpw
@@ -87,8 +94,14 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
             r = await service.client.post("/api/v1/signatures", headers=headers, json={
                 "entity_type": "step_record", "entity_id": str(record_ids[key]), "meaning": meaning, "password": pw})
             assert r.status_code == 201, (key, meaning, r.text)
-    # released: the run completes and never changes again
+    # released, then infused: the infusion completes the run, which never changes again
     r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
+    assert r.status_code == 201 and r.json()["run"]["status"] == "running", r.text
+    clock.set(t0 + timedelta(hours=178))
+    start = clock.now() - timedelta(minutes=40)
+    r = await post_step(service, op, run_id, "infuse", {
+        "patient_id_scanned": "P-200", "product_id_scanned": view["code"], "infusion_start": start.isoformat(),
+        "infusion_end": (start + timedelta(minutes=30)).isoformat(), "infused_volume": 98})
     assert r.status_code == 201 and r.json()["run"]["status"] == "completed", r.text
     view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=op)).json()
     assert view["status"] == "completed" and view["ended_at"] and view["open_deviations"] == 0
@@ -97,7 +110,7 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
         r = await service.client.post(f"/api/v1/runs/{run_id}/{verb}", json={"reason": "x"}, headers=qa)
         assert r.status_code == 409
     one = (await service.client.get(f"/api/v1/deviations/{dev_id}", headers=op)).json()
-    assert one["status"] == "closed" and one["facts"]["field"] == "endotoxin"
+    assert one["status"] == "closed" and one["rule"] == "dose_out_of_range"
     closed = (await service.client.get("/api/v1/deviations", params={"status": "closed", "run_id": run_id},
                                        headers=op)).json()
     assert [d["id"] for d in closed] == [dev_id]

@@ -81,13 +81,18 @@ async def test_restart_past_hard_latest_opens_one_deviation_and_holds_then_the_s
 
 
 async def _continue(svc: Service, run_id: int, t0: datetime, clock: ManualClock, op: dict[str, str]) -> None:
-    """QA resumes, a supervisor records the missed count late (override), the harvest follows on time."""
+    """QA resumes, a supervisor records the missed count late (override), the mycoplasma sample and the harvest follow
+    on time."""
     _, _, qa_password, qa = await svc.user("qa")
     r = await svc.client.post(f"/api/v1/runs/{run_id}/resume", headers=qa, json={
         "reason": "missed count reviewed", "signature": {"meaning": "approved", "password": qa_password}})
     assert r.status_code == 200, r.text
     sup = await svc.login("supervisor")
     r = await post_step(svc, sup, run_id, "feed_day3", override=True, override_reason="count done late, reviewed")
+    assert r.status_code == 201, r.text
+    clock.set(t0 + timedelta(hours=132))
+    op = await svc.login("operator")
+    r = await post_step(svc, op, run_id, "mycoplasma_sample")
     assert r.status_code == 201, r.text
     clock.set(t0 + timedelta(hours=168))
     op = await svc.login("operator")

@@ -8,7 +8,10 @@ the walk, so nothing that changes state can dodge it.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from app.auth.principal import Principal, Role
 from app.protocol.recipe import DEFAULT_RECIPE
 from drivers.base import Quality
 from tests.api.conftest import Service, new_password
-from tests.api.protocol_support import INPUTS, ensure_recipe, make_run, open_deviation, run_body
+from tests.api.protocol_support import INPUTS, LOTS, ensure_recipe, make_run, open_deviation, run_body
 from tests.api.setpoint_support import attach_device
 
 MUTATING = {"post", "put", "patch", "delete"}
@@ -105,7 +108,7 @@ def _now(service: Service) -> datetime:
 
 
 async def _release(service: Service, actor: Actor) -> Request:
-    text = RECIPE_YAML.replace("\nversion: 1\n", f"\nversion: {next(_versions)}\n")
+    text = re.sub(r"\nversion: \d+\n", f"\nversion: {next(_versions)}\n", RECIPE_YAML, count=1)
     return "/api/v1/recipes", {"yaml": text, "signature": {"meaning": "approved", "password": actor.password or "x"}}
 
 
@@ -116,7 +119,54 @@ async def _new_run(service: Service, actor: Actor) -> Request:
 
 async def _step(service: Service, actor: Actor) -> Request:
     run_id = await make_run(service, _now(service))  # planned T0 in 10 h: coating is open now
-    return f"/api/v1/runs/{run_id}/steps/coat_vessels", {"inputs": INPUTS["coat_vessels"]}
+    return f"/api/v1/runs/{run_id}/steps/coat_vessels", {"inputs": INPUTS["coat_vessels"],
+                                                         "lots": LOTS["coat_vessels"]}
+
+
+async def _recorded(service: Service, step_key: str) -> int:
+    """A run (planned, T0 in 10 h) with `step_key` recorded as posted, written straight to the table."""
+    run_id = await make_run(service, _now(service))
+    conn = await db.connect(service.dsn)
+    try:
+        await conn.execute("INSERT INTO step_record (run_id, step_key, posted_at, inputs, actor_kind, actor_name, "
+                           "actor_role) VALUES ($1, $2, $3, $4::jsonb, 'user', 'walk', 'operator')", run_id,
+                           step_key, _now(service), json.dumps(INPUTS[step_key]))
+    finally:
+        await conn.close()
+    return run_id
+
+
+async def _correct(service: Service, actor: Actor) -> Request:
+    run_id = await _recorded(service, "coat_vessels")
+    return f"/api/v1/runs/{run_id}/steps/coat_vessels/corrections", {
+        "inputs": {"coat_hours": 19}, "reason": "walk: correction",
+        "signature": {"meaning": "approved", "password": actor.password or "x"}}
+
+
+async def _count_import(service: Service, actor: Actor) -> Request:
+    run_id = await make_run(service, _now(service))
+    csv = b"Sample,Viable cells/mL,Viability\nD3,500000,91.5%\n"
+    return f"/api/v1/runs/{run_id}/count-imports", {"step_key": "feed_day3", "filename": "walk.csv",
+                                                    "instrument_id": "WALK-1",
+                                                    "content_base64": base64.b64encode(csv).decode()}
+
+
+async def _dose_decision(service: Service, actor: Actor) -> Request:
+    run_id = await _recorded(service, "harvest")
+    return f"/api/v1/runs/{run_id}/dose-decision", {
+        "decision": "lower_dose", "dose_per_kg": 1.5e6, "reason": "walk: dose decision",
+        "signature": {"meaning": "approved", "password": actor.password or "x"}}
+
+
+async def _qc_result(service: Service, actor: Actor) -> Request:
+    run_id = await make_run(service, _now(service))
+    conn = await db.connect(service.dsn)
+    try:  # sampled (pending), as the formulation step opens it
+        await conn.execute("INSERT INTO qc_result (run_id, test, status, sampled_at, step_key) "
+                           "VALUES ($1, 'gram_stain', 'pending', $2, 'formulate')", run_id, _now(service))
+    finally:
+        await conn.close()
+    return f"/api/v1/runs/{run_id}/qc-results/gram_stain", {"result": "negative", "comment": "walk: QC result"}
 
 
 def _run_action(verb: str, status: str) -> Builder:
@@ -177,6 +227,10 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/recipes"): _release,
     ("POST", "/api/v1/runs"): _new_run,
     ("POST", "/api/v1/runs/{run_id}/steps/{step_key}"): _step,
+    ("POST", "/api/v1/runs/{run_id}/steps/{step_key}/corrections"): _correct,
+    ("POST", "/api/v1/runs/{run_id}/count-imports"): _count_import,
+    ("POST", "/api/v1/runs/{run_id}/dose-decision"): _dose_decision,
+    ("POST", "/api/v1/runs/{run_id}/qc-results/{test}"): _qc_result,
     ("POST", "/api/v1/runs/{run_id}/hold"): _run_action("hold", "running"),
     ("POST", "/api/v1/runs/{run_id}/resume"): _run_action("resume", "held"),
     ("POST", "/api/v1/runs/{run_id}/abort"): _run_action("abort", "planned"),
@@ -199,6 +253,8 @@ SIGNED_CHANGE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/recipes"): "recipe.release",
     ("POST", "/api/v1/runs/{run_id}/resume"): "run.resume",
     ("POST", "/api/v1/deviations/{deviation_id}/close"): "deviation.close",
+    ("POST", "/api/v1/runs/{run_id}/steps/{step_key}/corrections"): "step.correct",
+    ("POST", "/api/v1/runs/{run_id}/dose-decision"): "dose.decision",
 }
 
 # Rules beyond the role table: a principal that passes the policy but is still refused with 403.

@@ -34,6 +34,7 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/recipes/{key}/{version}": SIGNED_IN,
     "/api/v1/runs": SIGNED_IN,
     "/api/v1/runs/{run_id}": SIGNED_IN,
+    "/api/v1/runs/{run_id}/steps/{step_key}": SIGNED_IN,
     "/api/v1/deviations": SIGNED_IN,
     "/api/v1/deviations/{deviation_id}": SIGNED_IN,
     "/api/v1/devices/{name}/setpoints": SIGNED_IN,

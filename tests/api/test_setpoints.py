@@ -103,17 +103,16 @@ async def test_refusals_before_any_write_name_the_rule_and_leave_no_trace(servic
     assert await _counts(service) == before
 
 
-async def test_held_run_operator_409_supervisor_allowed(service: Service, clock: ManualClock) -> None:
+async def test_held_run_refuses_manual_setpoints_for_everyone(service: Service, clock: ManualClock) -> None:
     op, sup = await service.login(Role.OPERATOR), await service.login(Role.SUPERVISOR)
     run_id = await _bind(service, clock, "held", device="culture-system-1")
     try:
         before = await _counts(service)
-        r = await service.client.post(CULTURE_URL, json=_body(5.0, point="pump_rate_setpoint"), headers=op)
-        assert r.status_code == 409 and r.json()["rule"] == "run_held", r.text
-        assert r.json()["run_ids"] == [run_id] and "only a supervisor" in r.json()["detail"]
-        # The supervisor passes the run rule; the next rule stops it here (no culture system is connected).
-        r = await service.client.post(CULTURE_URL, json=_body(5.0, point="pump_rate_setpoint"), headers=sup)
-        assert r.status_code == 503 and r.json()["rule"] == "device_unavailable", r.text
+        for role, headers in (("operator", op), ("supervisor", sup)):
+            r = await service.client.post(CULTURE_URL, json=_body(5.0, point="pump_rate_setpoint"), headers=headers)
+            assert r.status_code == 409 and r.json()["rule"] == "run_held", r.text
+            assert r.json()["run_ids"] == [run_id] and r.json()["allowed_roles"] == []
+            assert f"{role} may not change them by hand" in r.json()["detail"]
         assert await _counts(service) == before
     finally:
         await _release(service, run_id)
@@ -163,14 +162,17 @@ async def test_accepted_command_is_confirmed_recorded_audited_once(service: Serv
         await _release(service, run_id)
 
 
-async def test_held_run_supervisor_write_is_confirmed(service: Service, clock: ManualClock) -> None:
-    await attach_device(service)
+async def test_held_run_supervisor_write_never_reaches_the_device(service: Service, clock: ManualClock) -> None:
+    driver = await attach_device(service)
     clock.advance(120)
     sup = await service.login(Role.SUPERVISOR)
     run_id = await _bind(service, clock, "held")
+    old = driver.values["temperature_setpoint"]
     try:
-        r = await service.client.post(URL, json=_body(37.0, reason="hold: back to 37 C"), headers=sup)
-        assert r.status_code == 200 and r.json()["result"] == "confirmed" and r.json()["run_id"] == run_id, r.text
+        before = await _counts(service)
+        r = await service.client.post(URL, json=_body(36.8, reason="hold: try 36.8 C"), headers=sup)
+        assert r.status_code == 409 and r.json()["rule"] == "run_held" and r.json()["run_ids"] == [run_id], r.text
+        assert await _counts(service) == before and driver.values["temperature_setpoint"] == old
     finally:
         await _release(service, run_id)
 
@@ -182,10 +184,11 @@ async def test_device_that_does_not_follow_or_times_out_is_recorded(service: Ser
         driver.mode = "ignore"
         clock.advance(120)
         before = await _counts(service)
+        old = driver.values["temperature_setpoint"]  # what the earlier tests left on the device
         r = await service.client.post(URL, json=_body(37.8), headers=op)
         assert r.status_code == 502 and r.json()["rule"] == "device_did_not_follow", r.text
         body = r.json()
-        assert (body["requested"], body["read_back"]) == (37.8, 37.0) and "read back 37" in body["detail"]
+        assert (body["requested"], body["read_back"]) == (37.8, old) and f"read back {old:g}" in body["detail"]
         assert body["command"]["result"] == "did_not_follow"
         driver.mode = "stall"
         clock.advance(120)

@@ -12,7 +12,7 @@ import pytest
 
 from app.core.clock import ManualClock
 from tests.api.conftest import Service, running_service
-from tests.api.protocol_support import INPUTS, create_run_api, ensure_recipe, post_step
+from tests.api.protocol_support import INPUTS, LOTS, create_run_api, ensure_recipe, post_step
 
 START = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -119,7 +119,8 @@ async def test_override_by_a_supervisor_opens_a_deviation_an_operator_gets_403(
 async def test_bad_inputs_are_422_naming_field_and_limit(service: Service, clock: ManualClock, value: Any,
                                                          rule: str) -> None:
     run_id, _t0, op = await _planned(service, clock)
-    body = json.dumps({"inputs": {**INPUTS["coat_vessels"], "coat_hours": value}})  # NaN/Infinity as JS writes them
+    body = json.dumps({"inputs": {**INPUTS["coat_vessels"], "coat_hours": value},  # NaN/Infinity as JS writes them
+                       "lots": LOTS["coat_vessels"]})
     r = await service.client.post(f"/api/v1/runs/{run_id}/steps/coat_vessels", content=body,
                                   headers={**op, "Content-Type": "application/json"})
     assert r.status_code == 422, r.text
@@ -198,9 +199,11 @@ async def test_dose_projection_at_seed_and_day3(service: Service, clock: ManualC
     r = await post_step(service, op, run_id, "seed")
     assert r.status_code == 201 and r.json()["run"]["status"] == "running"
     seed = r.json()["dose"]["seed"]
-    assert seed["required"] == pytest.approx(2.8e8) and seed["low"] == pytest.approx(2.0e6 * 10 * 0.5)
-    assert seed["below_target"] is True
+    assert seed["required"] == pytest.approx(2.8e8) and seed["observed_fold"] is None
+    assert seed["low"] < seed["median"] < seed["high"] and seed["fold_low"] < seed["fold_high"]
+    assert seed["below_target"] is True and seed["alert"] is True and seed["low"] < seed["required"]
     clock.set(t0 + timedelta(hours=72, minutes=30))
     r = await post_step(service, op, run_id, "feed_day3", {**INPUTS["feed_day3"], "viable_cells": 6.0e7})
     day3 = r.json()["dose"]["day3"]
     assert day3["observed_fold"] == pytest.approx(30.0) and day3["below_target"] is False
+    assert day3["low"] >= day3["required"]
