@@ -53,18 +53,31 @@ def _runs(*statuses: str) -> list[BoundRun]:
     (("running",), Role.OPERATOR, "api", None),
     (("completed",), Role.OPERATOR, "api", None),  # closed runs do not bind the device
     (("aborted",), Role.OPERATOR, "api", None),
+    # a held run's devices take no manual setpoint from anyone: the hold is QA's disposition of the product, and
+    # the culture goes on as the recipe says
     (("held",), Role.OPERATOR, "api", "run_held"),
     (("held",), Role.ADMIN, "api", "run_held"),
-    (("held",), Role.SUPERVISOR, "api", None),
+    (("held",), Role.SUPERVISOR, "api", "run_held"),
+    (("held",), Role.QA, "api", "run_held"),
     (("completed", "held"), Role.OPERATOR, "api", "run_held"),
-    (("held",), Role.ADMIN, "recipe", None),  # the engine writes only for planned and running runs itself
+    (("running", "held"), Role.SUPERVISOR, "api", "run_held"),
+    (("held",), Role.ADMIN, "recipe", None),  # the recipe's own setpoints still apply to a held run
+    (("held",), Role.OPERATOR, "recipe", None),
 ])
 def test_run_state(statuses: tuple[str, ...], role: Role, source: control.Source, rule: str | None) -> None:
     refusal = control.check_run_state(_runs(*statuses), role, source)
     assert (refusal.rule if refusal else None) == rule
     if refusal is not None:
-        assert refusal.status == 409 and "supervisor" in refusal.detail and refusal.facts["allowed_roles"] == [
-            "supervisor"]
+        held = [i + 1 for i, s in enumerate(statuses) if s == "held"]
+        assert refusal.status == 409 and refusal.facts == {"run_ids": held, "allowed_roles": []}
+        assert "held for QA disposition" in refusal.detail and f"{role.value} may not change them by hand" in (
+            refusal.detail)
+        assert all(f"RUN-{i} (id {i})" in refusal.detail for i in held)
+
+
+def test_no_role_may_set_a_held_run_by_hand() -> None:
+    assert not control.HELD_RUN_ROLES
+    assert all(control.check_run_state(_runs("held"), role, "api") is not None for role in Role)
 
 
 @pytest.mark.parametrize(("point", "current", "value", "source", "rule"), [

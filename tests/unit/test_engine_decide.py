@@ -29,8 +29,11 @@ def _persisted(hours: float, records: dict[str, planner.StepRecord]) -> dict[str
 @pytest.mark.parametrize(("run_status", "before", "after", "records", "transitions", "deviations", "hold",
                           "setpoints"), [
     # nothing persisted yet: every step is a transition from None; incubator_ready is open: its on_open setpoints
-    ("planned", None, -3, {}, 9, [], False, [("incubator_ready", "temperature_setpoint"),
-                                             ("incubator_ready", "co2_setpoint")]),
+    ("planned", None, -3, {}, len(R.steps), [], False, [("incubator_ready", "temperature_setpoint"),
+                                                        ("incubator_ready", "co2_setpoint")]),
+    # the same on a held run: a hold is QA's disposition of the product, the culture goes on as the recipe says
+    ("held", None, -3, {}, len(R.steps), [], False, [("incubator_ready", "temperature_setpoint"),
+                                                     ("incubator_ready", "co2_setpoint")]),
     # nothing changed since the last pass: nothing to do
     ("running", 10, 11, SEEDED, 0, [], False, []),
     # feed_day3 opens (66 h)
@@ -43,6 +46,11 @@ def _persisted(hours: float, records: dict[str, planner.StepRecord]) -> dict[str
     ("held", 85, 86, SEEDED, 0, [], False, []),
     # seed recorded: seed -> done, its on_done setpoints
     ("running", -0.5, 0.5, SEEDED, 1, [], False, [("seed", "temperature_setpoint"), ("seed", "co2_setpoint")]),
+    # and on a held run too (the recipe's setpoints are not held)
+    ("held", -0.5, 0.5, SEEDED, 1, [], False, [("seed", "temperature_setpoint"), ("seed", "co2_setpoint")]),
+    # the mycoplasma sample passes its hard latest (156 h): one deviation, the run is held
+    ("running", 150, 157, {**SEEDED, "feed_day3": planner.StepRecord(T0 + timedelta(hours=72))}, 1,
+     ["mycoplasma_sample"], True, []),
 ])
 def test_decide_table(run_status: str, before: float | None, after: float, records: dict[str, planner.StepRecord],
                       transitions: int, deviations: list[str], hold: bool, setpoints: list[tuple[str, str]]) -> None:
@@ -67,10 +75,13 @@ def test_a_closed_run_only_records_done_steps() -> None:
     assert decide(R, "aborted", _plan(200, records), _persisted(200, records)).empty
 
 
-def test_on_open_setpoints_apply_once_and_not_on_a_held_run() -> None:
+def test_on_open_setpoints_apply_once_also_on_a_held_run() -> None:
     first = decide(R, "planned", _plan(-3.5, {}), _persisted(-5, {}))
     assert {s.step_key for s in first.setpoints} == {"incubator_ready"}
     again = decide(R, "planned", _plan(-1.5, {}), _persisted(-3.5, {}))
     assert not again.setpoints  # open -> due is not an opening
     held = decide(R, "held", _plan(-3.5, {}), _persisted(-5, {}))
-    assert not held.setpoints
+    assert held.setpoints == first.setpoints  # a hold does not stop the culture
+    assert not decide(R, "held", _plan(-1.5, {}), _persisted(-3.5, {})).setpoints
+    for closed in ("completed", "aborted"):
+        assert not decide(R, closed, _plan(-3.5, {}), _persisted(-5, {})).setpoints

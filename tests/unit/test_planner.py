@@ -38,9 +38,26 @@ def ancestors(recipe: Recipe, key: str) -> set[str]:
     return out
 
 
+# The harvest is recorded before its target, so the steps anchored to it (formulate, release, infuse) show that
+# their windows follow its actual time, not its planned one.
+HARVEST_AT = 165.0
+
+
 def done_before(key: str) -> dict[str, StepRecord]:
     """Every predecessor (transitively) recorded as done, so only the clock decides."""
-    return {k: StepRecord(done_at=at(-30)) for k in ancestors(R, key)}
+    return {k: StepRecord(done_at=at(HARVEST_AT if k == "harvest" else -30)) for k in ancestors(R, key)}
+
+
+def edges(key: str, anchor_h: float = 0.0) -> list[tuple[str, float, str]]:
+    """The table rows of a step anchored `anchor_h` hours after T0: each window edge, just before and after it."""
+    w = R.step(key).window
+    e, t, la = anchor_h + w.earliest, anchor_h + w.target, anchor_h + w.latest
+    rows = [(key, e - S, "pending"), (key, e, "open"), (key, t - S, "open"), (key, t, "due"), (key, la, "due")]
+    past = "skipped" if R.step(key).optional else "missed"
+    if w.hard_latest is None:
+        return [*rows, (key, la + S, past)]
+    hard = anchor_h + w.hard_latest
+    return [*rows, (key, la + S, "late"), (key, hard, "late"), (key, hard + S, past)]
 
 
 # (step, hours after T0, status): each window edge, just before it and just after it.
@@ -58,14 +75,27 @@ TABLE: list[tuple[str, float, str]] = [
     ("feed_day3", 84 + S, "missed"),
     ("feed_day5", 114 - S, "pending"), ("feed_day5", 114, "open"), ("feed_day5", 120 - S, "open"),
     ("feed_day5", 120, "due"), ("feed_day5", 126, "due"), ("feed_day5", 126 + S, "skipped"),
+    ("mycoplasma_sample", 114 - S, "pending"), ("mycoplasma_sample", 114, "open"),
+    ("mycoplasma_sample", 132 - S, "open"), ("mycoplasma_sample", 132, "due"), ("mycoplasma_sample", 150, "due"),
+    ("mycoplasma_sample", 150 + S, "late"), ("mycoplasma_sample", 156, "late"),
+    ("mycoplasma_sample", 156 + S, "missed"),
     ("harvest", 162 - S, "pending"), ("harvest", 162, "open"), ("harvest", 168 - S, "open"),
     ("harvest", 168, "due"), ("harvest", 174, "due"), ("harvest", 174 + S, "late"), ("harvest", 180, "late"),
     ("harvest", 180 + S, "missed"),
-    ("formulate", 168 - S, "pending"), ("formulate", 168, "open"), ("formulate", 172 - S, "open"),
-    ("formulate", 172, "due"), ("formulate", 176, "due"), ("formulate", 176 + S, "missed"),
-    ("release", 168 - S, "pending"), ("release", 168, "open"), ("release", 174 - S, "open"),
-    ("release", 174, "due"), ("release", 176, "due"), ("release", 176 + S, "missed"),
+    # anchored to the harvest's actual time (165 h): formulate +0/+2/+6, release +1/+6/+10, infuse +2/+10/+14
+    *edges("formulate", HARVEST_AT), *edges("release", HARVEST_AT), *edges("infuse", HARVEST_AT),
 ]
+
+
+def test_harvest_anchored_rows_are_the_recipe_windows() -> None:
+    """The rows built by `edges` for the harvest-anchored steps are the v2 windows, spelled out once here."""
+    def offsets(key: str) -> list[float]:
+        return [h - HARVEST_AT for k, h, _ in TABLE if k == key]
+
+    assert offsets("formulate") == pytest.approx([-S, 0, 2 - S, 2, 6, 6 + S], abs=1e-9)
+    assert offsets("release") == pytest.approx([1 - S, 1, 6 - S, 6, 10, 10 + S], abs=1e-9)
+    assert offsets("infuse") == pytest.approx([2 - S, 2, 10 - S, 10, 14, 14 + S], abs=1e-9)
+    assert {R.step(k).window.anchor for k in ("formulate", "release", "infuse")} == {"harvest"}
 
 
 def test_table_covers_every_step_and_status() -> None:
@@ -80,12 +110,20 @@ def test_status_at_each_boundary(key: str, hours: float, status: str) -> None:
     assert p[key].blocked_by == ()
 
 
+def planned_anchor(key: str) -> float:
+    """Hours after T0 of a step's anchor when nothing is recorded: T0, or the anchor step's planned target."""
+    w = R.step(key).window
+    return 0.0 if w.anchor == "t0" else planned_anchor(w.anchor) + R.step(w.anchor).window.target
+
+
 @pytest.mark.parametrize("key", R.step_keys)
 def test_absolute_window_follows_the_recipe(key: str) -> None:
     w = R.step(key).window
+    a = planned_anchor(key)
     sp = next(s for s in plan(R, T0, T0, {}) if s.key == key)
-    assert (sp.window.earliest, sp.window.target, sp.window.latest) == (at(w.earliest), at(w.target), at(w.latest))
-    assert sp.window.hard_latest == (None if w.hard_latest is None else at(w.hard_latest))
+    assert (sp.window.earliest, sp.window.target, sp.window.latest) == (at(a + w.earliest), at(a + w.target),
+                                                                        at(a + w.latest))
+    assert sp.window.hard_latest == (None if w.hard_latest is None else at(a + w.hard_latest))
 
 
 def test_done_whatever_the_time_and_keeps_override_flag() -> None:
@@ -112,15 +150,17 @@ def test_skipped_optional_step_satisfies_its_successors() -> None:
     assert p["harvest"].status == "pending" and p["harvest"].blocked_by == ("feed_day5",)
 
 
-def test_window_anchored_to_a_step_follows_its_done_time() -> None:
-    r = R.model_copy(update={"steps": tuple(
-        s.model_copy(update={"window": s.window.model_copy(update={"anchor": "harvest", "earliest": 0, "target": 2,
-                                                                   "latest": 6})})
-        if s.key == "formulate" else s for s in R.steps)})
-    p = {sp.key: sp for sp in plan(r, T0, at(100), {})}
-    assert p["formulate"].window.target == at(168 + 2)  # harvest not done: its planned target
-    p = {sp.key: sp for sp in plan(r, T0, at(100), {"harvest": StepRecord(at(165))})}
-    assert p["formulate"].window.target == at(165 + 2)
+@pytest.mark.parametrize("key", ["formulate", "release", "infuse"])
+def test_window_anchored_to_the_harvest_follows_its_done_time(key: str) -> None:
+    w = R.step(key).window
+    assert w.anchor == "harvest"
+    planned = R.step("harvest").window.target
+    p = {sp.key: sp for sp in plan(R, T0, at(100), {})}
+    assert p[key].window.target == at(planned + w.target)  # harvest not done: its planned target
+    for actual in (163.0, 171.5):  # harvested early, or late
+        p = {sp.key: sp for sp in plan(R, T0, at(100), {"harvest": StepRecord(at(actual))})}
+        assert (p[key].window.earliest, p[key].window.target, p[key].window.latest) == (
+            at(actual + w.earliest), at(actual + w.target), at(actual + w.latest))
 
 
 def test_naive_times_and_unknown_records_are_refused() -> None:
@@ -131,7 +171,7 @@ def test_naive_times_and_unknown_records_are_refused() -> None:
 
 
 # check_step_post: (step, hours, records: done steps, override, outcome, rule)
-ALL_BEFORE_HARVEST = ("coat_vessels", "incubator_ready", "receive_cells", "seed", "feed_day3")
+ALL_BEFORE_HARVEST = ("coat_vessels", "incubator_ready", "receive_cells", "seed", "feed_day3", "mycoplasma_sample")
 POSTS: list[tuple[str, float, tuple[str, ...], bool, str, str | None]] = [
     ("feed_day3", 72, ALL_BEFORE_HARVEST[:4], False, "accept", None),
     ("feed_day3", 66, ALL_BEFORE_HARVEST[:4], False, "accept", None),
@@ -149,6 +189,9 @@ POSTS: list[tuple[str, float, tuple[str, ...], bool, str, str | None]] = [
     ("feed_day5", 127, ALL_BEFORE_HARVEST, False, "refuse", "after_hard_latest"),
     ("feed_day5", 127, ALL_BEFORE_HARVEST, True, "accept_with_deviation", "after_hard_latest"),
     ("harvest", 1, ALL_BEFORE_HARVEST[:4], True, "refuse", "out_of_order"),
+    ("harvest", 168, ALL_BEFORE_HARVEST[:5], False, "refuse", "out_of_order"),  # the mycoplasma sample comes first
+    ("harvest", 168, ALL_BEFORE_HARVEST, False, "accept", None),
+    ("infuse", 178, (*ALL_BEFORE_HARVEST, "harvest", "formulate"), True, "refuse", "out_of_order"),  # release first
     ("seed", 0, ("coat_vessels", "incubator_ready"), False, "refuse", "out_of_order"),
     ("seed", 0, ("coat_vessels", "incubator_ready", "receive_cells"), False, "accept", None),
 ]

@@ -16,6 +16,7 @@ from app.protocol import recipe as rmod
 from app.protocol.recipe import RecipeError, default_recipe, load_recipe, parse_recipe
 
 DEFAULT = Path(rmod.__file__).parent / "recipes" / rmod.DEFAULT_RECIPE
+V1 = Path(rmod.__file__).parent / "recipes" / "htlp-dl4-tnfa-v1.yaml"
 
 
 def base() -> dict[str, Any]:
@@ -34,14 +35,74 @@ def errors_of(data: dict[str, Any]) -> str:
 
 def test_default_recipe_is_packaged_and_complete() -> None:
     r = default_recipe()
-    assert (r.key, r.version, r.t0_step) == ("htlp-dl4-tnfa", 1, "seed")
+    assert rmod.DEFAULT_RECIPE == "htlp-dl4-tnfa-v2.yaml"
+    assert (r.key, r.version, r.t0_step) == ("htlp-dl4-tnfa", 2, "seed")
     assert r.step_keys == ("coat_vessels", "incubator_ready", "receive_cells", "seed", "feed_day3", "feed_day5",
-                           "harvest", "formulate", "release")
+                           "mycoplasma_sample", "harvest", "formulate", "release", "infuse")
     assert r.dose.allowed_per_kg == (1.5e6, 4e6, 9e6)
+    assert r.dose.harvest_overage_percent == 25 and r.dose.lower_dose_route
     assert r.planning.infusion_window_days == (4, 10) and r.planning.planned_infusion_day == 7
     assert r.step("feed_day5").optional and r.step("seed").signatures == ("performed", "verified")
     assert r.step("receive_cells").input("donor_id").expected_from == "donor_id"  # type: ignore[union-attr]
     assert load_recipe(None) == r and load_recipe(DEFAULT) == r
+
+
+def test_default_recipe_v2_content() -> None:
+    r = default_recipe()
+    # steps after the harvest follow its actual time; the infusion is the last step
+    assert {k: r.step(k).window.anchor for k in ("formulate", "release", "infuse")} == dict.fromkeys(
+        ("formulate", "release", "infuse"), "harvest")
+    assert r.step("infuse").operation == "infusion" and r.step("infuse").predecessors == ("release",)
+    assert r.step("harvest").predecessors == ("feed_day3", "mycoplasma_sample")
+    # the seeding density is computed from the run's typed vessels, not typed in
+    assert [i.name for i in r.step("seed").inputs] == ["viable_cells_seeded", "volume"]
+    assert r.seeding is not None and r.seeding.density_per_cm2 == (2.5e4, 5e4)
+    assert {k: v.area_cm2 for k, v in r.vessel_types.items()} == {"T75-DL4": 75, "T175-DL4": 175, "BAG-DL4-500": 500}
+    # QC results are reported separately: formulate records the product, not the results
+    assert [i.name for i in r.step("formulate").inputs] == ["cd7_cells_formulated", "product_volume",
+                                                             "qc_sample_volume"]
+    cd3 = r.step("harvest").input("cd3_percent")
+    assert cd3 is not None and cd3.accept_max is None and not cd3.has_limit  # the limit is CD3+/kg at formulation
+    assert [i.kind for i in r.step("infuse").inputs] == ["text", "text", "datetime", "datetime", "number"]
+    # materials with lots per reagent; arms; transplant types
+    assert [m.key for m in r.materials] == ["dl4", "medium", "scf", "flt3l", "tpo", "il7", "tnfa"]
+    assert r.step("coat_vessels").materials == ("dl4", "medium")
+    assert r.reagent("tnfa").concentration == 20 and r.reagent("tnfa").unit == "ng/mL"
+    with pytest.raises(KeyError, match="unknown reagent 'il2'; materials: dl4, medium"):
+        r.reagent("il2")
+    assert set(r.arms) == {"adult", "paediatric"}
+    assert {k: (v.cd3_limit_per_kg, v.earliest_infusion_day) for k, v in r.transplant_types.items()} == {
+        "t_cell_depleted": (2.5e4, 4), "ptcy_hla_mismatched": (1e5, 5), "haploidentical": (5e4, 4)}
+    # release: expiry, the endotoxin limit, the QC tests and which ones release waits for
+    assert r.release is not None
+    assert (r.release.product_shelf_life_hours, r.release.endotoxin_limit_eu_per_kg_h,
+            r.release.planned_infusion_hours) == (12, 5, 0.5)
+    assert {t.key: (t.sampled_at, t.before_release) for t in r.release.tests} == {
+        "gram_stain": ("formulate", True), "endotoxin": ("formulate", True),
+        "mycoplasma": ("mycoplasma_sample", True), "sterility": ("formulate", False)}
+    assert r.release.test("sterility").notify_positive
+    with pytest.raises(KeyError, match="unknown QC test 'ph'"):
+        r.release.test("ph")
+    # the door openings state their expected recovery; the growth forecast replaces the v1 fold ranges
+    opening = r.step("seed").planned_opening
+    assert opening is not None and r.step("harvest").planned_opening == opening
+    assert r.step("release").planned_opening is None
+    assert r.projection.growth is not None and r.projection.sources is None
+    assert set(r.projection.growth.sources) == {"mobilized", "cord"}
+
+
+def test_recipe_v1_still_loads_and_validates() -> None:
+    r = load_recipe(V1)
+    assert (r.key, r.version) == ("htlp-dl4-tnfa", 1)
+    assert r.step_keys == ("coat_vessels", "incubator_ready", "receive_cells", "seed", "feed_day3", "feed_day5",
+                           "harvest", "formulate", "release")
+    assert r.step("formulate").window.anchor == "t0"
+    seeding = r.step("seed").input("seeding_density")
+    assert seeding is not None and (seeding.accept_min, seeding.accept_max) == (2.5e4, 5e4)
+    assert r.step("seed").door_opening is True and r.step("seed").planned_opening is None
+    assert r.projection.sources is not None and r.projection.growth is None
+    assert r.release is None and r.seeding is None and not r.materials and not r.transplant_types
+    assert r.content_hash != default_recipe().content_hash
 
 
 def test_meanings_match_the_signature_module() -> None:
@@ -147,11 +208,21 @@ def mutate_meaning(d: dict[str, Any]) -> None:
 
 
 def mutate_accept_order(d: dict[str, Any]) -> None:
-    step(d, "seed")["inputs"][1].update(accept_min=6e4)
+    step(d, "coat_vessels")["inputs"][1].update(accept_min=38)
+
+
+def _cell_source(d: dict[str, Any]) -> dict[str, Any]:
+    return next(i for i in step(d, "receive_cells")["inputs"] if i["name"] == "cell_source")
 
 
 def mutate_expected_kind(d: dict[str, Any]) -> None:
-    step(d, "formulate")["inputs"][2]["expected"] = "maybe"
+    inp = _cell_source(d)
+    del inp["expected_from"]
+    inp["expected"] = "maybe"
+
+
+def mutate_expected_twice(d: dict[str, Any]) -> None:
+    _cell_source(d)["expected"] = "cord"
 
 
 def mutate_context_key(d: dict[str, Any]) -> None:
@@ -159,7 +230,11 @@ def mutate_context_key(d: dict[str, Any]) -> None:
 
 
 def mutate_choice_without_choices(d: dict[str, Any]) -> None:
-    step(d, "formulate")["inputs"][2]["choices"] = []
+    _cell_source(d)["choices"] = []
+
+
+def mutate_limit_on_datetime(d: dict[str, Any]) -> None:
+    step(d, "infuse")["inputs"][2]["accept_min"] = 0
 
 
 def mutate_planning(d: dict[str, Any]) -> None:
@@ -170,8 +245,72 @@ def mutate_acceptance_percent(d: dict[str, Any]) -> None:
     d["dose"]["acceptance_percent"] = [110, 120]
 
 
-def mutate_fold(d: dict[str, Any]) -> None:
-    d["projection"]["sources"]["cord"]["fold"] = [50, 20]
+def mutate_fold(d: dict[str, Any]) -> None:  # recipe v1's fold ranges, still part of the model
+    d["projection"]["sources"] = {"cord": {"fold": [50, 20], "cd7_percent": [55, 80]}}
+
+
+def mutate_overage(d: dict[str, Any]) -> None:
+    d["dose"]["harvest_overage_percent"] = -5
+
+
+def mutate_arm_weight(d: dict[str, Any]) -> None:
+    d["arms"]["paediatric"]["patient_weight_kg"] = [120, 2]
+
+
+def mutate_unknown_arm(d: dict[str, Any]) -> None:
+    d["arms"]["elderly"] = {"patient_weight_kg": [60, 120]}
+
+
+def mutate_unknown_transplant_type(d: dict[str, Any]) -> None:
+    d["transplant_types"]["autologous"] = {"cd3_limit_per_kg": 1e5, "earliest_infusion_day": 4}
+
+
+def mutate_cd3_limit(d: dict[str, Any]) -> None:
+    d["transplant_types"]["haploidentical"]["cd3_limit_per_kg"] = 0
+
+
+def mutate_material(d: dict[str, Any]) -> None:
+    step(d, "seed")["materials"] = [*step(d, "seed")["materials"], "il2"]
+
+
+def mutate_duplicate_material(d: dict[str, Any]) -> None:
+    step(d, "coat_vessels")["materials"] = ["dl4", "dl4"]
+
+
+def mutate_duplicate_reagent(d: dict[str, Any]) -> None:
+    d["materials"].append(d["materials"][0])
+
+
+def mutate_reagent_unit(d: dict[str, Any]) -> None:
+    del d["materials"][0]["unit"]
+
+
+def mutate_vessel_area(d: dict[str, Any]) -> None:
+    d["vessel_types"]["T75-DL4"]["area_cm2"] = 0
+
+
+def mutate_seeding_order(d: dict[str, Any]) -> None:
+    d["seeding"]["density_per_cm2"] = [5e4, 2.5e4]
+
+
+def mutate_qc_sampled_at(d: dict[str, Any]) -> None:
+    d["release"]["tests"][2]["sampled_at"] = "mycoplasma"
+
+
+def mutate_duplicate_qc_test(d: dict[str, Any]) -> None:
+    d["release"]["tests"].append(d["release"]["tests"][0])
+
+
+def mutate_two_endotoxin_tests(d: dict[str, Any]) -> None:
+    d["release"]["tests"].append({**d["release"]["tests"][1], "key": "endotoxin_repeat"})
+
+
+def mutate_qc_kind(d: dict[str, Any]) -> None:
+    d["release"]["tests"][0]["kind"] = "colour"
+
+
+def mutate_shelf_life(d: dict[str, Any]) -> None:
+    d["release"]["product_shelf_life_hours"] = 0
 
 
 def mutate_nan(d: dict[str, Any]) -> None:
@@ -200,13 +339,33 @@ RULES = [
     (mutate_setpoint_range, "incubator.temperature_setpoint = 145 is outside -20..100 degC"),
     (mutate_channel, "unknown channel 'incubator.pressure'"),
     (mutate_meaning, "steps[seed].signatures[1]: Input should be 'performed', 'verified', 'reviewed' or 'approved'"),
-    (mutate_accept_order, "acceptance accept_min 60000 > accept_max 50000"),
-    (mutate_expected_kind, "expected 'maybe' does not fit a choice input with choices ['negative', 'positive']"),
+    (mutate_accept_order, "steps[coat_vessels].inputs[coat_temperature]: acceptance accept_min 38 > accept_max 37.5"),
+    (mutate_expected_kind, "expected 'maybe' does not fit a choice input with choices ['mobilized', 'cord']"),
+    (mutate_expected_twice, "give expected or expected_from, not both"),
     (mutate_context_key, "expected_from 'favourite_colour' is not a run attribute"),
     (mutate_choice_without_choices, "a choice input needs choices, and only a choice input has them"),
+    (mutate_limit_on_datetime, "steps[infuse].inputs[infusion_start]: min/max/accept_min/accept_max apply to number "
+                               "and integer inputs, not datetime"),
     (mutate_planning, "planned_infusion_day 11 is outside infusion_window_days 4..10"),
     (mutate_acceptance_percent, "acceptance_percent must be low <= 100 <= high, got [110.0, 120.0]"),
     (mutate_fold, "fold range must be 1 <= low <= high, got [50.0, 20.0]"),
+    (mutate_overage, "dose.harvest_overage_percent: Input should be greater than or equal to 0"),
+    (mutate_arm_weight, "patient_weight_kg must be 0 < low <= high, got [120.0, 2.0]"),
+    (mutate_unknown_arm, "arms.elderly.[key]: Input should be 'adult' or 'paediatric'"),
+    (mutate_unknown_transplant_type, "transplant_types.autologous.[key]: Input should be 't_cell_depleted', "
+                                     "'ptcy_hla_mismatched' or 'haploidentical'"),
+    (mutate_cd3_limit, "transplant_types.haploidentical.cd3_limit_per_kg: Input should be greater than 0"),
+    (mutate_material, "step 'seed': material 'il2' is not a reagent of this recipe (materials)"),
+    (mutate_duplicate_material, "steps[coat_vessels]: duplicate materials ['dl4']"),
+    (mutate_duplicate_reagent, "materials: duplicate reagent keys ['dl4']"),
+    (mutate_reagent_unit, "materials[dl4]: give concentration and unit together"),
+    (mutate_vessel_area, "vessel_types.T75-DL4.area_cm2: Input should be greater than 0"),
+    (mutate_seeding_order, "density_per_cm2 must be low <= high, got [50000.0, 25000.0]"),
+    (mutate_qc_sampled_at, "release.tests[mycoplasma]: sampled_at 'mycoplasma' is not a step of this recipe"),
+    (mutate_duplicate_qc_test, "duplicate QC tests ['gram_stain']"),
+    (mutate_two_endotoxin_tests, "at most one endotoxin test"),
+    (mutate_qc_kind, "release.tests[gram_stain].kind: Input should be 'negative_positive' or 'endotoxin'"),
+    (mutate_shelf_life, "release.product_shelf_life_hours: Input should be greater than 0"),
     (mutate_nan, "steps[harvest].inputs[viability].accept_min: Input should be a finite number"),
 ]
 
@@ -230,7 +389,9 @@ def test_not_yaml_and_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
 def test_cli_validate(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(cli, ["recipe", "validate", str(DEFAULT)])
-    assert ok.exit_code == 0 and default_recipe().content_hash in ok.output and "htlp-dl4-tnfa v1" in ok.output
+    assert ok.exit_code == 0 and default_recipe().content_hash in ok.output and "htlp-dl4-tnfa v2" in ok.output
+    old = runner.invoke(cli, ["recipe", "validate", str(V1)])
+    assert old.exit_code == 0 and load_recipe(V1).content_hash in old.output and "htlp-dl4-tnfa v1" in old.output
     data = base()
     mutate_predecessor(data)
     bad = tmp_path / "bad.yaml"

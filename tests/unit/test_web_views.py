@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from app.protocol.recipe import default_recipe
+from app.protocol import recipe as rmod
+from app.protocol.recipe import default_recipe, load_recipe
 from app.web import views
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
@@ -72,12 +74,32 @@ def test_forms_follow_the_recipe_inputs() -> None:
     forms = {f["key"]: f for f in views.step_forms(recipe)}
     assert set(forms) == {s.key for s in recipe.steps}
     day3 = forms["feed_day3"]
-    assert [f["name"] for f in day3["fields"]] == [i.name for i in recipe.steps[4].inputs]
+    assert [f["name"] for f in day3["fields"]] == [i.name for i in recipe.step("feed_day3").inputs]
     viability = next(f for f in day3["fields"] if f["name"] == "viability")
     assert viability["control"] == "number" and viability["unit"] == "%" and "0 \u2013 100 %" in viability["hint"]
     assert day3["signatures"] == ["performed"]
     assert next(f for f in forms["receive_cells"]["fields"] if f["name"] == "cell_source")["choices"] == [
         "mobilized", "cord"]
+    # v2: the seed form has no density or vessel fields (computed from the run's vessels); the infusion records
+    # its start and end as date and time
+    assert [f["name"] for f in forms["seed"]["fields"]] == ["viable_cells_seeded", "volume"]
+    assert [(f["name"], f["kind"]) for f in forms["infuse"]["fields"] if f["kind"] == "datetime"] == [
+        ("infusion_start", "datetime"), ("infusion_end", "datetime")]
+    assert forms["infuse"]["signatures"] == ["performed", "verified"] and forms["release"]["signatures"] == [
+        "approved"]
+
+
+def test_forms_name_the_reagents_whose_lots_a_step_records() -> None:
+    recipe = default_recipe()
+    forms = {f["key"]: f for f in views.step_forms(recipe)}
+    assert forms["coat_vessels"]["materials"] == [{"key": "dl4", "name": "DL-4-Fc (coating)"},
+                                                  {"key": "medium", "name": "serum-free X-VIVO-type medium"}]
+    assert [m["key"] for m in forms["seed"]["materials"]] == ["medium", "scf", "flt3l", "tpo", "il7", "tnfa"]
+    assert forms["feed_day3"]["materials"] == forms["feed_day5"]["materials"] == forms["seed"]["materials"]
+    assert forms["harvest"]["materials"] == forms["release"]["materials"] == []
+    v1 = load_recipe(Path(rmod.__file__).parent / "recipes" / "htlp-dl4-tnfa-v1.yaml")
+    assert all(f["materials"] == [] for f in views.step_forms(v1))  # v1 records no lots
+    assert views.step_forms(None) == []
 
 
 def test_chart_specs_carry_limits_and_bands() -> None:
