@@ -163,9 +163,24 @@ class NextDue(_Strict):
 class DoseView(_Strict):
     required_cd7_cells: float
     target_per_kg: float
-    seed: dict[str, Any] | None = Field(description="the projection band at seeding")
-    day3: dict[str, Any] | None = Field(description="the projection band at the day-3 count")
-    achieved: dict[str, Any] | None = Field(description="the achieved dose at harvest")
+    seed: dict[str, Any] | None = Field(description="the forecast band at seeding")
+    day3: dict[str, Any] | None = Field(description="the forecast band at the day-3 count")
+    feed_day5: dict[str, Any] | None = Field(default=None, description="the forecast band at the day-5 count")
+    seeding: dict[str, Any] | None = Field(default=None, description="the seeding density computed from the vessels")
+    harvest: dict[str, Any] | None = Field(description="whether the harvest holds the required cells + overage")
+    achieved: dict[str, Any] | None = Field(description="the formulated dose (net of QC samples), CD3+ per kg")
+    expiry: str | None = Field(default=None, description="the product's expiry")
+    endotoxin: dict[str, Any] | None = Field(default=None, description="the EU/kg/h figure after infusion")
+
+
+class ProductView(_Strict):
+    product_id: str
+    graft_din: str | None
+    status: str | None = Field(description="not_formulated, in_specification, lower_dose_level, dose_out_of_range "
+                                           "or out_of_specification")
+    expiry: str | None
+    decision: dict[str, Any] | None = Field(description="QA's signed dose decision")
+    qc: list[dict[str, Any]] = Field(description="each QC test with its status: not_sampled, pending, reported")
 
 
 class InfusionCheck(_Strict):
@@ -202,6 +217,12 @@ class RunPublic(_Strict):
     created_at: datetime
     ended_at: datetime | None
     vessel_ids: list[str]
+    vessels: list[dict[str, Any]] = Field(description="typed vessels: id, type, DL-4 area, incubator")
+    transplant_type: str | None
+    arm: str | None
+    graft_din: str | None
+    product_id: str
+    disposition: str | None = Field(description="'held for QA disposition: <reason>' while held")
     now: datetime
     open_deviations: int
     recipe: RecipeRef | None
@@ -209,6 +230,7 @@ class RunPublic(_Strict):
     next_due: NextDue | None
     dose: DoseView | None
     infusion: InfusionCheck | None
+    product: ProductView | None
 
 
 class RunCreated(RunPublic):
@@ -269,6 +291,76 @@ class StepRecordPublic(_Strict):
     override: bool
     override_reason: str | None
     deviation_ids: list[int]
+    lots: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
+
+
+class CorrectionPublic(_Strict):
+    id: int
+    corrected_at: datetime
+    before: dict[str, Any]
+    after: dict[str, Any]
+    reason: str
+    corrected_by: str
+    deviation_ids: list[int]
+    signatures: list[dict[str, Any]]
+
+
+class StepRecordView(_Strict):
+    id: int
+    run_id: int
+    step_key: str
+    posted_at: datetime
+    recorded_by: str
+    inputs: dict[str, Any] = Field(description="as recorded")
+    effective_inputs: dict[str, Any] = Field(description="with the corrections applied")
+    lots: dict[str, Any] | None
+    provenance: dict[str, Any] | None = Field(description="per input: typed, or counter (import, SHA-256)")
+    override: bool
+    override_reason: str | None
+    deviation_ids: list[int]
+    derived: dict[str, Any] | None
+    signatures: list[dict[str, Any]]
+    corrections: list[CorrectionPublic]
+
+
+class DoseDecisionPublic(_Strict):
+    id: int
+    decision: str
+    dose_per_kg: float | None
+    reason: str
+    decided_at: datetime
+    decided_by: str
+    signatures: list[dict[str, Any]]
+
+
+class QcResultPublic(_Strict):
+    test: str
+    title: str
+    sampled_at_step: str
+    before_release: bool
+    status: str
+    sampled_at: datetime | None
+    result: dict[str, Any] | None
+    passed: bool | None
+    reported_at: datetime | None
+    reported_by: str | None
+
+
+class CountImportPublic(_Strict):
+    id: int
+    run_id: int
+    step_key: str
+    filename: str
+    sha256: str
+    format: str
+    instrument_id: str
+    sample_id: str
+    measured_at: str | None
+    values: dict[str, float]
+    volume_ml: float | None
+    imported_at: datetime
+    imported_by: str
 
 
 class RunStatusPublic(_Strict):

@@ -104,6 +104,13 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/runs/{{run_id}}/steps/{{step_key}}"): roles(
         Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.AUTOMATION,
         note="override: supervisor only, QA for the release step; the release step: QA, signed 'approved'"),
+    ("GET", f"{V1}/runs/{{run_id}}/steps/{{step_key}}"): ANY,
+    ("POST", f"{V1}/runs/{{run_id}}/steps/{{step_key}}/corrections"): roles(
+        Role.SUPERVISOR, note="signed 'approved' by a person"),
+    ("POST", f"{V1}/runs/{{run_id}}/count-imports"): roles(Role.OPERATOR, Role.SUPERVISOR, Role.AUTOMATION),
+    ("POST", f"{V1}/runs/{{run_id}}/dose-decision"): roles(Role.QA, note="signed 'approved' by a person"),
+    ("POST", f"{V1}/runs/{{run_id}}/qc-results/{{test}}"): roles(Role.SUPERVISOR, Role.QA, Role.AUTOMATION,
+                                                                 note="the lab's result, audited"),
     ("POST", f"{V1}/runs/{{run_id}}/hold"): roles(Role.SUPERVISOR, Role.QA),
     ("POST", f"{V1}/runs/{{run_id}}/resume"): roles(Role.QA, note="signed 'approved' by a person"),
     ("POST", f"{V1}/runs/{{run_id}}/abort"): roles(Role.SUPERVISOR, Role.QA),
@@ -113,7 +120,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/deviations/{{deviation_id}}/close"): roles(Role.QA, note="signed 'approved' by a person"),
     # Supervised control: people (and keys) of the process roles; QA reviews, admins manage accounts.
     ("POST", f"{V1}/devices/{{name}}/setpoints"): roles(
-        Role.OPERATOR, Role.SUPERVISOR, note="a held run's devices: supervisor only; see Setpoint control"),
+        Role.OPERATOR, Role.SUPERVISOR, note="a held run's devices: none by hand; see Setpoint control"),
     ("GET", f"{V1}/devices/{{name}}/setpoints"): ANY,
     # Alarms (ISA-18.2): anyone reads; people act, with a comment (audited as the reason).
     ("GET", f"{V1}/alarms"): ANY,

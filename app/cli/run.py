@@ -129,6 +129,10 @@ def post(
     value: Annotated[list[str] | None,
                      typer.Option("--value", "-v", help="NAME=VALUE (JSON value or text); repeat")] = None,
     inputs_file: Annotated[Path | None, typer.Option("--inputs", help="a JSON file of the inputs")] = None,
+    lot: Annotated[list[str] | None,
+                   typer.Option("--lot", help="REAGENT=LOT@YYYY-MM-DD (the lot and expiry of a material); repeat")
+                   ] = None,
+    count_import: Annotated[int | None, typer.Option("--count-import", help="a count import's id")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     url: Url = DEFAULT_URL, api_key: ApiKey = "", as_json: AsJson = False,
 ) -> None:
@@ -143,8 +147,21 @@ def post(
             inputs[name] = json.loads(raw)
         except ValueError:
             inputs[name] = raw
+    lots: dict[str, dict[str, str]] = {}
+    for item in lot or []:
+        reagent, sep, rest = item.partition("=")
+        number, at, expiry = rest.partition("@")
+        if not (sep and at and reagent and number and expiry):
+            typer.echo(f"error: --lot {item!r} is not REAGENT=LOT@YYYY-MM-DD", err=True)
+            raise typer.Exit(2)
+        lots[reagent] = {"lot": number, "expiry": expiry}
+    body: dict[str, Any] = {"inputs": inputs}
+    if lots:
+        body["lots"] = lots
+    if count_import is not None:
+        body["count_import"] = count_import
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-    out = call("POST", url, f"/runs/{run_id}/steps/{step_key}", _key(api_key), {"inputs": inputs}, headers)
+    out = call("POST", url, f"/runs/{run_id}/steps/{step_key}", _key(api_key), body, headers)
     if as_json:
         typer.echo(json.dumps(out))
         return

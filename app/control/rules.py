@@ -21,8 +21,9 @@ Source = Literal["api", "recipe"]
 
 # Run states that bind a run's devices; completed and aborted runs release them.
 BINDING_STATES: frozenset[str] = frozenset({"planned", "running", "held"})
-# Who may change the setpoints of a device whose run is held (with a reason, as every command).
-HELD_RUN_ROLES: frozenset[Role] = frozenset({Role.SUPERVISOR})
+# Who may change the setpoints of a device whose run is held: nobody by hand. A hold is QA's disposition of the
+# product; the culture goes on as the recipe says (the engine still applies the recipe's setpoints).
+HELD_RUN_ROLES: frozenset[Role] = frozenset()
 # Relative tolerance of a read-back for float points (float32 keeps ~7 significant digits).
 RELATIVE_RESOLUTION = 1e-6
 
@@ -91,10 +92,8 @@ def binding_runs(runs: Iterable[BoundRun]) -> list[BoundRun]:
 
 
 def check_run_state(runs: Iterable[BoundRun], role: Role, source: Source) -> Refusal | None:
-    """A device of a held run: only a supervisor may change it (409 run_held); planned, running or no run: allowed.
-
-    The recipe engine only writes for planned and running runs (it checks that itself), so this is a rule for
-    people and scripts.
+    """A device of a held run takes no setpoint outside the recipe (409 run_held); planned, running or no run:
+    allowed. The recipe engine's writes (source "recipe") are the recipe's, so they go on while QA decides.
     """
     if source == "recipe":
         return None
@@ -103,8 +102,8 @@ def check_run_state(runs: Iterable[BoundRun], role: Role, source: Source) -> Ref
         return None
     names = ", ".join(f"{r.code} (id {r.id})" for r in held)
     return Refusal(409, "run_held",
-                   f"the device belongs to held run {names}: only a supervisor may change its setpoints "
-                   f"(with a reason), not {role.value}",
+                   f"the device belongs to held run {names}, held for QA disposition: its setpoints change only "
+                   f"as the recipe says until QA resumes the run ({role.value} may not change them by hand)",
                    {"run_ids": [r.id for r in held], "allowed_roles": sorted(r.value for r in HELD_RUN_ROLES)})
 
 

@@ -11,7 +11,9 @@ Owners (the only modules that write each table family):
 - users: app/auth/users.py; sessions: app/auth/sessions.py; api_keys: app/auth/apikeys.py
 - audit_log, audit_head: app/records/audit.py; signature: app/records/signatures.py
 - recipe: app/protocol/recipes.py; culture_run: app/protocol/runs.py; step_record: app/protocol/steps.py;
-  step_status: app/protocol/engine.py; deviation, deviation_comment: app/protocol/deviations.py
+  step_status: app/protocol/engine.py; deviation, deviation_comment: app/protocol/deviations.py;
+  step_correction: app/protocol/corrections.py; dose_decision, qc_result: app/protocol/product.py;
+  count_import: app/protocol/counts.py
 - idempotency_key: app/api/idempotency.py
 - setpoint_command: app/control/setpoints.py
 - alarm, alarm_event, excursion, door_opening: app/alarms/journal.py (for the alarm service)
@@ -292,7 +294,16 @@ culture_run = Table(
     Column("hold_reason", Text),
     Column("abort_reason", Text),
     Column("created_by", Text),
+    Column("transplant_type", Text),
+    Column("arm", Text),
+    Column("graft_din", Text),
+    Column("vessels", JSONB),
     CheckConstraint("cell_source = ANY (ARRAY['mobilized'::text, 'cord'::text])", name="culture_run_cell_source_check"),
+    CheckConstraint(
+        "transplant_type = ANY (ARRAY['t_cell_depleted'::text, 'ptcy_hla_mismatched'::text, 'haploidentical'::text])",
+        name="culture_run_transplant_type_check",
+    ),
+    CheckConstraint("arm = ANY (ARRAY['adult'::text, 'paediatric'::text])", name="culture_run_arm_check"),
     CheckConstraint(
         "status = ANY (ARRAY['planned'::text, 'running'::text, 'held'::text, 'completed'::text, 'aborted'::text])",
         name="culture_run_status_check",
@@ -457,10 +468,90 @@ step_record = Table(
     Column("override_reason", Text),
     Column("deviation_ids", ARRAY(BigInteger()), nullable=False, server_default=text("'{}'::bigint[]")),
     Column("dose", JSONB),
+    Column("lots", JSONB),
+    Column("provenance", JSONB),
     CheckConstraint("NOT override OR override_reason IS NOT NULL", name="step_record_check"),
     ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="step_record_run_id_fkey"),
     PrimaryKeyConstraint("id", name="step_record_pkey"),
     UniqueConstraint("run_id", "step_key", name="step_record_run_id_step_key_key"),
+)
+
+step_correction = Table(
+    "step_correction",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("step_record_id", BigInteger, nullable=False),
+    Column("run_id", BigInteger, nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("corrected_at", DateTime(True), nullable=False),
+    Column("before", JSONB, nullable=False),
+    Column("after", JSONB, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor_id", BigInteger),
+    Column("actor_name", Text, nullable=False),
+    Column("deviation_ids", ARRAY(BigInteger()), nullable=False, server_default=text("'{}'::bigint[]")),
+    Column("dose", JSONB),
+    ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="step_correction_run_id_fkey"),
+    ForeignKeyConstraint(["step_record_id"], ["step_record.id"], name="step_correction_step_record_id_fkey"),
+    PrimaryKeyConstraint("id", name="step_correction_pkey"),
+    Index("step_correction_record_idx", "step_record_id", "id"),
+)
+
+dose_decision = Table(
+    "dose_decision",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, nullable=False),
+    Column("decision", Text, nullable=False),
+    Column("dose_per_kg", Double(53)),
+    Column("reason", Text, nullable=False),
+    Column("decided_at", DateTime(True), nullable=False),
+    Column("decided_by", Text, nullable=False),
+    CheckConstraint("(decision = 'lower_dose'::text) = (dose_per_kg IS NOT NULL)", name="dose_decision_check"),
+    CheckConstraint("decision = ANY (ARRAY['lower_dose'::text, 'out_of_specification'::text])",
+                    name="dose_decision_decision_check"),
+    ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="dose_decision_run_id_fkey"),
+    PrimaryKeyConstraint("id", name="dose_decision_pkey"),
+    UniqueConstraint("run_id", name="dose_decision_run_id_key"),
+)
+
+qc_result = Table(
+    "qc_result",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, nullable=False),
+    Column("test", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("sampled_at", DateTime(True), nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("result", JSONB),
+    Column("passed", Boolean),
+    Column("reported_at", DateTime(True)),
+    Column("reported_by", Text),
+    CheckConstraint("(status = 'reported'::text) = (reported_at IS NOT NULL)", name="qc_result_check"),
+    CheckConstraint("status = ANY (ARRAY['pending'::text, 'reported'::text])", name="qc_result_status_check"),
+    ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="qc_result_run_id_fkey"),
+    PrimaryKeyConstraint("id", name="qc_result_pkey"),
+    UniqueConstraint("run_id", "test", name="qc_result_run_id_test_key"),
+)
+
+count_import = Table(
+    "count_import",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("sha256", CHAR(64), nullable=False),
+    Column("format", Text, nullable=False),
+    Column("instrument_id", Text, nullable=False),
+    Column("sample_id", Text, nullable=False),
+    Column("values", JSONB, nullable=False),
+    Column("imported_at", DateTime(True), nullable=False),
+    Column("imported_by", Text, nullable=False),
+    ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="count_import_run_id_fkey"),
+    PrimaryKeyConstraint("id", name="count_import_pkey"),
+    Index("count_import_run_idx", "run_id", "step_key"),
 )
 
 step_status = Table(

@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
 log = logging.getLogger("culturectl.demo")
 
-VOLUME_ML = 20.0  # culture volume the counts are scaled by (seeded 2e6 cells at 1e5 cells/mL)
-SEEDED_CELLS = 2.0e6
+VOLUME_ML = 200.0  # culture volume the counts are scaled by (seeded 2e7 cells at 1e5 cells/mL)
+SEEDED_CELLS = 2.0e7
+PRODUCT_ML = 50.0  # formulated product volume
+QC_ML = 2.0  # taken from it for Gram stain, endotoxin and sterility
 POST_AS: dict[str, str] = {"release": "qa"}
 # Who signs a step's record for each meaning when the poster did not (a verifier is a second person).
 SIGNED_BY: dict[str, str] = {"performed": "operator", "verified": "supervisor", "reviewed": "qa", "approved": "qa"}
@@ -39,6 +42,7 @@ class DemoAutomation:
     poll: float = 0.5
     posted: list[str] = field(default_factory=list)
     _meanings: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _materials: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _sessions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     async def run(self) -> dict[str, Any]:
@@ -75,15 +79,28 @@ class DemoAutomation:
             recipe = await self._get(http, f"/api/v1/recipes/{view['recipe']['key']}/{view['recipe']['version']}",
                                      key)
             self._meanings = {s["key"]: tuple(s.get("signatures", ())) for s in recipe["content"]["steps"]}
+            self._materials = {s["key"]: tuple(s.get("materials", ())) for s in recipe["content"]["steps"]}
         if view["status"] == "held":
             await self._signed(http, "qa", f"/api/v1/runs/{self.run_id}/resume",
                                {"reason": "demo: QA reviewed the hold"})
             return
+        await self._report_results(http, view)
         for step in view["schedule"]:
             if step["blocked_by"] or step["status"] not in ("open", "due", "late", "missed"):
                 continue
             await self._post(http, key, view, step)
             return  # one post per poll: the next poll sees the new schedule
+
+    async def _report_results(self, http: httpx.AsyncClient, view: dict[str, Any]) -> None:
+        """The lab's results of the QC samples taken (QA reports them): all negative, endotoxin low."""
+        for qc in (view.get("product") or {}).get("qc") or []:
+            if qc["status"] != "pending" or (qc["test"] == "sterility" and view["status"] != "completed"):
+                continue
+            body: dict[str, Any] = {"eu_per_ml": 0.05} if qc["test"] == "endotoxin" else {"result": "negative"}
+            headers = await self._login(http, "qa")
+            r = await http.post(f"/api/v1/runs/{self.run_id}/qc-results/{qc['test']}", json=body, headers=headers)
+            if r.status_code >= 400:
+                log.warning("demo client: QC result %s -> %s %s", qc["test"], r.status_code, r.text[:300])
 
     async def _signed(self, http: httpx.AsyncClient, role: str, path: str, body: dict[str, Any]) -> httpx.Response:
         headers = await self._login(http, role)
@@ -104,6 +121,9 @@ class DemoAutomation:
         role = POST_AS.get(name, "supervisor" if late else "operator")
         headers = await self._login(http, role)
         body: dict[str, Any] = {"inputs": await self._inputs(http, key, view, name)}
+        materials = self._materials.get(name, ())
+        if materials:
+            body["lots"] = {m: {"lot": f"{m.upper()}-DEMO", "expiry": "2099-12-31"} for m in materials}
         meanings = self._meanings.get(name, ())
         if meanings and role != "supervisor":
             body["signature"] = {"meaning": meanings[0], "password": self.password}
@@ -151,25 +171,40 @@ class DemoAutomation:
         vcd = reading(cs, "viable_cell_density", 1.0e5, 1.0, 1.0e8)
         viability = reading(cs, "viability", 90.0, 0, 100)
         cd7 = reading(cs, "cd7_percent", 60.0, 0, 100)
-        day = "2027-06-30"
+        day = "2099-06-30"
+        harvest_cells = round(vcd * VOLUME_ML)
+        # Formulate the dose level for the patient (QA's lower level when it decided one), 100 % of it net of
+        # the QC samples, or what the harvest holds when it holds less.
+        dose_view = view.get("dose") or {}
+        decision = ((view.get("product") or {}).get("decision") or {})
+        level = decision.get("dose_per_kg") or view.get("target_dose_per_kg") or 0
+        needed = float(level) * float(view.get("patient_weight_kg") or 0) * PRODUCT_ML / (PRODUCT_ML - QC_ML)
+        harvested = ((dose_view.get("harvest") or {}).get("cd7_cells")) or harvest_cells * cd7 / 100
+        now = view["now"]
         inputs: dict[str, dict[str, Any]] = {
-            "coat_vessels": {"dl4_lot": "DL4-DEMO", "dl4_expiry": day, "medium_lot": "XV-DEMO",
-                             "cytokines_lot": "CK-DEMO", "tnfa_lot": "TNF-DEMO", "coat_hours": 16,
-                             "coat_temperature": reading(inc, "temperature", 37.0, 0, 60)},
+            "coat_vessels": {"coat_hours": 16, "coat_temperature": reading(inc, "temperature", 37.0, 0, 60)},
             "incubator_ready": {"temperature": reading(inc, "temperature", 37.0, 0, 60),
                                 "co2": reading(inc, "co2", 5.0, 0, 20),
                                 "humidity": reading(inc, "humidity", 92, 0, 100),
                                 "trend_hours": 4, "calibration_valid": True, "calibration_due": day},
-            "receive_cells": {"donor_id": view["donor_id"], "cell_source": view["cell_source"],
-                              "viable_cd34_cells": 2.2e6, "viability": 95, "cd34_purity": 92},
-            "seed": {"viable_cells_seeded": SEEDED_CELLS, "seeding_density": 3.0e4, "volume": VOLUME_ML,
-                     "vessel_ids": ",".join(view.get("vessel_ids") or ["V1"])},
-            "harvest": {"total_viable_cells": round(vcd * VOLUME_ML), "viability": viability, "cd7_percent": cd7,
+            "receive_cells": {"donor_id": view["donor_id"], "graft_din": view.get("graft_din") or "",
+                              "cell_source": view["cell_source"], "viable_cd34_cells": 2.2e7, "viability": 95,
+                              "cd34_purity": 92},
+            "seed": {"viable_cells_seeded": SEEDED_CELLS, "volume": VOLUME_ML},
+            "mycoplasma_sample": {"sample_id": f"MYC-{view['code']}", "volume": 1.0},
+            "harvest": {"total_viable_cells": harvest_cells, "viability": viability, "cd7_percent": cd7,
                         "cd34_percent": 5.0, "cd3_percent": 0.2},
-            "formulate": {"cd7_cells_formulated": round(vcd * VOLUME_ML * cd7 / 100), "endotoxin": 0.5,
-                          "gram_stain": "negative", "mycoplasma": "negative"},
+            "formulate": {"cd7_cells_formulated": round(min(needed, float(harvested))),
+                          "product_volume": PRODUCT_ML, "qc_sample_volume": QC_ML},
             "release": {"comment": "demo release"},
+            "infuse": {"patient_id_scanned": view["patient_id"], "product_id_scanned": view["product_id"],
+                       "infusion_start": now, "infusion_end": _plus_minutes(now, 30),
+                       "infused_volume": PRODUCT_ML - QC_ML},
         }
         feed = {"viable_cells": round(vcd * VOLUME_ML), "viable_density": vcd, "viability": viability,
                 "cd7_percent": cd7}
         return inputs.get(name, feed)
+
+
+def _plus_minutes(iso: str, minutes: float) -> str:
+    return (datetime.fromisoformat(iso) + timedelta(minutes=minutes)).isoformat()

@@ -27,6 +27,7 @@ DEMO_USERS: tuple[tuple[str, str, Role], ...] = (
 DEMO_ACTOR = Principal(kind="system", id=None, name="culturectl-demo", role=Role.ADMIN,
                        display_name="culturectl demo set-up")
 KEY_FILE = "demo-automation.key"
+DEMO_DIN = "W0000 26 000001 F"  # the demo graft's ISBT 128 DIN with its check character
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,17 @@ async def active_demo_run(conn: asyncpg.Connection) -> DemoRun | None:
 
 
 async def create_demo_run(conn: asyncpg.Connection, now: datetime, t0: datetime) -> DemoRun:
-    """A demo run on the demo devices, planned T0 `t0` (a small patient: the simulated harvest fits its dose)."""
+    """A demo run on the demo devices, planned T0 `t0`: a child of 20 kg at 4e6 CD7+ cells/kg (8e7 cells; the
+    simulated harvest of 2e7 seeded cells holds them with the overage)."""
 
     recipe = default_recipe()
     hsct = t0 + timedelta(hours=recipe.planning.infusion_after_t0_hours) - timedelta(
         days=recipe.planning.planned_infusion_day)
     body = schemas.RunCreate(recipe_key=recipe.key, donor_id="DEMO-DONOR-1", patient_id="DEMO-PATIENT-1",
-                           patient_weight_kg=8, target_dose_per_kg=1.5e6, cell_source="mobilized", hsct_at=hsct,
+                           patient_weight_kg=20, target_dose_per_kg=4.0e6, cell_source="mobilized", hsct_at=hsct,
                            planned_t0=t0, incubator="incubator-1", culture_system="culture-system-1",
-                           vessel_ids=["DEMO-V1"], reason="demo run")
+                           vessels=[schemas.VesselIn(id="DEMO-BAG-1", type="BAG-DL4-500")],
+                           transplant_type="t_cell_depleted", arm="paediatric", graft_din=DEMO_DIN,
+                           reason="demo run")
     view = await runs.create_run(conn, body, principal=DEMO_ACTOR, now=now, client=None)
     return DemoRun(int(view["id"]), str(view["code"]), t0)

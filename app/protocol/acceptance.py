@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from app.protocol.recipe import Severity, Step, StepInput
@@ -31,7 +32,8 @@ class FieldError:
     """A posted value the step cannot record, naming the field, the rule broken and the limit."""
 
     field: str
-    rule: str  # unknown_field, required, type, unit, not_finite, too_large, below_min, above_max, too_long, choice
+    rule: str  # unknown_field, required, type, unit, not_finite, too_large, below_min, above_max, too_long, choice,
+    # lot_missing, lot_expired, unknown_reagent (materials)
     message: str
     limit: Any = None
 
@@ -101,6 +103,14 @@ def _check(inp: StepInput, raw: object) -> tuple[Value | None, FieldError | None
     if not isinstance(raw, str):
         return err("type", f"text is required, got {type(raw).__name__}")
     text = raw.strip()
+    if inp.kind == "datetime":
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return err("type", f"{text[:40]!r} is not an ISO 8601 date and time")
+        if when.tzinfo is None or when.utcoffset() is None:
+            return err("type", f"{text[:40]!r} has no UTC offset (e.g. 2027-01-05T09:30:00+01:00)")
+        return when.isoformat(), None
     if inp.kind == "choice":
         if text not in inp.choices:
             return err("choice", f"{text!r} is not one of {', '.join(inp.choices)}", list(inp.choices))
@@ -175,3 +185,30 @@ def evaluate_limits(step: Step, values: Mapping[str, Value],
             if not ok:
                 fail(f"== {inp.expected!r}")
     return failures
+
+
+def validate_lots(step: Step, reagents: Mapping[str, str], lots: Mapping[str, tuple[str, date]],
+                  use_date: date) -> tuple[dict[str, dict[str, str]], list[FieldError]]:
+    """The lots a step records (one lot and expiry per material it uses) and the errors: a missing or unknown
+    reagent, or a lot whose expiry is before the day of use. `reagents` maps the recipe's reagent keys to names."""
+    errors: list[FieldError] = []
+    out: dict[str, dict[str, str]] = {}
+    for key in lots:
+        if key not in step.materials:
+            errors.append(FieldError(f"lots.{key}", "unknown_reagent",
+                                     f"lots.{key}: step {step.key} uses no reagent {key!r}; it uses "
+                                     f"{', '.join(step.materials) or 'none'}", list(step.materials)))
+    for key in step.materials:
+        name = reagents.get(key, key)
+        if key not in lots:
+            errors.append(FieldError(f"lots.{key}", "lot_missing", f"lots.{key}: the lot and expiry of {name} "
+                                                                    "are required"))
+            continue
+        lot, expiry = lots[key]
+        if expiry < use_date:
+            errors.append(FieldError(f"lots.{key}", "lot_expired",
+                                     f"lots.{key}: {name} lot {lot} expired on {expiry.isoformat()}, before its use on "
+                                     f"{use_date.isoformat()}", expiry.isoformat()))
+            continue
+        out[key] = {"reagent": name, "lot": lot, "expiry": expiry.isoformat()}
+    return out, errors

@@ -1,59 +1,63 @@
-"""Dose arithmetic, pure: the CD7+ cells a patient needs, the projection band, and the dose achieved at harvest.
+"""Dose arithmetic, pure: the CD7+ cells a patient needs, whether the harvest holds them, and the formulated dose.
 
-Required CD7+ cells = target dose per kg x patient weight (9e6/kg x 70 kg = 6.3e8).
+Required CD7+ cells = dose level per kg x patient weight (9e6/kg x 70 kg = 6.3e8).
 
-Projection model (every parameter comes from the recipe's `projection` section):
-    projected CD7+ at harvest = viable cells seeded x total fold (T0 to harvest) x %CD7+ at harvest / 100.
-    At seed the band spans the cell source's prior ranges: low = N0 x fold_low x cd7_low, high = N0 x
-    fold_high x cd7_high.
-    At the day-3 count the observed fold f3 = N3 / N0 after h hours is extrapolated as exponential growth
-    over the whole culture, F = f3 ** (culture_hours / h), with an uncertainty factor u (F / u .. F x u).
-    Where that band overlaps the prior fold range it is narrowed to the overlap; where it does not, the
-    observation wins (a culture growing far below or above the prior is shown as it grows). %CD7+ keeps
-    the prior range: at day 3 the CD7+ share is still rising and does not predict the harvest value.
-    An alert is raised when the band's low end is below the required cells; a day-3 fold below
-    `day3_low_fold` is a "low expansion" alert of its own.
-At harvest: CD7+ cells = total viable x %CD7+ / 100; achieved dose per kg = CD7+ cells / weight, and its
-% of the target must lie in the recipe's `acceptance_percent` (80-120 %).
+At harvest the dose is not yet made: the harvest only has to hold enough, the required cells plus the recipe's
+`harvest_overage_percent` (QC samples and losses in formulation). CD7+ cells in the harvest = total viable x
+%CD7+ / 100. Holding less is an alert and a deviation (`harvest_below_required`); holding more is normal (the
+product is formulated from part of it).
+
+At formulation the dose is computed on the product (net of the QC samples):
+    net CD7+ = CD7+ cells formulated x (product volume - QC sample volume) / product volume
+    dose per kg = net CD7+ / patient weight; concentration = CD7+ formulated / product volume (cells/mL)
+and must lie in the recipe's `acceptance_percent` (80-120 %) of its dose level: the run's target, or the lower
+studied level QA decided (signed) when the harvest could not reach the target. CD3+ cells per kg in the product
+(total cells = CD7+ formulated / harvest %CD7+; CD3+ = total x harvest %CD3+, net of the QC samples) must not
+exceed the transplant type's `cd3_limit_per_kg`.
+
+The projection band (at seed and at the day-3 count) is app/protocol/forecast.py.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
-from app.protocol.recipe import Recipe, SourceRanges
-
-Basis = Literal["seed", "day3"]
+from app.protocol.recipe import ArmRule, Recipe
 
 
 @dataclass(frozen=True, slots=True)
-class DoseBand:
-    """A projection of the CD7+ cells at harvest, against what the patient needs."""
+class HarvestCheck:
+    """Whether a harvest holds the required CD7+ cells plus the overage."""
 
-    basis: Basis
-    low: float
-    high: float
+    cd7_cells: float
     required: float
-    fold: tuple[float, float]
-    cd7_percent: tuple[float, float]
-    observed_fold: float | None  # day 3 only
-    low_expansion: bool  # day-3 fold below the recipe's threshold
-    alert: bool  # low < required
+    needed: float  # required x (1 + overage)
+    overage_percent: float
+    percent_of_needed: float
+    enough: bool
+    max_dose_per_kg: float  # what this harvest can give the patient, net of the overage
     message: str
 
 
 @dataclass(frozen=True, slots=True)
-class DoseResult:
-    """The dose achieved at harvest/formulation."""
+class FormulatedDose:
+    """The dose of the formulated product, against its dose level."""
 
-    cd7_cells: float
+    cd7_cells_formulated: float
+    net_cd7_cells: float
+    product_volume_ml: float
+    qc_sample_volume_ml: float
+    concentration_per_ml: float
     per_kg: float
+    dose_level_per_kg: float
     target_per_kg: float
-    percent_of_target: float
+    percent_of_level: float
     acceptance_percent: tuple[float, float]
     within_acceptance: bool
+    cd3_per_kg: float | None
+    cd3_limit_per_kg: float | None
+    cd3_within_limit: bool | None
     message: str
 
 
@@ -64,73 +68,56 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> float:
     return v
 
 
-def check_target_dose(recipe: Recipe, dose_per_kg: float) -> float:
-    """The target dose if the recipe allows it; ValueError names the allowed doses."""
-    allowed = recipe.dose.allowed_per_kg
+def _percent(name: str, value: float) -> float:
+    pct = _positive(name, value, allow_zero=True)
+    if pct > 100:
+        raise ValueError(f"{name} must be <= 100, got {value!r}")
+    return pct
+
+
+def allowed_doses(recipe: Recipe, arm: str | None = None) -> tuple[float, ...]:
+    """The studied dose levels, narrowed to the arm's when the recipe gives the arm its own."""
+    rule = _arm(recipe, arm)
+    return rule.allowed_per_kg if rule is not None and rule.allowed_per_kg else recipe.dose.allowed_per_kg
+
+
+def check_target_dose(recipe: Recipe, dose_per_kg: float, arm: str | None = None) -> float:
+    """The target dose if the recipe (and the arm) allows it; ValueError names the allowed doses."""
+    allowed = allowed_doses(recipe, arm)
     for a in allowed:
         if math.isclose(dose_per_kg, a, rel_tol=1e-9):
             return a
-    raise ValueError(f"target dose {dose_per_kg:g} CD7+ cells/kg is not allowed; allowed: "
+    rule = _arm(recipe, arm)
+    where = f" for the {arm} arm" if rule is not None and rule.allowed_per_kg else ""
+    raise ValueError(f"target dose {dose_per_kg:g} CD7+ cells/kg is not allowed{where}; allowed: "
                      f"{', '.join(f'{a:g}' for a in allowed)}")
 
 
-def check_weight(recipe: Recipe, weight_kg: float) -> float:
-    """The patient weight if it is in the recipe's plausible range; ValueError names the range."""
-    lo, hi = recipe.dose.patient_weight_kg
+def _arm(recipe: Recipe, arm: str | None) -> ArmRule | None:
+    if arm is None:
+        return None
+    for key, rule in recipe.arms.items():
+        if key == arm:
+            return rule
+    if recipe.arms:
+        raise ValueError(f"arm {arm!r} is not an arm of this recipe; arms: {', '.join(recipe.arms)}")
+    return None
+
+
+def check_weight(recipe: Recipe, weight_kg: float, arm: str | None = None) -> float:
+    """The patient weight if it is in the recipe's (and the arm's) range; ValueError names the range."""
+    rule = _arm(recipe, arm)
+    lo, hi = rule.patient_weight_kg if rule is not None else recipe.dose.patient_weight_kg
     w = _positive("patient weight", weight_kg)
     if not lo <= w <= hi:
-        raise ValueError(f"patient weight {w:g} kg is outside {lo:g}..{hi:g} kg")
+        where = f" of the {arm} arm" if rule is not None else ""
+        raise ValueError(f"patient weight {w:g} kg is outside {lo:g}..{hi:g} kg{where}")
     return w
 
 
 def required_cd7(recipe: Recipe, dose_per_kg: float, weight_kg: float) -> float:
-    """CD7+ cells the patient needs: target dose per kg (an allowed one) x weight."""
+    """CD7+ cells the patient needs: dose level per kg (a studied one) x weight."""
     return check_target_dose(recipe, dose_per_kg) * check_weight(recipe, weight_kg)
-
-
-def _band(basis: Basis, seeded: float, fold: tuple[float, float], cd7: tuple[float, float], required: float,
-          observed: float | None, low_expansion: bool) -> DoseBand:
-    low = seeded * fold[0] * cd7[0] / 100
-    high = seeded * fold[1] * cd7[1] / 100
-    alert = low < required
-    text = (f"projected CD7+ at harvest ({basis}) {low:.3g} .. {high:.3g} cells, required {required:.3g}"
-            + ("; the low end is below the required dose" if alert else ""))
-    if low_expansion and observed is not None:
-        text += f"; low expansion: day-3 fold {observed:.2f}x"
-    return DoseBand(basis, low, high, required, fold, cd7, observed, low_expansion, alert, text)
-
-
-def projection_at_seed(recipe: Recipe, source: str, viable_cells_seeded: float, required: float) -> DoseBand:
-    """The band from the cell source's prior fold and %CD7+ ranges."""
-    ranges = _source(recipe, source)
-    seeded = _positive("viable cells seeded", viable_cells_seeded)
-    return _band("seed", seeded, ranges.fold, ranges.cd7_percent, _positive("required", required), None, False)
-
-
-def projection_at_day3(recipe: Recipe, source: str, viable_cells_seeded: float, viable_cells_day3: float,
-                       hours_since_t0: float, required: float) -> DoseBand:
-    """The band narrowed by the observed day-3 fold (see the module docstring for the model)."""
-    p = recipe.projection
-    ranges = _source(recipe, source)
-    seeded = _positive("viable cells seeded", viable_cells_seeded)
-    n3 = _positive("viable cells at day 3", viable_cells_day3, allow_zero=True)
-    hours = _positive("hours since T0", hours_since_t0)
-    f3 = n3 / seeded
-    extrapolated = f3 ** (p.culture_hours / hours) if f3 > 0 else 0.0
-    lo, hi = extrapolated / p.day3_uncertainty, extrapolated * p.day3_uncertainty
-    prior_lo, prior_hi = ranges.fold
-    if lo <= prior_hi and hi >= prior_lo:
-        lo, hi = max(lo, prior_lo), min(hi, prior_hi)
-    return _band("day3", seeded, (lo, hi), ranges.cd7_percent, _positive("required", required), f3,
-                 f3 < p.day3_low_fold)
-
-
-def _source(recipe: Recipe, source: str) -> SourceRanges:
-    for key, ranges in recipe.projection.sources.items():
-        if key == source:
-            return ranges
-    raise ValueError(f"cell source {source!r} has no projection ranges; known: "
-                     f"{', '.join(sorted(recipe.projection.sources))}")
 
 
 def needs_split(recipe: Recipe, viable_density: float) -> bool:
@@ -140,20 +127,61 @@ def needs_split(recipe: Recipe, viable_density: float) -> bool:
 
 def harvest_cd7(total_viable_cells: float, cd7_percent: float) -> float:
     """CD7+ cells in a harvest: total viable x %CD7+ / 100."""
-    pct = _positive("%CD7+", cd7_percent, allow_zero=True)
-    if pct > 100:
-        raise ValueError(f"%CD7+ must be <= 100, got {cd7_percent!r}")
-    return _positive("total viable cells", total_viable_cells, allow_zero=True) * pct / 100
+    return _positive("total viable cells", total_viable_cells, allow_zero=True) * _percent("%CD7+", cd7_percent) / 100
 
 
-def achieved_dose(recipe: Recipe, cd7_cells: float, weight_kg: float, target_per_kg: float) -> DoseResult:
-    """The dose per kg that `cd7_cells` give this patient, and whether it is within the recipe's % of target."""
-    cells = _positive("CD7+ cells", cd7_cells, allow_zero=True)
+def harvest_check(recipe: Recipe, total_viable_cells: float, cd7_percent: float, weight_kg: float,
+                  target_per_kg: float) -> HarvestCheck:
+    """Whether the harvest holds the required CD7+ cells plus the recipe's overage (module docstring)."""
+    cells = harvest_cd7(total_viable_cells, cd7_percent)
+    required = required_cd7(recipe, target_per_kg, weight_kg)
+    overage = recipe.dose.harvest_overage_percent
+    needed = required * (1 + overage / 100)
+    enough = cells >= needed
+    max_per_kg = cells / (1 + overage / 100) / weight_kg
+    pct = cells / needed * 100
+    msg = (f"harvest holds {cells:.3g} CD7+ cells, {pct:.0f} % of the {needed:.3g} needed (required {required:.3g} "
+           f"+ {overage:g} % overage)")
+    if not enough:
+        msg += (f": short of the target; it can give at most {max_per_kg:.3g} CD7+ cells/kg; QA decides a lower "
+                "studied dose level or declares the product out of specification")
+    return HarvestCheck(cells, required, needed, overage, pct, enough, max_per_kg, msg)
+
+
+def formulated_dose(recipe: Recipe, *, cd7_cells_formulated: float, product_volume_ml: float,
+                    qc_sample_volume_ml: float, weight_kg: float, target_per_kg: float,
+                    dose_level_per_kg: float | None = None, harvest_cd7_percent: float | None = None,
+                    harvest_cd3_percent: float | None = None,
+                    cd3_limit_per_kg: float | None = None) -> FormulatedDose:
+    """The dose of the formulated product and its checks (module docstring)."""
+    cells = _positive("CD7+ cells formulated", cd7_cells_formulated, allow_zero=True)
+    volume = _positive("product volume", product_volume_ml)
+    qc = _positive("QC sample volume", qc_sample_volume_ml, allow_zero=True)
+    if qc >= volume:
+        raise ValueError(f"QC sample volume {qc:g} mL must be less than the product volume {volume:g} mL")
+    weight = check_weight(recipe, weight_kg)
     target = check_target_dose(recipe, target_per_kg)
-    per_kg = cells / check_weight(recipe, weight_kg)
-    pct = per_kg / target * 100
+    level = target if dose_level_per_kg is None else check_target_dose(recipe, dose_level_per_kg)
+    share = (volume - qc) / volume
+    net = cells * share
+    per_kg = net / weight
+    pct = per_kg / level * 100
     lo, hi = recipe.dose.acceptance_percent
     ok = lo <= pct <= hi
-    msg = (f"achieved {per_kg:.3g} CD7+ cells/kg = {pct:.1f} % of the target {target:.3g}/kg "
-           f"({'within' if ok else 'outside'} {lo:g}-{hi:g} %)")
-    return DoseResult(cells, per_kg, target, pct, (lo, hi), ok, msg)
+    cd3_per_kg: float | None = None
+    cd3_ok: bool | None = None
+    if harvest_cd7_percent is not None and harvest_cd3_percent is not None:
+        cd7_pct = _percent("harvest %CD7+", harvest_cd7_percent)
+        cd3_pct = _percent("harvest %CD3+", harvest_cd3_percent)
+        total = cells / (cd7_pct / 100) if cd7_pct > 0 else 0.0
+        cd3_per_kg = total * cd3_pct / 100 * share / weight
+        cd3_ok = None if cd3_limit_per_kg is None else cd3_per_kg <= cd3_limit_per_kg
+    lower = "" if level == target else f" (lower studied level; target {target:.3g}/kg)"
+    msg = (f"formulated {per_kg:.3g} CD7+ cells/kg = {pct:.1f} % of the dose level {level:.3g}/kg{lower} "
+           f"({'within' if ok else 'outside'} {lo:g}-{hi:g} %); {net:.3g} CD7+ cells net of {qc:g} mL QC samples "
+           f"in {volume - qc:g} mL, {cells / volume:.3g} cells/mL")
+    if cd3_per_kg is not None and cd3_limit_per_kg is not None:
+        msg += (f"; CD3+ {cd3_per_kg:.3g} cells/kg ({'within' if cd3_ok else 'above'} the limit "
+                f"{cd3_limit_per_kg:.3g}/kg)")
+    return FormulatedDose(cells, net, volume, qc, cells / volume, per_kg, level, target, pct, (lo, hi), ok,
+                          cd3_per_kg, cd3_limit_per_kg, cd3_ok, msg)

@@ -23,7 +23,8 @@ Decisions:
   (`device.setpoint`, with its result) by the service; a refused one is audited here (`device.setpoint_failed`).
   Neither is retried nor stops the loop.
 - on_open setpoints apply when a step first becomes actionable (open, due or late from pending or unseen);
-  on_done ones when it becomes done. Only for planned and running runs.
+  on_done ones when it becomes done. For planned, running and held runs (a hold is about the product's disposition;
+  the culture goes on).
 - A missed step holds only a running run (a planned run has no T0 yet; a held run is already held).
 - Closed runs (completed, aborted) never change: for them the engine only records the `done` of steps that were
   recorded (the release step that completed the run), nothing else.
@@ -58,7 +59,7 @@ log = logging.getLogger("culturectl.protocol")
 
 ACTIVE: tuple[str, ...] = ("planned", "running", "held")
 MISSED_RULE = "missed_step"
-SETPOINT_RUNS: frozenset[str] = frozenset({"planned", "running"})
+SETPOINT_RUNS: frozenset[str] = frozenset({"planned", "running", "held"})  # a hold does not stop the culture
 
 
 # --------------------------------------------------------------------------------------------------

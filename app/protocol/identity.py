@@ -177,3 +177,8 @@ def parse_din(text: str, *, require_check: bool = True) -> DIN:
                        f"DIN {grouped}: the check character is missing; type the boxed character printed after "
                        "the DIN on the label")
     return DIN(din[:5], din[5:7], din[7:], flags, check)
+
+
+def keyed(din: DIN) -> str:
+    """The DIN with its check character, as culturectl stores and compares it (e.g. W1234261234567)."""
+    return f"{din}{check_character(str(din))}"

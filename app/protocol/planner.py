@@ -20,10 +20,10 @@ Posting a step (`check_step_post`), rule by rule:
     before_earliest    refused; a supervisor override accepts it with a deviation
     after_latest       refused when late; a supervisor override accepts it with a deviation
     after_hard_latest  refused when missed or skipped; a supervisor override accepts it with a deviation.
-        Decision: docs/process.md holds the run for QA when a step passes hard_latest, and the engine refuses
-        every post to a held run (run_not_running) before this check. So this override is only reachable
-        after QA reviewed the missed-step deviation and resumed the run; refusing it for good would leave
-        the run unable to record, e.g., its harvest and ever complete.
+        Decision: a step past hard_latest opens a missed-step deviation and holds the run for QA disposition,
+        but a held run keeps taking its execution steps, so a supervisor records the missed step late with this
+        override (and its deviation); refusing it for good would leave the run unable to record, e.g., its
+        harvest and ever complete.
 """
 
 from __future__ import annotations

@@ -24,23 +24,28 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.alarms.door import PlannedOpening
 from app.alarms.excursion import ExcursionRule
 from app.alarms.model import AlarmDefinition
+from app.protocol.forecast import GrowthForecast
 from drivers.roles import DEVICE_CLASSES, known_roles, role
 
 Meaning = Literal["performed", "verified", "reviewed", "approved"]
-InputKind = Literal["number", "integer", "text", "bool", "choice"]
+InputKind = Literal["number", "integer", "text", "bool", "choice", "datetime"]
 Severity = Literal["deviation", "alert"]
 CellSource = Literal["mobilized", "cord"]
+TransplantType = Literal["t_cell_depleted", "ptcy_hla_mismatched", "haploidentical"]
+Arm = Literal["adult", "paediatric"]
+QcKind = Literal["negative_positive", "endotoxin"]
 
 # Units an input may carry; posted values must use exactly the recipe's unit (no conversion).
 KNOWN_UNITS: frozenset[str] = frozenset({
     "h", "min", "d", "degC", "%", "%RH", "mL", "cm2", "kg", "cells", "cells/mL", "cells/cm2", "cells/kg",
-    "CD7+ cells/kg", "EU/kg/h", "ug/mL", "ng/mL", "x", "pH",
+    "CD7+ cells/kg", "CD3+ cells/kg", "EU/kg/h", "EU/mL", "ug/mL", "ng/mL", "x", "pH", "cells/mL x10^6",
 })
 # Run attributes an acceptance limit may compare a value with (`expected_from`).
-CONTEXT_KEYS: frozenset[str] = frozenset({"donor_id", "patient_id", "cell_source"})
-DEFAULT_RECIPE = "htlp-dl4-tnfa-v1.yaml"
+CONTEXT_KEYS: frozenset[str] = frozenset({"donor_id", "patient_id", "cell_source", "graft_din", "product_id"})
+DEFAULT_RECIPE = "htlp-dl4-tnfa-v2.yaml"
 
 Key = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -182,13 +187,18 @@ class Step(_Model):
     signatures: tuple[Meaning, ...] = ()
     setpoints: tuple[Setpoint, ...] = ()
     channels: tuple[str, ...] = ()  # "<device class>.<role>" the step concerns
-    door_opening: bool = False  # door alarms are suppressed by design inside its window
+    # The door is opened inside its window. True (recipe v1): door alarms are suppressed by design for 10 min; a
+    # PlannedOpening also states the expected recovery, inside which temperature and CO2 alarms are suppressed too.
+    door_opening: bool | PlannedOpening = False
+    materials: tuple[str, ...] = ()  # reagent keys (recipe `materials`) whose lot and expiry the step records
 
     @model_validator(mode="after")
     def _own_fields(self) -> Step:
         names = [i.name for i in self.inputs]
         if dup := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"duplicate input names {dup}")
+        if dup := sorted({m for m in self.materials if self.materials.count(m) > 1}):
+            raise ValueError(f"duplicate materials {dup}")
         if len(set(self.signatures)) != len(self.signatures):
             raise ValueError(f"duplicate signature meanings {list(self.signatures)}")
         for ch in self.channels:
@@ -200,6 +210,11 @@ class Step(_Model):
     def input(self, name: str) -> StepInput | None:
         """The input called `name`, or None."""
         return next((i for i in self.inputs if i.name == name), None)
+
+    @property
+    def planned_opening(self) -> PlannedOpening | None:
+        """The door opening this step plans with its expected recovery, or None (no opening, or v1's bare true)."""
+        return self.door_opening if isinstance(self.door_opening, PlannedOpening) else None
 
 
 class SourceRanges(_Model):
@@ -218,21 +233,34 @@ class SourceRanges(_Model):
 
 
 class Projection(_Model):
-    """Parameters of the dose projection (see app/protocol/dose.py for the model)."""
+    """Parameters of the dose projection: the fold-by-day growth model (app/protocol/forecast.py) in `growth`.
+
+    `sources` and `day3_uncertainty` are recipe v1's exponential extrapolation, kept so released v1 recipes still
+    load; the service no longer uses them (a recipe without `growth` shows no projection band).
+    """
 
     culture_hours: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    sources: dict[CellSource, SourceRanges]
+    growth: GrowthForecast | None = None
+    sources: dict[CellSource, SourceRanges] | None = None
     day3_low_fold: Annotated[float, Field(gt=0, allow_inf_nan=False)]  # below it: "low expansion" alert
-    day3_uncertainty: Annotated[float, Field(ge=1, allow_inf_nan=False)]  # band factor around the extrapolation
+    day3_uncertainty: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
     split_threshold_cells_per_ml: Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class Dose(_Model):
-    """Allowed target doses and the acceptance of the achieved dose."""
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
-    allowed_per_kg: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = Field(min_length=1)
-    acceptance_percent: tuple[Finite, Finite]
+
+class Dose(_Model):
+    """Allowed dose levels, the harvest's overage, and the acceptance of the formulated dose."""
+
+    allowed_per_kg: tuple[Positive, ...] = Field(min_length=1)  # the studied dose levels
+    acceptance_percent: tuple[Finite, Finite]  # formulated dose as % of its dose level
     patient_weight_kg: tuple[Finite, Finite]  # plausible range of a patient's weight
+    # The harvest must hold the required CD7+ cells x (1 + overage / 100): QC samples and losses in formulation.
+    harvest_overage_percent: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] = 0.0
+    # When the harvest cannot reach the target, QA may decide (signed) to formulate at a lower studied level, or
+    # declare the product out of specification (docs/protocol.md, "Dose").
+    lower_dose_route: bool = False
 
     @model_validator(mode="after")
     def _ranges(self) -> Dose:
@@ -241,6 +269,98 @@ class Dose(_Model):
         if not 0 < self.patient_weight_kg[0] <= self.patient_weight_kg[1]:
             raise ValueError(f"patient_weight_kg must be 0 < low <= high, got {list(self.patient_weight_kg)}")
         return self
+
+
+class ArmRule(_Model):
+    """One arm of the trial (adult, paediatric): its weight range and, when narrower, its dose levels."""
+
+    patient_weight_kg: tuple[Finite, Finite]
+    allowed_per_kg: tuple[Positive, ...] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ArmRule:
+        if not 0 < self.patient_weight_kg[0] <= self.patient_weight_kg[1]:
+            raise ValueError(f"patient_weight_kg must be 0 < low <= high, got {list(self.patient_weight_kg)}")
+        return self
+
+
+class TransplantRule(_Model):
+    """What a transplant type constrains: the T-cell limit of the product and the earliest infusion day."""
+
+    cd3_limit_per_kg: Positive  # CD3+ cells per kg of patient weight in the infused product, at most
+    earliest_infusion_day: Finite  # HSCT day; e.g. after the post-transplant cyclophosphamide days
+    description: str = ""
+
+
+class Reagent(_Model):
+    """A material the culture uses: its concentration in use; each use records its lot and expiry."""
+
+    key: Key
+    name: str = Field(min_length=1)
+    concentration: Positive | None = None
+    unit: Literal["ug/mL", "ng/mL", "%"] | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _unit(self) -> Reagent:
+        if (self.concentration is None) != (self.unit is None):
+            raise ValueError("give concentration and unit together")
+        return self
+
+
+class VesselType(_Model):
+    """A culture vessel type and its DL-4-coated surface area (seeding density = cells / area)."""
+
+    area_cm2: Positive
+    description: str = ""
+
+
+class Seeding(_Model):
+    """The seeding density (computed from the viable cells seeded and the run's vessels' area) and its limits."""
+
+    density_per_cm2: tuple[Positive, Positive]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Seeding:
+        if self.density_per_cm2[0] > self.density_per_cm2[1]:
+            raise ValueError(f"density_per_cm2 must be low <= high, got {list(self.density_per_cm2)}")
+        return self
+
+
+class QcTest(_Model):
+    """A quality-control test of the product: where it is sampled, and whether release waits for its result."""
+
+    key: Key
+    title: str
+    sampled_at: str  # the step whose record takes the sample
+    before_release: bool  # release needs its result (reported and passing)
+    kind: QcKind  # negative_positive: passes when negative; endotoxin: EU/mL, the EU/kg/h figure is computed
+    notify_positive: bool = False  # a positive result after infusion: alarm, SSE and audit
+
+
+class Release(_Model):
+    """Release of a fresh product: expiry, the endotoxin limit and the QC tests with their timing."""
+
+    product_shelf_life_hours: Positive  # product expiry: formulation time + this
+    endotoxin_limit_eu_per_kg_h: Positive
+    planned_infusion_hours: Positive  # the infusion time the release figure is computed with (the shortest allowed)
+    tests: tuple[QcTest, ...] = ()
+
+    @model_validator(mode="after")
+    def _tests(self) -> Release:
+        keys = [t.key for t in self.tests]
+        if dup := sorted({k for k in keys if keys.count(k) > 1}):
+            raise ValueError(f"duplicate QC tests {dup}")
+        if sum(t.kind == "endotoxin" for t in self.tests) > 1:
+            raise ValueError("at most one endotoxin test")
+        return self
+
+    def test(self, key: str) -> QcTest:
+        """The QC test called `key`; KeyError names the known tests."""
+        for t in self.tests:
+            if t.key == key:
+                return t
+        raise KeyError(f"unknown QC test {key!r}; tests: {', '.join(t.key for t in self.tests) or 'none'}")
 
 
 class Planning(_Model):
@@ -297,6 +417,13 @@ class Recipe(_Model):
     dose: Dose
     planning: Planning
     projection: Projection
+    arms: dict[Arm, ArmRule] = Field(default_factory=dict)
+    transplant_types: dict[TransplantType, TransplantRule] = Field(default_factory=dict)
+    materials: tuple[Reagent, ...] = ()
+    vessel_types: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")], VesselType] = Field(
+        default_factory=dict)
+    seeding: Seeding | None = None
+    release: Release | None = None
     steps: tuple[Step, ...] = Field(min_length=1)
     alarms: tuple[AlarmOverride, ...] = ()  # overrides of the docs/process.md alarm defaults, per channel and phase
     excursions: tuple[ExcursionRule, ...] = ()  # bands whose excursions are accounted per run (batch record)
@@ -324,6 +451,15 @@ class Recipe(_Model):
         for o in self.alarms:
             errors += [f"alarms of {o.channel}: during {k!r} is not a step of this recipe" for k in o.during
                        if k not in known]
+        reagents = [m.key for m in self.materials]
+        if dup := sorted({k for k in reagents if reagents.count(k) > 1}):
+            errors.append(f"materials: duplicate reagent keys {dup}")
+        for step in self.steps:
+            errors += [f"step {step.key!r}: material {m!r} is not a reagent of this recipe (materials)"
+                       for m in step.materials if m not in reagents]
+        if self.release is not None:
+            errors += [f"release.tests[{t.key}]: sampled_at {t.sampled_at!r} is not a step of this recipe"
+                       for t in self.release.tests if t.sampled_at not in known]
         for e in self.excursions:
             try:
                 _read_only_channel(e.channel)
@@ -348,6 +484,13 @@ class Recipe(_Model):
             kind, _, name = ref.partition(".")
             out.setdefault(kind, set()).add(name)
         return {k: frozenset(v) for k, v in out.items()}
+
+    def reagent(self, key: str) -> Reagent:
+        """The reagent called `key`; KeyError names the known reagents."""
+        for m in self.materials:
+            if m.key == key:
+                return m
+        raise KeyError(f"unknown reagent {key!r}; materials: {', '.join(m.key for m in self.materials) or 'none'}")
 
     def step(self, key: str) -> Step:
         """The step called `key`; KeyError names the known steps."""

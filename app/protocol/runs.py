@@ -21,7 +21,7 @@ from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.db import DBConnection, query, schema
 from app.devices.registry import device_id, device_roles
-from app.protocol import deviations, dose, planner
+from app.protocol import derive, deviations, dose, identity, planner
 from app.protocol.common import invalid, json_ready, not_found, require_meaning
 from app.protocol.recipe import Recipe
 from app.protocol.recipes import find_recipe, recipe_of, recipe_row
@@ -49,6 +49,7 @@ RUN_COLUMNS = (
     "r.id, r.code, r.status, r.recipe_id, r.donor_id, r.patient_id, r.patient_weight_kg, r.target_dose_per_kg, "
     "r.cell_source, r.hsct_at, r.planned_t0, r.t0, r.incubator_device_id, r.culture_system_device_id, "
     "r.vessel_ids, r.hold_reason, r.abort_reason, r.created_by, r.created_at, r.ended_at, "
+    "r.transplant_type, r.arm, r.graft_din, r.vessels, "
     "inc.name AS incubator, cs.name AS culture_system"
 )
 RUN_FROM = ("culture_run r LEFT JOIN device inc ON inc.id = r.incubator_device_id "
@@ -60,14 +61,20 @@ async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principa
     """Plan a run: checks the dose and weight against the recipe, proposes T0 from the HSCT, warns about infusion."""
     rrow = await find_recipe(conn, body.recipe_key, body.recipe_version)
     recipe = recipe_of(rrow)
+    graft_din, vessels = _check_identity(recipe, body)
     try:
-        target = dose.check_target_dose(recipe, body.target_dose_per_kg)
+        target = dose.check_target_dose(recipe, body.target_dose_per_kg, body.arm)
     except ValueError as exc:
         raise invalid("dose_not_allowed", str(exc), "target_dose_per_kg") from None
     try:
         dose.check_weight(recipe, body.patient_weight_kg)
+        dose.check_weight(recipe, body.patient_weight_kg, body.arm)
     except ValueError as exc:
         raise invalid("weight_out_of_range", str(exc), "patient_weight_kg") from None
+    for v in vessels:
+        v["incubator"] = v["incubator"] or body.incubator
+        if v["incubator"] is not None:
+            await device_id(conn, v["incubator"], "incubator")
     incubator = await device_id(conn, body.incubator, "incubator")
     culture = await device_id(conn, body.culture_system, "culture-system")
     await _check_roles(conn, recipe, {"incubator": (body.incubator, incubator),
@@ -85,10 +92,12 @@ async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principa
         run_id = await conn.fetchval(
             "INSERT INTO culture_run (code, status, recipe_id, donor_id, patient_id, patient_weight_kg, "
             "target_dose_per_kg, cell_source, hsct_at, planned_t0, incubator_device_id, culture_system_device_id, "
-            "vessel_ids, created_by) VALUES ($1, 'planned', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "vessel_ids, created_by, transplant_type, arm, graft_din, vessels) "
+            "VALUES ($1, 'planned', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb) "
             "RETURNING id",
             code, rrow["id"], body.donor_id, body.patient_id, body.patient_weight_kg, target, body.cell_source,
-            body.hsct_at, planned_t0, incubator, culture, body.vessel_ids, principal.label)
+            body.hsct_at, planned_t0, incubator, culture, body.vessel_ids or [v["id"] for v in vessels],
+            principal.label, body.transplant_type, body.arm, graft_din, json.dumps(vessels) if vessels else None)
         await audit.record(conn, actor=principal, action="run.create", entity_type="culture_run", entity_id=run_id,
                            old=None, new={**body.model_dump(mode="json", exclude={"reason"}), "code": code,
                                           "planned_t0": planned_t0, "recipe_id": rrow["id"], "status": "planned"},
@@ -96,6 +105,43 @@ async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principa
     view = await run_view(conn, int(run_id), now)
     view["t0_proposal"] = json_ready(asdict(proposal))
     return view
+
+
+def _check_identity(recipe: Recipe, body: RunCreate) -> tuple[str | None, list[dict[str, Any]]]:
+    """The run's graft DIN (canonical) and typed vessels; 422 naming the field when the recipe needs what is missing."""
+    if recipe.transplant_types and body.transplant_type is None:
+        raise invalid("transplant_type_required", "the recipe constrains infusion and the T-cell limit by transplant "
+                      f"type: give one of {', '.join(recipe.transplant_types)}", "transplant_type")
+    if body.transplant_type is not None and recipe.transplant_types and \
+            body.transplant_type not in recipe.transplant_types:
+        raise invalid("transplant_type_unknown", f"{body.transplant_type} is not a transplant type of this recipe",
+                      "transplant_type")
+    if recipe.arms and body.arm is None:
+        raise invalid("arm_required", f"give the arm: one of {', '.join(recipe.arms)}", "arm")
+    din = None
+    needs_din = any(i.expected_from == "graft_din" for s in recipe.steps for i in s.inputs)
+    if body.graft_din is not None:
+        try:
+            din = identity.keyed(identity.parse_din(body.graft_din))
+        except identity.DinError as exc:
+            raise invalid(exc.rule, f"graft_din: {exc}", "graft_din") from None
+    elif needs_din:
+        raise invalid("graft_din_required", "the receive step checks the graft's ISBT 128 donation identification "
+                      "number: give graft_din (with its check character)", "graft_din")
+    vessels: list[dict[str, Any]] = []
+    for i, v in enumerate(body.vessels):
+        vt = recipe.vessel_types.get(v.type)
+        if vt is None:
+            raise invalid("vessel_type_unknown", f"vessels[{i}] {v.id}: type {v.type!r} is not a vessel type of this "
+                          f"recipe; types: {', '.join(recipe.vessel_types) or 'none'}", f"vessels.{i}.type")
+        vessels.append({"id": v.id, "type": v.type, "area_cm2": vt.area_cm2, "incubator": v.incubator})
+    ids = [str(v["id"]) for v in vessels]
+    if dup := sorted({x for x in ids if ids.count(x) > 1}):
+        raise invalid("vessel_duplicate", f"vessels: duplicate ids {dup}", "vessels")
+    if recipe.seeding is not None and not vessels:
+        raise invalid("vessels_required", "the recipe computes the seeding density from the vessels' DL-4 area: give "
+                      f"vessels with a type ({', '.join(recipe.vessel_types)})", "vessels")
+    return din, vessels
 
 
 async def _check_roles(conn: DBConnection, recipe: Recipe,
@@ -147,8 +193,60 @@ async def run_row(conn: DBConnection, run_id: int, *, lock: bool = False) -> asy
 async def step_records(conn: DBConnection, run_id: int) -> dict[str, asyncpg.Record]:
     """The recorded steps of a run by key (read here for the run's plan; app.protocol.steps writes them)."""
     rows = await conn.fetch("SELECT id, step_key, posted_at, inputs, actor_name, override, override_reason, "
-                            "deviation_ids, dose FROM step_record WHERE run_id = $1 ORDER BY posted_at, id", run_id)
+                            "deviation_ids, dose, lots, provenance FROM step_record WHERE run_id = $1 "
+                            "ORDER BY posted_at, id", run_id)
     return {r["step_key"]: r for r in rows}
+
+
+async def corrections_of(conn: DBConnection, run_id: int) -> dict[str, list[asyncpg.Record]]:
+    """The corrections of a run's recorded steps by step key, oldest first (app.protocol.corrections writes them)."""
+    out: dict[str, list[asyncpg.Record]] = {}
+    for r in await conn.fetch("SELECT id, step_record_id, step_key, corrected_at, before, after, reason, actor_name, "
+                              "deviation_ids, dose FROM step_correction WHERE run_id = $1 ORDER BY id", run_id):
+        out.setdefault(str(r["step_key"]), []).append(r)
+    return out
+
+
+async def effective_records(conn: DBConnection, run_id: int,
+                            records: Mapping[str, asyncpg.Record]) -> dict[str, derive.Recorded]:
+    """Each recorded step's values with its corrections applied, its time, and its newest derived facts."""
+    fixes = await corrections_of(conn, run_id)
+    out: dict[str, derive.Recorded] = {}
+    for key, rec in records.items():
+        values: dict[str, Any] = dict(json.loads(rec["inputs"]))
+        facts: dict[str, Any] = json.loads(rec["dose"]) if rec["dose"] is not None else {}
+        for c in fixes.get(key, []):
+            values.update(json.loads(c["after"]))
+            if c["dose"] is not None:
+                facts = json.loads(c["dose"])
+        out[key] = derive.Recorded(values, rec["posted_at"], facts)
+    return out
+
+
+def vessel_area(recipe: Recipe, vessels: Sequence[Mapping[str, Any]]) -> float | None:
+    """The DL-4 area of a run's typed vessels (cm2), or None when it has none."""
+    if not vessels:
+        return None
+    return sum(recipe.vessel_types[v["type"]].area_cm2 for v in vessels if v["type"] in recipe.vessel_types)
+
+
+async def run_facts(conn: DBConnection, run: Mapping[str, Any], recipe: Recipe) -> derive.RunFacts:
+    """What the derived values of a step need of its run: patient, dose, source, vessels, QA's dose decision and
+    the reported endotoxin (dose_decision and qc_result: app.protocol.product writes them)."""
+    decision = await conn.fetchrow("SELECT decision, dose_per_kg FROM dose_decision WHERE run_id = $1", run["id"])
+    endotoxin = await conn.fetchval("SELECT (result->>'eu_per_ml')::float8 FROM qc_result WHERE run_id = $1 "
+                                    "AND test = 'endotoxin' AND status = 'reported'", run["id"])
+    vessels = json.loads(run["vessels"]) if run["vessels"] is not None else []
+    return derive.RunFacts(
+        weight_kg=run["patient_weight_kg"], target_per_kg=run["target_dose_per_kg"], cell_source=run["cell_source"],
+        transplant_type=run["transplant_type"], vessel_area_cm2=vessel_area(recipe, vessels),
+        t0=t0_of(run, recipe), decision=None if decision is None else str(decision["decision"]),
+        decision_dose_per_kg=None if decision is None else decision["dose_per_kg"], endotoxin_eu_per_ml=endotoxin)
+
+
+def product_id(run: Mapping[str, Any]) -> str:
+    """The id on the product bag's label: the run code (the bedside check scans it)."""
+    return str(run["code"])
 
 
 def plan_records(records: Mapping[str, asyncpg.Record]) -> dict[str, planner.StepRecord]:
@@ -169,12 +267,15 @@ async def run_view(conn: DBConnection, run_id: int, now: datetime) -> dict[str, 
     out: dict[str, Any] = {k: run[k] for k in (
         "id", "code", "status", "donor_id", "patient_id", "patient_weight_kg", "target_dose_per_kg", "cell_source",
         "hsct_at", "planned_t0", "t0", "incubator", "culture_system", "hold_reason", "abort_reason", "created_by",
-        "created_at", "ended_at")}
+        "created_at", "ended_at", "transplant_type", "arm", "graft_din")}
     out["vessel_ids"] = list(run["vessel_ids"] or [])
+    out["vessels"] = json.loads(run["vessels"]) if run["vessels"] is not None else []
+    out["product_id"] = product_id(run)
+    out["disposition"] = (f"held for QA disposition: {run['hold_reason']}" if run["status"] == "held" else None)
     out["now"] = now
     out["open_deviations"] = await deviations.count_open(conn, run_id)
     if run["recipe_id"] is None:
-        out.update(recipe=None, schedule=[], next_due=None, dose=None, infusion=None)
+        out.update(recipe=None, schedule=[], next_due=None, dose=None, infusion=None, product=None)
         return dict(json_ready(out))
     rrow = await recipe_row(conn, int(run["recipe_id"]))
     recipe = recipe_of(rrow)
@@ -192,28 +293,53 @@ async def run_view(conn: DBConnection, run_id: int, now: datetime) -> dict[str, 
         for p in plan]
     nxt = planner.next_due(plan)
     out["next_due"] = None if nxt is None else {"key": nxt.key, "status": nxt.status, "window": nxt.window.as_dict()}
-    out["dose"] = _dose_view(recipe, run, records)
+    effective = await effective_records(conn, run_id, records)
+    out["dose"] = _dose_view(recipe, run, effective)
     hsct = run["hsct_at"]
+    rule = recipe.transplant_types.get(run["transplant_type"]) if run["transplant_type"] else None
     if hsct is not None:
+        lo, hi = recipe.planning.infusion_window_days
+        first = lo if rule is None else max(lo, rule.earliest_infusion_day)
         warning = planner.infusion_check(recipe, t0, hsct)
         at = planner.infusion_at(recipe, t0)
-        out["infusion"] = {"at": at, "hsct_day": (at - hsct).total_seconds() / 86400,
-                           "window_days": list(recipe.planning.infusion_window_days),
-                           "warning": None if warning is None else warning.message}
+        day = (at - hsct).total_seconds() / 86400
+        text = None if warning is None else warning.message
+        if text is None and day < first:
+            text = (f"infusion at {at.isoformat(timespec='seconds')} is HSCT day {day:+.2f}, before day {first:+g} "
+                    f"({run['transplant_type']})")
+        out["infusion"] = {"at": at, "hsct_day": day, "window_days": [first, hi], "warning": text}
     else:
         out["infusion"] = None
+    out["product"] = await _product_view(conn, recipe, run, effective)
     return dict(json_ready(out))
 
 
-def _dose_view(recipe: Recipe, run: Mapping[str, Any], records: Mapping[str, asyncpg.Record]) -> dict[str, Any] | None:
+async def _product_view(conn: DBConnection, recipe: Recipe, run: Mapping[str, Any],
+                        effective: Mapping[str, derive.Recorded]) -> dict[str, Any]:
+    """The product's identity, status (in specification, lower dose level, out of specification), expiry, QA's
+    dose decision and the QC results with their status (qc_result, dose_decision: read here, written by
+    app.protocol.product)."""
+    achieved = effective["formulate"].facts.get("achieved") if "formulate" in effective else None
+    decision = await decision_view(conn, int(run["id"]))
+    status = "not_formulated" if achieved is None else achieved.get("product_status")
+    if decision is not None and decision["decision"] == "out_of_specification":
+        status = "out_of_specification"
+    return {"product_id": product_id(run), "graft_din": run["graft_din"], "status": status,
+            "expiry": effective["formulate"].facts.get("expiry") if "formulate" in effective else None,
+            "decision": decision, "qc": await qc_view(conn, recipe, int(run["id"]))}
+
+
+def _dose_view(recipe: Recipe, run: Mapping[str, Any],
+               effective: Mapping[str, derive.Recorded]) -> dict[str, Any] | None:
+    """The required CD7+ cells and every derived fact of the recorded steps (seeding, forecast bands, harvest,
+    the formulated dose, the expiry, the post-infusion endotoxin figure), corrections applied."""
     weight, target = run["patient_weight_kg"], run["target_dose_per_kg"]
     if weight is None or target is None:
         return None
     out: dict[str, Any] = {"required_cd7_cells": dose.required_cd7(recipe, target, weight),
-                           "target_per_kg": target, "seed": None, "day3": None, "achieved": None}
-    for rec in records.values():
-        if rec["dose"] is not None:
-            out.update(json.loads(rec["dose"]))
+                           "target_per_kg": target, "seed": None, "day3": None, "harvest": None, "achieved": None}
+    for rec in effective.values():
+        out.update(rec.facts)
     return out
 
 
@@ -309,3 +435,32 @@ async def list_runs(conn: DBConnection, status: str | None = None, limit: int = 
     if status is not None:
         q = q.where(r.c.status == status)
     return [json_ready(dict(row)) for row in await query.fetch(conn, q.order_by(r.c.id.desc()).limit(limit))]
+
+
+async def decision_view(conn: DBConnection, run_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT id, decision, dose_per_kg, reason, decided_at, decided_by FROM dose_decision "
+                              "WHERE run_id = $1", run_id)
+    if row is None:
+        return None
+    out = dict(row)
+    out["signatures"] = [s.model_dump(mode="json") for s in
+                         await signatures.list_signatures(conn, "dose_decision", str(row["id"]))]
+    return dict(json_ready(out))
+
+
+async def qc_view(conn: DBConnection, recipe: Recipe, run_id: int) -> list[dict[str, Any]]:
+    """Every QC test of the recipe with its status (not_sampled, pending, reported), outcome and result."""
+    rows = {str(r["test"]): r for r in await conn.fetch(
+        "SELECT test, status, sampled_at, step_key, result, passed, reported_at, reported_by FROM qc_result "
+        "WHERE run_id = $1", run_id)}
+    out = []
+    for t in recipe.release.tests if recipe.release is not None else ():
+        r = rows.get(t.key)
+        out.append({"test": t.key, "title": t.title, "sampled_at_step": t.sampled_at,
+                    "before_release": t.before_release, "status": "not_sampled" if r is None else r["status"],
+                    "sampled_at": None if r is None else r["sampled_at"],
+                    "result": None if r is None or r["result"] is None else json.loads(r["result"]),
+                    "passed": None if r is None else r["passed"],
+                    "reported_at": None if r is None else r["reported_at"],
+                    "reported_by": None if r is None else r["reported_by"]})
+    return list(json_ready(out))

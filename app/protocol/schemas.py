@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.records.signatures import SignatureInput
+
+
+class VesselIn(BaseModel):
+    """A culture vessel of the run: its id, its type (the recipe's vessel_types give the DL-4 area), its incubator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    type: str = Field(min_length=1, max_length=64, description="one of the recipe's vessel_types")
+    incubator: str | None = Field(default=None, max_length=100, description="unset: the run's incubator")
 
 
 class RunCreate(BaseModel):
@@ -29,7 +40,16 @@ class RunCreate(BaseModel):
     planned_t0: AwareDatetime | None = Field(default=None, description="unset: proposed from the HSCT")
     incubator: str | None = Field(default=None, max_length=100, description="incubator device name")
     culture_system: str | None = Field(default=None, max_length=100, description="culture-system device name")
-    vessel_ids: list[str] = Field(default_factory=list, max_length=100)
+    vessel_ids: list[str] = Field(default_factory=list, max_length=100,
+                                  description="recipe v1: free-text vessel ids; v2 types them in `vessels`")
+    vessels: list[VesselIn] = Field(default_factory=list, max_length=100)
+    transplant_type: Literal["t_cell_depleted", "ptcy_hla_mismatched", "haploidentical"] | None = Field(
+        default=None, description="required when the recipe lists transplant types")
+    arm: Literal["adult", "paediatric"] | None = Field(default=None,
+                                                       description="required when the recipe lists arms")
+    graft_din: str | None = Field(default=None, max_length=40,
+                                  description="ISBT 128 donation identification number of the graft, with its "
+                                              "check character; required when the receive step checks it")
     reason: str | None = Field(default=None, max_length=2000)
 
 
@@ -41,6 +61,15 @@ class Reason(BaseModel):
 
 class SignedReason(Reason):
     signature: SignatureInput = Field(description="the signer's password again, meaning 'approved'")
+
+
+class LotIn(BaseModel):
+    """The lot of a reagent a step used, and its expiry date."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lot: str = Field(min_length=1, max_length=64)
+    expiry: dt.date = Field(description="YYYY-MM-DD; an expired lot is refused")
 
 
 class StepPost(BaseModel):
@@ -60,6 +89,10 @@ class StepPost(BaseModel):
     override_reason: str | None = Field(default=None, min_length=1, max_length=2000)
     signature: SignatureInput | None = Field(default=None,
                                              description="the performer signs with one of the step's meanings")
+    lots: dict[str, LotIn] = Field(default_factory=dict,
+                                   description="reagent key -> lot and expiry, for each material the step uses")
+    count_import: int | None = Field(default=None, ge=1, le=2**62,
+                                     description="a count import of this step: its values fill the count inputs")
 
     @model_validator(mode="after")
     def _reason(self) -> StepPost:
@@ -74,3 +107,61 @@ class CommentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=5000)
+
+
+class Correction(BaseModel):
+    """A supervisor's correction of a recorded step's inputs, with a reason and the signature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] = Field(min_length=1, description="the corrected inputs only: a value or {value, unit}")
+    reason: str = Field(min_length=1, max_length=2000)
+    signature: SignatureInput = Field(description="the supervisor's password again, meaning 'approved'")
+
+
+class DoseDecisionIn(BaseModel):
+    """QA's decision when the harvest cannot reach the target dose."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["lower_dose", "out_of_specification"]
+    dose_per_kg: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                      description="lower_dose: a studied dose level below the target")
+    reason: str = Field(min_length=1, max_length=2000)
+    signature: SignatureInput = Field(description="QA's password again, meaning 'approved'")
+
+    @model_validator(mode="after")
+    def _level(self) -> DoseDecisionIn:
+        if (self.decision == "lower_dose") != (self.dose_per_kg is not None):
+            raise ValueError("dose_per_kg is given with lower_dose, and only with it")
+        return self
+
+
+class QcResultIn(BaseModel):
+    """A QC result: negative/positive, or endotoxin in EU/mL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    result: Literal["negative", "positive"] | None = None
+    eu_per_ml: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False, description="endotoxin")
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one(self) -> QcResultIn:
+        if (self.result is None) == (self.eu_per_ml is None):
+            raise ValueError("give result (negative or positive) or eu_per_ml (endotoxin), one of them")
+        return self
+
+
+class CountImportIn(BaseModel):
+    """A cell counter's result export for a step: the file as text (UTF-8 or Latin-1) or base64."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_key: str = Field(min_length=1, max_length=64)
+    filename: str = Field(min_length=1, max_length=255)
+    content_base64: str = Field(min_length=1, max_length=1_500_000)
+    instrument_id: str | None = Field(default=None, min_length=1, max_length=100,
+                                      description="required when the file does not name its instrument")
+    sample_id: str | None = Field(default=None, min_length=1, max_length=100,
+                                  description="required when the file holds several samples")

@@ -125,16 +125,23 @@ def alarm_summary(alarms: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def dose_status(dose: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The most recent dose fact of a run: achieved at harvest, else the day-3 band, else the seed band."""
+    """The most recent dose fact of a run: the formulated dose, else the harvest's sufficiency, else the newest
+    forecast band."""
     if not dose:
         return {"state": "unknown", "text": "no dose target", "basis": None, "message": ""}
     achieved = dose.get("achieved")
     if achieved:
         ok = bool(achieved.get("within_acceptance"))
-        return {"state": "ok" if ok else "alert", "basis": "harvest",
-                "text": f"achieved {fmt_number(achieved.get('percent_of_target'))} % of target"
+        return {"state": "ok" if ok else "alert", "basis": "formulate",
+                "text": f"formulated {fmt_number(achieved.get('percent_of_level'))} % of the dose level"
                 + ("" if ok else " (outside acceptance)"), "message": achieved.get("message", "")}
-    for basis in ("day3", "seed"):
+    harvest = dose.get("harvest")
+    if harvest:
+        ok = bool(harvest.get("enough"))
+        return {"state": "ok" if ok else "alert", "basis": "harvest",
+                "text": f"harvest holds {fmt_number(harvest.get('percent_of_needed'))} % of what is needed"
+                + ("" if ok else " (short: QA decides)"), "message": harvest.get("message", "")}
+    for basis in ("feed_day5", "day3", "seed"):
         band = dose.get(basis)
         if band:
             below = bool(band.get("below_target"))
@@ -194,15 +201,18 @@ def input_field(inp: StepInput) -> dict[str, Any]:
 
 
 def step_forms(recipe: Recipe | None) -> list[dict[str, Any]]:
-    """One form description per recipe step: its inputs and the signature meanings it needs."""
+    """One form description per recipe step: its inputs, the reagents whose lot and expiry it records, and the
+    signature meanings it needs."""
     if recipe is None:
         return []
-    return [_step_form(s) for s in recipe.steps]
+    names = {m.key: m.name for m in recipe.materials}
+    return [_step_form(s, names) for s in recipe.steps]
 
 
-def _step_form(step: Step) -> dict[str, Any]:
+def _step_form(step: Step, names: Mapping[str, str]) -> dict[str, Any]:
     return {"key": step.key, "title": step.title, "signatures": list(step.signatures),
-            "fields": [input_field(i) for i in step.inputs]}
+            "fields": [input_field(i) for i in step.inputs],
+            "materials": [{"key": m, "name": names.get(m, m)} for m in step.materials]}
 
 
 def limit_bands(definition: Mapping[str, Any] | None) -> dict[str, float]:

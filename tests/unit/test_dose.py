@@ -1,4 +1,5 @@
-"""Dose arithmetic: docs/process.md's example, the projection bands at seed and day 3, the harvest dose."""
+"""Dose arithmetic on the recipe's numbers: what the patient needs, whether the harvest holds it (with the
+overage), and the dose of the formulated product (net of QC samples) with its CD3+ cells per kg."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import math
 import pytest
 
 from app.protocol.dose import (
-    achieved_dose,
-    harvest_cd7,
+    allowed_doses,
+    check_weight,
+    formulated_dose,
+    harvest_check,
     needs_split,
-    projection_at_day3,
-    projection_at_seed,
     required_cd7,
 )
-from app.protocol.recipe import default_recipe
+from app.protocol.recipe import Recipe, default_recipe
 
 R = default_recipe()
 
@@ -35,58 +36,85 @@ def test_required_cd7_refuses(dose: float, weight: float, message: str) -> None:
         required_cd7(R, dose, weight)
 
 
-def test_projection_at_seed_uses_the_source_ranges() -> None:
-    need = required_cd7(R, 9e6, 70)  # 6.3e8
-    b = projection_at_seed(R, "mobilized", 2e8, need)  # fold 10-30, CD7 50-70 %: 1e9 .. 4.2e9
-    assert (b.low, b.high) == pytest.approx((2e8 * 10 * 0.5, 2e8 * 30 * 0.7))
-    assert not b.alert and b.basis == "seed"
-    low = projection_at_seed(R, "mobilized", 1e7, need)  # 5e7 .. 2.1e8
-    assert low.alert and "below the required dose" in low.message
-    cord = projection_at_seed(R, "cord", 1e7, need)  # fold 20-50, CD7 55-80 %
-    assert (cord.low, cord.high) == pytest.approx((1e7 * 20 * 0.55, 1e7 * 50 * 0.8))
-    with pytest.raises(ValueError, match="cell source 'marrow'"):
-        projection_at_seed(R, "marrow", 1e7, need)
+def test_an_arm_narrows_the_weight_range() -> None:
+    assert check_weight(R, 20, "paediatric") == 20
+    with pytest.raises(ValueError, match=r"patient weight 20 kg is outside 30\.\.250 kg of the adult arm"):
+        check_weight(R, 20, "adult")
+    with pytest.raises(ValueError, match="arm 'elderly' is not an arm of this recipe"):
+        check_weight(R, 20, "elderly")
+    assert allowed_doses(R, "adult") == (1.5e6, 4e6, 9e6)
 
 
-def test_projection_at_day3_narrows_with_the_observed_fold() -> None:
-    need = required_cd7(R, 9e6, 70)
-    b = projection_at_day3(R, "mobilized", 2e8, 6e8, 72, need)  # f3 = 3 -> F = 3 ** (168/72) = 12.98
-    f = 3 ** (168 / 72)
-    assert b.observed_fold == pytest.approx(3)
-    assert b.fold == pytest.approx((max(10, f / 1.5), min(30, f * 1.5)))  # (10, 19.5): narrower than 10..30
-    assert b.fold[1] - b.fold[0] < 30 - 10
-    assert b.low == pytest.approx(2e8 * 10 * 0.5) and b.high == pytest.approx(2e8 * f * 1.5 * 0.7)
-    assert not b.low_expansion and not b.alert
+# required = 4e6 x 70 = 2.8e8; with 25 % overage the harvest must hold 3.5e8 CD7+ cells
+@pytest.mark.parametrize(("total", "cd7", "enough"), [
+    (7.0e8, 50, True),    # 3.5e8: exactly enough
+    (6.9e8, 50, False),   # 3.45e8: short
+    (5.0e9, 80, True),    # far more than needed: no deviation (the product is formulated from part of it)
+    (0.0, 60, False),
+])
+def test_the_harvest_must_hold_the_required_cells_plus_the_overage(total: float, cd7: float, enough: bool) -> None:
+    c = harvest_check(R, total, cd7, 70, 4e6)
+    assert c.enough is enough
+    assert math.isclose(c.needed, 3.5e8) and math.isclose(c.required, 2.8e8)
+    assert math.isclose(c.max_dose_per_kg, total * cd7 / 100 / 1.25 / 70)
+    assert ("short of the target" in c.message) is (not enough)
 
 
-def test_projection_at_day3_low_expansion_leaves_the_prior() -> None:
-    need = required_cd7(R, 9e6, 70)
-    b = projection_at_day3(R, "mobilized", 1e8, 1.2e8, 72, need)  # f3 = 1.2 -> F = 1.53, far below 10
-    f = 1.2 ** (168 / 72)
-    assert b.fold == pytest.approx((f / 1.5, f * 1.5))
-    assert b.low_expansion and b.alert and "low expansion: day-3 fold 1.20x" in b.message
+def test_a_harvest_without_overage_in_the_recipe_needs_only_the_required_cells() -> None:
+    r = Recipe.model_validate({**R.model_dump(), "dose": {**R.dose.model_dump(), "harvest_overage_percent": 0}})
+    assert harvest_check(r, 5.6e8, 50, 70, 4e6).enough
 
 
-def test_day3_fold_threshold_boundary() -> None:
-    need = 1.0
-    assert not projection_at_day3(R, "cord", 1e6, 1.5e6, 72, need).low_expansion
-    assert projection_at_day3(R, "cord", 1e6, 1.49e6, 72, need).low_expansion
+@pytest.mark.parametrize(("cells", "volume", "qc", "pct", "ok"), [
+    (2.8e8, 100, 0, 100.0, True),
+    (2.8e8, 100, 10, 90.0, True),       # 10 % of the bag goes to QC: the dose is net of it
+    (2.8e8, 100, 25, 75.0, False),      # below 80 %
+    (3.5e8, 100, 2, 122.5, False),      # above 120 %
+    (2.24e8, 50, 0, 80.0, True),        # the edge is inside
+])
+def test_the_dose_is_checked_on_the_formulated_product(cells: float, volume: float, qc: float, pct: float,
+                                                       ok: bool) -> None:
+    d = formulated_dose(R, cd7_cells_formulated=cells, product_volume_ml=volume, qc_sample_volume_ml=qc,
+                        weight_kg=70, target_per_kg=4e6)
+    assert math.isclose(d.percent_of_level, pct) and d.within_acceptance is ok
+    assert math.isclose(d.concentration_per_ml, cells / volume)
+    assert math.isclose(d.net_cd7_cells, cells * (volume - qc) / volume)
+
+
+def test_a_lower_dose_level_is_the_reference_of_the_check() -> None:
+    d = formulated_dose(R, cd7_cells_formulated=1.05e8, product_volume_ml=50, qc_sample_volume_ml=0, weight_kg=70,
+                        target_per_kg=4e6, dose_level_per_kg=1.5e6)
+    assert d.within_acceptance and math.isclose(d.percent_of_level, 100.0)
+    assert "lower studied level" in d.message
+    with pytest.raises(ValueError, match="not allowed"):
+        formulated_dose(R, cd7_cells_formulated=1e8, product_volume_ml=50, qc_sample_volume_ml=0, weight_kg=70,
+                        target_per_kg=4e6, dose_level_per_kg=2e6)
+
+
+def test_cd3_cells_per_kg_come_from_the_harvest_panel() -> None:
+    # 2.8e8 CD7+ at 56 % CD7 = 5e8 cells; 0.5 % CD3 = 2.5e6 CD3+ / 70 kg = 3.57e4/kg
+    d = formulated_dose(R, cd7_cells_formulated=2.8e8, product_volume_ml=100, qc_sample_volume_ml=0, weight_kg=70,
+                        target_per_kg=4e6, harvest_cd7_percent=56, harvest_cd3_percent=0.5,
+                        cd3_limit_per_kg=2.5e4)
+    assert d.cd3_per_kg is not None and math.isclose(d.cd3_per_kg, 2.5e6 / 70)
+    assert d.cd3_within_limit is False
+    assert formulated_dose(R, cd7_cells_formulated=2.8e8, product_volume_ml=100, qc_sample_volume_ml=0, weight_kg=70,
+                           target_per_kg=4e6, harvest_cd7_percent=56, harvest_cd3_percent=0.5,
+                           cd3_limit_per_kg=1e5).cd3_within_limit is True
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"qc_sample_volume_ml": 100}, "QC sample volume 100 mL must be less than the product volume 100 mL"),
+    ({"product_volume_ml": 0}, "product volume must be a finite number > 0"),
+    ({"cd7_cells_formulated": float("inf")}, "CD7+ cells formulated must be a finite number"),
+    ({"harvest_cd7_percent": 120, "harvest_cd3_percent": 1}, "harvest %CD7+ must be <= 100"),
+])
+def test_formulation_refuses_impossible_numbers(kwargs: dict[str, float], message: str) -> None:
+    args = {"cd7_cells_formulated": 2.8e8, "product_volume_ml": 100.0, "qc_sample_volume_ml": 0.0,
+            "weight_kg": 70.0, "target_per_kg": 4e6, **kwargs}
+    with pytest.raises(ValueError, match=message.replace("+", r"\+").replace(".", r"\.")):
+        formulated_dose(R, **args)  # type: ignore[arg-type]
 
 
 def test_split_threshold() -> None:
-    assert not needs_split(R, 1.5e6) and needs_split(R, 1.5e6 + 1)
-
-
-@pytest.mark.parametrize(("percent", "ok"), [(80, True), (79.9, False), (120, True), (120.1, False), (100, True)])
-def test_achieved_dose_acceptance(percent: float, ok: bool) -> None:
-    cells = 9e6 * 70 * percent / 100
-    d = achieved_dose(R, cells, 70, 9e6)
-    assert d.percent_of_target == pytest.approx(percent)
-    assert d.within_acceptance == ok
-    assert ("within" if ok else "outside") + " 80-120 %" in d.message
-
-
-def test_harvest_cd7() -> None:
-    assert harvest_cd7(2e9, 60) == pytest.approx(1.2e9)
-    with pytest.raises(ValueError, match="<= 100"):
-        harvest_cd7(2e9, 160)
+    assert needs_split(R, 1.6e6) and not needs_split(R, 1.5e6)

@@ -9,10 +9,19 @@ from fastapi.responses import JSONResponse
 
 from app.api import idempotency
 from app.api.deps import ConnectionDep, RecordId, RuntimeDep
-from app.api.schemas import RunCreated, RunPublic, RunSummary, StepPosted
+from app.api.schemas import (
+    CountImportPublic,
+    DoseDecisionPublic,
+    QcResultPublic,
+    RunCreated,
+    RunPublic,
+    RunSummary,
+    StepPosted,
+    StepRecordView,
+)
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
-from app.protocol import runs, schemas, steps
+from app.protocol import corrections, counts, product, runs, schemas, steps
 from app.records import audit, signatures
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -104,3 +113,56 @@ async def abort(run_id: RecordId, body: schemas.Reason, principal: CurrentPrinci
                 runtime: RuntimeDep) -> dict[str, Any]:
     return await runs.abort_run(conn, run_id, body.reason, principal=principal, now=runtime.clock.now(),
                                  client=client_address(request))
+
+
+@router.get("/{run_id}/steps/{step_key}", response_model=StepRecordView,
+            summary="A recorded step: inputs as recorded, corrections with their signatures, effective values")
+async def get_step(run_id: RecordId, step_key: str, principal: CurrentPrincipal, conn: ConnectionDep) -> dict[str, Any]:
+    return await corrections.record_view(conn, run_id, step_key)
+
+
+@router.post("/{run_id}/steps/{step_key}/corrections", response_model=StepRecordView, status_code=201,
+             summary="Correct a recorded step's inputs (supervisor): reason + signature 'approved'; limits and "
+                     "derived values are evaluated again")
+async def correct_step(run_id: RecordId, step_key: str, body: schemas.Correction, principal: CurrentPrincipal,
+                       request: Request, conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    client = client_address(request)
+    await corrections.record_view(conn, run_id, step_key)  # 404 before asking for the password
+    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="step_correction",
+                                                  entity_id=f"{run_id}/{step_key}", client=client,
+                                                  threshold=runtime.settings.lockout_threshold)
+    return await corrections.correct_step(conn, run_id, step_key, body, principal=principal, signer=signer,
+                                          now=runtime.clock.now(), client=client)
+
+
+@router.post("/{run_id}/count-imports", response_model=CountImportPublic, status_code=201,
+             summary="Import a cell counter's result export (CSV) for a count step; post the step with its id")
+async def import_counts(run_id: RecordId, body: schemas.CountImportIn, principal: CurrentPrincipal, request: Request,
+                        conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return await counts.import_counts(conn, run_id, body, principal=principal, now=runtime.clock.now(),
+                                      client=client_address(request))
+
+
+@router.post("/{run_id}/dose-decision", response_model=DoseDecisionPublic, status_code=201,
+             summary="QA's decision when the harvest cannot reach the target: lower studied dose level or out of "
+                     "specification; signed 'approved'")
+async def decide_dose(run_id: RecordId, body: schemas.DoseDecisionIn, principal: CurrentPrincipal, request: Request,
+                      conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    client = client_address(request)
+    await runs.run_row(conn, run_id)  # 404 before asking for the password
+    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="dose_decision",
+                                                  entity_id=str(run_id), client=client,
+                                                  threshold=runtime.settings.lockout_threshold)
+    return await product.decide_dose(conn, run_id, body, principal=principal, signer=signer, now=runtime.clock.now(),
+                                     client=client)
+
+
+@router.post("/{run_id}/qc-results/{test}", response_model=QcResultPublic,
+             summary="Report a QC result (Gram stain, endotoxin in EU/mL, mycoplasma, sterility)")
+async def report_qc(run_id: RecordId, test: str, body: schemas.QcResultIn, principal: CurrentPrincipal,
+                    request: Request, conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
+    view, events = await product.report_result(conn, run_id, test, body, principal=principal,
+                                               now=runtime.clock.now(), client=client_address(request))
+    for kind, key, data in events:
+        runtime.live.publish(kind, key, data)
+    return view

@@ -15,7 +15,7 @@ from app.core.problems import Problem
 
 router = APIRouter(tags=["live"])
 
-KINDS = ("reading", "device_state", "device_check", "step", "deviation", "run", "setpoint", "alarm")
+KINDS = ("reading", "device_state", "device_check", "step", "deviation", "run", "setpoint", "alarm", "qc_result")
 
 
 @dataclass(frozen=True)

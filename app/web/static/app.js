@@ -322,7 +322,7 @@
   function formInputs(form) {
     var inputs = {};
     form.querySelectorAll("input[name], select[name]").forEach(function (el) {
-      if (el.name.indexOf("__") === 0) return;
+      if (el.name.indexOf("__") === 0 || el.dataset.kind === "lot") return;
       var raw = el.value.trim();
       if (raw === "") return;
       var kind = el.dataset.kind;
@@ -337,9 +337,22 @@
     });
     return inputs;
   }
+  // Lots: "lots.<reagent>.lot" and "lots.<reagent>.expiry" fields become {reagent: {lot, expiry}}.
+  function formLots(form) {
+    var lots = {};
+    form.querySelectorAll("input[data-kind=lot]").forEach(function (el) {
+      var parts = el.name.split(".");
+      var raw = el.value.trim();
+      if (raw === "") return;
+      lots[parts[1]] = lots[parts[1]] || {};
+      lots[parts[1]][parts[2]] = raw;
+    });
+    return lots;
+  }
   function postStep(form, signature) {
     var runId = body.dataset.runId;
     var payload = { inputs: formInputs(form) };
+    if (form.querySelector("input[data-kind=lot]")) payload.lots = formLots(form);
     var ov = form.querySelector("[name=__override]");
     if (ov && ov.checked) {
       payload.override = true;
