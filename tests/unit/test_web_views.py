@@ -53,7 +53,7 @@ def test_dose_status_uses_the_latest_fact() -> None:
     status = views.dose_status({"seed": seed, "day3": day3, "achieved": None})
     assert (status["state"], status["basis"]) == ("ok", "day3")
     achieved = {"within_acceptance": True, "percent_of_target": 101.0, "message": "ok"}
-    assert views.dose_status({"seed": seed, "day3": day3, "achieved": achieved})["basis"] == "harvest"
+    assert views.dose_status({"seed": seed, "day3": day3, "achieved": achieved})["basis"] == "formulate"
 
 
 def test_timeline_places_windows_on_one_span() -> None:
