@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -69,7 +70,7 @@ from app.core.live import LiveHub
 from app.core.outage import OutageLog
 from app.core.problems import Problem
 from app.ingest.spool import Spool
-from app.protocol import runs
+from app.protocol import deviations, runs
 from app.protocol.recipe import AlarmOverride
 from app.protocol.recipes import recipe_of
 from app.records import audit
@@ -91,6 +92,11 @@ _COMM_LOSS = CommLossAlarm(name="comm_loss", description="device communication l
 # than declared). The points that were found are still read; the others are unobserved.
 _CONFIGURATION = CommLossAlarm(name="configuration", description="device does not match its profile: points not "
                                                                   "found or not as declared (see the device check)")
+# A QC result reported positive after infusion (sterility): the product is in the patient. The alarm is active while
+# its deviation (post_infusion_positive) is open, so it reaches a person like any alarm, and returns when QA closes it.
+QC_POSITIVE_RULE = "post_infusion_positive"
+_QC_POSITIVE = CommLossAlarm(name="qc_positive", description="a QC result of an infused product is positive: notify "
+                                                              "the patient's physician (see the run's deviation)")
 _HISTORIAN_DEF = CommLossAlarm(
     name="historian", description="the database (historian) is unavailable: telemetry is kept in the local spool")
 
@@ -635,6 +641,23 @@ class AlarmService:
             self.alarms[f"{device.name}:comm_loss"].run_id = serves.run_id if serves else None
             self.alarms[f"{device.name}:configuration"].run_id = serves.run_id if serves else None
         await self._bind_excursions(conn, bindings)
+        await self._bind_notifications(conn, now)
+
+    async def _bind_notifications(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """One alarm `run:<code>:<test>` per positive QC result after infusion, active while its deviation is open."""
+        for d in await deviations.with_rule(conn, QC_POSITIVE_RULE):
+            facts = json.loads(d["facts"]) if d["facts"] is not None else {}
+            aid = f"run:{d['run_code']}:{facts.get('test', 'qc')}"
+            alarm = self.alarms.get(aid)
+            if alarm is None:
+                if d["status"] != "open" and aid not in self._restored:
+                    continue  # closed before this service knew it: nothing to annunciate
+                alarm = Alarm(aid, f"run:{d['run_code']}", f"run:{d['run_code']}", _QC_POSITIVE,
+                              initial_state(aid, d["opened_at"]))
+                self.alarms[aid] = alarm
+                self._restore(alarm)
+            alarm.run_id = int(d["run_id"])
+            self._link(alarm, d["status"] != "open", d["opened_at"] if d["status"] == "open" else now)
 
     async def _bind_excursions(self, conn: asyncpg.Connection, bindings: Mapping[str, _Binding]) -> None:
         wanted: dict[tuple[int, str], ExcursionRule] = {}

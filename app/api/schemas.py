@@ -445,10 +445,25 @@ class ExcursionDeviation(_Strict):
     opened_at: datetime
 
 
+class DoorOpeningPublic(_Strict):
+    device: str
+    step_key: str = Field(description="the step whose window planned the opening")
+    opened_at: datetime
+    closed_at: datetime | None
+    recovered_at: datetime | None = Field(description="temperature and CO2 back inside their alarm limits")
+    recovery_min: float | None = Field(description="minutes from the door shutting to the recovery")
+    min_temperature: float | None
+    min_co2: float | None
+    outcome: str = Field(description="planned (inside its stated recovery), or exceeded")
+    reason: str | None = Field(description="why the plan was exceeded")
+    planned: dict[str, Any] | None = Field(description="the recipe's stated opening and recovery")
+
+
 class ExcursionReport(_Strict):
     run_id: int
     channels: list[ExcursionChannel]
     deviations: list[ExcursionDeviation]
+    door_openings: list[DoorOpeningPublic] = Field(description="the run's planned door openings (oldest first)")
 
 
 class SetpointCommandPublic(_Strict):

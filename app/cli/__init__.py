@@ -266,8 +266,13 @@ async def _demo(port: int, scale: float, data_dir: Path, seed: int, exit_after: 
                 if exit_after is not None:
                     stopper = asyncio.get_running_loop().call_later(
                         exit_after, lambda: setattr(svc.server, "should_exit", True))
+                alarms = svc.runtime.alarms
+
+                async def door(step: str) -> None:
+                    await stack.open_door(clock, sims.incubator, sync=None if alarms is None else alarms.sync)
+
                 automation = DemoAutomation(svc.base_url, demo_accounts.automation_key, DEMO_PASSWORD, demo_run.id,
-                                            poll=min(1.0, max(0.05, 600 / scale)))
+                                            poll=min(1.0, max(0.05, 600 / scale)), door=door)
                 client_task = asyncio.create_task(automation.run(), name="demo-automation")
                 try:
                     await svc.wait_closed()

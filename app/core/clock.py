@@ -57,6 +57,21 @@ class ScaledClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.scale)
 
+    def retime(self, scale: float) -> None:
+        """Run at `scale` from now on, continuing from the current time (it never jumps or goes back).
+
+        The demo and the end-to-end run slow a fast clock around a door opening so that a 60 s opening reaches the
+        telemetry (a simulator publishes every 0.25 wall seconds); everything reads `scale` and `now()` as it goes.
+        """
+        if not (scale > 0 and scale < 1e7):
+            raise ValueError(f"time scale must be > 0 and < 1e7, got {scale!r}")
+        wall = time.time()
+        start = self.origin if self.origin is not None else self.epoch
+        now = start + timedelta(seconds=(wall - self.epoch.timestamp()) * self.scale)
+        object.__setattr__(self, "origin", now)
+        object.__setattr__(self, "epoch", datetime.fromtimestamp(wall, tz=UTC))
+        object.__setattr__(self, "scale", scale)
+
 
 class ManualClock:
     """A clock tests move by hand; `sleep` yields to the loop and advances the clock."""

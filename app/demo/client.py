@@ -2,8 +2,9 @@
 
 It reads the run (its schedule on the service's scaled clock) and the devices' latest readings with the demo
 automation key, and posts each step as soon as it is open, as the demo users with their e-signature (every step
-of the default recipe is signed): the operator performs, QA releases. Cell counts and incubator values come from
-the simulators' readings through the API. Before release QA reviews and closes the run's open deviations (a
+of the default recipe is signed): the operator performs, QA releases. With a `door` hook it opens the incubator's
+door before each step that plans an opening (seeding, feeds, the mycoplasma sample, harvest). Cell counts and
+incubator values come from the simulators' readings through the API. Before release QA reviews and closes the run's open deviations (a
 dose outside acceptance, a late step), as the release rule requires; a held run is resumed by QA and a late or
 missed step is recorded by the supervisor with an override, so the demo always reaches release.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,6 +45,11 @@ class DemoAutomation:
     posted: list[str] = field(default_factory=list)
     _meanings: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _materials: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Opens the incubator's door for a step that plans an opening (seeding, feeds, the mycoplasma sample, harvest)
+    # before the step is posted, as an operator does; None: the door stays shut.
+    door: Callable[[str], Awaitable[None]] | None = None
+    _doors: dict[str, bool] = field(default_factory=dict)
+    _opened: set[str] = field(default_factory=set)
     _sessions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     async def run(self) -> dict[str, Any]:
@@ -80,6 +87,7 @@ class DemoAutomation:
                                      key)
             self._meanings = {s["key"]: tuple(s.get("signatures", ())) for s in recipe["content"]["steps"]}
             self._materials = {s["key"]: tuple(s.get("materials", ())) for s in recipe["content"]["steps"]}
+            self._doors = {s["key"]: bool(s.get("door_opening")) for s in recipe["content"]["steps"]}
         if view["status"] == "held":
             await self._signed(http, "qa", f"/api/v1/runs/{self.run_id}/resume",
                                {"reason": "demo: QA reviewed the hold"})
@@ -88,8 +96,8 @@ class DemoAutomation:
         for step in view["schedule"]:
             if step["blocked_by"] or step["status"] not in ("open", "due", "late", "missed"):
                 continue
-            await self._post(http, key, view, step)
-            return  # one post per poll: the next poll sees the new schedule
+            if await self._post(http, key, view, step):
+                return  # one post per poll: the next poll sees the new schedule
 
     async def _report_results(self, http: httpx.AsyncClient, view: dict[str, Any]) -> None:
         """The lab's results of the QC samples taken (QA reports them): all negative, endotoxin low."""
@@ -111,12 +119,19 @@ class DemoAutomation:
         return r
 
     async def _post(self, http: httpx.AsyncClient, key: dict[str, str], view: dict[str, Any],
-                    step: dict[str, Any]) -> None:
+                    step: dict[str, Any]) -> bool:
+        """Post one step (or open the door before it); False when the step waits for its target time."""
         name = step["key"]
         if name == "release":
             for d in await self._get(http, f"/api/v1/deviations?run_id={self.run_id}&status=open", key):
                 await self._signed(http, "qa", f"/api/v1/deviations/{d['id']}/close",
                                    {"reason": "demo: QA reviewed the deviation and accepts the batch"})
+        if self.door is not None and self._doors.get(name) and name not in self._opened:
+            if step["status"] == "open":
+                return False  # opened at its target time, so two door steps (day-5 feed, sample) never share one
+            self._opened.add(name)
+            await self.door(name)  # the door opens and the chamber recovers inside the step's window
+            return True  # the next poll posts the step
         late = step["status"] in ("late", "missed")
         role = POST_AS.get(name, "supervisor" if late else "operator")
         headers = await self._login(http, role)
@@ -142,6 +157,7 @@ class DemoAutomation:
                 await self._countersign(http, int(record_ids[step_key]), tuple(missing), set())
         else:
             log.warning("demo client: step %s -> %s %s", name, r.status_code, r.text[:300])
+        return True
 
     async def _countersign(self, http: httpx.AsyncClient, record_id: int, meanings: tuple[str, ...],
                            signed: set[str]) -> None:

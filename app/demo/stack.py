@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from app.runtime import Runtime
 from app.settings import Settings
 from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
+from simulators.faults import Fault
 from simulators.incubator import IncubatorSimulator
 from simulators.runner import device_configs
 
@@ -73,6 +74,34 @@ async def simulators(clock: ScaledClock, devices_file: Path, *, seed: int = 0, c
         for sim in reversed(started):
             with contextlib.suppress(Exception):
                 await sim.stop()
+
+
+DOOR_OPEN_S = 60.0  # how long an operator keeps the door open at a feed or a harvest (clock seconds)
+DOOR_RECOVERY_S = 25 * 60.0  # waited after closing it: the chamber is back inside its alarm limits by then
+DOOR_SETTLE_S = 40.0  # clock seconds at the slow scale after opening and closing, for the telemetry to follow
+
+
+async def open_door(clock: ScaledClock, incubator: IncubatorSimulator, *,
+                    sync: Callable[[], Awaitable[None]] | None = None, open_s: float = DOOR_OPEN_S,
+                    recovery_s: float = DOOR_RECOVERY_S) -> None:
+    """Open the incubator's door for `open_s` clock seconds, as an operator does at a feed or a harvest, and wait
+    out the chamber's recovery. On a fast clock the clock runs at most x20 while the door is open (so the door's
+    state reaches the telemetry within seconds of clock time: the simulator publishes every 0.25 wall seconds) and
+    at most x600 while the chamber recovers, then returns to its scale. `sync` makes the alarm service see the
+    step's window first."""
+    scale = clock.scale
+    try:
+        clock.retime(min(scale, 20.0))
+        if sync is not None:
+            await sync()
+        await incubator.inject(Fault.door_left_open)
+        await clock.sleep(open_s)
+        await incubator.clear(Fault.door_left_open)
+        await clock.sleep(DOOR_SETTLE_S)  # still slow: the shut door reaches the telemetry before the clock speeds up
+        clock.retime(min(scale, 600.0))
+        await clock.sleep(max(0.0, recovery_s - DOOR_SETTLE_S))
+    finally:
+        clock.retime(scale)
 
 
 @dataclass

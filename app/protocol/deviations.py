@@ -66,6 +66,13 @@ async def opened_by_rules(conn: DBConnection, run_id: int, prefix: str) -> list[
         "AND starts_with(rule, $2) ORDER BY id", run_id, prefix)]
 
 
+async def with_rule(conn: DBConnection, rule: str) -> list[dict[str, Any]]:
+    """Every deviation of `rule` with its run's code, oldest first (the alarm service's notification alarms)."""
+    return [dict(r) for r in await conn.fetch(
+        "SELECT d.id, d.run_id, r.code AS run_code, d.facts, d.status, d.opened_at FROM deviation d "
+        "JOIN culture_run r ON r.id = d.run_id WHERE d.rule = $1 ORDER BY d.id", rule)]
+
+
 async def rules_opened(conn: DBConnection, run_id: int, rule: str) -> set[str]:
     """The steps of a run that have a deviation of `rule` (the engine opens one missed-step deviation per step)."""
     return {str(r["step_key"]) for r in await conn.fetch(

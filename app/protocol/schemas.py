@@ -122,7 +122,12 @@ class Correction(BaseModel):
 class DoseDecisionIn(BaseModel):
     """QA's decision when the harvest cannot reach the target dose."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The rule, stated in the schema too: lower_dose has a dose_per_kg, out_of_specification none.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"decision": {"const": "lower_dose"}}, "required": ["decision"]},
+        "then": {"required": ["dose_per_kg"], "properties": {"dose_per_kg": {"type": "number"}}},
+        "else": {"properties": {"dose_per_kg": {"type": "null"}}},
+    })
 
     decision: Literal["lower_dose", "out_of_specification"]
     dose_per_kg: float | None = Field(default=None, gt=0, allow_inf_nan=False,
@@ -140,7 +145,11 @@ class DoseDecisionIn(BaseModel):
 class QcResultIn(BaseModel):
     """A QC result: negative/positive, or endotoxin in EU/mL."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The rule, stated in the schema too: exactly one of result and eu_per_ml.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["result"], "properties": {"result": {"type": "string"}, "eu_per_ml": {"type": "null"}}},
+        {"required": ["eu_per_ml"], "properties": {"eu_per_ml": {"type": "number"}, "result": {"type": "null"}}},
+    ]})
 
     result: Literal["negative", "positive"] | None = None
     eu_per_ml: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False, description="endotoxin")
@@ -160,7 +169,8 @@ class CountImportIn(BaseModel):
 
     step_key: str = Field(min_length=1, max_length=64)
     filename: str = Field(min_length=1, max_length=255)
-    content_base64: str = Field(min_length=1, max_length=1_500_000)
+    content_base64: str = Field(min_length=4, max_length=1_500_000, pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+                                description="the file's bytes, base64")
     instrument_id: str | None = Field(default=None, min_length=1, max_length=100,
                                       description="required when the file does not name its instrument")
     sample_id: str | None = Field(default=None, min_length=1, max_length=100,

@@ -244,6 +244,10 @@ async def test_release_waits_for_qc_then_the_bedside_check_completes_the_run(ser
                                       headers=people.headers("qa"))).json()["items"]
     [notified] = trail
     assert notified["new"]["test"] == "sterility" and notified["new"]["deviation_id"] == dev["id"]
+    # ... and an alarm reaches a person: active until QA closes the deviation
+    alarm = await service.client.get(f"/api/v1/alarms/run:{code}:sterility", headers=people.headers("operator"))
+    assert alarm.status_code == 200, alarm.text
+    assert (alarm.json()["status"], alarm.json()["run_id"]) == ("active_unack", run_id), alarm.json()
 
 
 async def test_a_count_import_fills_the_day3_count_with_its_provenance(service: Service,

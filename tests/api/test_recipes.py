@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import asyncpg
@@ -16,7 +17,8 @@ from tests.api.test_openapi_walk import RECIPE_YAML
 
 
 def _yaml(version: int, title: str | None = None) -> str:
-    text = RECIPE_YAML.replace("\nversion: 1\n", f"\nversion: {version}\n")
+    text, n = re.subn(r"(?m)^version: \d+$", f"version: {version}", RECIPE_YAML, count=1)
+    assert n == 1
     if title:
         text = text.replace("\ntitle: HTLP expansion", f"\ntitle: {title} HTLP expansion", 1)
     return text

@@ -26,7 +26,7 @@ from app.settings import Settings
 from simulators.culture_system import CultureSystemSimulator
 from simulators.faults import Fault
 from simulators.incubator import IncubatorSimulator
-from tests.api.protocol_support import INPUTS, run_body
+from tests.api.protocol_support import INPUTS, LOTS, run_body
 from tests.e2e.conftest import DESKTOP, demo_bearer, demo_page, page_ready, serve
 from tests.support import free_port, wait_for
 
@@ -209,8 +209,15 @@ async def test_step_out_of_its_window_shows_the_reason_and_inside_it_is_signed_a
     field = form.locator("[data-testid=field-error][data-field=coat_temperature]")
     await field.wait_for()
     assert await field.inner_text()
-    # inside its window, with the operator's signature: the timeline shows it done
+    # a missing lot is named next to its reagent; inside its window, with the lots and the operator's signature,
+    # the timeline shows it done
     await _fill(form, INPUTS["coat_vessels"])
+    await form.locator("[data-testid=submit-step]").click()
+    await _sign_if_asked(page)
+    lot = form.locator("[data-testid=field-error][data-field='lots.dl4']")
+    await lot.wait_for()
+    assert "DL-4" in await lot.inner_text()
+    await _fill(form, {f"lots.{m}.{part}": value for m, v in LOTS["coat_vessels"].items() for part, value in v.items()})
     await form.locator("[data-testid=submit-step]").click()
     assert await _sign_if_asked(page), "coating needs a signature: the dialog must ask for it"
     # the form says it was recorded (or why not), then the timeline shows it done

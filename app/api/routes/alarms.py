@@ -141,7 +141,8 @@ async def return_to_service(alarm_id: str, body: AlarmComment, principal: Curren
 
 
 @runs_router.get("/{run_id}/excursions", response_model=ExcursionReport, tags=["runs"],
-                 summary="Time and integral outside the band per channel of a run (batch record)")
+                 summary="Time and integral outside the band per channel of a run, and its planned door openings with "
+                         "their recovery (batch record)")
 async def excursions(run_id: RecordId, principal: CurrentPrincipal, conn: ConnectionDep,
                      runtime: RuntimeDep) -> dict[str, Any]:
     await runs.run_row(conn, run_id)  # 404 for an unknown run
@@ -149,6 +150,8 @@ async def excursions(run_id: RecordId, principal: CurrentPrincipal, conn: Connec
         await runtime.alarms.flush()
     rows = await journal.run_excursions(conn, run_id)
     opened = await deviations.opened_by_rules(conn, run_id, "excursion")
+    opened += await deviations.opened_by_rules(conn, run_id, journal.DOOR_RECOVERY)
+    doors = await journal.run_door_openings(conn, run_id)
     return {
         "run_id": run_id,
         "channels": [{
@@ -160,4 +163,7 @@ async def excursions(run_id: RecordId, principal: CurrentPrincipal, conn: Connec
             "first_outside_at": r["first_outside_at"], "updated_at": r["updated_at"],
         } for r in rows],
         "deviations": opened,
+        "door_openings": [{k: d[k] for k in ("device", "step_key", "opened_at", "closed_at", "recovered_at",
+                                             "recovery_min", "min_temperature", "min_co2", "outcome", "reason",
+                                             "planned")} for d in doors],
     }

@@ -165,4 +165,6 @@ async def report_qc(run_id: RecordId, test: str, body: schemas.QcResultIn, princ
                                                now=runtime.clock.now(), client=client_address(request))
     for kind, key, data in events:
         runtime.live.publish(kind, key, data)
+    if runtime.alarms is not None and any(k == "qc_result" and d.get("notify") for k, _, d in events):
+        await runtime.alarms.sync()  # the notification alarm (run:<code>:<test>) is raised now, not at the next pass
     return view
