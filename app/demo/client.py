@@ -4,9 +4,10 @@ It reads the run (its schedule on the service's scaled clock) and the devices' l
 automation key, and posts each step as soon as it is open, as the demo users with their e-signature (every step
 of the default recipe is signed): the operator performs, QA releases. With a `door` hook it opens the incubator's
 door before each step that plans an opening (seeding, feeds, the mycoplasma sample, harvest). Cell counts and
-incubator values come from the simulators' readings through the API. Before release QA reviews and closes the run's open deviations (a
-dose outside acceptance, a late step), as the release rule requires; a held run is resumed by QA and a late or
-missed step is recorded by the supervisor with an override, so the demo always reaches release.
+incubator values come from the simulators' readings through the API. QA reports the QC results of the samples
+taken (all negative); before release QA reviews and closes the run's open deviations, as the release rule
+requires; a held run is resumed by QA and a late or missed step is recorded by the supervisor with an override,
+so the demo always reaches release and the infusion (formulated at the dose level, the bedside check matched).
 """
 
 from __future__ import annotations
