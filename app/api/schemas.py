@@ -315,7 +315,10 @@ class StepRecordView(_Strict):
     inputs: dict[str, Any] = Field(description="as recorded")
     effective_inputs: dict[str, Any] = Field(description="with the corrections applied")
     lots: dict[str, Any] | None
-    provenance: dict[str, Any] | None = Field(description="per input: typed, or counter (import, SHA-256)")
+    provenance: dict[str, Any] | None = Field(description="per input as recorded: typed, or counter (import, "
+                                                          "SHA-256)")
+    effective_provenance: dict[str, Any] | None = Field(description="per effective input: a corrected one comes "
+                                                                    "from its correction")
     override: bool
     override_reason: str | None
     deviation_ids: list[int]

@@ -61,7 +61,9 @@ class ScaledClock:
         """Run at `scale` from now on, continuing from the current time (it never jumps or goes back).
 
         The demo and the end-to-end run slow a fast clock around a door opening so that a 60 s opening reaches the
-        telemetry (a simulator publishes every 0.25 wall seconds); everything reads `scale` and `now()` as it goes.
+        telemetry (a simulator publishes every 0.25 wall seconds); everything in the process reads `scale` and
+        `now()` as it goes. Only for a clock one process owns: processes that share a clock by its epoch, origin
+        and scale (settings) would no longer agree.
         """
         if not (scale > 0 and scale < 1e7):
             raise ValueError(f"time scale must be > 0 and < 1e7, got {scale!r}")

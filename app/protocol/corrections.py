@@ -3,10 +3,13 @@
 The original record never changes: a correction is a new row with the values before and after, the reason and
 the supervisor's e-signature (meaning 'approved'); the step's effective values are the record's with its
 corrections applied in order (app.protocol.runs.effective_records). A correction is validated as a post is (the
-recipe's types, units and valid ranges: 422), then the acceptance limits and the derived values (seeding density,
-forecast, harvest sufficiency, the formulated dose) are evaluated again on the effective values, and every
-failure that the step's earlier evaluations did not already report opens a new deviation. Closed runs
-(completed, aborted) are not corrected (409 run_not_running).
+recipe's types, units and valid ranges, the DIN's check character: 422), then the acceptance limits and the derived
+values (seeding density, forecast, harvest sufficiency, the formulated dose) are evaluated again on the effective
+values, for the corrected step and the recorded steps that depend on it (`dependents`: the counts on the seeding,
+the formulation on the harvest, the infusion on the formulation), and every failure their earlier evaluations did
+not already report opens a new deviation. The re-evaluated facts are the correction's; a corrected input's
+provenance becomes the correction. Closed runs (completed, aborted) are not corrected (409 run_not_running), nor
+a released product's records (409 released).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from app.core.problems import Problem
 from app.db import DBConnection
 from app.protocol import acceptance, deviations
 from app.protocol.common import json_ready, not_found, require_meaning
-from app.protocol.recipes import recipe_of, recipe_row
-from app.protocol.runs import CLOSED, corrections_of, effective_records, run_row, step_records
+from app.protocol.recipe import Recipe
+from app.protocol.runs import DEPENDENTS, corrections_of, effective_records, open_run, run_row, step_records
 from app.protocol.schemas import Correction
-from app.protocol.steps import derived_for, limit_context
+from app.protocol.steps import canonical_dins, derived_for, limit_context, release_step
 from app.records import audit, signatures
 from app.records.signatures import Signer
 
@@ -43,26 +46,39 @@ async def _load_correction(conn: DBConnection, entity_id: str) -> Mapping[str, A
     return out
 
 
+def dependents(recipe: Recipe, step_key: str) -> tuple[str, ...]:
+    """The steps whose derived values use `step_key`'s values: the counts use the seeding (their fold and
+    forecast), the formulation uses the harvest (%CD7+, %CD3+: the CD3+ cells per kg), the infusion uses the
+    formulation (the endotoxin figure)."""
+    if step_key == recipe.t0_step:
+        return recipe.count_steps
+    following = {recipe.key_of("harvest"): recipe.key_of("formulation"),
+                 recipe.key_of("formulation"): recipe.key_of("infusion")}
+    nxt = following.get(step_key)
+    return () if nxt is None else (nxt,)
+
+
 async def correct_step(conn: DBConnection, run_id: int, step_key: str, body: Correction, *, principal: Principal,
                        signer: Signer, now: datetime, client: str | None) -> dict[str, Any]:
     """Record a correction (module docstring); returns the step's record view with its corrections."""
     require_meaning(body.signature, "approved", "a correction")
     async with conn.transaction():
-        run = await run_row(conn, run_id, lock=True)
-        if run["recipe_id"] is None or run["status"] in CLOSED:
-            raise Problem(409, "run-not-running", "Run is closed",
-                          f"run {run['code']} is {run['status']}: a closed run is not corrected",
-                          rule="run_not_running", run_status=run["status"])
-        recipe = recipe_of(await recipe_row(conn, int(run["recipe_id"])))
+        run, recipe = await open_run(conn, run_id, f"correcting {step_key}")
         records = await step_records(conn, run_id)
         rec = records.get(step_key)
         if rec is None:
             raise not_found("step-record", f"step {step_key!r} of run {run['code']} is not recorded")
+        if release_step(recipe).key in records:
+            raise Problem(409, "run-released", "Product released",
+                          f"run {run['code']} is released: its records are not corrected after QA's release (a "
+                          "mistake found now is a deviation)", rule="released")
         step = recipe.step(step_key)
-        current = dict((await effective_records(conn, run_id, records))[step_key].values)
+        effective = await effective_records(conn, run_id, records)
+        current = dict(effective[step_key].values)
         merged = {**current, **body.inputs}
         values, errors = acceptance.validate_inputs(step, merged)
         errors = [e for e in errors if e.field in body.inputs or e.rule == "unknown_field"]
+        errors += [e for e in canonical_dins(step, values) if e.field in body.inputs]
         if errors:
             raise Problem(422, "step-inputs", "Correction is not valid", errors[0].message, rule="invalid_inputs",
                           errors=[json_ready(e.as_dict()) for e in errors])
@@ -72,30 +88,45 @@ async def correct_step(conn: DBConnection, run_id: int, step_key: str, body: Cor
                           f"{step_key}: the corrected values equal the recorded ones", rule="no_change")
         before = {k: current.get(k) for k in changed}
         failures = acceptance.evaluate_limits(step, values, limit_context(run))
-        derived = await derived_for(conn, run, recipe, step_key, values, rec["posted_at"])
-        reported = await _reported(conn, run_id, step_key)
-        pending: list[tuple[str, str, dict[str, Any]]] = [
-            ("acceptance_limit", f.message, f.as_dict()) for f in failures
-            if f.severity == "deviation" and ("acceptance_limit", f.field) not in reported]
-        pending += [(f.rule, f.message, f.facts) for f in derived.deviations if (f.rule, None) not in reported]
+        fixed = {step_key: values}
+        try:
+            derived = await derived_for(conn, run, recipe, step_key, values, rec["posted_at"], fixed)
+            followers = {dep: await derived_for(conn, run, recipe, dep, effective[dep].values, effective[dep].at,
+                                                fixed)
+                         for dep in dependents(recipe, step_key) if dep in effective}
+        except ValueError as exc:  # valid one by one, impossible together (e.g. QC volume >= product volume)
+            raise Problem(422, "step-inputs", "Correction is not valid", f"{step_key}: {exc}",
+                          rule="inconsistent_inputs", errors=[{"field": None, "rule": "inconsistent_inputs",
+                                                               "detail": str(exc), "limit": None}]) from None
+        pending: list[tuple[str, str, str, dict[str, Any]]] = [
+            (step_key, "acceptance_limit", f.message, f.as_dict()) for f in failures
+            if f.severity == "deviation" and ("acceptance_limit", f.field) not in await _reported(conn, run_id,
+                                                                                                   step_key)]
+        for key, d in ((step_key, derived), *followers.items()):
+            reported = await _reported(conn, run_id, key)
+            pending += [(key, f.rule, f.message, f.facts) for f in d.deviations if (f.rule, None) not in reported]
         dev_ids: list[int] = []
-        for rule, text, facts in pending:
+        for key, rule, text, facts in pending:
             dev_id = await deviations.open_deviation(
-                conn, run_id, step_key=step_key, rule=rule, severity="deviation",
-                description=f"{text} (after correction: {', '.join(changed)})", facts=facts, at=now,
+                conn, run_id, step_key=key, rule=rule, severity="deviation",
+                description=f"{text} (after the correction of {step_key}: {', '.join(changed)})", facts=facts, at=now,
                 opened_by=principal.label)
             assert dev_id is not None
             dev_ids.append(dev_id)
+        facts_out: dict[str, Any] = dict(derived.facts or {})
+        if followers:
+            facts_out[DEPENDENTS] = {k: d.facts or {} for k, d in followers.items()}
         cid = await conn.fetchval(
             "INSERT INTO step_correction (step_record_id, run_id, step_key, corrected_at, before, after, reason, "
             "actor_id, actor_name, deviation_ids, dose) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, "
             "$10, $11::jsonb) RETURNING id", rec["id"], run_id, step_key, now, audit.to_json_text(before),
             audit.to_json_text(changed), body.reason, principal.id, principal.label, dev_ids,
-            None if derived.facts is None else audit.to_json_text(derived.facts))
+            audit.to_json_text(facts_out) if facts_out else None)
         await audit.record(conn, actor=principal, action="step.correct", entity_type="step_record",
                            entity_id=rec["id"], old={"step_key": step_key, "inputs": before},
                            new={"step_key": step_key, "inputs": changed, "correction_id": cid,
-                                "deviation_ids": dev_ids, "dose": derived.facts}, reason=body.reason, client=client)
+                                "deviation_ids": dev_ids, "dose": facts_out or None}, reason=body.reason,
+                           client=client)
         await signatures.sign_within(conn, signer, body.signature, entity_type="step_correction",
                                      entity_id=str(cid), client=client)
     return await record_view(conn, run_id, step_key)
@@ -127,11 +158,15 @@ async def record_view(conn: DBConnection, run_id: int, step_key: str) -> dict[st
                       "signatures": [s.model_dump(mode="json") for s in
                                      await signatures.list_signatures(conn, "step_correction", str(c["id"]))]})
     effective = (await effective_records(conn, run_id, records))[step_key]
+    provenance = dict(json.loads(rec["provenance"])) if rec["provenance"] is not None else {}
+    for c in fixes:  # a corrected value comes from its correction, whatever gave the original
+        provenance.update({k: {"source": "correction", "correction_id": c["id"]} for k in c["after"]})
     return dict(json_ready({
         "id": rec["id"], "run_id": run_id, "step_key": step_key, "posted_at": rec["posted_at"],
         "recorded_by": rec["actor_name"], "inputs": json.loads(rec["inputs"]), "effective_inputs": effective.values,
         "lots": None if rec["lots"] is None else json.loads(rec["lots"]),
-        "provenance": None if rec["provenance"] is None else json.loads(rec["provenance"]),
+        "provenance": json.loads(rec["provenance"]) if rec["provenance"] is not None else None,
+        "effective_provenance": provenance or None,
         "override": rec["override"], "override_reason": rec["override_reason"],
         "deviation_ids": list(rec["deviation_ids"]), "derived": effective.facts or None,
         "signatures": [s.model_dump(mode="json") for s in

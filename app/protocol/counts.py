@@ -2,8 +2,9 @@
 
 The file is parsed by app.protocol.counter (formats as data; errors name the line and column). The import
 records the file name, the SHA-256 of its bytes, the instrument (from the file, or given when the file does not
-name it), the sample and the values a count step takes (viable density, viability, and viable cells = density x
-the culture volume recorded at seeding). A step post then names the import (`count_import`), and its record marks
+name it), the sample and the values a count step takes (viable density, viability, and viable cells = density x the
+culture volume: the request's `volume_ml` when the feeds or a split changed it, else the volume recorded at
+seeding). A step post then names the import (`count_import`), and its record marks
 those inputs as coming from the counter; a value typed by hand is marked `typed`.
 """
 
@@ -20,9 +21,7 @@ from app.core.problems import Problem
 from app.db import DBConnection
 from app.protocol import counter
 from app.protocol.common import json_ready, not_found
-from app.protocol.derive import COUNT_STEPS
-from app.protocol.recipes import recipe_of, recipe_row
-from app.protocol.runs import CLOSED, run_row, step_records
+from app.protocol.runs import effective_records, open_run, step_records
 from app.protocol.schemas import CountImportIn
 from app.records import audit
 
@@ -35,18 +34,14 @@ async def import_counts(conn: DBConnection, run_id: int, body: CountImportIn, *,
                         now: datetime, client: str | None) -> dict[str, Any]:
     """Parse and record a counter export for a count step of the run; the import's view (its id for the post)."""
     async with conn.transaction():
-        run = await run_row(conn, run_id, lock=True)
-        if run["recipe_id"] is None or run["status"] in CLOSED:
-            raise Problem(409, "run-not-running", "Run is closed", f"run {run['code']} is {run['status']}",
-                          rule="run_not_running", run_status=run["status"])
-        recipe = recipe_of(await recipe_row(conn, int(run["recipe_id"])))
+        _, recipe = await open_run(conn, run_id, "a count import")
         try:
             step = recipe.step(body.step_key)
         except KeyError as exc:
             raise not_found("step", str(exc.args[0])) from None
-        if step.key not in COUNT_STEPS:
+        if step.key not in recipe.count_steps:
             raise Problem(422, "counter-file", "Not a count step",
-                          f"{step.key} records no cell count; count steps: {', '.join(sorted(COUNT_STEPS))}",
+                          f"{step.key} records no cell count; count steps: {', '.join(recipe.count_steps)}",
                           rule="not_a_count_step")
         try:
             data = base64.b64decode(body.content_base64, validate=True)
@@ -69,9 +64,15 @@ async def import_counts(conn: DBConnection, run_id: int, body: CountImportIn, *,
             raise Problem(422, "counter-file", "Instrument ids differ",
                           f"the file names instrument {export.instrument_id}, the request {body.instrument_id}",
                           rule="instrument_mismatch")
-        seed = (await step_records(conn, run_id)).get(recipe.t0_step)
-        volume = json.loads(seed["inputs"]).get("volume") if seed is not None else None
-        values = counter.count_inputs(sample, None if volume is None else float(volume))
+        volume = body.volume_ml
+        if volume is None:  # the culture volume recorded at seeding (corrections applied)
+            seed = (await effective_records(conn, run_id, await step_records(conn, run_id))).get(recipe.t0_step)
+            seeded = seed.values.get("volume") if seed is not None else None
+            volume = float(seeded) if isinstance(seeded, int | float) and not isinstance(seeded, bool) else None
+        try:
+            values = counter.count_inputs(sample, volume)
+        except counter.CounterFileError as exc:
+            raise _file_problem(str(exc), json_ready(exc.errors)) from None
         import_id = await conn.fetchval(
             "INSERT INTO count_import (run_id, step_key, filename, sha256, format, instrument_id, sample_id, "
             "\"values\", imported_at, imported_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10) "
@@ -82,5 +83,6 @@ async def import_counts(conn: DBConnection, run_id: int, body: CountImportIn, *,
                 "sample_id": sample.sample_id, "measured_at": sample.measured_at, "values": values,
                 "volume_ml": volume, "imported_at": now, "imported_by": principal.label}
         await audit.record(conn, actor=principal, action="count.import", entity_type="culture_run", entity_id=run_id,
-                           old=None, new=view, reason=None, client=client)
+                           old=None, new=view, reason=f"{body.filename} (SHA-256 {export.sha256}) imported for "
+                                                      f"{step.key}", client=client)
     return dict(json_ready(view))

@@ -1,7 +1,9 @@
 """What a recorded step's values imply, pure: the seeding density, the forecast, the harvest's sufficiency, the
 formulated dose and the post-infusion endotoxin figure, with the deviations and alerts they call for.
 
-The step post and a supervisor's correction both call `derive` with the step's effective values, so a corrected
+Steps are found by what they do (operation harvest, formulation, infusion; phase feed for the counts, the first
+being the day-3 count), not by their keys. The step post and a supervisor's correction both call `derive` with the
+step's effective values, so a corrected
 count re-evaluates its forecast and a corrected formulation its dose. Rules (deviation unless noted):
     seeding_density         seed: viable cells seeded / DL-4 area of the run's vessels outside the recipe's range
     forecast_below_target   a count (seed, feeds): the forecast band's low end below the required CD7+ (alert)
@@ -9,7 +11,7 @@ count re-evaluates its forecast and a corrected formulation its dose. Rules (dev
     split_advised           a feed count above the split threshold (alert)
     harvest_below_required  harvest: CD7+ cells below required + overage (alert and deviation)
     dose_out_of_range       formulate: dose outside 80-120 % of its level (none when QA declared the product out of
-                            specification: the record says so instead)
+                            specification: that decision opened its own deviation, `out_of_specification`)
     cd3_limit               formulate: CD3+ cells/kg above the transplant type's limit
     endotoxin_limit         infuse: the endotoxin figure with the infused volume and time above the limit
 """
@@ -25,8 +27,6 @@ from app.protocol import dose, forecast, release
 from app.protocol.acceptance import Value
 from app.protocol.common import json_ready
 from app.protocol.recipe import Recipe
-
-COUNT_STEPS: frozenset[str] = frozenset({"feed_day3", "feed_day5"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,7 @@ def derive(recipe: Recipe, run: RunFacts, step_key: str, values: Mapping[str, Va
     have_dose = weight is not None and target is not None
     required = dose.required_cd7(recipe, target, weight) if have_dose else None  # type: ignore[arg-type]
     growth = recipe.projection.growth
+    harvest_key, formulate_key = recipe.key_of("harvest"), recipe.key_of("formulation")
     findings: list[Finding] = []
     facts: dict[str, Any] = {}
     if step_key == recipe.t0_step and (seeded := _num(values, "viable_cells_seeded")) is not None:
@@ -110,14 +111,15 @@ def derive(recipe: Recipe, run: RunFacts, step_key: str, values: Mapping[str, Va
             facts["seed"] = {**json_ready(asdict(band)), "below_target": band.alert}
             if band.alert:
                 findings.append(Finding("forecast_below_target", "alert", band.message, facts["seed"]))
-    elif step_key in COUNT_STEPS and (cells := _num(values, "viable_cells")) is not None:
+    elif step_key in recipe.count_steps and (cells := _num(values, "viable_cells")) is not None:
         seed = recorded.get(recipe.t0_step)
         seeded = _num(seed.values, "viable_cells_seeded") if seed is not None else None
         hours = (now - run.t0).total_seconds() / 3600
         if seeded and 0 < hours < recipe.projection.culture_hours:
             fold = cells / seeded
-            basis = "day3" if step_key == "feed_day3" else step_key
-            if step_key == "feed_day3" and fold < recipe.projection.day3_low_fold:
+            day3 = step_key == recipe.count_steps[0]
+            basis = "day3" if day3 else step_key
+            if day3 and fold < recipe.projection.day3_low_fold:
                 findings.append(Finding("low_expansion", "alert",
                                         f"{step_key}: low expansion: fold {fold:.2f}x after {hours:.0f} h is below "
                                         f"{recipe.projection.day3_low_fold:g}x", {"fold": fold, "hours": hours}))
@@ -133,7 +135,7 @@ def derive(recipe: Recipe, run: RunFacts, step_key: str, values: Mapping[str, Va
                                     f"{step_key}: viable density {vcd:.3g} cells/mL is above the split threshold "
                                     f"{recipe.projection.split_threshold_cells_per_ml:.3g} cells/mL: split",
                                     {"viable_density": vcd}))
-    elif step_key == "harvest" and have_dose:
+    elif step_key == harvest_key and have_dose:
         total, cd7 = _num(values, "total_viable_cells"), _num(values, "cd7_percent")
         if total is not None and cd7 is not None:
             check = dose.harvest_check(recipe, total, cd7, weight, target)  # type: ignore[arg-type]
@@ -142,8 +144,8 @@ def derive(recipe: Recipe, run: RunFacts, step_key: str, values: Mapping[str, Va
                 for severity in ("alert", "deviation"):
                     findings.append(Finding("harvest_below_required", severity, f"harvest: {check.message}",
                                             facts["harvest"]))
-    elif step_key == "formulate" and have_dose:
-        harvest = recorded.get("harvest")
+    elif step_key == formulate_key and have_dose:
+        harvest = recorded.get(harvest_key) if harvest_key else None
         hv = harvest.values if harvest is not None else {}
         formulated, volume = _num(values, "cd7_cells_formulated"), _num(values, "product_volume")
         qc = _num(values, "qc_sample_volume") or 0.0
@@ -167,11 +169,12 @@ def derive(recipe: Recipe, run: RunFacts, step_key: str, values: Mapping[str, Va
                                         f"{run.transplant_type} limit {result.cd3_limit_per_kg:.3g}/kg",
                                         facts["achieved"]))
     expiry = None
-    if step_key == "formulate":  # a correction keeps the formulation's own time
-        expiry = release.product_expiry(recipe, recorded["formulate"].at if "formulate" in recorded else now)
+    if step_key == formulate_key:  # a correction keeps the formulation's own time
+        expiry = release.product_expiry(recipe, recorded[step_key].at if step_key in recorded else now)
         if expiry is not None:
             facts["expiry"] = expiry.isoformat()
-    if step_key == "infuse" and weight is not None and run.endotoxin_eu_per_ml is not None and recipe.release:
+    infused = step_key == recipe.key_of("infusion")
+    if infused and weight is not None and run.endotoxin_eu_per_ml is not None and recipe.release:
         start, end = values.get("infusion_start"), values.get("infusion_end")
         volume = _num(values, "infused_volume")
         if isinstance(start, str) and isinstance(end, str) and volume is not None:

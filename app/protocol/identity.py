@@ -162,15 +162,14 @@ def parse_din(text: str, *, require_check: bool = True) -> DIN:
     if flags is not None and flags.isdigit() and int(flags) in _TYPE3:
         if int(flags) - 60 != value:
             raise DinError("din_check_character",
-                           f"DIN {grouped}: the flag characters {flags} carry check value {int(flags) - 60} but the "
-                           f"DIN's check value is {value} (flags {value + 60}); a character of the DIN or of its "
-                           "flags is wrong: read the label again", 14, CHARSET[value])
+                           f"DIN {grouped}: the flag characters {flags} do not carry the DIN's check value; a "
+                           "character of the DIN or of its flags is wrong: read the label again", 14, CHARSET[value])
         carried = expected
     if given is not None and given != expected:
         raise DinError("din_check_character",
-                       f"DIN {grouped}: check character {given!r} does not match; the DIN as entered gives "
-                       f"{expected!r}. A character of the DIN or the check character is mistyped: read the label "
-                       "again rather than changing the check character", len(s), expected)
+                       f"DIN {grouped}: check character {given!r} does not match the DIN as entered: a character "
+                       "of the DIN or the check character is mistyped; read the label again (the message never "
+                       "gives the right check character, so that it is not copied instead)", len(s), expected)
     check = given or carried
     if check is None and require_check and not scanned:
         raise DinError("din_check_character",

@@ -12,7 +12,6 @@ qc_result are written here only).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -24,7 +23,7 @@ from app.protocol import deviations, dose, release
 from app.protocol.common import json_ready, not_found, require_meaning
 from app.protocol.recipe import Recipe
 from app.protocol.recipes import recipe_of, recipe_row
-from app.protocol.runs import CLOSED, decision_view, qc_view, run_row, step_records
+from app.protocol.runs import decision_view, effective_records, open_run, qc_view, run_row, step_records
 from app.protocol.schemas import DoseDecisionIn, QcResultIn
 from app.records import audit, signatures
 from app.records.signatures import Signer
@@ -45,25 +44,29 @@ async def decide_dose(conn: DBConnection, run_id: int, body: DoseDecisionIn, *, 
     """Record QA's signed dose decision (module docstring); 409 names the rule that stops it."""
     require_meaning(body.signature, "approved", "a dose decision")
     async with conn.transaction():
-        run = await run_row(conn, run_id, lock=True)
-        if run["recipe_id"] is None or run["status"] in CLOSED:
-            raise Problem(409, "run-not-running", "Run is closed", f"run {run['code']} is {run['status']}",
-                          rule="run_not_running", run_status=run["status"])
-        recipe = recipe_of(await recipe_row(conn, int(run["recipe_id"])))
+        run, recipe = await open_run(conn, run_id, "a dose decision")
         if not recipe.dose.lower_dose_route:
             raise Problem(409, "dose-decision", "The recipe has no dose decision route",
                           f"{recipe.key} v{recipe.version} offers no lower-dose or out-of-specification route",
                           rule="no_dose_route")
         records = await step_records(conn, run_id)
-        if "harvest" not in records:
+        effective = await effective_records(conn, run_id, records)
+        harvest_key, formulate_key = recipe.key_of("harvest"), recipe.key_of("formulation")
+        if harvest_key not in effective:
             raise Problem(409, "dose-decision", "Harvest not recorded",
                           "a dose decision answers a harvest that cannot reach the target: record the harvest first",
                           rule="harvest_not_recorded")
+        harvest = effective[str(harvest_key)].facts.get("harvest") or {}
         if await conn.fetchval("SELECT 1 FROM dose_decision WHERE run_id = $1", run_id):
             raise Problem(409, "dose-decision", "Dose decision taken",
                           f"run {run['code']} already has a dose decision", rule="dose_decision_taken")
         if body.decision == "lower_dose":
-            if "formulate" in records:
+            if harvest.get("enough") is not False:
+                raise Problem(409, "dose-decision", "The harvest holds the target",
+                              f"the harvest holds {harvest.get('percent_of_needed', 0):.0f} % of what the target "
+                              "needs: a lower dose level is decided only when it cannot reach the target",
+                              rule="harvest_sufficient")
+            if formulate_key in records:
                 raise Problem(409, "dose-decision", "Already formulated",
                               "a lower dose level is decided before formulation", rule="already_formulated")
             try:
@@ -75,7 +78,7 @@ async def decide_dose(conn: DBConnection, run_id: int, body: DoseDecisionIn, *, 
                 raise Problem(422, "dose-decision", "Not a lower dose level",
                               f"{level:g} CD7+ cells/kg is not below the run's target "
                               f"{run['target_dose_per_kg']:g}", rule="not_lower")
-        elif "release" in records:
+        elif next((st.key for st in recipe.steps if st.operation == "release"), None) in records:
             raise Problem(409, "dose-decision", "Already released", "the product is released", rule="already_released")
         dec_id = await conn.fetchval(
             "INSERT INTO dose_decision (run_id, decision, dose_per_kg, reason, decided_at, decided_by) "
@@ -86,6 +89,19 @@ async def decide_dose(conn: DBConnection, run_id: int, body: DoseDecisionIn, *, 
                                           "dose_decision_id": dec_id}, reason=body.reason, client=client)
         await signatures.sign_within(conn, signer, body.signature, entity_type="dose_decision",
                                      entity_id=str(dec_id), client=client)
+        if body.decision == "out_of_specification":
+            # An out-of-specification product is released only as an exception: the deviation holds release until
+            # QA closes it (signed), with the physician's decision as its reason.
+            text = f"product declared out of specification by QA (dose decision {dec_id}): {body.reason}"
+            dev_id = await deviations.open_deviation(conn, run_id, step_key=None, rule="out_of_specification",
+                                                     severity="deviation", description=text,
+                                                     facts={"dose_decision_id": dec_id, "harvest": harvest}, at=now,
+                                                     opened_by=principal.label)
+            assert dev_id is not None
+            await audit.record(conn, actor=principal, action="deviation.open", entity_type="deviation",
+                               entity_id=dev_id, old=None,
+                               new={"run_id": run_id, "rule": "out_of_specification", "description": text},
+                               reason="dose decision", client=client)
     view = await decision_view(conn, run_id)
     assert view is not None
     return view
@@ -114,7 +130,7 @@ async def report_result(conn: DBConnection, run_id: int, test_key: str, body: Qc
     """Report a QC result; returns its view and the events to publish (kind, key, data) after the commit."""
     events: list[tuple[str, str, dict[str, Any]]] = []
     async with conn.transaction():
-        run = await run_row(conn, run_id, lock=True)
+        run = await run_row(conn, run_id, lock=True)  # a completed run still takes its post-infusion results
         if run["recipe_id"] is None:
             raise not_found("qc-test", f"run {run['code']} has no recipe, so no QC tests")
         recipe = recipe_of(await recipe_row(conn, int(run["recipe_id"])))
@@ -135,10 +151,11 @@ async def report_result(conn: DBConnection, run_id: int, test_key: str, body: Qc
         if run["status"] == "aborted":
             raise Problem(409, "run-not-running", "Run aborted", f"run {run['code']} is aborted",
                           rule="run_not_running", run_status="aborted")
-        formulate = (await step_records(conn, run_id)).get("formulate")
+        records = await step_records(conn, run_id)
+        formulate = (await effective_records(conn, run_id, records)).get(recipe.key_of("formulation") or "")
         volume = None
-        if formulate is not None:
-            f = json.loads(formulate["inputs"])
+        if formulate is not None and "product_volume" in formulate.values:
+            f = formulate.values
             volume = float(f["product_volume"]) - float(f.get("qc_sample_volume") or 0)
         if test.kind == "negative_positive" and body.result is None:
             raise Problem(422, "qc-result", "Result required", f"{test.title}: give result negative or positive",
@@ -151,10 +168,10 @@ async def report_result(conn: DBConnection, run_id: int, test_key: str, body: Qc
                                          weight_kg=run["patient_weight_kg"])
         except ValueError as exc:
             raise Problem(409, "qc-result", "Result cannot be evaluated", str(exc), rule="qc_result_context") from None
-        infused = await conn.fetchval("SELECT 1 FROM step_record WHERE run_id = $1 AND step_key = 'infuse'", run_id)
+        infused = recipe.key_of("infusion") in records
         facts = {**outcome.facts, "comment": body.comment, "after_infusion": bool(infused)}
         await conn.execute("UPDATE qc_result SET status = 'reported', result = $2::jsonb, passed = $3, "
-                           "reported_at = $4, reported_by = $5 WHERE id = $1", row["id"],
+                           "reported_at = $4, reported_by = $5 WHERE id = $1 AND status = 'pending'", row["id"],
                            audit.to_json_text(facts), outcome.passed, now, principal.label)
         await audit.record(conn, actor=principal, action="qc.result", entity_type="culture_run", entity_id=run_id,
                            old={"test": test_key, "status": "pending"},

@@ -485,6 +485,16 @@ class Recipe(_Model):
             out.setdefault(kind, set()).add(name)
         return {k: frozenset(v) for k, v in out.items()}
 
+    def key_of(self, operation: str) -> str | None:
+        """The key of the first step of an ISA-88 `operation` (harvest, formulation, release, infusion), or None.
+        Rules find steps by what they do, so a site may name its steps as it likes."""
+        return next((s.key for s in self.steps if s.operation == operation), None)
+
+    @property
+    def count_steps(self) -> tuple[str, ...]:
+        """The in-process count steps (phase "feed"), in recipe order; the first is the day-3 count."""
+        return tuple(s.key for s in self.steps if s.phase == "feed")
+
     def reagent(self, key: str) -> Reagent:
         """The reagent called `key`; KeyError names the known reagents."""
         for m in self.materials:

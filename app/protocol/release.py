@@ -12,10 +12,11 @@ At release the figure uses the product volume net of the QC samples and the reci
 (the shortest infusion allowed, so the highest rate); after infusion it is computed again with the infused
 volume and the recorded start and end.
 
-Infusion (the bedside check) is refused, naming the rule, when the scanned patient or product id does not match
-(`bedside_mismatch`), after the product's expiry (`product_expired`, formulation + `product_shelf_life_hours`),
-on an HSCT day outside the recipe's window or before the transplant type's earliest day
-(`infusion_outside_window`), or when it ends before it starts (`infusion_times`).
+Infusion (the bedside check) is refused, naming the rule, when a QC result is out of specification
+(`qc_result_failed`), when the scanned patient or product id does not match (`bedside_mismatch`), when the times are
+impossible (`infusion_times`: an end before the start, a start before the release, an end in the future), after
+the product's expiry (`product_expired`, formulation + `product_shelf_life_hours`), or on an HSCT day outside the
+recipe's window or before the transplant type's earliest day (`infusion_outside_window`).
 """
 
 from __future__ import annotations
@@ -129,11 +130,19 @@ def release_refusals(recipe: Recipe, qc: Mapping[str, QcState], *, held: bool, h
     return out
 
 
+INFUSION_CLOCK_TOLERANCE = timedelta(minutes=5)  # a bedside clock a little ahead of the service's
+
+
 def infusion_refusals(recipe: Recipe, *, patient_id: str, product_id: str, scanned_patient: str,
                       scanned_product: str, start: datetime, end: datetime, expiry: datetime | None,
-                      hsct: datetime | None, earliest_day: float | None) -> list[Refusal]:
+                      hsct: datetime | None, earliest_day: float | None, released_at: datetime | None = None,
+                      now: datetime | None = None, qc: Mapping[str, QcState] | None = None) -> list[Refusal]:
     """What stops an infusion from being recorded (module docstring)."""
     out: list[Refusal] = []
+    failing = sorted(k for k, st in (qc or {}).items() if st.status == "reported" and st.passed is False)
+    if failing:
+        out.append(Refusal("qc_result_failed", f"QC results out of specification: {', '.join(failing)}; do not "
+                                               "infuse", {"tests": failing}))
     if scanned_patient.strip() != patient_id or scanned_product.strip() != product_id:
         which = [name for name, ok in (("patient", scanned_patient.strip() == patient_id),
                                        ("product", scanned_product.strip() == product_id)) if not ok]
@@ -143,6 +152,14 @@ def infusion_refusals(recipe: Recipe, *, patient_id: str, product_id: str, scann
     if end <= start:
         out.append(Refusal("infusion_times", f"infusion_end {end.isoformat(timespec='seconds')} is not after "
                                              f"infusion_start {start.isoformat(timespec='seconds')}", {}))
+    if released_at is not None and start < released_at:
+        out.append(Refusal("infusion_times", f"infusion_start {start.isoformat(timespec='seconds')} is before the "
+                                             f"release at {released_at.isoformat(timespec='seconds')}",
+                           {"released_at": released_at.isoformat()}))
+    if now is not None and end > now + INFUSION_CLOCK_TOLERANCE:
+        out.append(Refusal("infusion_times", f"infusion_end {end.isoformat(timespec='seconds')} is in the future "
+                                             f"(now {now.isoformat(timespec='seconds')}): record an infusion once it "
+                                             "has ended", {"now": now.isoformat()}))
     if expiry is not None and start > expiry:
         out.append(Refusal("product_expired", f"infusion at {start.isoformat(timespec='seconds')} is after the "
                                               f"product's expiry {expiry.isoformat(timespec='seconds')}",

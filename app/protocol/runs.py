@@ -67,7 +67,6 @@ async def create_run(conn: DBConnection, body: RunCreate, *, principal: Principa
     except ValueError as exc:
         raise invalid("dose_not_allowed", str(exc), "target_dose_per_kg") from None
     try:
-        dose.check_weight(recipe, body.patient_weight_kg)
         dose.check_weight(recipe, body.patient_weight_kg, body.arm)
     except ValueError as exc:
         raise invalid("weight_out_of_range", str(exc), "patient_weight_kg") from None
@@ -118,6 +117,8 @@ def _check_identity(recipe: Recipe, body: RunCreate) -> tuple[str | None, list[d
                       "transplant_type")
     if recipe.arms and body.arm is None:
         raise invalid("arm_required", f"give the arm: one of {', '.join(recipe.arms)}", "arm")
+    if recipe.arms and body.arm not in recipe.arms:
+        raise invalid("arm_unknown", f"{body.arm} is not an arm of this recipe: {', '.join(recipe.arms)}", "arm")
     din = None
     needs_din = any(i.expected_from == "graft_din" for s in recipe.steps for i in s.inputs)
     if body.graft_din is not None:
@@ -190,6 +191,18 @@ async def run_row(conn: DBConnection, run_id: int, *, lock: bool = False) -> asy
     return row
 
 
+async def open_run(conn: DBConnection, run_id: int, what: str) -> tuple[asyncpg.Record, Recipe]:
+    """The run (locked, inside the caller's transaction) and its recipe; 409 run_not_running naming `what` when the
+    run is completed or aborted, or was not planned from a recipe."""
+    run = await run_row(conn, run_id, lock=True)
+    if run["recipe_id"] is None or run["status"] in CLOSED:
+        raise Problem(409, "run-not-running", "Run is closed",
+                      f"{what}: run {run['code']} is {run['status']}" + ("" if run["recipe_id"] is not None
+                                                                          else " and has no recipe"),
+                      rule="run_not_running", run_status=run["status"])
+    return run, recipe_of(await recipe_row(conn, int(run["recipe_id"])))
+
+
 async def step_records(conn: DBConnection, run_id: int) -> dict[str, asyncpg.Record]:
     """The recorded steps of a run by key (read here for the run's plan; app.protocol.steps writes them)."""
     rows = await conn.fetch("SELECT id, step_key, posted_at, inputs, actor_name, override, override_reason, "
@@ -210,17 +223,26 @@ async def corrections_of(conn: DBConnection, run_id: int) -> dict[str, list[asyn
 async def effective_records(conn: DBConnection, run_id: int,
                             records: Mapping[str, asyncpg.Record]) -> dict[str, derive.Recorded]:
     """Each recorded step's values with its corrections applied, its time, and its newest derived facts."""
-    fixes = await corrections_of(conn, run_id)
-    out: dict[str, derive.Recorded] = {}
-    for key, rec in records.items():
-        values: dict[str, Any] = dict(json.loads(rec["inputs"]))
-        facts: dict[str, Any] = json.loads(rec["dose"]) if rec["dose"] is not None else {}
-        for c in fixes.get(key, []):
-            values.update(json.loads(c["after"]))
-            if c["dose"] is not None:
-                facts = json.loads(c["dose"])
-        out[key] = derive.Recorded(values, rec["posted_at"], facts)
-    return out
+    values: dict[str, dict[str, Any]] = {k: dict(json.loads(r["inputs"])) for k, r in records.items()}
+    facts: dict[str, dict[str, Any]] = {k: json.loads(r["dose"]) if r["dose"] is not None else {}
+                                        for k, r in records.items()}
+    fixes = sorted((c for cs in (await corrections_of(conn, run_id)).values() for c in cs), key=lambda c: c["id"])
+    for c in fixes:  # in order: a correction's re-evaluated facts replace its step's and its dependents'
+        key = str(c["step_key"])
+        if key not in values:
+            continue
+        values[key].update(json.loads(c["after"]))
+        if c["dose"] is not None:
+            derived = dict(json.loads(c["dose"]))
+            for dep, dep_facts in derived.pop(DEPENDENTS, {}).items():
+                if dep in facts:
+                    facts[dep] = dep_facts
+            facts[key] = derived
+    return {k: derive.Recorded(values[k], r["posted_at"], facts[k]) for k, r in records.items()}
+
+
+# In a correction's derived facts: the re-evaluated facts of the recorded steps that depend on the corrected one.
+DEPENDENTS = "_dependents"
 
 
 def vessel_area(recipe: Recipe, vessels: Sequence[Mapping[str, Any]]) -> float | None:
@@ -310,11 +332,11 @@ async def run_view(conn: DBConnection, run_id: int, now: datetime) -> dict[str, 
         out["infusion"] = {"at": at, "hsct_day": day, "window_days": [first, hi], "warning": text}
     else:
         out["infusion"] = None
-    out["product"] = await _product_view(conn, recipe, run, effective)
+    out["product"] = await product_view(conn, recipe, run, effective)
     return dict(json_ready(out))
 
 
-async def _product_view(conn: DBConnection, recipe: Recipe, run: Mapping[str, Any],
+async def product_view(conn: DBConnection, recipe: Recipe, run: Mapping[str, Any],
                         effective: Mapping[str, derive.Recorded]) -> dict[str, Any]:
     """The product's identity, status (in specification, lower dose level, out of specification), expiry, QA's
     dose decision and the QC results with their status (qc_result, dose_decision: read here, written by

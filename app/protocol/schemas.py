@@ -163,7 +163,7 @@ class QcResultIn(BaseModel):
 
 
 class CountImportIn(BaseModel):
-    """A cell counter's result export for a step: the file as text (UTF-8 or Latin-1) or base64."""
+    """A cell counter's result export for a step: the file's bytes, base64."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -175,3 +175,6 @@ class CountImportIn(BaseModel):
                                       description="required when the file does not name its instrument")
     sample_id: str | None = Field(default=None, min_length=1, max_length=100,
                                   description="required when the file holds several samples")
+    volume_ml: float | None = Field(default=None, gt=0, le=100_000, allow_inf_nan=False,
+                                    description="the culture volume now (viable cells = density x volume); unset: "
+                                                "the volume recorded at seeding")

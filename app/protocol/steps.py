@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,12 +33,14 @@ from app.db import DBConnection
 from app.protocol import acceptance, deviations, identity, planner, product, release
 from app.protocol.common import json_ready, not_found
 from app.protocol.derive import Derived, RunFacts, derive
+from app.protocol.forecast import CompletedRun
 from app.protocol.recipe import Recipe, Step, default_recipe
 from app.protocol.recipes import recipe_of, recipe_row
 from app.protocol.runs import (
     effective_records,
     plan_records,
     product_id,
+    product_view,
     run_facts,
     run_row,
     step_records,
@@ -175,20 +177,16 @@ async def _check_step(conn: DBConnection, run_id: int, step_key: str, body: Step
                       f"only {overrider.value} may override the window of {step_key}; {principal.label} is "
                       f"{principal.role.value}", rule="override_needs_supervisor")
     records = await step_records(conn, run_id)
-    seed = records.get(recipe.t0_step)
-    seed_volume = json.loads(seed["inputs"]).get("volume") if seed is not None else None
+    seed = (await effective_records(conn, run_id, records)).get(recipe.t0_step)
+    volume = seed.values.get("volume") if seed is not None else None
+    seed_volume = float(volume) if isinstance(volume, int | float) and not isinstance(volume, bool) else None
     posted, provenance = await _counted(conn, run_id, step, body, seed_volume)
     values, errors = acceptance.validate_inputs(step, posted)
     reagents = {m.key: m.name for m in recipe.materials}
     lots, lot_errors = acceptance.validate_lots(step, reagents, {k: (v.lot, v.expiry) for k, v in body.lots.items()},
                                                 now.date())
     errors += lot_errors
-    for inp in step.inputs:  # an ISBT 128 DIN is compared in its canonical form, its check character checked
-        if inp.expected_from == "graft_din" and isinstance(values.get(inp.name), str):
-            try:
-                values[inp.name] = identity.keyed(identity.parse_din(str(values[inp.name])))
-            except identity.DinError as exc:
-                errors.append(acceptance.FieldError(inp.name, exc.rule, f"{inp.name}: {exc}"))
+    errors += canonical_dins(step, values)
     if errors:
         first = errors[0]
         raise Problem(422, "step-inputs", "Step inputs are not valid", first.message, rule=first.rule
@@ -217,7 +215,8 @@ async def _check_step(conn: DBConnection, run_id: int, step_key: str, body: Step
                           f"{step_key} is signed by QA in the same request: signature with meaning 'approved'",
                           rule="signature_required")
         _refuse(release.release_refusals(recipe, await product.qc_states(conn, run_id), held=status == "held",
-                                         hold_reason=run["hold_reason"], expiry=_expiry(records), now=now), step_key)
+                                         hold_reason=run["hold_reason"], expiry=_expiry(recipe, records), now=now),
+                step_key)
         open_ids = await deviations.open_ids(conn, run_id)
         if open_ids:
             raise Problem(409, "open-deviations", "Open deviations hold release",
@@ -231,22 +230,48 @@ async def _check_step(conn: DBConnection, run_id: int, step_key: str, body: Step
                           f"requires ({listed}); sign them with POST /api/v1/signatures (entity_type step_record)",
                           rule="signatures_missing", missing=unsigned)
     elif step.operation == "infusion":
+        if step.signatures and body.signature is None:
+            raise Problem(422, "signature-required", "Signature required",
+                          f"{step_key} is signed by the person at the bedside in the same request: signature with "
+                          f"meaning {step.signatures[0]!r}", rule="signature_required")
         if status == "held":
             _refuse([release.Refusal("run_held", f"the run is held for QA disposition ({run['hold_reason']})", {})],
                     step_key)
         rule = recipe.transplant_types.get(run["transplant_type"]) if run["transplant_type"] else None
+        released = records.get(release_step(recipe).key)
         _refuse(release.infusion_refusals(
             recipe, patient_id=str(run["patient_id"]), product_id=product_id(run),
             scanned_patient=str(values.get("patient_id_scanned", "")),
             scanned_product=str(values.get("product_id_scanned", "")),
             start=datetime.fromisoformat(str(values["infusion_start"])),
-            end=datetime.fromisoformat(str(values["infusion_end"])), expiry=_expiry(records), hsct=run["hsct_at"],
-            earliest_day=None if rule is None else rule.earliest_infusion_day), step_key)
+            end=datetime.fromisoformat(str(values["infusion_end"])), expiry=_expiry(recipe, records),
+            hsct=run["hsct_at"], earliest_day=None if rule is None else rule.earliest_infusion_day,
+            released_at=None if released is None else released["posted_at"], now=now,
+            qc=await product.qc_states(conn, run_id)), step_key)
+        open_ids = await deviations.open_ids(conn, run_id)
+        if open_ids:
+            raise Problem(409, "open-deviations", "Open deviations hold the infusion",
+                          f"{step_key}: run {run['code']} has open deviations {', '.join(map(str, open_ids))} "
+                          "opened after release; QA closes them before the product is infused",
+                          rule="open_deviations", deviation_ids=open_ids)
     return _Checked(run, recipe, step, values, decision, records, t0, lots, provenance)
 
 
-def _expiry(records: Mapping[str, asyncpg.Record]) -> datetime | None:
-    formulate = records.get("formulate")
+def canonical_dins(step: Step, values: dict[str, acceptance.Value]) -> list[acceptance.FieldError]:
+    """Put the step's ISBT 128 DINs in their canonical form (check character checked) in place; the errors."""
+    errors = []
+    for inp in step.inputs:
+        if inp.expected_from == "graft_din" and isinstance(values.get(inp.name), str):
+            try:
+                values[inp.name] = identity.keyed(identity.parse_din(str(values[inp.name])))
+            except identity.DinError as exc:
+                errors.append(acceptance.FieldError(inp.name, exc.rule, f"{inp.name}: {exc}"))
+    return errors
+
+
+def _expiry(recipe: Recipe, records: Mapping[str, asyncpg.Record]) -> datetime | None:
+    key = recipe.key_of("formulation")
+    formulate = records.get(key) if key else None
     if formulate is None or formulate["dose"] is None:
         return None
     at = json.loads(formulate["dose"]).get("expiry")
@@ -269,26 +294,28 @@ async def missing_step_signatures(conn: DBConnection, recipe: Recipe,
     return out
 
 
-async def site_runs(conn: DBConnection, recipe: Recipe, source: str | None) -> list[Any]:
-    """The site's completed runs of this recipe key and cell source, as the forecast's refinement takes them."""
-    from app.protocol.forecast import CompletedRun
-
+async def site_runs(conn: DBConnection, recipe: Recipe, source: str | None) -> list[CompletedRun]:
+    """The site's completed runs of this recipe key and cell source, as the forecast's refinement takes them (a run
+    whose harvest held no cells or no CD7+ cells says nothing about growth and is left out)."""
     growth = recipe.projection.growth
-    if growth is None or growth.refine is None or source is None:
+    harvest_key = recipe.key_of("harvest")
+    if growth is None or growth.refine is None or source is None or harvest_key is None:
         return []
     rows = await conn.fetch(
         "SELECT r.t0, s.inputs AS seed, f.inputs AS feed, f.posted_at AS feed_at, h.inputs AS harvest, "
         "h.posted_at AS harvest_at FROM culture_run r JOIN recipe rc ON rc.id = r.recipe_id "
         "JOIN step_record s ON s.run_id = r.id AND s.step_key = $3 "
-        "LEFT JOIN step_record f ON f.run_id = r.id AND f.step_key = 'feed_day3' "
-        "JOIN step_record h ON h.run_id = r.id AND h.step_key = 'harvest' "
+        "LEFT JOIN step_record f ON f.run_id = r.id AND f.step_key = $4 "
+        "JOIN step_record h ON h.run_id = r.id AND h.step_key = $5 "
         "WHERE rc.key = $1 AND r.cell_source = $2 AND r.status = 'completed' AND r.t0 IS NOT NULL "
-        "ORDER BY r.id DESC LIMIT 500", recipe.key, source, recipe.t0_step)
+        "ORDER BY r.id DESC LIMIT 500", recipe.key, source, recipe.t0_step,
+        recipe.count_steps[0] if recipe.count_steps else "", harvest_key)
     out = []
     for r in rows:
         seed, harvest = json.loads(r["seed"]), json.loads(r["harvest"])
         feed = json.loads(r["feed"]) if r["feed"] is not None else {}
-        if not seed.get("viable_cells_seeded") or "total_viable_cells" not in harvest:
+        if not (float(seed.get("viable_cells_seeded") or 0) > 0 and float(harvest.get("total_viable_cells") or 0) > 0
+                and float(harvest.get("cd7_percent") or 0) > 0):
             continue
         out.append(CompletedRun(
             seeded=float(seed["viable_cells_seeded"]),
@@ -296,17 +323,23 @@ async def site_runs(conn: DBConnection, recipe: Recipe, source: str | None) -> l
             count_hours=(r["feed_at"] - r["t0"]).total_seconds() / 3600 if r["feed_at"] is not None else None,
             harvest_cells=float(harvest["total_viable_cells"]),
             harvest_hours=(r["harvest_at"] - r["t0"]).total_seconds() / 3600,
-            cd7_percent=float(harvest.get("cd7_percent") or 0)))
+            cd7_percent=float(harvest["cd7_percent"])))
     return out
 
 
 async def derived_for(conn: DBConnection, run: asyncpg.Record, recipe: Recipe, step_key: str,
-                      values: Mapping[str, acceptance.Value], now: datetime) -> Derived:
-    """The derived facts and findings of a step's values, with the run's context read from the database."""
+                      values: Mapping[str, acceptance.Value], now: datetime,
+                      corrected: Mapping[str, Mapping[str, acceptance.Value]] | None = None) -> Derived:
+    """The derived facts and findings of a step's values, with the run's context read from the database;
+    `corrected` gives steps' values that a correction about to be recorded changes."""
     facts: RunFacts = await run_facts(conn, run, recipe)
     recorded = await effective_records(conn, int(run["id"]), await step_records(conn, int(run["id"])))
+    for key, changed in (corrected or {}).items():
+        if key in recorded:
+            recorded[key] = replace(recorded[key], values=changed)
+    forecasting = step_key == recipe.t0_step or step_key in recipe.count_steps
     return derive(recipe, facts, step_key, values, recorded, now,
-                  await site_runs(conn, recipe, run["cell_source"]))
+                  await site_runs(conn, recipe, run["cell_source"]) if forecasting else ())
 
 
 def limit_context(run: Mapping[str, Any]) -> dict[str, object]:
@@ -356,7 +389,7 @@ async def post_step(conn: DBConnection, run_id: int, step_key: str, body: StepPo
             run_id, step_key, now, audit.to_json_text(c.values), principal.kind, principal.id, principal.name,
             principal.role.value, body.override, body.override_reason, dev_ids,
             None if derived.facts is None else audit.to_json_text(derived.facts),
-            audit.to_json_text(c.lots) if c.lots else None, audit.to_json_text(c.provenance) if c.values else None)
+            audit.to_json_text(c.lots) if c.lots else None, audit.to_json_text(c.provenance) if c.provenance else None)
         assert rec is not None
         sampled = await product.sample_tests(conn, recipe, run_id, step_key, now)
         old_status = c.run["status"]
@@ -375,6 +408,10 @@ async def post_step(conn: DBConnection, run_id: int, step_key: str, body: StepPo
                                "qc_sampled": sampled or None}
         if new_status != old_status:
             new["run_status"] = {"from": old_status, "to": new_status}
+        if step_key == release_step(recipe).key:  # what QA released: the product's status, its decision, its QC
+            effective = await effective_records(conn, run_id, await step_records(conn, run_id))
+            released = await product_view(conn, recipe, c.run, effective)
+            new["product"] = {k: released[k] for k in ("product_id", "status", "expiry", "decision")}
         await audit.record(conn, actor=principal, action="step.record", entity_type="step_record", entity_id=rec["id"],
                            old=None, new=new, reason=body.override_reason, client=client)
         signed = None

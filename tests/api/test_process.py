@@ -222,10 +222,16 @@ async def test_release_waits_for_qc_then_the_bedside_check_completes_the_run(ser
                 "infusion_start": at.isoformat(), "infusion_end": (at + timedelta(minutes=30)).isoformat(),
                 "infused_volume": 98}
     r = await post_step(service, people.headers("operator"), run_id, "infuse", infusion)
+    _refused(r, 422, "signature_required")  # the bedside check is signed by the person who does it
+    bedside = {"signature": people.sign("operator", "performed")}
+    r = await post_step(service, people.headers("operator"), run_id, "infuse", infusion, **bedside)
     body = _refused(r, 409, "bedside_mismatch")
     assert body["facts"]["mismatch"] == ["patient"]
     infusion["patient_id_scanned"] = "P-200"
-    r = await post_step(service, people.headers("operator"), run_id, "infuse", infusion)
+    early = {**infusion, "infusion_start": (harvest_at + timedelta(hours=2)).isoformat()}  # before the release
+    r = await post_step(service, people.headers("operator"), run_id, "infuse", early, **bedside)
+    assert "before the release" in _refused(r, 409, "infusion_times")["detail"]
+    r = await post_step(service, people.headers("operator"), run_id, "infuse", infusion, **bedside)
     assert r.status_code == 201 and r.json()["run"]["status"] == "completed", r.text
     view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=people.headers("operator"))).json()
     assert view["status"] == "completed" and view["ended_at"]
@@ -273,3 +279,77 @@ async def test_a_count_import_fills_the_day3_count_with_its_provenance(service: 
     view = (await service.client.get(f"/api/v1/runs/{run_id}/steps/feed_day3",
                                      headers=people.headers("operator"))).json()
     assert view["provenance"] == provenance
+
+
+async def _released(service: Service, clock: ManualClock, people: People) -> tuple[int, datetime]:
+    """A run formulated, its QC results reported and released by QA (3 h after harvest)."""
+    run_id, t0 = await _run_until(service, clock, people, PREP + CULTURE + (("formulate", 170),), signed=True)
+    for test, body in (("gram_stain", {"result": "negative"}), ("endotoxin", {"eu_per_ml": 0.1}),
+                       ("mycoplasma", {"result": "negative"})):
+        assert (await _report(service, people, run_id, test, **body)).status_code == 200
+    clock.set(t0 + timedelta(hours=171))
+    r = await post_step(service, people.headers("qa"), run_id, "release", signature=people.sign("qa", "approved"))
+    assert r.status_code == 201, r.text
+    return run_id, t0
+
+
+async def test_a_positive_result_after_release_stops_the_infusion_and_records_are_not_corrected(
+        service: Service, clock: ManualClock) -> None:
+    people = await _people(service)
+    run_id, t0 = await _released(service, clock, people)
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/harvest/corrections", json={
+        "inputs": {"cd7_percent": 55}, "reason": "transcription", "signature": people.sign("supervisor", "approved")},
+        headers=people.headers("supervisor"))
+    _refused(r, 409, "released")
+    assert (await _report(service, people, run_id, "sterility", result="positive")).status_code == 200
+    code = (await service.client.get(f"/api/v1/runs/{run_id}", headers=people.headers("qa"))).json()["code"]
+    at = t0 + timedelta(hours=172)
+    clock.set(at + timedelta(minutes=45))
+    r = await post_step(service, people.headers("operator"), run_id, "infuse", {
+        "patient_id_scanned": "P-200", "product_id_scanned": code, "infusion_start": at.isoformat(),
+        "infusion_end": (at + timedelta(minutes=30)).isoformat(), "infused_volume": 98},
+        signature=people.sign("operator", "performed"))
+    assert "sterility" in _refused(r, 409, "qc_result_failed")["detail"]
+
+
+async def test_a_corrected_harvest_panel_re_evaluates_the_formulation(service: Service, clock: ManualClock) -> None:
+    people = await _people(service)
+    run_id, _ = await _run_until(service, clock, people, PREP + CULTURE + (("formulate", 170),))
+    # 2.8e8 CD7+ at 60 % = 4.67e8 cells; 2 % CD3+ = 9.3e6 x 0.98 / 70 kg = 1.3e5/kg > 2.5e4 (T-cell-depleted)
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/harvest/corrections", json={
+        "inputs": {"cd3_percent": 2.0}, "reason": "flow panel re-gated", "signature":
+            people.sign("supervisor", "approved")}, headers=people.headers("supervisor"))
+    assert r.status_code == 201, r.text
+    devs = (await service.client.get("/api/v1/deviations", params={"run_id": run_id},
+                                     headers=people.headers("qa"))).json()
+    [cd3] = [d for d in devs if d["rule"] == "cd3_limit"]
+    assert cd3["step_key"] == "formulate" and "after the correction of harvest" in cd3["description"]
+    view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=people.headers("operator"))).json()
+    assert view["dose"]["achieved"]["cd3_within_limit"] is False
+    assert view["dose"]["achieved"]["cd3_per_kg"] == pytest.approx(2.8e8 / 0.6 * 0.02 * 0.98 / 70)
+    record = (await service.client.get(f"/api/v1/runs/{run_id}/steps/harvest",
+                                       headers=people.headers("operator"))).json()
+    assert record["effective_provenance"]["cd3_percent"]["source"] == "correction"
+    # values valid one by one but impossible together are a 422, not an error
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/formulate/corrections", json={
+        "inputs": {"qc_sample_volume": 100}, "reason": "typo", "signature": people.sign("supervisor", "approved")},
+        headers=people.headers("supervisor"))
+    _refused(r, 422, "inconsistent_inputs")
+
+
+async def test_qa_lowers_the_dose_only_for_a_short_harvest_and_out_of_specification_is_a_deviation(
+        service: Service, clock: ManualClock) -> None:
+    people = await _people(service)
+    run_id, _ = await _run_until(service, clock, people, PREP + CULTURE)  # the harvest holds the target
+    url = f"/api/v1/runs/{run_id}/dose-decision"
+    r = await service.client.post(url, json={"decision": "lower_dose", "dose_per_kg": 1.5e6, "reason": "low",
+                                             "signature": people.sign("qa", "approved")}, headers=people.headers("qa"))
+    _refused(r, 409, "harvest_sufficient")
+    r = await service.client.post(url, json={"decision": "out_of_specification", "reason": "physician informed",
+                                             "signature": people.sign("qa", "approved")}, headers=people.headers("qa"))
+    assert r.status_code == 201, r.text
+    devs = (await service.client.get("/api/v1/deviations", params={"run_id": run_id},
+                                     headers=people.headers("qa"))).json()
+    assert [d["rule"] for d in devs if d["status"] == "open"] == ["out_of_specification"]
+    view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=people.headers("operator"))).json()
+    assert view["product"]["status"] == "out_of_specification"

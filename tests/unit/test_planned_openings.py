@@ -29,13 +29,13 @@ PROCESS = ("inc.temperature:", "inc.co2:", "inc.door_open:")
 
 
 class _Conn:
-    """What `refresh` reads from a database: the run row; no persisted excursion yet."""
+    """What `refresh` reads from a database: the run row; no persisted excursion and no deviation yet."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
 
-    async def fetch(self, *_: Any) -> list[dict[str, Any]]:
-        return self.rows
+    async def fetch(self, sql: str, *_: Any) -> list[dict[str, Any]]:
+        return [] if "FROM deviation" in sql else self.rows
 
     async def fetchrow(self, *_: Any) -> None:
         return None
