@@ -93,7 +93,8 @@ def test_require_check_false_takes_a_typed_din_without_one() -> None:
     ("W1234 26 123456 0I 7", "din_format", 15, "flag character 2 ('I') must be a digit or a letter A-H, J-N, P"),
     ("=W1234 26 123456 Q0", "din_format", 14, "flag character 1 ('Q')"),
     ("G1234 17 654321 B", "din_check_character", 14, "check character 'B' does not match the DIN as entered"),
-    ("G1234 17 654312 A", "din_check_character", 14, "check character 'A' does not match"),  # two digits swapped: caught
+    # two digits swapped: caught
+    ("G1234 17 654312 A", "din_check_character", 14, "check character 'A' does not match"),
     ("A9999 21 123456 01 4", "din_check_character", 16, "check character '4' does not match"),
     ("G1234 17 654321", "din_check_character", None, "the check character is missing; type the boxed character"),
     ("A9999 21 123456 01", "din_check_character", None, "the check character is missing"),
