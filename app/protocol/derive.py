@@ -42,6 +42,7 @@ class RunFacts:
     decision: str | None = None  # lower_dose | out_of_specification
     decision_dose_per_kg: float | None = None
     endotoxin_eu_per_ml: float | None = None
+    arm: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,7 @@ def derive(recipe: Recipe, run: RunFacts, step_key: str, values: Mapping[str, Va
                 weight_kg=weight, target_per_kg=target,  # type: ignore[arg-type]
                 dose_level_per_kg=run.decision_dose_per_kg if run.decision == "lower_dose" else None,
                 harvest_cd7_percent=_num(hv, "cd7_percent"), harvest_cd3_percent=_num(hv, "cd3_percent"),
-                cd3_limit_per_kg=None if rule is None else rule.cd3_limit_per_kg)
+                cd3_limit_per_kg=None if rule is None else rule.cd3_limit_per_kg, arm=run.arm)
             out_of_spec = run.decision == "out_of_specification"
             facts["achieved"] = {**json_ready(asdict(result)), "decision": run.decision,
                                  "product_status": _product_status(run.decision, result.within_acceptance)}

@@ -151,17 +151,17 @@ def harvest_check(recipe: Recipe, total_viable_cells: float, cd7_percent: float,
 def formulated_dose(recipe: Recipe, *, cd7_cells_formulated: float, product_volume_ml: float,
                     qc_sample_volume_ml: float, weight_kg: float, target_per_kg: float,
                     dose_level_per_kg: float | None = None, harvest_cd7_percent: float | None = None,
-                    harvest_cd3_percent: float | None = None,
-                    cd3_limit_per_kg: float | None = None) -> FormulatedDose:
+                    harvest_cd3_percent: float | None = None, cd3_limit_per_kg: float | None = None,
+                    arm: str | None = None) -> FormulatedDose:
     """The dose of the formulated product and its checks (module docstring)."""
     cells = _positive("CD7+ cells formulated", cd7_cells_formulated, allow_zero=True)
     volume = _positive("product volume", product_volume_ml)
     qc = _positive("QC sample volume", qc_sample_volume_ml, allow_zero=True)
     if qc >= volume:
         raise ValueError(f"QC sample volume {qc:g} mL must be less than the product volume {volume:g} mL")
-    weight = check_weight(recipe, weight_kg)
-    target = check_target_dose(recipe, target_per_kg)
-    level = target if dose_level_per_kg is None else check_target_dose(recipe, dose_level_per_kg)
+    weight = check_weight(recipe, weight_kg, arm)
+    target = check_target_dose(recipe, target_per_kg, arm)
+    level = target if dose_level_per_kg is None else check_target_dose(recipe, dose_level_per_kg, arm)
     share = (volume - qc) / volume
     net = cells * share
     per_kg = net / weight

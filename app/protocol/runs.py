@@ -263,7 +263,8 @@ async def run_facts(conn: DBConnection, run: Mapping[str, Any], recipe: Recipe) 
         weight_kg=run["patient_weight_kg"], target_per_kg=run["target_dose_per_kg"], cell_source=run["cell_source"],
         transplant_type=run["transplant_type"], vessel_area_cm2=vessel_area(recipe, vessels),
         t0=t0_of(run, recipe), decision=None if decision is None else str(decision["decision"]),
-        decision_dose_per_kg=None if decision is None else decision["dose_per_kg"], endotoxin_eu_per_ml=endotoxin)
+        decision_dose_per_kg=None if decision is None else decision["dose_per_kg"], endotoxin_eu_per_ml=endotoxin,
+        arm=run["arm"])
 
 
 def product_id(run: Mapping[str, Any]) -> str:
@@ -341,13 +342,14 @@ async def product_view(conn: DBConnection, recipe: Recipe, run: Mapping[str, Any
     """The product's identity, status (in specification, lower dose level, out of specification), expiry, QA's
     dose decision and the QC results with their status (qc_result, dose_decision: read here, written by
     app.protocol.product)."""
-    achieved = effective["formulate"].facts.get("achieved") if "formulate" in effective else None
+    formulated = effective.get(recipe.key_of("formulation") or "")
+    achieved = formulated.facts.get("achieved") if formulated is not None else None
     decision = await decision_view(conn, int(run["id"]))
     status = "not_formulated" if achieved is None else achieved.get("product_status")
     if decision is not None and decision["decision"] == "out_of_specification":
         status = "out_of_specification"
     return {"product_id": product_id(run), "graft_din": run["graft_din"], "status": status,
-            "expiry": effective["formulate"].facts.get("expiry") if "formulate" in effective else None,
+            "expiry": formulated.facts.get("expiry") if formulated is not None else None,
             "decision": decision, "qc": await qc_view(conn, recipe, int(run["id"]))}
 
 

@@ -52,8 +52,13 @@ def test_dose_status_uses_the_latest_fact() -> None:
     day3 = {"below_target": False, "message": "fine"}
     status = views.dose_status({"seed": seed, "day3": day3, "achieved": None})
     assert (status["state"], status["basis"]) == ("ok", "day3")
-    achieved = {"within_acceptance": True, "percent_of_target": 101.0, "message": "ok"}
-    assert views.dose_status({"seed": seed, "day3": day3, "achieved": achieved})["basis"] == "formulate"
+    harvest = {"enough": False, "percent_of_needed": 80.0, "message": "short"}
+    status = views.dose_status({"seed": seed, "day3": day3, "harvest": harvest, "achieved": None})
+    assert (status["state"], status["basis"]) == ("alert", "harvest") and "80 %" in status["text"]
+    achieved = {"within_acceptance": True, "percent_of_level": 101.0, "message": "ok"}
+    status = views.dose_status({"seed": seed, "day3": day3, "harvest": harvest, "achieved": achieved})
+    assert (status["state"], status["basis"]) == ("ok", "formulate")
+    assert status["text"] == "formulated 101 % of the dose level", status
 
 
 def test_timeline_places_windows_on_one_span() -> None:
