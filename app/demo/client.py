@@ -27,6 +27,7 @@ VOLUME_ML = 200.0  # culture volume the counts are scaled by (seeded 2e7 cells a
 SEEDED_CELLS = 2.0e7
 PRODUCT_ML = 50.0  # formulated product volume
 QC_ML = 2.0  # taken from it for Gram stain, endotoxin and sterility
+INFUSION_MIN = 30.0  # the infusion takes this long, from the bedside check
 POST_AS: dict[str, str] = {"release": "qa"}
 # Who signs a step's record for each meaning when the poster did not (a verifier is a second person).
 SIGNED_BY: dict[str, str] = {"performed": "operator", "verified": "supervisor", "reviewed": "qa", "approved": "qa"}
@@ -51,6 +52,7 @@ class DemoAutomation:
     door: Callable[[str], Awaitable[None]] | None = None
     _doors: dict[str, bool] = field(default_factory=dict)
     _opened: set[str] = field(default_factory=set)
+    _infusion: str = ""
     _sessions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     async def run(self) -> dict[str, Any]:
@@ -89,6 +91,7 @@ class DemoAutomation:
             self._meanings = {s["key"]: tuple(s.get("signatures", ())) for s in recipe["content"]["steps"]}
             self._materials = {s["key"]: tuple(s.get("materials", ())) for s in recipe["content"]["steps"]}
             self._doors = {s["key"]: bool(s.get("door_opening")) for s in recipe["content"]["steps"]}
+            self._infusion = next((s["key"] for s in recipe["content"]["steps"] if s["operation"] == "infusion"), "")
         if view["status"] == "held":
             await self._signed(http, "qa", f"/api/v1/runs/{self.run_id}/resume",
                                {"reason": "demo: QA reviewed the hold"})
@@ -133,6 +136,8 @@ class DemoAutomation:
             self._opened.add(name)
             await self.door(name)  # the door opens and the chamber recovers inside the step's window
             return True  # the next poll posts the step
+        if name == self._infusion and not self._infused(view):
+            return False  # an infusion is recorded once it has ended (it takes INFUSION_MIN after the release)
         late = step["status"] in ("late", "missed")
         role = POST_AS.get(name, "supervisor" if late else "operator")
         headers = await self._login(http, role)
@@ -141,7 +146,7 @@ class DemoAutomation:
         if materials:
             body["lots"] = {m: {"lot": f"{m.upper()}-DEMO", "expiry": "2099-12-31"} for m in materials}
         meanings = self._meanings.get(name, ())
-        if meanings and role != "supervisor":
+        if meanings and (role != "supervisor" or name == self._infusion):  # the bedside check is signed there
             body["signature"] = {"meaning": meanings[0], "password": self.password}
         if late:
             body.update(override=True, override_reason="demo: recorded late by the supervisor")
@@ -159,6 +164,12 @@ class DemoAutomation:
         else:
             log.warning("demo client: step %s -> %s %s", name, r.status_code, r.text[:300])
         return True
+
+    @staticmethod
+    def _infused(view: dict[str, Any]) -> bool:
+        released = next((s["done_at"] for s in view["schedule"] if s["key"] == "release"), None)
+        return released is not None and (datetime.fromisoformat(view["now"]) - datetime.fromisoformat(released)
+                                         >= timedelta(minutes=INFUSION_MIN + 1))
 
     async def _countersign(self, http: httpx.AsyncClient, record_id: int, meanings: tuple[str, ...],
                            signed: set[str]) -> None:
@@ -215,7 +226,7 @@ class DemoAutomation:
                           "product_volume": PRODUCT_ML, "qc_sample_volume": QC_ML},
             "release": {"comment": "demo release"},
             "infuse": {"patient_id_scanned": view["patient_id"], "product_id_scanned": view["product_id"],
-                       "infusion_start": now, "infusion_end": _plus_minutes(now, 30),
+                       "infusion_start": _plus_minutes(now, -INFUSION_MIN), "infusion_end": now,
                        "infused_volume": PRODUCT_ML - QC_ML},
         }
         feed = {"viable_cells": round(vcd * VOLUME_ML), "viable_density": vcd, "viability": viability,

@@ -101,7 +101,8 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
     start = clock.now() - timedelta(minutes=40)
     r = await post_step(service, op, run_id, "infuse", {
         "patient_id_scanned": "P-200", "product_id_scanned": view["code"], "infusion_start": start.isoformat(),
-        "infusion_end": (start + timedelta(minutes=30)).isoformat(), "infused_volume": 98})
+        "infusion_end": (start + timedelta(minutes=30)).isoformat(), "infused_volume": 98},
+        signature={"meaning": "performed", "password": opw})
     assert r.status_code == 201 and r.json()["run"]["status"] == "completed", r.text
     view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=op)).json()
     assert view["status"] == "completed" and view["ended_at"] and view["open_deviations"] == 0

@@ -123,14 +123,16 @@ async def _step(service: Service, actor: Actor) -> Request:
                                                          "lots": LOTS["coat_vessels"]}
 
 
-async def _recorded(service: Service, step_key: str) -> int:
-    """A run (planned, T0 in 10 h) with `step_key` recorded as posted, written straight to the table."""
+async def _recorded(service: Service, step_key: str, facts: dict[str, Any] | None = None) -> int:
+    """A run (planned, T0 in 10 h) with `step_key` recorded as posted (with its derived `facts`), written straight
+    to the table."""
     run_id = await make_run(service, _now(service))
     conn = await db.connect(service.dsn)
     try:
         await conn.execute("INSERT INTO step_record (run_id, step_key, posted_at, inputs, actor_kind, actor_name, "
-                           "actor_role) VALUES ($1, $2, $3, $4::jsonb, 'user', 'walk', 'operator')", run_id,
-                           step_key, _now(service), json.dumps(INPUTS[step_key]))
+                           "actor_role, dose) VALUES ($1, $2, $3, $4::jsonb, 'user', 'walk', 'operator', $5::jsonb)",
+                           run_id, step_key, _now(service), json.dumps(INPUTS[step_key]),
+                           None if facts is None else json.dumps(facts))
     finally:
         await conn.close()
     return run_id
@@ -152,7 +154,7 @@ async def _count_import(service: Service, actor: Actor) -> Request:
 
 
 async def _dose_decision(service: Service, actor: Actor) -> Request:
-    run_id = await _recorded(service, "harvest")
+    run_id = await _recorded(service, "harvest", {"harvest": {"enough": False, "percent_of_needed": 60.0}})
     return f"/api/v1/runs/{run_id}/dose-decision", {
         "decision": "lower_dose", "dose_per_kg": 1.5e6, "reason": "walk: dose decision",
         "signature": {"meaning": "approved", "password": actor.password or "x"}}
