@@ -22,10 +22,18 @@ from typing import Any
 from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.db import DBConnection
-from app.protocol import acceptance, deviations
+from app.protocol import acceptance, deviations, release
 from app.protocol.common import json_ready, not_found, require_meaning
 from app.protocol.recipe import Recipe
-from app.protocol.runs import DEPENDENTS, corrections_of, effective_records, open_run, run_row, step_records
+from app.protocol.runs import (
+    DEPENDENTS,
+    corrections_of,
+    effective_records,
+    open_run,
+    qc_view,
+    run_row,
+    step_records,
+)
 from app.protocol.schemas import Correction
 from app.protocol.steps import canonical_dins, derived_for, limit_context, release_step
 from app.records import audit, signatures
@@ -105,6 +113,8 @@ async def correct_step(conn: DBConnection, run_id: int, step_key: str, body: Cor
         for key, d in ((step_key, derived), *followers.items()):
             reported = await _reported(conn, run_id, key)
             pending += [(key, f.rule, f.message, f.facts) for f in d.deviations if (f.rule, None) not in reported]
+        if step_key == recipe.key_of("formulation"):
+            pending += await _endotoxin_again(conn, recipe, run, step_key, values)
         dev_ids: list[int] = []
         for key, rule, text, facts in pending:
             dev_id = await deviations.open_deviation(
@@ -130,6 +140,26 @@ async def correct_step(conn: DBConnection, run_id: int, step_key: str, body: Cor
         await signatures.sign_within(conn, signer, body.signature, entity_type="step_correction",
                                      entity_id=str(cid), client=client)
     return await record_view(conn, run_id, step_key)
+
+
+async def _endotoxin_again(conn: DBConnection, recipe: Recipe, run: Mapping[str, Any], step_key: str,
+                           values: Mapping[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """A reported endotoxin result evaluated again with the corrected product volume: a failure it now is opens a
+    deviation (the result itself stays as reported)."""
+    test = next((t for t in (recipe.release.tests if recipe.release else ()) if t.kind == "endotoxin"), None)
+    if test is None or "product_volume" not in values:
+        return []
+    result = next((q for q in await qc_view(conn, recipe, int(run["id"]))
+                   if q["test"] == test.key and q["status"] == "reported"), None)
+    if result is None or not result["passed"]:
+        return []
+    volume = float(values["product_volume"]) - float(values.get("qc_sample_volume") or 0)
+    outcome = release.qc_outcome(recipe, test, {"eu_per_ml": result["result"]["eu_per_ml"]}, volume_ml=volume,
+                                 weight_kg=run["patient_weight_kg"])
+    if outcome.passed:
+        return []
+    return [(step_key, "qc_result_failed", f"{outcome.message}: out of specification with the corrected volume",
+             {"test": test.key, **outcome.facts})]
 
 
 async def _reported(conn: DBConnection, run_id: int, step_key: str) -> set[tuple[str, str | None]]:

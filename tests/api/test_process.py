@@ -353,3 +353,21 @@ async def test_qa_lowers_the_dose_only_for_a_short_harvest_and_out_of_specificat
     assert [d["rule"] for d in devs if d["status"] == "open"] == ["out_of_specification"]
     view = (await service.client.get(f"/api/v1/runs/{run_id}", headers=people.headers("operator"))).json()
     assert view["product"]["status"] == "out_of_specification"
+
+
+async def test_a_corrected_product_volume_evaluates_the_endotoxin_result_again(service: Service,
+                                                                                clock: ManualClock) -> None:
+    people = await _people(service)
+    run_id, _ = await _run_until(service, clock, people, PREP + CULTURE + (("formulate", 170),))
+    # 1.7 EU/mL x 98 mL / 70 kg / 0.5 h = 4.76 EU/kg/h: within the limit of 5
+    r = await _report(service, people, run_id, "endotoxin", eu_per_ml=1.7)
+    assert r.status_code == 200 and r.json()["passed"] is True, r.text
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/formulate/corrections", json={
+        "inputs": {"product_volume": 110}, "reason": "bag weighed again",
+        "signature": people.sign("supervisor", "approved")}, headers=people.headers("supervisor"))
+    assert r.status_code == 201, r.text
+    devs = (await service.client.get("/api/v1/deviations", params={"run_id": run_id},
+                                     headers=people.headers("qa"))).json()
+    [failed] = [d for d in devs if d["rule"] == "qc_result_failed"]  # 1.7 x 108 / 70 / 0.5 = 5.25 EU/kg/h
+    assert failed["facts"]["eu_per_kg_h"] == pytest.approx(1.7 * 108 / 70 / 0.5)
+    assert "corrected volume" in failed["description"]
