@@ -23,6 +23,7 @@ from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
 from app.protocol import corrections, counts, product, runs, schemas, steps
 from app.records import audit, signatures
+from app.records.signatures import SignatureInput, Signer
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -93,15 +94,21 @@ async def hold(run_id: RecordId, body: schemas.Reason, principal: CurrentPrincip
                                 client=client_address(request))
 
 
+async def _signer(conn: ConnectionDep, runtime: RuntimeDep, principal: CurrentPrincipal, client: str | None,
+                  signature: SignatureInput, entity_type: str, entity_id: str) -> Signer:
+    """The signer of a change, after the caller checked the record exists (404 before asking for the password)."""
+    return await signatures.authenticate_signer(conn, principal, signature, entity_type=entity_type,
+                                                entity_id=entity_id, client=client,
+                                                threshold=runtime.settings.lockout_threshold)
+
+
 @router.post("/{run_id}/resume", response_model=RunPublic,
              summary="Resume a held run (QA): reason + signature 'approved'")
 async def resume(run_id: RecordId, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
                  conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
-    await runs.run_row(conn, run_id)  # 404 before asking for the password
-    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="culture_run",
-                                                  entity_id=str(run_id), client=client,
-                                                  threshold=runtime.settings.lockout_threshold)
+    await runs.run_row(conn, run_id)
+    signer = await _signer(conn, runtime, principal, client, body.signature, "culture_run", str(run_id))
     return await runs.resume_run(conn, run_id, body, principal=principal, signer=signer, now=runtime.clock.now(),
                                   client=client)
 
@@ -127,10 +134,8 @@ async def get_step(run_id: RecordId, step_key: str, principal: CurrentPrincipal,
 async def correct_step(run_id: RecordId, step_key: str, body: schemas.Correction, principal: CurrentPrincipal,
                        request: Request, conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
-    await corrections.record_view(conn, run_id, step_key)  # 404 before asking for the password
-    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="step_correction",
-                                                  entity_id=f"{run_id}/{step_key}", client=client,
-                                                  threshold=runtime.settings.lockout_threshold)
+    await corrections.record_view(conn, run_id, step_key)
+    signer = await _signer(conn, runtime, principal, client, body.signature, "step_correction", f"{run_id}/{step_key}")
     return await corrections.correct_step(conn, run_id, step_key, body, principal=principal, signer=signer,
                                           now=runtime.clock.now(), client=client)
 
@@ -149,10 +154,8 @@ async def import_counts(run_id: RecordId, body: schemas.CountImportIn, principal
 async def decide_dose(run_id: RecordId, body: schemas.DoseDecisionIn, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
-    await runs.run_row(conn, run_id)  # 404 before asking for the password
-    signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="dose_decision",
-                                                  entity_id=str(run_id), client=client,
-                                                  threshold=runtime.settings.lockout_threshold)
+    await runs.run_row(conn, run_id)
+    signer = await _signer(conn, runtime, principal, client, body.signature, "dose_decision", str(run_id))
     return await product.decide_dose(conn, run_id, body, principal=principal, signer=signer, now=runtime.clock.now(),
                                      client=client)
 
