@@ -18,10 +18,10 @@ from app.alarms.service import AlarmService
 from app.auth.principal import Role, cli_principal
 from app.core.clock import ManualClock
 from app.protocol import runs, schemas
-from drivers.base import Reading
 from simulators.physics import IncubatorModel
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import ensure_recipe, run_body
+from tests.unit.test_planned_openings import Chamber
 
 START = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 INC = "incubator-1"
@@ -39,22 +39,16 @@ class Env:
         assert rt.alarms is not None
         return rt.alarms
 
-    def _read(self, point: str, value: float) -> None:
-        self.alarms.on_reading(Reading(f"{INC}.{point}", value, self.clock.now()))
+    def chamber(self) -> Chamber:
+        """The incubator's physics feeding the service (the unit tests' chamber)."""
+        return Chamber(self.alarms, self.clock, device=INC, model=self.model)
 
     def run(self, seconds: float) -> None:
         """The chamber's temperature, CO2 and RH every 10 s, a service pass after each."""
-        for _ in range(round(seconds / 10)):
-            self.clock.advance(10)
-            self.model.step(self.clock.now())
-            v = self.model.values()
-            for point in ("temperature", "co2", "humidity"):
-                self._read(point, v[point])
-            self.alarms.tick()
+        self.chamber().run(seconds)
 
     def door(self, is_open: bool) -> None:
-        (self.model.open_door if is_open else self.model.close_door)(self.clock.now())
-        self._read("door_open", 1.0 if is_open else 0.0)
+        self.chamber().door(is_open)
 
 
 @pytest.fixture(scope="module")

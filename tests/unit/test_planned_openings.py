@@ -54,15 +54,17 @@ async def bind(svc: AlarmService, in_window: list[str], *, v1: bool = False) -> 
 
 
 class Chamber:
-    """The simulated incubator feeding the service: temperature, CO2 and RH every 10 s, the door when it changes."""
+    """The simulated incubator (its physics) feeding an alarm service: temperature, CO2 and RH every 10 s with a
+    service pass after each, the door when it changes. Also the API tests' (tests/api/test_planned_openings.py)."""
 
-    def __init__(self, svc: AlarmService, clock: ManualClock, tau: IncubatorTimeConstants | None = None) -> None:
-        self.svc, self.clock = svc, clock
-        self.model = IncubatorModel(clock.now(), seed=3, tau=tau)
+    def __init__(self, svc: AlarmService, clock: ManualClock, tau: IncubatorTimeConstants | None = None, *,
+                 device: str = "inc", model: IncubatorModel | None = None) -> None:
+        self.svc, self.clock, self.device = svc, clock, device
+        self.model = model or IncubatorModel(clock.now(), seed=3, tau=tau)
         self.lowest = 99.0
 
-    def _read(self, channel: str, value: float) -> None:
-        self.svc.on_reading(Reading(channel, value, self.clock.now()))
+    def _read(self, point: str, value: float) -> None:
+        self.svc.on_reading(Reading(f"{self.device}.{point}", value, self.clock.now()))
 
     def run(self, seconds: float) -> None:
         for _ in range(round(seconds / 10)):
@@ -70,13 +72,13 @@ class Chamber:
             self.model.step(self.clock.now())
             v = self.model.values()
             for point in ("temperature", "co2", "humidity"):
-                self._read(f"inc.{point}", v[point])
+                self._read(point, v[point])
             self.lowest = min(self.lowest, v["temperature"])
             self.svc.tick()
 
     def door(self, is_open: bool) -> None:
         (self.model.open_door if is_open else self.model.close_door)(self.clock.now())
-        self._read("inc.door_open", 1.0 if is_open else 0.0)
+        self._read("door_open", 1.0 if is_open else 0.0)
 
 
 def process_events(svc_live: LiveHub) -> list[tuple[str, str, str | None]]:
