@@ -106,13 +106,13 @@ async def correct_step(conn: DBConnection, run_id: int, step_key: str, body: Cor
             raise Problem(422, "step-inputs", "Correction is not valid", f"{step_key}: {exc}",
                           rule="inconsistent_inputs", errors=[{"field": None, "rule": "inconsistent_inputs",
                                                                "detail": str(exc), "limit": None}]) from None
+        reported = await _reported(conn, run_id, step_key)  # read once: what the step's deviations already say
         pending: list[tuple[str, str, str, dict[str, Any]]] = [
             (step_key, "acceptance_limit", f.message, f.as_dict()) for f in failures
-            if f.severity == "deviation" and ("acceptance_limit", f.field) not in await _reported(conn, run_id,
-                                                                                                   step_key)]
+            if f.severity == "deviation" and ("acceptance_limit", f.field) not in reported]
         for key, d in ((step_key, derived), *followers.items()):
-            reported = await _reported(conn, run_id, key)
-            pending += [(key, f.rule, f.message, f.facts) for f in d.deviations if (f.rule, None) not in reported]
+            known = reported if key == step_key else await _reported(conn, run_id, key)
+            pending += [(key, f.rule, f.message, f.facts) for f in d.deviations if (f.rule, None) not in known]
         if step_key == recipe.key_of("formulation"):
             pending += await _endotoxin_again(conn, recipe, run, step_key, values)
         dev_ids: list[int] = []

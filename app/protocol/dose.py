@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from app.protocol.numbers import percent, positive
 from app.protocol.recipe import ArmRule, Recipe
 
 
@@ -61,20 +62,6 @@ class FormulatedDose:
     message: str
 
 
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number > {'=' if allow_zero else ''}0, got {value!r}")
-    return v
-
-
-def _percent(name: str, value: float) -> float:
-    pct = _positive(name, value, allow_zero=True)
-    if pct > 100:
-        raise ValueError(f"{name} must be <= 100, got {value!r}")
-    return pct
-
-
 def allowed_doses(recipe: Recipe, arm: str | None = None) -> tuple[float, ...]:
     """The studied dose levels, narrowed to the arm's when the recipe gives the arm its own."""
     rule = _arm(recipe, arm)
@@ -108,7 +95,7 @@ def check_weight(recipe: Recipe, weight_kg: float, arm: str | None = None) -> fl
     """The patient weight if it is in the recipe's (and the arm's) range; ValueError names the range."""
     rule = _arm(recipe, arm)
     lo, hi = rule.patient_weight_kg if rule is not None else recipe.dose.patient_weight_kg
-    w = _positive("patient weight", weight_kg)
+    w = positive("patient weight", weight_kg)
     if not lo <= w <= hi:
         where = f" of the {arm} arm" if rule is not None else ""
         raise ValueError(f"patient weight {w:g} kg is outside {lo:g}..{hi:g} kg{where}")
@@ -122,12 +109,12 @@ def required_cd7(recipe: Recipe, dose_per_kg: float, weight_kg: float) -> float:
 
 def needs_split(recipe: Recipe, viable_density: float) -> bool:
     """True when a count's viable density is above the recipe's split threshold."""
-    return _positive("viable density", viable_density, allow_zero=True) > recipe.projection.split_threshold_cells_per_ml
+    return positive("viable density", viable_density, allow_zero=True) > recipe.projection.split_threshold_cells_per_ml
 
 
 def harvest_cd7(total_viable_cells: float, cd7_percent: float) -> float:
     """CD7+ cells in a harvest: total viable x %CD7+ / 100."""
-    return _positive("total viable cells", total_viable_cells, allow_zero=True) * _percent("%CD7+", cd7_percent) / 100
+    return positive("total viable cells", total_viable_cells, allow_zero=True) * percent("%CD7+", cd7_percent) / 100
 
 
 def harvest_check(recipe: Recipe, total_viable_cells: float, cd7_percent: float, weight_kg: float,
@@ -154,9 +141,9 @@ def formulated_dose(recipe: Recipe, *, cd7_cells_formulated: float, product_volu
                     harvest_cd3_percent: float | None = None, cd3_limit_per_kg: float | None = None,
                     arm: str | None = None) -> FormulatedDose:
     """The dose of the formulated product and its checks (module docstring)."""
-    cells = _positive("CD7+ cells formulated", cd7_cells_formulated, allow_zero=True)
-    volume = _positive("product volume", product_volume_ml)
-    qc = _positive("QC sample volume", qc_sample_volume_ml, allow_zero=True)
+    cells = positive("CD7+ cells formulated", cd7_cells_formulated, allow_zero=True)
+    volume = positive("product volume", product_volume_ml)
+    qc = positive("QC sample volume", qc_sample_volume_ml, allow_zero=True)
     if qc >= volume:
         raise ValueError(f"QC sample volume {qc:g} mL must be less than the product volume {volume:g} mL")
     weight = check_weight(recipe, weight_kg, arm)
@@ -171,8 +158,8 @@ def formulated_dose(recipe: Recipe, *, cd7_cells_formulated: float, product_volu
     cd3_per_kg: float | None = None
     cd3_ok: bool | None = None
     if harvest_cd7_percent is not None and harvest_cd3_percent is not None:
-        cd7_pct = _percent("harvest %CD7+", harvest_cd7_percent)
-        cd3_pct = _percent("harvest %CD3+", harvest_cd3_percent)
+        cd7_pct = percent("harvest %CD7+", harvest_cd7_percent)
+        cd3_pct = percent("harvest %CD3+", harvest_cd3_percent)
         total = cells / (cd7_pct / 100) if cd7_pct > 0 else 0.0
         cd3_per_kg = total * cd3_pct / 100 * share / weight
         cd3_ok = None if cd3_limit_per_kg is None else cd3_per_kg <= cd3_limit_per_kg

@@ -37,6 +37,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.protocol.numbers import percent, positive
+
 Source = Literal["mobilized", "cord"]
 Basis = Literal["seed", "count"]
 
@@ -156,15 +158,15 @@ class CompletedRun:
     cd7_percent: float
 
     def __post_init__(self) -> None:
-        _positive("seeded", self.seeded)
-        _positive("harvest_cells", self.harvest_cells)
-        _positive("harvest_hours", self.harvest_hours)
-        _percent("cd7_percent", self.cd7_percent)
+        positive("seeded", self.seeded)
+        positive("harvest_cells", self.harvest_cells)
+        positive("harvest_hours", self.harvest_hours)
+        percent("cd7_percent", self.cd7_percent, allow_zero=False)
         if (self.count_cells is None) != (self.count_hours is None):
             raise ValueError("count_cells and count_hours go together: give both or neither")
         if self.count_cells is not None and self.count_hours is not None:
-            _positive("count_cells", self.count_cells, allow_zero=True)
-            _positive("count_hours", self.count_hours)
+            positive("count_cells", self.count_cells, allow_zero=True)
+            positive("count_hours", self.count_hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,23 +199,6 @@ class ForecastBand:
     message: str
 
 
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return v
-
-
-def _percent(name: str, value: float) -> float:
-    v = _positive(name, value)
-    if v > 100:
-        raise ValueError(f"{name} must be <= 100, got {value!r}")
-    return v
-
-
 def _source(model: GrowthForecast, source: str) -> SourceGrowth:
     for key, growth in model.sources.items():
         if key == source:
@@ -222,7 +207,7 @@ def _source(model: GrowthForecast, source: str) -> SourceGrowth:
 
 
 def _culture_hours(growth: SourceGrowth, value: float) -> float:
-    hours = _positive("culture_hours", value)
+    hours = positive("culture_hours", value)
     if hours > growth.last_hours:
         raise ValueError(f"culture_hours {hours:g} is past the growth curve's last point ({growth.last_hours:g} h)")
     return hours
@@ -264,8 +249,8 @@ def forecast_at_seed(model: GrowthForecast, source: str, viable_cells_seeded: fl
                      culture_hours: float, site_runs: Sequence[CompletedRun] = ()) -> ForecastBand:
     """The band of the CD7+ cells at harvest from the cells seeded and the source's curve alone."""
     growth, used = _growth(model, source, site_runs)
-    seeded = _positive("viable_cells_seeded", viable_cells_seeded)
-    need = _positive("required", required)
+    seeded = positive("viable_cells_seeded", viable_cells_seeded)
+    need = positive("required", required)
     total = _culture_hours(growth, culture_hours)
     mu, sigma = growth.at(total)
     resid = growth.residual_log_sd
@@ -277,11 +262,11 @@ def forecast_at_count(model: GrowthForecast, source: str, viable_cells_seeded: f
                       site_runs: Sequence[CompletedRun] = ()) -> ForecastBand:
     """The band narrowed by a count of `viable_cells_now` at `hours_since_t0` (the module docstring's posterior)."""
     growth, used = _growth(model, source, site_runs)
-    seeded = _positive("viable_cells_seeded", viable_cells_seeded)
-    now = _positive("viable_cells_now", viable_cells_now, allow_zero=True)
-    need = _positive("required", required)
+    seeded = positive("viable_cells_seeded", viable_cells_seeded)
+    now = positive("viable_cells_now", viable_cells_now, allow_zero=True)
+    need = positive("required", required)
     total = _culture_hours(growth, culture_hours)
-    hours = _positive("hours_since_t0", hours_since_t0)
+    hours = positive("hours_since_t0", hours_since_t0)
     if hours > total:
         raise ValueError(f"hours_since_t0 {hours:g} is after the harvest (culture_hours {total:g})")
     if now == 0:
@@ -377,8 +362,8 @@ def fit_growth(observations: Sequence[GrowthObservation]) -> SourceGrowth:
         if o.days != days or len(o.folds) != len(days):
             raise ValueError(f"observation {i}: every run must be observed on the same days as the first")
         for f in o.folds:
-            _positive(f"observation {i}: fold", f)
-        _percent(f"observation {i}: cd7_percent", o.cd7_percent)
+            positive(f"observation {i}: fold", f)
+        percent(f"observation {i}: cd7_percent", o.cd7_percent, allow_zero=False)
     logs = [[math.log(f) for f in o.folds] for o in obs]
     size, n = len(days), len(logs)
     means = [statistics.fmean(row[d] for row in logs) for d in range(size)]

@@ -21,12 +21,12 @@ recipe's window or before the transplant type's earliest day (`infusion_outside_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from app.protocol.numbers import positive
 from app.protocol.recipe import QcTest, Recipe
 
 QcStatus = Literal["not_sampled", "pending", "reported"]
@@ -59,13 +59,6 @@ class Refusal:
     facts: dict[str, Any]
 
 
-def _finite(name: str, value: float, *, positive: bool = False) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
-    return v
-
-
 def product_expiry(recipe: Recipe, formulated_at: datetime) -> datetime | None:
     """When the product expires: formulation + the recipe's shelf life (None when the recipe states none)."""
     if recipe.release is None:
@@ -75,8 +68,8 @@ def product_expiry(recipe: Recipe, formulated_at: datetime) -> datetime | None:
 
 def endotoxin_per_kg_h(eu_per_ml: float, volume_ml: float, weight_kg: float, hours: float) -> float:
     """EU/kg/h from a result in EU/mL, the infused volume, the patient's weight and the infusion time."""
-    return (_finite("endotoxin", eu_per_ml) * _finite("infused volume", volume_ml)
-            / _finite("patient weight", weight_kg, positive=True) / _finite("infusion time", hours, positive=True))
+    return (positive("endotoxin", eu_per_ml, allow_zero=True) * positive("infused volume", volume_ml, allow_zero=True)
+            / positive("patient weight", weight_kg) / positive("infusion time", hours))
 
 
 def qc_outcome(recipe: Recipe, test: QcTest, result: Mapping[str, Any], *, volume_ml: float | None,

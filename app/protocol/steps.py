@@ -111,8 +111,7 @@ class _Checked:
 def _refuse(refusals: list[release.Refusal], step_key: str) -> None:
     if refusals:
         first = refusals[0]
-        status = 409
-        raise Problem(status, first.rule.replace("_", "-"), "Step refused", f"{step_key}: {first.message}",
+        raise Problem(409, first.rule.replace("_", "-"), "Step refused", f"{step_key}: {first.message}",
                       rule=first.rule, step=step_key, facts=json_ready(first.facts),
                       refusals=[{"rule": r.rule, "detail": r.message} for r in refusals])
 
