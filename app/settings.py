@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,12 +68,64 @@ class Settings(BaseSettings):
     setpoint_timeout: float = Field(default=5.0, gt=0, le=120,
                                     description="wall seconds a setpoint write and its read-back may take")
 
+    site_timezone: str = Field(default="UTC", description="the site's time zone (IANA name, e.g. Europe/Paris): "
+                               "on-call shifts and calibration due dates are read in it")
+    public_url: str = Field(default="", description="the service's address as people reach it (https://...): the "
+                            "base of remote acknowledgement links; unset: http://<host>:<port>")
+    notify_enabled: bool = Field(default=True, description="run the notification sender (outbox to email, SMS, "
+                                                             "voice and webhooks)")
+    notify_interval: float = Field(default=1.0, gt=0, le=60, description="wall seconds between sender passes")
+    notify_ack_link_minutes: float = Field(default=120.0, gt=0, le=7 * 24 * 60,
+                                           description="clock minutes a remote acknowledgement link stays valid")
+    notify_retry_base_s: float = Field(default=5.0, gt=0, le=3600,
+                                       description="wall seconds before the first retry of a failed delivery "
+                                                   "(doubled each time)")
+    notify_retry_max_s: float = Field(default=300.0, gt=0, le=24 * 3600,
+                                      description="longest wait between retries of a delivery, wall seconds")
+    notify_max_attempts: int = Field(default=8, ge=1, le=100, description="attempts before a delivery fails")
+    notify_channel_failures: int = Field(default=3, ge=1, le=100,
+                                         description="consecutive failed attempts on a channel that raise its "
+                                                     "service alarm")
+    smtp_host: str = Field(default="", description="SMTP server for email notifications; unset: no email")
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 TLS)")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls", description="starttls, tls (implicit, port 465) or none (a relay on a trusted network)")
+    smtp_username: str = Field(default="", description="SMTP user; unset: no login")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password (never logged)")
+    smtp_from: str = Field(default="culturectl@localhost", description="From address of notification emails")
+    smtp_timeout: float = Field(default=20.0, gt=0, le=300, description="wall seconds an SMTP exchange may take")
+    smtp_ca_file: Path | None = Field(default=None, description="CA bundle that signs the SMTP server's "
+                                                                "certificate; unset: the system's")
+    webhook_secret: SecretStr | None = Field(default=None, description="key of the HMAC-SHA256 signature on "
+                                                                       "webhook bodies (never logged)")
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120, description="wall seconds a webhook call may take")
+    sms_url: str = Field(default="", description="SMS provider's HTTP API (a webhook); unset: no SMS")
+    sms_token: SecretStr | None = Field(default=None, description="bearer token of the SMS provider (never logged)")
+    voice_url: str = Field(default="", description="voice-call provider's HTTP API (a webhook); unset: no voice")
+    voice_token: SecretStr | None = Field(default=None, description="bearer token of the voice provider")
+    calibration_warn_days: int = Field(default=30, ge=1, le=365,
+                                       description="a point whose calibration is due within this many days raises "
+                                                   "an advisory alarm")
+
     @field_validator("clock_epoch", "clock_origin")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("must include a UTC offset, e.g. 2026-11-21T12:00:00Z")
         return v
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}: give an IANA name such as Europe/Paris or UTC") from None
+        return v
+
+    def zone(self) -> ZoneInfo:
+        """The site's time zone."""
+        return ZoneInfo(self.site_timezone)
 
     def make_clock(self) -> ScaledClock:
         return ScaledClock(epoch=self.clock_epoch or utcnow(), scale=self.time_scale, origin=self.clock_origin)
