@@ -17,7 +17,8 @@ Owners (the only modules that write each table family):
 - idempotency_key: app/api/idempotency.py
 - setpoint_command: app/control/setpoints.py
 - alarm, alarm_event, excursion, door_opening: app/alarms/journal.py (for the alarm service)
-- notification_policy, oncall_override, contact_point: app/notify/store.py; notification, notification_delivery,
+- notification_policy, oncall_override: app/notify/store.py; contact_point: app/notify/contacts.py; notification,
+  notification_delivery,
   notification_attempt: app/notify/outbox.py
 - calibration: app/devices/calibration.py
 - schema_info: the migrations
