@@ -17,9 +17,8 @@ Owners (the only modules that write each table family):
 - idempotency_key: app/api/idempotency.py
 - setpoint_command: app/control/setpoints.py
 - alarm, alarm_event, excursion, door_opening: app/alarms/journal.py (for the alarm service)
-- notification_policy, oncall_override: app/notify/store.py; contact_point: app/notify/contacts.py; notification,
-  notification_delivery,
-  notification_attempt: app/notify/outbox.py
+- notification_policy, oncall_override: app/notify/store.py; contact_point: app/notify/contacts.py;
+  notification_episode, notification, notification_delivery, notification_attempt: app/notify/outbox.py
 - calibration: app/devices/calibration.py
 - schema_info: the migrations
 
@@ -665,34 +664,49 @@ contact_point = Table(
     UniqueConstraint("username", "kind", "address", name="contact_point_username_kind_address_key"),
 )
 
+notification_episode = Table(
+    "notification_episode",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("alarm_id", Text, nullable=False),
+    Column("started_at", DateTime(True), nullable=False),
+    Column("priority", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("closed_at", DateTime(True)),
+    Column("closed_reason", Text),
+    Column("record_key", Uuid, nullable=False),
+    ForeignKeyConstraint(["alarm_id"], ["alarm.id"], name="notification_episode_alarm_id_fkey"),
+    PrimaryKeyConstraint("id", name="notification_episode_pkey"),
+    UniqueConstraint("record_key", name="notification_episode_record_key_key"),
+    Index("notification_episode_open_idx", "alarm_id", unique=True, postgresql_where="(closed_at IS NULL)"),
+)
+
 notification = Table(
     "notification",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("episode_id", BigInteger, nullable=False),
     Column("alarm_id", Text, nullable=False),
-    Column("episode_at", DateTime(True), nullable=False),
     Column("kind", Text, nullable=False),
     Column("tier", SmallInteger, nullable=False),
     Column("repeat", SmallInteger, nullable=False),
-    Column("rule", Text, nullable=False),
-    Column("policy_version", Integer, nullable=False),
-    Column("priority", Text, nullable=False),
-    Column("summary", Text, nullable=False),
     Column("due_at", DateTime(True), nullable=False),
     Column("status", Text, nullable=False),
     Column("detail", Text),
     Column("created_at", DateTime(True), nullable=False),
     Column("settled_at", DateTime(True)),
-    Column("record_key", Uuid, nullable=False),
     CheckConstraint("kind = ANY (ARRAY['alert'::text, 'acknowledged'::text, 'returned'::text])",
                     name="notification_kind_check"),
     CheckConstraint("status = ANY (ARRAY['pending'::text, 'expanded'::text, 'cancelled'::text])",
                     name="notification_status_check"),
+    ForeignKeyConstraint(["episode_id"], ["notification_episode.id"], name="notification_episode_id_fkey"),
     ForeignKeyConstraint(["alarm_id"], ["alarm.id"], name="notification_alarm_id_fkey"),
     PrimaryKeyConstraint("id", name="notification_pkey"),
-    UniqueConstraint("record_key", name="notification_record_key_key"),
+    UniqueConstraint("episode_id", "kind", "tier", "repeat", name="notification_episode_id_kind_tier_repeat_key"),
     Index("notification_due_idx", "due_at", postgresql_where="(status = 'pending'::text)"),
-    Index("notification_alarm_idx", "alarm_id", "episode_at"),
+    Index("notification_alarm_idx", "alarm_id", "id"),
 )
 
 notification_delivery = Table(

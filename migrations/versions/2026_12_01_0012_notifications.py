@@ -6,8 +6,10 @@
   shifts; revoked, never deleted.
 - contact_point: how a user is reached (email, SMS, voice, webhook), with its last test send; disabled, never
   deleted (deliveries refer to it).
-- notification: the outbox. One row per planned notice of an alarm episode (tier, repeat, acknowledgement or
-  return notice), written in the same transaction as the alarm transition that plans it; pending until due, then
+- notification_episode: one activation of an alarm that a notification rule matched, from its activation to its
+  acknowledgement, return, shelving ... (at most one open per alarm).
+- notification: the outbox. One row per planned notice of an episode (tier, repeat, acknowledgement or return
+  notice), written in the same transaction as the alarm transition that plans it; pending until due, then
   expanded into deliveries by one sender, or cancelled (acknowledged, returned, shelved ...).
 - notification_delivery: one notice to one contact point: its status, attempts, next attempt, the sender's claim
   and the hash of its single-use acknowledgement link.
@@ -86,31 +88,46 @@ def upgrade() -> None:
     )
     op.execute(
         """
-        CREATE TABLE notification (
+        CREATE TABLE notification_episode (
             id             bigserial PRIMARY KEY,
             alarm_id       text NOT NULL REFERENCES alarm (id),
-            episode_at     timestamptz NOT NULL,
-            kind           text NOT NULL CONSTRAINT notification_kind_check
-                               CHECK (kind IN ('alert', 'acknowledged', 'returned')),
-            tier           smallint NOT NULL,
-            repeat         smallint NOT NULL,
+            started_at     timestamptz NOT NULL,
+            priority       text NOT NULL,
             rule           text NOT NULL,
             policy_version integer NOT NULL,
-            priority       text NOT NULL,
             summary        text NOT NULL,
-            due_at         timestamptz NOT NULL,
-            status         text NOT NULL CONSTRAINT notification_status_check
-                               CHECK (status IN ('pending', 'expanded', 'cancelled')),
-            detail         text NULL,
-            created_at     timestamptz NOT NULL,
-            settled_at     timestamptz NULL,
+            closed_at      timestamptz NULL,
+            closed_reason  text NULL,
             record_key     uuid NOT NULL,
-            CONSTRAINT notification_record_key_key UNIQUE (record_key)
+            CONSTRAINT notification_episode_record_key_key UNIQUE (record_key)
+        )
+        """
+    )
+    # One open episode per alarm: a second replica that saw the same activation adds nothing.
+    op.execute("CREATE UNIQUE INDEX notification_episode_open_idx ON notification_episode (alarm_id) "
+               "WHERE closed_at IS NULL")
+    op.execute(
+        """
+        CREATE TABLE notification (
+            id         bigserial PRIMARY KEY,
+            episode_id bigint NOT NULL REFERENCES notification_episode (id),
+            alarm_id   text NOT NULL REFERENCES alarm (id),
+            kind       text NOT NULL CONSTRAINT notification_kind_check
+                           CHECK (kind IN ('alert', 'acknowledged', 'returned')),
+            tier       smallint NOT NULL,
+            repeat     smallint NOT NULL,
+            due_at     timestamptz NOT NULL,
+            status     text NOT NULL CONSTRAINT notification_status_check
+                           CHECK (status IN ('pending', 'expanded', 'cancelled')),
+            detail     text NULL,
+            created_at timestamptz NOT NULL,
+            settled_at timestamptz NULL,
+            CONSTRAINT notification_episode_id_kind_tier_repeat_key UNIQUE (episode_id, kind, tier, repeat)
         )
         """
     )
     op.execute("CREATE INDEX notification_due_idx ON notification (due_at) WHERE status = 'pending'")
-    op.execute("CREATE INDEX notification_alarm_idx ON notification (alarm_id, episode_at)")
+    op.execute("CREATE INDEX notification_alarm_idx ON notification (alarm_id, id)")
     op.execute(
         """
         CREATE TABLE notification_delivery (
@@ -175,11 +192,12 @@ def upgrade() -> None:
     # revoked in place, never deleted.
     op.execute(f"REVOKE UPDATE, DELETE, TRUNCATE ON notification_policy, notification_attempt, calibration "
                f"FROM {APP_ROLE}")
-    op.execute(f"REVOKE DELETE, TRUNCATE ON oncall_override, contact_point, notification, notification_delivery "
-               f"FROM {APP_ROLE}")
+    op.execute(f"REVOKE DELETE, TRUNCATE ON oncall_override, contact_point, notification_episode, notification, "
+               f"notification_delivery FROM {APP_ROLE}")
 
 
 def downgrade() -> None:
-    for table in ("calibration", "notification_attempt", "notification_delivery", "notification", "contact_point",
+    for table in ("calibration", "notification_attempt", "notification_delivery", "notification", "notification_episode",
+                  "contact_point",
                   "oncall_override", "notification_policy"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
