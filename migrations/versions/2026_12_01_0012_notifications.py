@@ -197,7 +197,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("calibration", "notification_attempt", "notification_delivery", "notification", "notification_episode",
-                  "contact_point",
-                  "oncall_override", "notification_policy"):
+    for table in ("calibration", "notification_attempt", "notification_delivery", "notification",
+                  "notification_episode", "contact_point", "oncall_override", "notification_policy"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
