@@ -26,6 +26,7 @@ from app.alarms.excursion import ExcursionRule, ExcursionState
 from app.alarms.model import AlarmDefinition
 from app.auth.principal import SYSTEM
 from app.db import DBConnection, query, schema
+from app.notify import outbox
 from app.protocol import deviations
 from app.records import audit
 
@@ -85,6 +86,7 @@ class JournalEvent:
     actor: str | None = None
     comment: str | None = None
     key: str = field(default_factory=lambda: str(uuid.uuid4()))  # makes a replay from the spool idempotent
+    work: outbox.Work | None = None  # what the transition does to notifications, written with it
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,20 @@ async def run_door_openings(conn: DBConnection, run_id: int) -> list[dict[str, A
                                else round(max(0.0, (back - closed).total_seconds()) / 60.0, 2))
         out.append(row)
     return out
+
+
+# A note in the journal that is not a transition (a notification sent, a remote acknowledgement link used): the
+# alarm's state as it stands, from and to alike.
+NOTE_SQL = (
+    "INSERT INTO alarm_event (alarm_id, at, from_state, to_state, severity, priority, value, reason, actor, comment, "
+    "run_id) SELECT id, $2, status, status, severity, priority, value, $3, $4, $5, run_id FROM alarm WHERE id = $1"
+)
+
+
+async def note(conn: asyncpg.Connection, alarm_id: str, at: datetime, reason: str, actor: str | None = None,
+               comment: str | None = None) -> None:
+    """Journal a note on an alarm (its current state from and to)."""
+    await conn.execute(NOTE_SQL, alarm_id, at, reason, actor, comment)
 
 
 async def open_deviation(conn: asyncpg.Connection, t: DeviationTrip) -> dict[str, Any] | None:

@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -70,6 +71,7 @@ from app.core.live import LiveHub
 from app.core.outage import OutageLog
 from app.core.problems import Problem
 from app.ingest.spool import Spool
+from app.notify import outbox, rules, store
 from app.protocol import deviations, runs
 from app.protocol.recipe import AlarmOverride
 from app.protocol.recipes import recipe_of
@@ -184,6 +186,7 @@ class AlarmService:
     _restored: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _last_context: float = float("-inf")
+    policy: tuple[int, rules.Policy] | None = None  # the notification policy in force (version, policy)
 
     def __post_init__(self) -> None:
         self._kinds = {d.name: d.kind for d in self.devices}
@@ -478,13 +481,59 @@ class AlarmService:
                 if len(self._pending) >= self.max_pending:
                     self._pending.popleft()
                     self.stats["dropped"] += 1
-                self._pending.append(JournalEvent(alarm, row, tr, actor, comment))
+                self._pending.append(JournalEvent(alarm, row, tr, actor, comment, work=self._notify_work(alarm, tr)))
                 self._dirty[alarm.id] = alarm
             self.live.publish("alarm", alarm.id, row)
             log.log(logging.WARNING if tr.to_state is AlarmStatus.ACTIVE_UNACK else logging.INFO,
                     "alarm %s: %s -> %s (%s%s)", alarm.id, tr.from_state.value, tr.to_state.value, tr.reason,
                     f", {tr.severity.value}" if tr.severity is not None else "")
             self._alarm_rule(alarm, tr)
+
+    def facts(self, alarm: Alarm, severity: Severity | None = None) -> rules.AlarmFacts:
+        """What a notification rule matches on."""
+        sev = severity if severity is not None else alarm.state.active
+        priority = (alarm.defn.priority_of(sev) if sev is not None else alarm.defn.priority).value
+        role = self._roles.get(alarm.channel)
+        service = alarm.device == HISTORIAN
+        return rules.AlarmFacts(alarm.id, alarm.device, rules.alarm_kind(alarm.defn.kind, alarm.defn.name, service),
+                                priority, f"{self._kinds.get(alarm.device, '')}.{role}" if role else None,
+                                alarm.run_id)
+
+    def _notify_work(self, alarm: Alarm, tr: Transition) -> outbox.Work | None:
+        """What a transition does to notifications under the policy in force: an episode starts (its alerts
+        planned) or the open one ends; written in the transaction that writes the transition."""
+        if self.policy is None:
+            return None
+        version, policy = self.policy
+        eff = rules.effect(tr.from_state, tr.to_state, tr.reason)
+        if not eff.start and eff.end is None:
+            return None
+        facts = self.facts(alarm, tr.severity)
+        rule = rules.rule_for(policy, facts)
+        if eff.end is not None:
+            return outbox.End(alarm.id, tr.at, eff.end, tr.reason, rules.notice_wanted(rule, eff.end))
+        if rule is None:
+            return None
+        value = f", value {tr.value:g}" if tr.value is not None else ""
+        level = f" {tr.severity.value.upper()}" if tr.severity is not None else ""
+        summary = f"{alarm.channel}{level}: {alarm.defn.description or alarm.defn.name}{value}"
+        return outbox.Start(alarm.id, tr.at, facts.priority, rule.name, version, summary,
+                            tuple(rules.plan(rule, tr.at)), str(uuid.uuid4()))
+
+    def service_condition(self, name: str, ok: bool, at: datetime, description: str) -> None:
+        """A condition of the service itself (a notification channel failing ...): its alarm `culturectl:<name>`,
+        high priority, active while not ok."""
+        aid = f"{HISTORIAN}:{name}"
+        alarm = self.alarms.get(aid)
+        if alarm is None:
+            if ok:
+                return
+            alarm = Alarm(aid, HISTORIAN, HISTORIAN, CommLossAlarm(name=name, description=description),
+                          initial_state(aid, at))
+            self.alarms[aid] = alarm
+            self._restore(alarm)
+        if (alarm.state.active is None) != ok:
+            self._link(alarm, ok, at)
 
     def _alarm_rule(self, alarm: Alarm, tr: Transition) -> None:
         """Excursion rules that open a deviation when an alarm condition activates (CO2 LL)."""
@@ -555,8 +604,11 @@ class AlarmService:
         return return_to_service(st, now, reason)
 
     async def act(self, alarm_id: str, action: Action, *, principal: Principal, comment: str,
-                  until: datetime | None = None, client: str | None = None) -> dict[str, Any]:
-        """An operator action: checked by the pure core, journaled and audited, then applied and published."""
+                  until: datetime | None = None, client: str | None = None,
+                  within: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """An operator action: checked by the pure core, journaled and audited, then applied and published.
+
+        `within` runs in the action's transaction (a remote acknowledgement spends its link there)."""
         if self.pool is None:
             raise Problem(503, "alarms-unavailable", "Alarms unavailable", "the alarm service has no database",
                           rule="no_database")
@@ -580,6 +632,8 @@ class AlarmService:
                 written = await self._flush_pending(conn)
                 await self._act_within(conn, alarm, before, new, trs, principal, action, now, until, comment,
                                        client)
+                if within is not None:
+                    await within(conn)
             await self._committed(replay, written)
         self._publish_deviations(published)
         # the hot path may have changed the alarm meanwhile: apply the action to what it is now
@@ -601,6 +655,9 @@ class AlarmService:
         await journal.upsert_alarm(conn, snapshot)
         for tr in trs:
             await journal.insert_event(conn, snapshot, tr, actor, comment)
+            work = self._notify_work(snapshot, tr)
+            if work is not None:
+                await outbox.apply(conn, work)
         await audit.record(conn, actor=principal, action=f"alarm.{action}", entity_type="alarm", entity_id=alarm.id,
                            old={"status": before.status.value},
                            new={"status": new.status.value, "until": until, "at": now,
@@ -642,6 +699,11 @@ class AlarmService:
             self.alarms[f"{device.name}:configuration"].run_id = serves.run_id if serves else None
         await self._bind_excursions(conn, bindings)
         await self._bind_notifications(conn, now)
+        version = await store.current_version(conn)
+        if version is None:
+            self.policy = None
+        elif self.policy is None or self.policy[0] != version:
+            self.policy = await store.current(conn)
 
     async def _bind_notifications(self, conn: asyncpg.Connection, now: datetime) -> None:
         """One alarm `run:<code>:<test>` per positive QC result after infusion, active while its deviation is open."""
@@ -769,8 +831,11 @@ class AlarmService:
         assert self.spool is not None
         now = self.clock.now()
         records: list[tuple[str, str]] = [("alarm", journal.pack(journal.alarm_args(a))) for a in self._dirty.values()]
-        records += [("alarm_event", journal.pack(journal.event_args(e.alarm, e.transition, e.actor, e.comment, e.key)))
-                    for e in self._pending]
+        for e in self._pending:
+            records.append(("alarm_event", journal.pack(journal.event_args(e.alarm, e.transition, e.actor, e.comment,
+                                                                           e.key))))
+            if e.work is not None:
+                records.append(("notification", journal.pack([outbox.pack(e.work)])))
         records += [("excursion", journal.pack(journal.excursion_args(ex, now)))
                     for exs in self._excursions.values() for ex in exs if ex.dirty]
         records += [("door_opening", journal.pack(args)) for args in self._door_rows]
@@ -823,6 +888,8 @@ class AlarmService:
             await conn.execute(journal.EXCURSION_SQL, *args)
         elif kind == "door_opening":
             await journal.upsert_door_opening(conn, args)
+        elif kind == "notification":
+            await outbox.apply(conn, outbox.unpack(args[0]))
         elif kind == "deviation":
             run_id, rule, description, facts, at, key = args
             dev = await journal.open_deviation(conn, DeviationTrip(run_id, rule, description, facts, at, key))
@@ -841,6 +908,9 @@ class AlarmService:
         if events:
             await conn.executemany(journal.EVENT_SQL, [
                 journal.event_args(e.alarm, e.transition, e.actor, e.comment, e.key) for e in events])
+            for e in events:
+                if e.work is not None:
+                    await outbox.apply(conn, e.work)
         return len(events), alarms
 
     def wall_interval(self) -> float:
