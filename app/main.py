@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from app.api.routes import alarms as alarms_api
 from app.api.routes import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
 from app.api.routes import audit as audit_api
+from app.api.routes import contacts as contacts_api
 from app.api.routes import setpoints as setpoints_api
 from app.api.routes import signatures as signatures_api
 from app.api.schemas import API_ERRORS, DEVICE_ERRORS, problem_responses
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(setpoints_api.router, prefix=API_PREFIX,
                        responses=problem_responses(*API_ERRORS, *DEVICE_ERRORS))
     app.include_router(alarms_api.runs_router, prefix=API_PREFIX, responses=errors)
+    app.include_router(contacts_api.router, prefix=API_PREFIX, responses=errors)  # CurrentPrincipal per route
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # The operator dashboard: pages redirect to /login without the session cookie (after the problem handlers).
     web_pages.install(app)

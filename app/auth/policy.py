@@ -57,6 +57,8 @@ QA_ADMIN = roles(Role.QA, Role.ADMIN)
 SIGNERS = roles(Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.ADMIN,
                 note="and only people: API keys and automation accounts never sign")
 
+OWN_CONTACTS = Access(users_only=True, note="one's own contact points; an admin anyone's")
+
 V1 = "/api/v1"
 
 POLICY: dict[tuple[str, str], Access] = {
@@ -90,6 +92,11 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", f"{V1}/apikeys"): ADMIN,
     ("POST", f"{V1}/apikeys"): ADMIN,
     ("POST", f"{V1}/apikeys/{{key_id}}/revoke"): ADMIN,
+    # Contact points (how notifications reach a person): one's own; an admin anyone's (checked by the route).
+    ("GET", f"{V1}/users/{{username}}/contact-points"): OWN_CONTACTS,
+    ("POST", f"{V1}/users/{{username}}/contact-points"): OWN_CONTACTS,
+    ("PATCH", f"{V1}/contact-points/{{contact_id}}"): OWN_CONTACTS,
+    ("POST", f"{V1}/contact-points/{{contact_id}}/test"): OWN_CONTACTS,
     # Records.
     ("GET", f"{V1}/audit"): QA_ADMIN,
     ("GET", f"{V1}/audit/verify"): QA_ADMIN,
