@@ -40,6 +40,11 @@ def _r(cls: DeviceClass, name: str, unit: str, description: str, plausible: tupl
     return RoleSpec(name, cls, unit, description, kind, writable, plausible, units)
 
 
+# A writable point that annunciates rather than controls: a beacon or horn the alarm service switches on while any
+# high-priority alarm is unacknowledged (app/alarms/beacon.py). Any device class may have one.
+ALARM_BEACON: Final = "alarm_beacon"
+BEACON_TEXT: Final = "alarm beacon or horn: on (1) while a high-priority alarm is unacknowledged"
+
 ROLES: Final[dict[DeviceClass, dict[str, RoleSpec]]] = {
     "incubator": {r.name: r for r in (
         _r("incubator", "temperature", "degC", "chamber temperature", (-20.0, 100.0)),
@@ -50,6 +55,7 @@ ROLES: Final[dict[DeviceClass, dict[str, RoleSpec]]] = {
         _r("incubator", "temperature_setpoint", "degC", "chamber temperature setpoint", (-20.0, 100.0),
            writable=True),
         _r("incubator", "co2_setpoint", "%", "chamber CO2 setpoint", (0.0, 100.0), writable=True),
+        _r("incubator", ALARM_BEACON, "bool", BEACON_TEXT, (0.0, 1.0), kind="boolean", writable=True),
     )},
     "culture-system": {r.name: r for r in (
         _r("culture-system", "viable_cell_density", "cells/mL", "viable cells per mL", (0.0, 1e9)),
@@ -64,6 +70,7 @@ ROLES: Final[dict[DeviceClass, dict[str, RoleSpec]]] = {
            kind="boolean"),
         _r("culture-system", "pump_rate_setpoint", "mL/h", "medium pump rate setpoint", (0.0, 1000.0),
            writable=True),
+        _r("culture-system", ALARM_BEACON, "bool", BEACON_TEXT, (0.0, 1.0), kind="boolean", writable=True),
     )},
 }
 

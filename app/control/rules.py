@@ -4,6 +4,10 @@ Each check returns None (allowed) or a `Refusal` naming the rule, the HTTP statu
 service (app/setpoints.py) runs them in order: role (the policy table) -> device and point -> point limits ->
 run state -> rate of change -> device state, then writes, reads back and confirms with `follows`.
 No I/O, no clock: the caller passes times and states. Table tests in tests/unit/test_control.py.
+
+Sources: `api` (people and scripts), `recipe` (the schedule engine's phase setpoints) and `alarm` (the alarm
+beacon, app/alarms/beacon.py). Only `api` commands are held to the held-run and rate-of-change rules: the recipe's
+setpoints are released content, and the beacon annunciates alarms, it does not change the process.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from typing import Any, Literal
 from app.auth.principal import Role
 from drivers.base import DeviceState, PointSpec
 
-Source = Literal["api", "recipe"]
+Source = Literal["api", "recipe", "alarm"]
+# Commands the held-run and rate-of-change rules do not apply to: the recipe's (released, signed content applied
+# at planned phase boundaries) and the alarm beacon's (it annunciates, whatever the run state, as soon as it must).
+EXEMPT_SOURCES: frozenset[Source] = frozenset({"recipe", "alarm"})
 
 # Run states that bind a run's devices; completed and aborted runs release them.
 BINDING_STATES: frozenset[str] = frozenset({"planned", "running", "held"})
@@ -93,9 +100,10 @@ def binding_runs(runs: Iterable[BoundRun]) -> list[BoundRun]:
 
 def check_run_state(runs: Iterable[BoundRun], role: Role, source: Source) -> Refusal | None:
     """A device of a held run takes no setpoint outside the recipe (409 run_held); planned, running or no run:
-    allowed. The recipe engine's writes (source "recipe") are the recipe's, so they go on while QA decides.
+    allowed. The recipe engine's writes (source "recipe") are the recipe's, so they go on while QA decides; the
+    alarm beacon's (source "alarm") are no process setpoint at all.
     """
-    if source == "recipe":
+    if source in EXEMPT_SOURCES:
         return None
     held = [r for r in binding_runs(runs) if r.status == "held"]
     if not held or role in HELD_RUN_ROLES:
@@ -111,7 +119,7 @@ def check_interval(point: str, last_at: datetime | None, now: datetime, source: 
                    limits: dict[str, RateLimit] = RATE_LIMITS) -> Refusal | None:
     """At least `min_interval` clock seconds since the last command by people on this point (409 rate_of_change)."""
     rate = limits.get(point)
-    if source == "recipe" or rate is None or last_at is None:
+    if source in EXEMPT_SOURCES or rate is None or last_at is None:
         return None
     elapsed = (now - last_at).total_seconds()
     if elapsed >= rate.min_interval:
@@ -127,7 +135,7 @@ def check_step(point: str, current: float | None, value: float, source: Source,
                limits: dict[str, RateLimit] = RATE_LIMITS) -> Refusal | None:
     """At most `max_step` away from the current setpoint (409 rate_of_change); an unknown current is refused."""
     rate = limits.get(point)
-    if source == "recipe" or rate is None:
+    if source in EXEMPT_SOURCES or rate is None:
         return None
     if current is None:
         return Refusal(409, "rate_of_change",

@@ -11,7 +11,8 @@ Decisions:
 - The role check is the policy table's (app/auth/policy.py); the held-run rule adds "supervisor only".
 - The rate-of-change rule applies to commands from the API only (people and scripts): the recipe's phase
   setpoints are released, signed content applied at planned phase boundaries, and splitting or delaying them
-  would change the validated process; the rule is there against hasty or mistyped manual changes.
+  would change the validated process; the rule is there against hasty or mistyped manual changes. The alarm
+  beacon's commands (source "alarm", app/alarms/beacon.py) are exempt from it and from the held-run rule too.
 - Commands on one point are serialized by an advisory lock from the interval check to the insert, so two
   concurrent requests cannot both pass the interval rule.
 - The current setpoint (the reference of the step rule and the audit's old value) is the device's last reported

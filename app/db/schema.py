@@ -449,7 +449,8 @@ setpoint_command = Table(
         "result = ANY (ARRAY['confirmed'::text, 'did_not_follow'::text, 'timeout'::text, 'failed'::text])",
         name="setpoint_command_result_check",
     ),
-    CheckConstraint("source = ANY (ARRAY['api'::text, 'recipe'::text])", name="setpoint_command_source_check"),
+    CheckConstraint("source = ANY (ARRAY['api'::text, 'recipe'::text, 'alarm'::text])",
+                    name="setpoint_command_source_check"),
     ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="setpoint_command_run_id_fkey"),
     PrimaryKeyConstraint("id", name="setpoint_command_pkey"),
 )

@@ -47,7 +47,7 @@ def test_the_shipped_and_test_profiles_load() -> None:
     ({"name": "T", "role": "chamber_temperature", "table": "input", "address": 4, "data_type": "float32",
       "unit": "degC"},
      "site/x.yaml: points[1] (T).role: 'chamber_temperature' is not a role of device class culture-system; "
-     "known: cd7_percent"),
+     "known: alarm_beacon, cd7_percent"),
     ({"name": "T", "role": "temperature", "table": "input", "address": 1, "data_type": "float32", "unit": "degC"},
      "site/x.yaml: points[1] (T).address: input 1 overlaps point 'VCD'"),
     ({"name": "T", "table": "input", "address": 4, "data_type": "float16", "unit": "degC"},
