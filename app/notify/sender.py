@@ -211,8 +211,11 @@ class Sender:
         by = None
         if d["kind"] == "acknowledged":
             async with self.pool.acquire() as conn:
-                by = await conn.fetchval("SELECT actor FROM alarm_event WHERE alarm_id = $1 AND reason IN "
-                                         "('acknowledge', 'acknowledged') ORDER BY id DESC LIMIT 1", d["alarm_id"])
+                ack = await conn.fetchrow("SELECT actor, comment FROM alarm_event WHERE alarm_id = $1 AND reason IN "
+                                          "('acknowledge', 'acknowledged') ORDER BY id DESC LIMIT 1", d["alarm_id"])
+            if ack is not None:
+                who = str(ack["actor"] or "?").removeprefix("user:")
+                by = f"{who} ({ack['comment']})" if ack["comment"] else who
         message = compose(d, view, ack_url=ack_url, link_expires=d["ack_expires_at"], zone=self.zone,
                           acknowledged_by=by)
         attempt = int(d["attempts"]) + 1
