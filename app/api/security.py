@@ -85,7 +85,8 @@ async def current_principal(
     if access is None:
         raise Problem(403, "no-policy", "Forbidden", f"{method} {path} has no entry in the role x endpoint table")
     if not access.allows(principal):
-        who = "API keys" if principal.kind == "apikey" and access.users_only else f"role {principal.role.value}"
+        who = f"API keys (role {principal.role.value})" if principal.kind == "apikey" and access.users_only \
+            else f"role {principal.role.value}"
         raise Problem(403, "forbidden-role", "Forbidden",
                       f"{who} may not call {method} {path} (allowed: {access.describe()})",
                       role=principal.role.value)

@@ -25,7 +25,9 @@ import pytest
 from app import db
 from app.alarms import evaluate, initial_state, out_of_service, shelve
 from app.auth.policy import access_for
-from app.auth.principal import Principal, Role
+from app.auth.principal import Principal, Role, cli_principal
+from app.notify import contacts
+from app.notify.channels import Channels, Message, Target
 from app.protocol.recipe import DEFAULT_RECIPE
 from drivers.base import Quality
 from tests.api.conftest import Service, new_password
@@ -95,6 +97,42 @@ async def _new_key(service: Service, actor: Actor) -> Request:
 
 async def _revoke(service: Service, actor: Actor) -> Request:
     return f"/api/v1/apikeys/{await _target_key(service)}/revoke", {"reason": "walk: revoke"}
+
+
+async def _new_contact_point(service: Service, actor: Actor) -> Request:
+    return f"/api/v1/users/{actor.principal.name}/contact-points", {
+        "kind": "email", "address": f"walk-{uuid.uuid4().hex[:8]}@site.example"}
+
+
+async def _contact_point(service: Service, actor: Actor) -> int:
+    """A contact point of the actor (of a fresh user when the actor is an API key or nobody)."""
+    owner = actor.principal.name if actor.principal.kind == "user" and actor.principal.id is not None else \
+        (await service.create_user(Role.OPERATOR))[1]
+    conn = await db.connect(service.dsn)
+    try:
+        cp = await contacts.create(conn, username=owner, kind="email", actor=cli_principal(),
+                                   address=f"walk-{uuid.uuid4().hex[:8]}@site.example")
+    finally:
+        await conn.close()
+    return cp.id
+
+
+async def _update_contact_point(service: Service, actor: Actor) -> Request:
+    return f"/api/v1/contact-points/{await _contact_point(service, actor)}", {"label": "walk: pager",
+                                                                               "reason": "walk: update"}
+
+
+class _Delivered(Channels):
+    """Channels that deliver without a network (the channels themselves are tested in tests/notify)."""
+
+    async def send(self, target: Target, message: Message) -> str:
+        return "250 walk: delivered"
+
+
+async def _test_contact_point(service: Service, actor: Actor) -> Request:
+    runtime = service.app.state.runtime
+    runtime.channels = _Delivered(service.settings.model_copy(update={"smtp_host": "mail.site.example"}))
+    return f"/api/v1/contact-points/{await _contact_point(service, actor)}/test", None
 
 
 async def _sign(service: Service, actor: Actor) -> Request:
@@ -246,6 +284,9 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/users/{user_id}/unlock"): _user_action("unlock"),
     ("POST", "/api/v1/apikeys"): _new_key,
     ("POST", "/api/v1/apikeys/{key_id}/revoke"): _revoke,
+    ("POST", "/api/v1/users/{username}/contact-points"): _new_contact_point,
+    ("PATCH", "/api/v1/contact-points/{contact_id}"): _update_contact_point,
+    ("POST", "/api/v1/contact-points/{contact_id}/test"): _test_contact_point,
     ("POST", "/api/v1/signatures"): _sign,
 }
 

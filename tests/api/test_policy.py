@@ -42,6 +42,8 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/alarms/history": SIGNED_IN,
     "/api/v1/alarms/{alarm_id}": SIGNED_IN,
     "/api/v1/runs/{run_id}/excursions": SIGNED_IN,
+    # anyone's contact points: admin; one's own: any user (tests/api/test_contact_points.py)
+    "/api/v1/users/{username}/contact-points": {"admin"},
     # The dashboard (app/web): pages and the fragments they re-fetch.
     "/": SIGNED_IN,
     "/runs/{run_id}": SIGNED_IN,
