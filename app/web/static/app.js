@@ -265,6 +265,120 @@
     return text;
   }
 
+  // ---- alarms waiting for acknowledgement: the title counts them; the sound toggle beeps for high ones -------
+  // The server renders the count and the waiting alarms (id -> priority); `alarm` events keep them current.
+  var UNACK = { active_unack: true, returned_unack: true };
+  var unack = null;
+  var baseTitle = document.title.replace(/^\(\d+\) /, "");
+  var SOUND_KEY = "culturectl.sound";
+  var soundBtn = document.getElementById("sound-toggle");
+  var soundOn = false;
+  var audio = null; // the AudioContext: made (or resumed) on a user gesture, as browsers require
+  var repeatTimer = null;
+  var sound = (cc.sound = { repeatMs: 10000 }); // tests may shorten the repeat
+  body.dataset.beeps = "0"; // tones played, for tests
+  body.dataset.alarmTone = "idle"; // "repeating" while sound is on and a high-priority alarm waits
+
+  function countTitle() {
+    var n = Object.keys(unack).length;
+    var title = (n ? "(" + n + ") " : "") + baseTitle;
+    if (document.title !== title) document.title = title;
+  }
+  function highWaiting() {
+    return Object.keys(unack).some(function (id) { return unack[id] === "high"; });
+  }
+  function audioContext() {
+    if (!audio) {
+      var AC = window.AudioContext || window.webkitAudioContext;
+      if (!AC) return null;
+      try { audio = new AC(); } catch (e) { return null; }
+      audio.onstatechange = showSound;
+    }
+    if (audio.state === "suspended" && audio.resume) audio.resume().catch(function () {});
+    return audio;
+  }
+  function tone() { // two notes, half a second, made by the Web Audio API: no file to ship
+    var ctx = audioContext();
+    if (!ctx) return;
+    var t = ctx.currentTime, osc = ctx.createOscillator(), gain = ctx.createGain();
+    osc.type = "square";
+    osc.frequency.setValueAtTime(880, t);
+    osc.frequency.setValueAtTime(660, t + 0.25);
+    gain.gain.setValueAtTime(0.0001, t);
+    gain.gain.exponentialRampToValueAtTime(0.25, t + 0.02);
+    gain.gain.setValueAtTime(0.25, t + 0.45);
+    gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.5);
+    osc.connect(gain);
+    gain.connect(ctx.destination);
+    osc.start(t);
+    osc.stop(t + 0.55);
+    body.dataset.beeps = String((parseInt(body.dataset.beeps, 10) || 0) + 1);
+  }
+  function repeat() { // again every repeatMs while a high-priority alarm waits and sound is on
+    var want = soundOn && unack !== null && highWaiting();
+    body.dataset.alarmTone = want ? "repeating" : "idle";
+    if (!want) { clearTimeout(repeatTimer); repeatTimer = null; return; }
+    if (repeatTimer === null) {
+      repeatTimer = setTimeout(function () { repeatTimer = null; if (soundOn && highWaiting()) tone(); repeat(); },
+        sound.repeatMs);
+    }
+  }
+  function showSound() {
+    if (!soundBtn) return;
+    soundBtn.setAttribute("aria-pressed", soundOn ? "true" : "false");
+    var blocked = soundOn && (!audio || audio.state !== "running");
+    soundBtn.querySelector(".sound-state").textContent = !soundOn ? "off" : blocked ? "on (click to allow)" : "on";
+  }
+  if (soundBtn) {
+    try { soundOn = window.localStorage.getItem(SOUND_KEY) === "on"; } catch (e) { soundOn = false; }
+    soundBtn.addEventListener("click", function () {
+      soundOn = !soundOn;
+      try { window.localStorage.setItem(SOUND_KEY, soundOn ? "on" : "off"); } catch (e) { /* not remembered */ }
+      if (soundOn) audioContext(); // the click is the gesture that lets the page play sound
+      showSound();
+      repeat();
+    });
+    if (soundOn) { // remembered from an earlier visit: the browser still wants a gesture on this page
+      audioContext();
+      var unlock = function () {
+        if (soundOn) audioContext();
+        document.removeEventListener("pointerdown", unlock, true);
+        document.removeEventListener("keydown", unlock, true);
+      };
+      document.addEventListener("pointerdown", unlock, true);
+      document.addEventListener("keydown", unlock, true);
+    }
+    showSound();
+  }
+  if (body.dataset.alarmsUnack) {
+    try { unack = JSON.parse(body.dataset.alarmsUnack) || {}; } catch (e) { unack = {}; }
+    on("alarm", function (a) {
+      if (!a || !a.id) return;
+      if (UNACK[a.status]) unack[a.id] = a.priority; else delete unack[a.id];
+      countTitle();
+      if (soundOn && a.to === "active_unack" && a.priority === "high") { // a new (or escalated) high alarm
+        tone();
+        clearTimeout(repeatTimer);
+        repeatTimer = null;
+      }
+      repeat();
+    });
+    // After a reconnect the stream resumes where it left off; events it could no longer replay are read back.
+    var opened = false;
+    body.addEventListener("htmx:sseOpen", function () {
+      if (!opened) { opened = true; return; }
+      api("GET", "/api/v1/alarms").then(function (res) {
+        if (!res.ok || !Array.isArray(res.data)) return;
+        unack = {};
+        res.data.forEach(function (a) { if (UNACK[a.status]) unack[a.id] = a.priority; });
+        countTitle();
+        repeat();
+      }, function () {});
+    });
+    countTitle();
+    repeat();
+  }
+
   // ---- step entry ------------------------------------------------------------------------------------------
   document.addEventListener("click", function (ev) {
     var b = ev.target.closest && ev.target.closest("[data-testid=enter-step]");
