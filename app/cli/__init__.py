@@ -20,6 +20,7 @@ from app.cli.admin import apikey_app, user_app
 from app.cli.audit import audit_app
 from app.cli.common import configure_logging, settings_with, with_database
 from app.cli.device import certs_app, device_app
+from app.cli.notify import notify_app
 from app.cli.recipe import recipe_app
 from app.cli.run import run_app, step_app
 from app.core.clock import ScaledClock, utcnow
@@ -36,6 +37,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(audit_app, name="audit")
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(notify_app, name="notify")
 app.add_typer(run_app, name="run")
 app.add_typer(step_app, name="step")
 app.add_typer(device_app, name="device")
