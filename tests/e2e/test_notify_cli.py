@@ -67,4 +67,4 @@ async def test_validate_apply_and_who_is_on_call(db_dsn: str, tmp_path: Path) ->
     finally:
         await conn.close()
     assert row is not None and (row["actor_kind"], row["reason"], row["entity_id"]) == (
-        "cli", "the night call tree", "1")
+        "system", "the night call tree", "1")
