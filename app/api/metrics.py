@@ -66,6 +66,21 @@ class RuntimeCollector(Collector):
                 c = CounterMetricFamily(name, doc)
                 c.add_metric([], _num(rt.alarms.stats, key))
                 yield c
+        if rt.sender is not None:
+            for name, key, doc in (
+                ("culturectl_notifications_expanded", "expanded", "due notices expanded into deliveries"),
+                ("culturectl_notifications_sent", "sent", "notification deliveries sent"),
+                ("culturectl_notifications_retried", "retried", "failed attempts to be retried"),
+                ("culturectl_notifications_failed", "failed", "notification deliveries that failed for good"),
+            ):
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], _num(rt.sender.stats, key))
+                yield c
+            failing = GaugeMetricFamily("culturectl_notification_channel_failures",
+                                        "consecutive failed attempts of a notification channel", labels=["channel"])
+            for channel, n in sorted(rt.sender.failures().items()):
+                failing.add_metric([channel], float(n))
+            yield failing
         up = GaugeMetricFamily("culturectl_device_online", "1 when the device is online", labels=["device"])
         if rt.hub is not None:
             for dev, status in rt.hub.status.items():

@@ -108,6 +108,10 @@ class Sender:
     _failures: dict[str, int] = field(default_factory=dict)
     _outage: OutageLog = field(default_factory=lambda: OutageLog(log, "notification sender: database unavailable"))
 
+    def failures(self) -> dict[str, int]:
+        """Consecutive failed attempts per channel (0 after a success)."""
+        return dict(self._failures)
+
     def token(self, notification_id: int, contact_point_id: int) -> str:
         """The acknowledgement link's token of a delivery (derived: the same on every retry and replica)."""
         mac = hmac.new(self.key, f"ack:{notification_id}:{contact_point_id}".encode(), hashlib.sha256).digest()

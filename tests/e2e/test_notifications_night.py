@@ -251,5 +251,12 @@ async def test_a_co2_alarm_at_night_escalates_and_stops_on_a_remote_acknowledgem
         assert [(a["action"], a["actor_name"]) for a in audit if a["action"] == "alarm.acknowledge"] == [
             ("alarm.acknowledge", "alice")]
         assert sum(a["action"] == "notification.sent" for a in audit) == 4
+        sent = 0.0
+        async with httpx.AsyncClient(timeout=5) as web:
+            for replica in (night.a, night.b):
+                body = (await web.get(f"{replica.url}/metrics")).text
+                sent += next(float(line.split()[-1]) for line in body.splitlines()
+                             if line.startswith("culturectl_notifications_sent_total "))
+        assert sent == 4  # the two replicas' senders together
     finally:
         await night.incubator.clear(Fault.co2_supply_empty)
