@@ -8,6 +8,8 @@ incubator values come from the simulators' readings through the API. QA reports 
 taken (all negative); before release QA reviews and closes the run's open deviations, as the release rule
 requires; a held run is resumed by QA and a late or missed step is recorded by the supervisor with an override,
 so the demo always reaches release and the infusion (formulated at the dose level, the bedside check matched).
+Before the incubator check the supervisor records a calibration of each point it reads that has none in force (the
+step reads its calibration inputs from those records).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class DemoAutomation:
     _doors: dict[str, bool] = field(default_factory=dict)
     _opened: set[str] = field(default_factory=set)
     _infusion: str = ""
+    _reads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # step -> channels whose calibrations it reads
+    _calibrated: set[str] = field(default_factory=set)
     _sessions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     async def run(self) -> dict[str, Any]:
@@ -92,6 +96,8 @@ class DemoAutomation:
             self._materials = {s["key"]: tuple(s.get("materials", ())) for s in recipe["content"]["steps"]}
             self._doors = {s["key"]: bool(s.get("door_opening")) for s in recipe["content"]["steps"]}
             self._infusion = next((s["key"] for s in recipe["content"]["steps"] if s["operation"] == "infusion"), "")
+            self._reads = {s["key"]: tuple(s.get("channels", ())) for s in recipe["content"]["steps"]
+                           if any(i["name"] in ("calibration_valid", "calibration_due") for i in s["inputs"])}
         if view["status"] == "held":
             await self._signed(http, "qa", f"/api/v1/runs/{self.run_id}/resume",
                                {"reason": "demo: QA reviewed the hold"})
@@ -138,6 +144,9 @@ class DemoAutomation:
             return True  # the next poll posts the step
         if name == self._infusion and not self._infused(view):
             return False  # an infusion is recorded once it has ended (it takes INFUSION_MIN after the release)
+        if name in self._reads and name not in self._calibrated:
+            await self._calibrate(http, key, view, self._reads[name])
+            self._calibrated.add(name)
         late = step["status"] in ("late", "missed")
         role = POST_AS.get(name, "supervisor" if late else "operator")
         headers = await self._login(http, role)
@@ -164,6 +173,33 @@ class DemoAutomation:
         else:
             log.warning("demo client: step %s -> %s %s", name, r.status_code, r.text[:300])
         return True
+
+    async def _calibrate(self, http: httpx.AsyncClient, key: dict[str, str], view: dict[str, Any],
+                         channels: tuple[str, ...]) -> None:
+        """The supervisor records a calibration (yesterday, valid for a year) of each point playing one of the
+        channels on the run's devices that has none in force or an overdue one."""
+        devices = {"incubator": view.get("incubator"), "culture-system": view.get("culture_system")}
+        calibrated_on = datetime.fromisoformat(view["now"]).date() - timedelta(days=1)  # not after today anywhere
+        for channel in channels:
+            kind, _, role = channel.partition(".")
+            device = devices.get(kind)
+            if not device:
+                continue
+            points = {p["role"]: p["name"] for p in (await self._get(http, f"/api/v1/devices/{device}", key))["points"]
+                      if p.get("role")}
+            in_force = {c["point"]: c["status"] for c in
+                        await self._get(http, f"/api/v1/calibrations?device={device}", key)}
+            point = points.get(role)
+            if point is None or in_force.get(point, "overdue") != "overdue":
+                continue
+            headers = await self._login(http, "supervisor")
+            r = await http.post(f"/api/v1/devices/{device}/points/{point}/calibrations", headers=headers, json={
+                "calibrated_on": calibrated_on.isoformat(),
+                "due_on": (calibrated_on + timedelta(days=365)).isoformat(),
+                "certificate": f"DEMO-CAL-{device}-{point}", "performed_by": "demo metrology service",
+                "reason": "demo: calibrated before the run"})
+            if r.status_code >= 400:
+                log.warning("demo client: calibration of %s.%s -> %s %s", device, point, r.status_code, r.text[:300])
 
     @staticmethod
     def _infused(view: dict[str, Any]) -> bool:
@@ -199,7 +235,6 @@ class DemoAutomation:
         vcd = reading(cs, "viable_cell_density", 1.0e5, 1.0, 1.0e8)
         viability = reading(cs, "viability", 90.0, 0, 100)
         cd7 = reading(cs, "cd7_percent", 60.0, 0, 100)
-        day = "2099-06-30"
         harvest_cells = round(vcd * VOLUME_ML)
         # Formulate the dose level for the patient (QA's lower level when it decided one), 100 % of it net of
         # the QC samples, or what the harvest holds when it holds less.
@@ -214,7 +249,7 @@ class DemoAutomation:
             "incubator_ready": {"temperature": reading(inc, "temperature", 37.0, 0, 60),
                                 "co2": reading(inc, "co2", 5.0, 0, 20),
                                 "humidity": reading(inc, "humidity", 92, 0, 100),
-                                "trend_hours": 4, "calibration_valid": True, "calibration_due": day},
+                                "trend_hours": 4},
             "receive_cells": {"donor_id": view["donor_id"], "graft_din": view.get("graft_din") or "",
                               "cell_source": view["cell_source"], "viable_cd34_cells": 2.2e7, "viability": 95,
                               "cd34_purity": 92},

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Literal
 
 import asyncpg
@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.db import DBConnection, query, schema
+from app.devices import calibration
 from app.devices.registry import device_id, device_roles
 from app.protocol import derive, deviations, dose, identity, planner
 from app.protocol.common import invalid, json_ready, not_found, require_meaning
@@ -335,6 +336,18 @@ async def run_view(conn: DBConnection, run_id: int, now: datetime) -> dict[str, 
         out["infusion"] = None
     out["product"] = await product_view(conn, recipe, run, effective)
     return dict(json_ready(out))
+
+
+async def run_calibrations(conn: DBConnection, run_id: int, now: datetime, zone: tzinfo,
+                           warn_days: int) -> list[dict[str, Any]]:
+    """The calibration records in force of the run's devices' points, with their status at the site on the run's
+    T0 (planned T0 before it starts) and now (the batch record; app.devices.calibration owns the records)."""
+    run = await run_row(conn, run_id)
+    start = run["t0"] or run["planned_t0"] or run["created_at"]
+    rows = await calibration.for_devices(conn, [run["incubator"], run["culture_system"]],
+                                         calibration.site_today(start, zone), calibration.site_today(now, zone),
+                                         warn_days)
+    return list(json_ready(rows))
 
 
 async def product_view(conn: DBConnection, recipe: Recipe, run: Mapping[str, Any],

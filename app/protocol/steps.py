@@ -15,6 +15,10 @@ Decisions:
   release.
 - A count may come from a counter import (`count_import`): its values fill the count inputs, and the record's
   provenance marks each input `counter` (with the import) or `typed`.
+- The incubator check's `calibration_valid` and `calibration_due` (any step with inputs of those names) are read
+  from the calibration records of the points that play the step's channels on the run's devices
+  (app.devices.calibration), on the step's date at the site; a posted value for either is refused (422
+  `calibration_from_records`), and the provenance marks them `calibration` with each point's record.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 
 import asyncpg
@@ -30,6 +34,7 @@ import asyncpg
 from app.auth.principal import Principal, Role
 from app.core.problems import Problem
 from app.db import DBConnection
+from app.devices import calibration
 from app.protocol import acceptance, deviations, identity, planner, product, release
 from app.protocol.common import json_ready, not_found
 from app.protocol.derive import Derived, RunFacts, derive
@@ -148,8 +153,33 @@ async def _counted(conn: DBConnection, run_id: int, step: Step, body: StepPost,
     return inputs, provenance
 
 
+async def _calibrated(conn: DBConnection, run: asyncpg.Record, step: Step, body: StepPost, inputs: dict[str, Any],
+                      provenance: dict[str, Any], on: date) -> None:
+    """Fill the step's calibration inputs (in place) from the records of the points its channels name on the run's
+    devices, with their provenance; 422 when a value for them is posted."""
+    read = [name for name in calibration.STEP_INPUTS if step.input(name) is not None]
+    if not read:
+        return
+    typed = [name for name in read if name in body.inputs]
+    if typed:
+        errors = [acceptance.FieldError(name, "calibration_from_records",
+                                        f"{name}: read from the calibration records of the step's points "
+                                        "(POST /api/v1/devices/{device}/points/{point}/calibrations), not typed")
+                  for name in typed]
+        raise Problem(422, "step-inputs", "Calibration is read from the records", errors[0].message,
+                      rule="calibration_from_records", field=typed[0],
+                      errors=[json_ready(e.as_dict()) for e in errors])
+    points = await calibration.step_points(conn, {"incubator": run["incubator"],
+                                                  "culture-system": run["culture_system"]}, step.channels)
+    found = calibration.step_calibration(points, on)
+    values: dict[str, Any] = {"calibration_valid": found.valid, "calibration_due": found.due_text}
+    for name in read:
+        inputs[name] = values[name]
+        provenance[name] = {"source": "calibration", "on": on.isoformat(), "points": list(found.points)}
+
+
 async def _check_step(conn: DBConnection, run_id: int, step_key: str, body: StepPost, principal: Principal,
-                      now: datetime, *, lock: bool) -> _Checked:
+                      now: datetime, *, lock: bool, zone: tzinfo = UTC) -> _Checked:
     """Every check of a step post, in order: run state, inputs, the planner's rules, signature rules."""
     run = await run_row(conn, run_id, lock=lock)
     if run["recipe_id"] is None:
@@ -180,6 +210,7 @@ async def _check_step(conn: DBConnection, run_id: int, step_key: str, body: Step
     volume = seed.values.get("volume") if seed is not None else None
     seed_volume = float(volume) if isinstance(volume, int | float) and not isinstance(volume, bool) else None
     posted, provenance = await _counted(conn, run_id, step, body, seed_volume)
+    await _calibrated(conn, run, step, body, posted, provenance, calibration.site_today(now, zone))
     values, errors = acceptance.validate_inputs(step, posted)
     reagents = {m.key: m.name for m in recipe.materials}
     lots, lot_errors = acceptance.validate_lots(step, reagents, {k: (v.lot, v.expiry) for k, v in body.lots.items()},
@@ -348,16 +379,19 @@ def limit_context(run: Mapping[str, Any]) -> dict[str, object]:
 
 
 async def post_step(conn: DBConnection, run_id: int, step_key: str, body: StepPost, *, principal: Principal,
-                    now: datetime, client: str | None, threshold: int, reply: Reply | None = None) -> dict[str, Any]:
-    """Record a step (see the module docstring); returns the 201 body, also given to `reply` in the transaction."""
-    await _check_step(conn, run_id, step_key, body, principal, now, lock=False)  # refusals before the password
+                    now: datetime, client: str | None, threshold: int, reply: Reply | None = None,
+                    zone: tzinfo = UTC) -> dict[str, Any]:
+    """Record a step (see the module docstring); returns the 201 body, also given to `reply` in the transaction;
+    `zone` is the site's (the step's date for its calibration inputs)."""
+    # refusals before the password
+    await _check_step(conn, run_id, step_key, body, principal, now, lock=False, zone=zone)
     signer: Signer | None = None
     if body.signature is not None:
         signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="step_record",
                                                       entity_id=f"{run_id}/{step_key}", client=client,
                                                       threshold=threshold)
     async with conn.transaction():
-        c = await _check_step(conn, run_id, step_key, body, principal, now, lock=True)
+        c = await _check_step(conn, run_id, step_key, body, principal, now, lock=True, zone=zone)
         recipe, step = c.recipe, c.step
         failures = acceptance.evaluate_limits(step, c.values, limit_context(c.run))
         try:

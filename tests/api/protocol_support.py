@@ -1,13 +1,14 @@
 """Helpers of the protocol API tests: the default recipe released by a QA user, runs planned through
-app.protocol.runs."""
+app.protocol.runs, and the calibration records the incubator check reads."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from app import db
 from app.auth.principal import Principal, Role, cli_principal
+from app.devices import calibration
 from app.protocol import recipes, runs, schemas
 from app.protocol.recipe import default_recipe
 from tests.api.conftest import Service
@@ -18,8 +19,8 @@ VESSELS = [{"id": "V1", "type": "T75-DL4"}]  # 2e6 cells on 75 cm2: 2.7e4 cells/
 
 INPUTS: dict[str, dict[str, Any]] = {
     "coat_vessels": {"coat_hours": 18, "coat_temperature": 37.0},
-    "incubator_ready": {"temperature": 37.0, "co2": 5.0, "humidity": 92, "trend_hours": 4,
-                        "calibration_valid": True, "calibration_due": "2027-03-01"},
+    # calibration_valid and calibration_due are read from the calibration records of the run's incubator
+    "incubator_ready": {"temperature": 37.0, "co2": 5.0, "humidity": 92, "trend_hours": 4},
     "receive_cells": {"donor_id": "D-100", "graft_din": GRAFT_DIN, "cell_source": "mobilized",
                       "viable_cd34_cells": 2.0e6, "viability": 95, "cd34_purity": 92},
     "seed": {"viable_cells_seeded": 2.0e6, "volume": 40},
@@ -31,6 +32,8 @@ INPUTS: dict[str, dict[str, Any]] = {
     "formulate": {"cd7_cells_formulated": 2.8e8, "product_volume": 100, "qc_sample_volume": 2},
     "release": {"comment": "released"},
 }
+INCUBATOR = "incubator-1"
+CALIBRATED = ("temperature", "co2", "humidity")  # the points incubator_ready reads (its channels' roles)
 # One lot and expiry per reagent each step uses (the recipe's materials); all far from expiring.
 LOTS: dict[str, dict[str, dict[str, str]]] = {
     s.key: {m: {"lot": f"{m.upper()}-1", "expiry": "2099-12-31"} for m in s.materials}
@@ -93,8 +96,35 @@ async def open_deviation(service: Service, run_id: int) -> int:
         await conn.close()
 
 
+async def calibrate(service: Service, device: str = INCUBATOR, points: tuple[str, ...] = CALIBRATED, *,
+                    calibrated_on: date = date(2026, 1, 2), due_on: date = date(2099, 12, 31),
+                    certificate: str = "CAL-TEST") -> list[dict[str, Any]]:
+    """A calibration record of each point (through app.devices.calibration, as the command line's principal)."""
+    conn = await db.connect(service.dsn)
+    try:
+        return [await calibration.record(conn, device=device, point=p, calibrated_on=calibrated_on, due_on=due_on,
+                                         certificate=f"{certificate}-{p}", performed_by="Metrology Ltd",
+                                         reason="test calibration", principal=cli_principal(),
+                                         now=datetime.now(UTC), today=calibrated_on, client=None) for p in points]
+    finally:
+        await conn.close()
+
+
+async def ensure_calibrated(service: Service, device: str = INCUBATOR) -> None:
+    """The incubator check's points of `device` have a record in force (recorded once, valid until 2099)."""
+    conn = await db.connect(service.dsn)
+    try:
+        have = {r["point"] for r in await calibration.current(conn, device) if r["due_on"] >= date(2099, 1, 1)}
+    finally:
+        await conn.close()
+    if missing := tuple(p for p in CALIBRATED if p not in have):
+        await calibrate(service, device, missing)
+
+
 async def post_step(service: Service, headers: dict[str, str], run_id: int, key: str,
                     inputs: dict[str, Any] | None = None, **extra: Any) -> Any:
+    if key == "incubator_ready":
+        await ensure_calibrated(service)  # the step reads its calibration inputs from the run's incubator
     body = {"inputs": INPUTS[key] if inputs is None else inputs, **extra}
     if key in LOTS and "lots" not in body:
         body["lots"] = LOTS[key]
@@ -102,6 +132,8 @@ async def post_step(service: Service, headers: dict[str, str], run_id: int, key:
 
 
 async def create_run_api(service: Service, headers: dict[str, str], t0: datetime, **over: Any) -> int:
+    """A run planned through the API, on incubator-1 unless `over` says otherwise."""
+    over.setdefault("incubator", INCUBATOR)
     r = await service.client.post("/api/v1/runs", json=run_body(t0 - timedelta(days=2), planned_t0=t0.isoformat(),
                                                                  **over), headers=headers)
     assert r.status_code == 201, r.text

@@ -151,6 +151,10 @@ async def test_a_whole_run_from_create_to_infusion_in_under_three_minutes(fast: 
                                  headers={"Authorization": f"Bearer {fast.key}"}) as http:
         report = (await http.get(f"/api/v1/runs/{run_id}/excursions")).json()
         devs = (await http.get("/api/v1/deviations", params={"run_id": run_id})).json()
+        check = (await http.get(f"/api/v1/runs/{run_id}/steps/incubator_ready")).json()
+    # the incubator check read the calibration records the demo's supervisor recorded for the incubator's points
+    assert check["inputs"]["calibration_valid"] is True and check["deviation_ids"] == [], check
+    assert check["provenance"]["calibration_due"]["source"] == "calibration", check
     openings = report["door_openings"]
     assert {o["step_key"] for o in openings} >= {"seed", "feed_day3", "mycoplasma_sample", "harvest"}, openings
     assert all(o["outcome"] == "planned" and 0 < o["recovery_min"] <= 20 for o in openings), openings

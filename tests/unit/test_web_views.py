@@ -92,6 +92,10 @@ def test_forms_follow_the_recipe_inputs() -> None:
         ("infusion_start", "datetime"), ("infusion_end", "datetime")]
     assert forms["infuse"]["signatures"] == ["performed", "verified"] and forms["release"]["signatures"] == [
         "approved"]
+    # the incubator check's calibration is read from the records, not typed
+    assert [f["name"] for f in forms["incubator_ready"]["fields"]] == ["temperature", "co2", "humidity",
+                                                                        "trend_hours"]
+    assert forms["incubator_ready"]["read"] == ["calibration valid", "calibration due"]
 
 
 def test_forms_name_the_reagents_whose_lots_a_step_records() -> None:

@@ -6,9 +6,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from app.api import idempotency
 from app.api.deps import ConnectionDep, RecordId, RuntimeDep
+from app.api.routes.calibrations import RunCalibrationPublic
 from app.api.schemas import (
     CountImportPublic,
     DoseDecisionPublic,
@@ -28,6 +30,13 @@ from app.records.signatures import SignatureInput, Signer
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
+class RunRecordPublic(RunPublic):
+    """A run as GET /runs/{id} shows it: with the calibration records of its devices' points (batch record)."""
+
+    calibrations: list[RunCalibrationPublic] = Field(
+        description="records in force of the run's devices' points, with their status on the run's T0 and now")
+
+
 @router.post("", response_model=RunCreated, status_code=201,
              summary="Plan a run from a released recipe (operator, supervisor, admin): T0 proposal, infusion warning")
 async def create_run(body: schemas.RunCreate, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
@@ -45,11 +54,15 @@ async def list_runs(
     return await runs.list_runs(conn, status, max(1, min(limit, 1000)))
 
 
-@router.get("/{run_id}", response_model=RunPublic,
-            summary="A run with its schedule (windows, step states), next due step, dose, deviations")
+@router.get("/{run_id}", response_model=RunRecordPublic,
+            summary="A run with its schedule (windows, step states), next due step, dose, deviations, calibrations")
 async def get_run(run_id: RecordId, principal: CurrentPrincipal, conn: ConnectionDep,
                   runtime: RuntimeDep) -> dict[str, Any]:
-    return await runs.run_view(conn, run_id, runtime.clock.now())
+    now = runtime.clock.now()
+    view = await runs.run_view(conn, run_id, now)
+    view["calibrations"] = await runs.run_calibrations(conn, run_id, now, runtime.settings.zone(),
+                                                       runtime.settings.calibration_warn_days)
+    return view
 
 
 @router.post("/{run_id}/steps/{step_key}", response_model=StepPosted, status_code=201,
@@ -71,7 +84,7 @@ async def post_step(
     try:
         return await steps.post_step(conn, run_id, step_key, body, principal=principal, now=runtime.clock.now(),
                                      client=client_address(request), threshold=runtime.settings.lockout_threshold,
-                                     reply=reply)
+                                     reply=reply, zone=runtime.settings.zone())
     except Problem:
         if idempotency_key is not None:  # a concurrent request with the same key may have won: answer as it did
             replay = await idempotency.stored_reply(conn, principal, idempotency_key, path, digest)
