@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from app.api.routes import alarms as alarms_api
 from app.api.routes import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
 from app.api.routes import audit as audit_api
+from app.api.routes import calibrations as calibrations_api
 from app.api.routes import contacts as contacts_api
 from app.api.routes import setpoints as setpoints_api
 from app.api.routes import signatures as signatures_api
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(current_principal)],
                            responses=errors)
     # These declare CurrentPrincipal per route (login is public).
-    for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations, alarms_api):
+    for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations, alarms_api,
+                   calibrations_api):
         app.include_router(module.router, prefix=API_PREFIX, responses=errors)
     app.include_router(setpoints_api.router, prefix=API_PREFIX,
                        responses=problem_responses(*API_ERRORS, *DEVICE_ERRORS))

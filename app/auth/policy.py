@@ -129,6 +129,10 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/devices/{{name}}/setpoints"): roles(
         Role.OPERATOR, Role.SUPERVISOR, note="a held run's devices: none by hand; see Setpoint control"),
     ("GET", f"{V1}/devices/{{name}}/setpoints"): ANY,
+    # Calibration records of device points: supervisors and admins record them; anyone reads them.
+    ("POST", f"{V1}/devices/{{device}}/points/{{point}}/calibrations"): roles(Role.SUPERVISOR, Role.ADMIN),
+    ("GET", f"{V1}/devices/{{device}}/points/{{point}}/calibrations"): ANY,
+    ("GET", f"{V1}/calibrations"): ANY,
     # Alarms (ISA-18.2): anyone reads; people act, with a comment (audited as the reason).
     ("GET", f"{V1}/alarms"): ANY,
     ("GET", f"{V1}/alarms/history"): ANY,

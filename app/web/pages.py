@@ -172,6 +172,11 @@ def _script_json(data: Any) -> str:
     return json.dumps(data).replace("</", "<\\/")
 
 
+async def _calibrations(conn: asyncpg.Connection, runtime: Runtime, run_id: int, now: datetime) -> list[Any]:
+    return await runs.run_calibrations(conn, run_id, now, runtime.settings.zone(),
+                                       runtime.settings.calibration_warn_days)
+
+
 def _run_devices(run: dict[str, Any]) -> set[str]:
     return {d for d in (run.get("incubator"), run.get("culture_system")) if d}
 
@@ -214,6 +219,7 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
                  empty_text="No active alarms on this run's devices", devices=[d for d in _device_states(runtime)
                                                                   if d["name"] in devices],
                  deviations=await deviations.list_deviations(conn, run_id, None, 200),
+                 calibrations=await _calibrations(conn, runtime, run_id, now),
                  sse_channels=",".join(c["channel"] for c in charts))
 
 
@@ -313,4 +319,5 @@ async def record_fragment(run_id: int, request: Request, principal: CurrentPrinc
     now = runtime.clock.now()
     run = await runs.run_view(conn, run_id, now)
     return _fragment(request, "fragments/run_record.html", run=run, card=_card(run, now),
-                     deviations=await deviations.list_deviations(conn, run_id, None, 200))
+                     deviations=await deviations.list_deviations(conn, run_id, None, 200),
+                     calibrations=await _calibrations(conn, runtime, run_id, now))

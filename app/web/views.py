@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.devices import calibration
 from app.protocol.recipe import Recipe, Step, StepInput
 
 PRIORITIES = ("high", "medium", "low", "advisory")
@@ -210,8 +211,10 @@ def step_forms(recipe: Recipe | None) -> list[dict[str, Any]]:
 
 
 def _step_form(step: Step, names: Mapping[str, str]) -> dict[str, Any]:
+    # the calibration inputs are read from the records when the step is posted: nobody types them
     return {"key": step.key, "title": step.title, "signatures": list(step.signatures),
-            "fields": [input_field(i) for i in step.inputs],
+            "fields": [input_field(i) for i in step.inputs if i.name not in calibration.STEP_INPUTS],
+            "read": [i.name.replace("_", " ") for i in step.inputs if i.name in calibration.STEP_INPUTS],
             "materials": [{"key": m, "name": names.get(m, m)} for m in step.materials]}
 
 

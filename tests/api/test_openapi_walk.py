@@ -236,6 +236,13 @@ async def _setpoint(service: Service, actor: Actor) -> Request:
                                                      "reason": "walk: setpoint"}
 
 
+async def _calibration(service: Service, actor: Actor) -> Request:
+    day = _now(service).date() - timedelta(days=1)  # not after today at the site, whatever its zone
+    return "/api/v1/devices/incubator-1/points/temperature/calibrations", {
+        "calibrated_on": day.isoformat(), "due_on": (day + timedelta(days=365)).isoformat(),
+        "certificate": f"WALK-{uuid.uuid4().hex[:8]}", "performed_by": "walk metrology", "reason": "walk: calibration"}
+
+
 def _alarm_action(verb: str) -> Builder:
     """The device comm-loss alarm of incubator-1, put in a state the action is allowed from."""
     async def build(service: Service, actor: Actor) -> Request:
@@ -264,6 +271,7 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/alarms/{alarm_id}/out-of-service"): _alarm_action("out-of-service"),
     ("POST", "/api/v1/alarms/{alarm_id}/return-to-service"): _alarm_action("return-to-service"),
     ("POST", "/api/v1/devices/{name}/setpoints"): _setpoint,
+    ("POST", "/api/v1/devices/{device}/points/{point}/calibrations"): _calibration,
     ("POST", "/api/v1/recipes"): _release,
     ("POST", "/api/v1/runs"): _new_run,
     ("POST", "/api/v1/runs/{run_id}/steps/{step_key}"): _step,

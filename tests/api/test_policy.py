@@ -38,6 +38,8 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/deviations": SIGNED_IN,
     "/api/v1/deviations/{deviation_id}": SIGNED_IN,
     "/api/v1/devices/{name}/setpoints": SIGNED_IN,
+    "/api/v1/devices/{device}/points/{point}/calibrations": SIGNED_IN,
+    "/api/v1/calibrations": SIGNED_IN,
     "/api/v1/alarms": SIGNED_IN,
     "/api/v1/alarms/history": SIGNED_IN,
     "/api/v1/alarms/{alarm_id}": SIGNED_IN,
