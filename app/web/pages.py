@@ -43,7 +43,7 @@ PAGE_KINDS = {
     "overview": "alarm,device_state,step,run,deviation",
     "run": "reading,alarm,device_state,step,run,deviation",
     "alarms": "alarm,device_state",
-    "audit": "device_state",
+    "audit": "device_state,alarm",  # alarm: the title's count
 }
 
 
@@ -105,8 +105,11 @@ def _clock(request: Request) -> dict[str, Any]:
 
 
 def _page(request: Request, name: str, principal: Principal | None, page: str, **ctx: Any) -> HTMLResponse:
+    # the title counts the alarms waiting for acknowledgement; the page keeps it current from its `alarm` events
+    unack = views.unacknowledged(_alarm_views(_runtime(request))) if principal is not None else {}
     return TEMPLATES.TemplateResponse(request, name, {
-        "principal": principal, "page": page, "sse_kinds": PAGE_KINDS.get(page, ""), **_clock(request), **ctx})
+        "principal": principal, "page": page, "sse_kinds": PAGE_KINDS.get(page, ""), **_clock(request),
+        "unack_count": len(unack), "unack_json": json.dumps(unack, sort_keys=True), **ctx})
 
 
 def _fragment(request: Request, name: str, **ctx: Any) -> HTMLResponse:

@@ -117,6 +117,13 @@ def group_alarms(alarms: Iterable[Mapping[str, Any]]) -> list[tuple[str, list[Ma
     return [(p, items) for p, items in groups.items() if items]
 
 
+def unacknowledged(alarms: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The alarms waiting for acknowledgement (active_unack, returned_unack): id -> priority. The page title counts
+    them; the sound toggle repeats its tone while one of them is high."""
+    return {str(a["id"]): str(a.get("priority")) for a in alarms
+            if a.get("status") in ("active_unack", "returned_unack")}
+
+
 def alarm_summary(alarms: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """How many alarms are not normal, how many wait for acknowledgement, and the most urgent priority."""
     items = list(alarms)
