@@ -19,6 +19,7 @@ from app.api.routes import apikeys, auth, channels, deviations, devices, health,
 from app.api.routes import audit as audit_api
 from app.api.routes import calibrations as calibrations_api
 from app.api.routes import contacts as contacts_api
+from app.api.routes import notifications as notifications_api
 from app.api.routes import setpoints as setpoints_api
 from app.api.routes import signatures as signatures_api
 from app.api.schemas import API_ERRORS, DEVICE_ERRORS, problem_responses
@@ -28,6 +29,7 @@ from app.core.live import LiveHub
 from app.core.problems import PROBLEM_JSON, install_problem_handlers
 from app.runtime import Runtime
 from app.settings import Settings
+from app.web import ack as web_ack
 from app.web import pages as web_pages
 
 log = logging.getLogger("culturectl.service")
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations, alarms_api,
                    calibrations_api):
         app.include_router(module.router, prefix=API_PREFIX, responses=errors)
+    app.include_router(notifications_api.router, prefix=API_PREFIX, responses=errors)
     app.include_router(setpoints_api.router, prefix=API_PREFIX,
                        responses=problem_responses(*API_ERRORS, *DEVICE_ERRORS))
     app.include_router(alarms_api.runs_router, prefix=API_PREFIX, responses=errors)
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # The operator dashboard: pages redirect to /login without the session cookie (after the problem handlers).
     web_pages.install(app)
+    app.include_router(web_ack.router)  # remote acknowledgement from a notification's link
     return app
 
 

@@ -13,13 +13,18 @@ from typing import Any
 import asyncpg
 
 from app import db
+from app.alarms.beacon import Beacon
 from app.alarms.service import AlarmService
+from app.auth.tokens import load_signing_key
+from app.control.setpoints import SetpointService
 from app.core.clock import Clock
 from app.core.live import LiveHub
 from app.devices.hub import DeviceHub
 from app.devices.registry import sync_devices
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.writer import TelemetryWriter
+from app.notify.channels import Channels
+from app.notify.sender import Sender
 from app.protocol.engine import Engine
 from app.settings import Settings
 from drivers.base import DeviceState, PointCheck, Reading
@@ -66,12 +71,16 @@ class Runtime:
     started_at: datetime | None = None
     engine: Engine | None = None
     alarms: AlarmService | None = None
+    channels: Channels | None = None  # email, SMS, voice, webhooks (app/notify/channels.py)
+    sender: Sender | None = None  # the notification outbox's sender (app/notify/sender.py)
+    beacon: Beacon | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> None:
         quiet_library_loggers()
         s = self.settings
         self.started_at = self.clock.now()
+        self.channels = Channels(s, self.clock.now)
         self.devices = load_devices(s.devices_file, s.profiles_dir)
         dsn = s.database_dsn()
         if dsn is None:
@@ -96,6 +105,7 @@ class Runtime:
             self.clock, self.live, self.devices, pool=self.pool,
             shelve_max=timedelta(minutes=s.alarm_shelve_max_minutes), stale_floor=s.alarm_stale_floor,
             interval=s.alarm_interval, historian=self.writer.stats, spool=self.writer.spool,
+            calibration_warn_days=s.calibration_warn_days, zone=s.zone(),
         )
         await self.alarms.flush()  # what an earlier process spooled during an outage goes in first
         async with self.pool.acquire() as conn:
@@ -108,10 +118,29 @@ class Runtime:
                              on_state=self._publish_state, on_check=self._device_checked, data_dir=s.data_dir)
         if s.connect_devices:
             self.hub.start()
+        # Each device's alarm_beacon point is on while a high-priority alarm is unacknowledged (app/alarms/beacon.py).
+        alarm_service = self.alarms
+        self.beacon = Beacon(lambda: alarm_service.alarms.values(),
+                             SetpointService(self.pool, self.clock, self.live, lambda: self.hub,
+                                             timeout=s.setpoint_timeout),
+                             lambda: self.hub, self.devices, interval=s.alarm_interval)
+        self._tasks.append(asyncio.create_task(self.beacon.run(), name="beacon"))
+        if s.notify_enabled:
+            self.sender = Sender(
+                self.pool, self.clock, self.channels, self.alarms, load_signing_key(s), self.public_url(), s.zone(),
+                link_minutes=s.notify_ack_link_minutes, retry_base_s=s.notify_retry_base_s,
+                retry_max_s=s.notify_retry_max_s, max_attempts=s.notify_max_attempts,
+                channel_failures=s.notify_channel_failures, interval=s.notify_interval)
+            self._tasks.append(asyncio.create_task(self.sender.run(), name="notify-sender"))
         if s.engine_enabled:
             self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval,
                                  setpoint_timeout=s.setpoint_timeout)
             self._tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))
+
+    def public_url(self) -> str:
+        """Where people reach the service (the base of remote acknowledgement links)."""
+        s = self.settings
+        return s.public_url.rstrip("/") or f"http://{s.host}:{s.port}"
 
     def _publish_reading(self, r: Reading) -> None:
         device, _, point = r.channel.partition(".")
@@ -139,8 +168,8 @@ class Runtime:
                                                    "at": at.isoformat()})
 
     async def stop(self) -> None:
-        for task in [t for t in self._tasks if t.get_name() == "schedule-engine"]:
-            task.cancel()  # first: it uses the pool, the hub and the live hub
+        for task in [t for t in self._tasks if t.get_name() in ("beacon", "notify-sender", "schedule-engine")]:
+            task.cancel()  # first: they use the pool, the hub and the live hub
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.hub is not None:

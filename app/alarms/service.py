@@ -29,13 +29,14 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
 import asyncpg
 
 from app import db
 from app.alarms import journal
+from app.alarms.calibration import calibration_alarm
 from app.alarms.door import Event, OpeningState, Phase, Plan, PlannedOpening, Sample, advance, observe
 from app.alarms.evaluate import (
     AlarmState,
@@ -70,6 +71,7 @@ from app.core.clock import Clock
 from app.core.live import LiveHub
 from app.core.outage import OutageLog
 from app.core.problems import Problem
+from app.devices import calibration
 from app.ingest.spool import Spool
 from app.notify import outbox, rules, store
 from app.protocol import deviations, runs
@@ -168,6 +170,8 @@ class AlarmService:
     context_interval: float = 2.0
     historian: Callable[[], Mapping[str, Any]] | None = None
     max_pending: int = 100_000
+    calibration_warn_days: int = 30  # a calibrated point due within this many days raises its advisory alarm
+    zone: tzinfo = UTC  # the site's time zone: due dates are its dates
     alarms: dict[str, Alarm] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=lambda: {"readings": 0, "transitions": 0, "dropped": 0,
                                                            "flush_errors": 0})
@@ -704,6 +708,7 @@ class AlarmService:
             self.policy = None
         elif self.policy is None or self.policy[0] != version:
             self.policy = await store.current(conn)
+        await self._bind_calibrations(conn, now)
 
     async def _bind_notifications(self, conn: asyncpg.Connection, now: datetime) -> None:
         """One alarm `run:<code>:<test>` per positive QC result after infusion, active while its deviation is open."""
@@ -720,6 +725,26 @@ class AlarmService:
                 self._restore(alarm)
             alarm.run_id = int(d["run_id"])
             self._link(alarm, d["status"] != "open", d["opened_at"] if d["status"] == "open" else now)
+
+    async def _bind_calibrations(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """One alarm `<device>.<point>:calibration` per point with a calibration record in force, fed the days left
+        until its due date (at the site) when they change: advisory when due soon, high when overdue."""
+        defn = calibration_alarm(self.calibration_warn_days)
+        today = calibration.site_today(now, self.zone)
+        for rec in await calibration.current(conn):
+            channel = f"{rec['device']}.{rec['point']}"
+            aid = f"{channel}:calibration"
+            alarm = self.alarms.get(aid)
+            if alarm is None:
+                alarm = Alarm(aid, channel, str(rec["device"]), defn, initial_state(aid, now))
+                self.alarms[aid] = alarm
+                self._restore(alarm)
+            left = float(calibration.days_left(rec["due_on"], today))
+            # a restored alarm has not been evaluated in this process yet (no sample): its conditions need one
+            if alarm.state.last_sample_at is not None and alarm.state.last_value == left:
+                continue
+            alarm.state, trs = evaluate(alarm.defn, alarm.state, left, Quality.GOOD, now)
+            self._emit(alarm, trs)
 
     async def _bind_excursions(self, conn: asyncpg.Connection, bindings: Mapping[str, _Binding]) -> None:
         wanted: dict[tuple[int, str], ExcursionRule] = {}

@@ -144,8 +144,22 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/alarms/{{alarm_id}}/out-of-service"): people(Role.SUPERVISOR, note="comment required"),
     ("POST", f"{V1}/alarms/{{alarm_id}}/return-to-service"): people(Role.SUPERVISOR, note="comment required"),
     ("GET", f"{V1}/runs/{{run_id}}/excursions"): ANY,
+    # Notifications: the policy (rules, rotas), on-call overrides, what was sent.
+    ("GET", f"{V1}/notifications/policy"): ANY,
+    ("GET", f"{V1}/notifications/policy/versions"): ANY,
+    ("PUT", f"{V1}/notifications/policy"): people(Role.SUPERVISOR, Role.ADMIN, note="reason required"),
+    ("GET", f"{V1}/notifications/oncall"): ANY,
+    ("GET", f"{V1}/notifications/overrides"): ANY,
+    ("POST", f"{V1}/notifications/overrides"): people(Role.SUPERVISOR, Role.ADMIN, note="reason required"),
+    ("POST", f"{V1}/notifications/overrides/{{override_id}}/revoke"): people(Role.SUPERVISOR, Role.ADMIN,
+                                                                              note="reason required"),
+    ("GET", f"{V1}/notifications/episodes"): ANY,
+    ("GET", f"{V1}/notifications/deliveries/{{delivery_id}}"): ANY,
     # The dashboard's pages and fragments (app/web): without credentials a page redirects to the login page.
     ("GET", "/login"): PUBLIC,
+    # a notification's single-use link: the page asks for the recipient's password (app/web/ack.py)
+    ("GET", "/ack/{token}"): PUBLIC,
+    ("POST", "/ack/{token}"): PUBLIC,
     ("GET", "/"): ANY,
     ("GET", "/runs/{run_id}"): ANY,
     ("GET", "/alarms"): ANY,

@@ -154,7 +154,8 @@ async def _delivery_link(service: Service, username: str) -> tuple[str, str]:
     return alarm_id, rt.sender.token(row["notification_id"], row["contact_point_id"])
 
 
-async def test_the_remote_link_acknowledges_once_with_the_recipients_password_and_a_comment(service: Service, rota_policy: None) -> None:
+async def test_the_remote_link_acknowledges_once_with_the_recipients_password_and_a_comment(
+        service: Service, rota_policy: None) -> None:
     rt = runtime(service)
     assert rt.alarms is not None
     # who the rota names depends on the service clock's hour: an override puts this test's user on call

@@ -264,6 +264,54 @@ def _alarm_action(verb: str) -> Builder:
     return build
 
 
+WALK_POLICY = {"rules": [{"name": "walk", "match": {"priorities": ["advisory"], "devices": ["no-such-device"]},
+                           "tiers": [{"notify": {"rotas": ["walk"]}}]}],
+               "rotas": [{"name": "walk", "shifts": [{"days": ["mon"], "start": "08:00", "end": "18:00",
+                                                      "users": ["walker"]}]}]}
+
+
+async def _policy(service: Service, actor: Actor) -> Request:
+    return "/api/v1/notifications/policy", {"policy": WALK_POLICY, "reason": "walk: a new version"}
+
+
+async def _walk_policy(service: Service) -> None:
+    """A policy with the rota `walk` (saved on the command line's behalf), unless one is in force."""
+    from app.notify import rules, store
+
+    conn = await db.connect(service.dsn)
+    try:
+        current = await store.current(conn)
+        if current is None or current[1].rota("walk") is None:
+            await store.save(conn, rules.Policy.model_validate(WALK_POLICY), principal=cli_principal(),
+                             reason="walk: the rota overrides name", at=datetime.now().astimezone())
+    finally:
+        await conn.close()
+
+
+async def _override(service: Service, actor: Actor) -> Request:
+    await _walk_policy(service)
+    start = datetime.now().astimezone()
+    return "/api/v1/notifications/overrides", {
+        "rota": "walk", "starts_at": start.isoformat(), "ends_at": (start + timedelta(hours=8)).isoformat(),
+        "users": [actor.principal.name], "reason": "walk: a swap"}
+
+
+async def _revoke_override(service: Service, actor: Actor) -> Request:
+    from app.notify import store
+
+    await _walk_policy(service)
+    conn = await db.connect(service.dsn)
+    try:
+        start = datetime.now().astimezone()
+        someone = str(await conn.fetchval("SELECT username FROM users WHERE NOT disabled ORDER BY id LIMIT 1"))
+        row = await store.create_override(conn, rota="walk", starts_at=start, ends_at=start + timedelta(hours=1),
+                                          users=[someone], reason="walk: to revoke",
+                                          principal=cli_principal(), at=start)
+    finally:
+        await conn.close()
+    return f"/api/v1/notifications/overrides/{row['id']}/revoke", {"reason": "walk: swap cancelled"}
+
+
 BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): _alarm_action("acknowledge"),
     ("POST", "/api/v1/alarms/{alarm_id}/shelve"): _alarm_action("shelve"),
@@ -296,6 +344,9 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("PATCH", "/api/v1/contact-points/{contact_id}"): _update_contact_point,
     ("POST", "/api/v1/contact-points/{contact_id}/test"): _test_contact_point,
     ("POST", "/api/v1/signatures"): _sign,
+    ("PUT", "/api/v1/notifications/policy"): _policy,
+    ("POST", "/api/v1/notifications/overrides"): _override,
+    ("POST", "/api/v1/notifications/overrides/{override_id}/revoke"): _revoke_override,
 }
 
 # Endpoints that sign their own change: the change's record and the signature's own record (signature.create,
