@@ -23,7 +23,7 @@ from sqlalchemy import select
 from app.alarms.door import OpeningState
 from app.alarms.evaluate import AlarmState, Transition
 from app.alarms.excursion import ExcursionRule, ExcursionState
-from app.alarms.model import AlarmDefinition
+from app.alarms.model import AlarmDefinition, Severity
 from app.auth.principal import SYSTEM
 from app.db import DBConnection, query, schema
 from app.notify import outbox
@@ -43,13 +43,15 @@ class Alarm:
     run_id: int | None = None
     active_since: datetime | None = None
     changed_at: datetime | None = None
+    last_severity: Severity | None = None  # the condition last annunciated: a returned H alarm is still medium
 
     @property
     def point(self) -> str | None:
         return self.channel.partition(".")[2] or None
 
     def priority(self) -> str:
-        sev = self.state.active
+        """The priority of the active condition, else of the one last annunciated, else the definition's."""
+        sev = self.state.active or self.last_severity
         return (self.defn.priority_of(sev) if sev is not None else self.defn.priority).value
 
     def view(self) -> dict[str, Any]:

@@ -472,6 +472,8 @@ class AlarmService:
     def _emit(self, alarm: Alarm, trs: Sequence[Transition], actor: str | None = None,
               comment: str | None = None, persist: bool = True) -> None:
         for tr in trs:
+            if tr.severity is not None:
+                alarm.last_severity = tr.severity
             if alarm.state.active is None:
                 alarm.active_since = None
             elif alarm.active_since is None:

@@ -28,7 +28,7 @@ from app.alarms.door import PlannedOpening
 from app.alarms.excursion import ExcursionRule
 from app.alarms.model import AlarmDefinition
 from app.protocol.forecast import GrowthForecast
-from drivers.roles import DEVICE_CLASSES, known_roles, role
+from drivers.roles import ALARM_BEACON, DEVICE_CLASSES, known_roles, role
 
 Meaning = Literal["performed", "verified", "reviewed", "approved"]
 InputKind = Literal["number", "integer", "text", "bool", "choice", "datetime"]
@@ -163,8 +163,10 @@ class Setpoint(_Model):
         if self.device_kind not in DEVICE_CLASSES:
             raise ValueError(f"unknown device kind {self.device_kind!r}; known: {', '.join(DEVICE_CLASSES)}")
         spec = role(self.device_kind, self.point)
-        if spec is None or not spec.writable:
-            writable = [r for r in known_roles(self.device_kind) if (x := role(self.device_kind, r)) and x.writable]
+        # the alarm beacon is the alarm service's (app/alarms/beacon.py), never a process setpoint
+        if spec is None or not spec.writable or spec.name == ALARM_BEACON:
+            writable = [r for r in known_roles(self.device_kind)
+                        if (x := role(self.device_kind, r)) and x.writable and r != ALARM_BEACON]
             raise ValueError(f"{self.device_kind}.{self.point} is not a setpoint role; setpoints: {writable}")
         lo, hi = spec.plausible
         if not lo <= self.value <= hi:

@@ -27,7 +27,7 @@ from app.core.clock import ManualClock
 from app.core.live import LiveHub
 from app.core.problems import Problem
 from app.devices.hub import DeviceHub
-from drivers.base import DeviceState
+from drivers.base import DeviceState, Quality, Reading
 from drivers.devices import DeviceConfig
 from drivers.profiles import ProfileError, parse_profile
 from drivers.roles import ALARM_BEACON, role
@@ -255,3 +255,24 @@ async def test_a_failed_command_is_logged_once_and_retried_with_backoff(caplog: 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_a_returned_medium_alarm_stays_medium_and_does_not_switch_the_beacon_on() -> None:
+    """A temperature H (medium) that returned unacknowledged keeps the priority it was annunciated with: the
+    definition's own default priority (high) must not switch the beacon on."""
+    t0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+    clock = ManualClock(t0)
+    svc = AlarmService(clock, LiveHub(), [DeviceConfig(name="inc-9", kind="incubator", protocol="opcua",
+                                                       endpoint="opc.tcp://127.0.0.1:1/x")])
+    alarm = svc.alarms["inc-9.temperature:limit"]
+    for minute in range(12):  # 38.4 C for 11 min: H after its 10-min on-delay
+        svc.on_reading(Reading("inc-9.temperature", 38.4 + 0.01 * (minute % 2), clock.now(), Quality.GOOD))
+        svc.tick()
+        clock.advance(60)
+    assert (alarm.state.status.value, alarm.priority()) == ("active_unack", "medium")
+    for minute in range(4):  # back to 37 C: returned after the 2-min off-delay, still unacknowledged
+        svc.on_reading(Reading("inc-9.temperature", 37.0 + 0.01 * (minute % 2), clock.now(), Quality.GOOD))
+        svc.tick()
+        clock.advance(60)
+    assert (alarm.state.status.value, alarm.priority()) == ("returned_unack", "medium")
+    assert decide([alarm]).on is False

@@ -195,6 +195,10 @@ def mutate_setpoint(d: dict[str, Any]) -> None:
     step(d, "seed")["setpoints"][0]["point"] = "temperature"
 
 
+def mutate_beacon(d: dict[str, Any]) -> None:
+    step(d, "seed")["setpoints"][0]["point"] = "alarm_beacon"
+
+
 def mutate_setpoint_range(d: dict[str, Any]) -> None:
     step(d, "seed")["setpoints"][0]["value"] = 145
 
@@ -335,6 +339,9 @@ RULES = [
     (mutate_t0_step, "t0_step 'sow' is not a step of this recipe"),
     (mutate_setpoint, "incubator.temperature is not a setpoint role; setpoints: ['co2_setpoint', "
                       "'temperature_setpoint']"),
+    # the beacon follows the alarms, never the recipe
+    (mutate_beacon, "incubator.alarm_beacon is not a setpoint role; setpoints: ['co2_setpoint', "
+                    "'temperature_setpoint']"),
     # the role's range; the bound device's own limits are checked when the setpoint is written
     (mutate_setpoint_range, "incubator.temperature_setpoint = 145 is outside -20..100 degC"),
     (mutate_channel, "unknown channel 'incubator.pressure'"),
