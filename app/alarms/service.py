@@ -514,10 +514,10 @@ class AlarmService:
         eff = rules.effect(tr.from_state, tr.to_state, tr.reason)
         if not eff.start and eff.end is None:
             return None
+        if eff.end is not None:
+            return outbox.End(alarm.id, tr.at, eff.end, tr.reason)
         facts = self.facts(alarm, tr.severity)
         rule = rules.rule_for(policy, facts)
-        if eff.end is not None:
-            return outbox.End(alarm.id, tr.at, eff.end, tr.reason, rules.notice_wanted(rule, eff.end))
         if rule is None:
             return None
         value = f", value {tr.value:g}" if tr.value is not None else ""
@@ -782,6 +782,13 @@ class AlarmService:
         self._restored = {str(r["id"]): dict(r) for r in rows}
         for alarm in self.alarms.values():
             self._restore(alarm)  # the run each alarm serves comes with the next refresh
+        now = self.clock.now()
+        for aid, row in self._restored.items():  # the service's own conditions (notify_*): back, to be returned
+            if aid.startswith(f"{HISTORIAN}:") and aid not in self.alarms and row["status"] != "normal":
+                defn = CommLossAlarm(name=str(row["name"]), description=str(row["description"] or ""))
+                alarm = Alarm(aid, HISTORIAN, HISTORIAN, defn, initial_state(aid, now))
+                self.alarms[aid] = alarm
+                self._restore(alarm)
 
     def _has_work(self) -> bool:
         return bool(self._pending or self._dirty or self._trips or self._door_rows
@@ -870,13 +877,22 @@ class AlarmService:
                     for t in self._trips]
         if not records:
             return
+        # What arrives while the spool writes (readings do not wait for the lock) stays for the next flush: only
+        # what was written leaves memory.
+        dirty = [(a.id, a.state) for a in self._dirty.values()]
+        n_events, n_trips, n_doors = len(self._pending), len(self._trips), len(self._door_rows)
+        excursions = [(ex, ex.state) for exs in self._excursions.values() for ex in exs if ex.dirty]
         await self.spool.append_records(records)
-        self._dirty.clear()
-        self._pending.clear()
-        self._trips.clear()
-        self._door_rows.clear()
-        for exs in self._excursions.values():
-            for ex in exs:
+        for alarm_id, state in dirty:
+            alarm = self._dirty.get(alarm_id)
+            if alarm is not None and alarm.state is state:
+                del self._dirty[alarm_id]
+        for _ in range(n_events):
+            self._pending.popleft()
+        del self._trips[:n_trips]
+        del self._door_rows[:n_doors]
+        for ex, ex_state in excursions:
+            if ex.state is ex_state:
                 ex.dirty = False
         self.stats["spooled"] = self.stats.get("spooled", 0) + len(records)
 

@@ -440,8 +440,10 @@ class Channels:
             log.debug("%s at %s accepted notice %s (HTTP %d)", what, where, message.id, code)
             return f"HTTP {code}"
         permanent = 300 <= code < 500 and code not in (408, 429)
-        said = _short(response.text) if response.content else ""
-        raise DeliveryError(f"{what} at {where} answered HTTP {code}" + (f": {said}" if said else ""),
+        # Only the status and its phrase: a receiver's body may echo the request's path, and a Slack or Teams
+        # webhook's path is its secret.
+        phrase = _short(response.reason_phrase, 60)
+        raise DeliveryError(f"{what} at {where} answered HTTP {code}" + (f" {phrase}" if phrase else ""),
                             permanent=permanent)
 
     # ---- email --------------------------------------------------------------------------------

@@ -43,13 +43,13 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class End:
-    """The open episode of an alarm ends; `notice`: tell those notified."""
+    """The open episode of an alarm ends (an acknowledgement or return notice is planned; the sender sends it if the
+    episode's rule asks for it)."""
 
     alarm_id: str
     at: datetime
     end: EpisodeEnd
     reason: str
-    notice: bool
 
 
 Work = Start | End
@@ -62,8 +62,7 @@ def pack(w: Work) -> str:
             "alarm_id": w.alarm_id, "at": w.at.isoformat(), "priority": w.priority, "rule": w.rule,
             "policy_version": w.policy_version, "summary": w.summary, "key": w.key,
             "alerts": [[p.tier, p.repeat, p.due_at.isoformat()] for p in w.alerts]}})
-    return json.dumps({"end": {"alarm_id": w.alarm_id, "at": w.at.isoformat(), "end": w.end, "reason": w.reason,
-                               "notice": w.notice}})
+    return json.dumps({"end": {"alarm_id": w.alarm_id, "at": w.at.isoformat(), "end": w.end, "reason": w.reason}})
 
 
 def unpack(text: str) -> Work:
@@ -75,13 +74,22 @@ def unpack(text: str) -> Work:
                      tuple(Planned(int(t), int(r), datetime.fromisoformat(due)) for t, r, due in s["alerts"]),
                      s["key"])
     e = d["end"]
-    return End(e["alarm_id"], datetime.fromisoformat(e["at"]), e["end"], e["reason"], bool(e["notice"]))
+    return End(e["alarm_id"], datetime.fromisoformat(e["at"]), e["end"], e["reason"])
 
 
 async def apply(conn: asyncpg.Connection, w: Work) -> None:
-    """Write one piece of work in the caller's transaction."""
+    """Write one piece of work in the caller's transaction.
+
+    Work that comes late (replayed from the spool, or flushed by a replica after another one acted) never undoes
+    what happened after it: a Start older than an episode that started or ended since is dropped (the alarm was
+    acknowledged meanwhile), and an End closes only an episode that started before it.
+    """
     if isinstance(w, End):
-        await _end(conn, w.alarm_id, w.at, w.reason, w.end if w.notice else None)
+        await _end(conn, w.alarm_id, w.at, w.reason, w.end if w.end != "mode" else None)
+        return
+    later = await conn.fetchval("SELECT 1 FROM notification_episode WHERE alarm_id = $1 AND (started_at > $2 OR "
+                                "closed_at >= $2) LIMIT 1", w.alarm_id, w.at)
+    if later is not None:
         return
     open_ = await conn.fetchrow("SELECT id, priority FROM notification_episode WHERE alarm_id = $1 AND "
                                 "closed_at IS NULL FOR UPDATE", w.alarm_id)
@@ -104,7 +112,8 @@ async def apply(conn: asyncpg.Connection, w: Work) -> None:
 async def _end(conn: asyncpg.Connection, alarm_id: str, at: datetime, reason: str,
                notice: EpisodeEnd | None) -> None:
     episode = await conn.fetchval("UPDATE notification_episode SET closed_at = $2, closed_reason = $3 WHERE "
-                                  "alarm_id = $1 AND closed_at IS NULL RETURNING id", alarm_id, at, reason)
+                                  "alarm_id = $1 AND closed_at IS NULL AND started_at <= $2 RETURNING id", alarm_id,
+                                  at, reason)
     if episode is None:
         return
     await conn.execute("UPDATE notification SET status = 'cancelled', detail = $3, settled_at = $2 WHERE "
@@ -131,6 +140,12 @@ async def take_due(conn: asyncpg.Connection, now: datetime, limit: int = 50) -> 
         f"SELECT {DUE_COLUMNS} FROM notification n JOIN notification_episode e ON e.id = n.episode_id "
         f"WHERE n.status = 'pending' AND n.due_at <= $1 ORDER BY n.due_at, n.id LIMIT $2 FOR UPDATE OF n SKIP LOCKED",
         now, limit))
+
+
+async def supersede(conn: asyncpg.Connection, notification_id: int, at: datetime, detail: str) -> None:
+    """Settle an overdue alert that a later repeat of its tier replaces (one notice, not a burst, after an outage)."""
+    await conn.execute("UPDATE notification SET status = 'cancelled', detail = $2, settled_at = $3 WHERE id = $1",
+                       notification_id, detail, at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +215,27 @@ async def claim(conn: asyncpg.Connection, me: str, now: datetime, lease_until: d
 Outcome = Literal["sent", "failed", "retry"]
 
 
+async def still_pending(conn: DBConnection, delivery_id: int, me: str) -> bool:
+    """Whether a claimed delivery is still pending and still ours, just before it is sent (an acknowledgement may
+    have cancelled it since the claim)."""
+    found = await conn.fetchval("SELECT 1 FROM notification_delivery WHERE id = $1 AND status = 'pending' AND "
+                                "claimed_by = $2", delivery_id, me)
+    return found is not None
+
+
+async def release(conn: DBConnection, delivery_id: int, me: str) -> None:
+    """Give up a claim without an attempt (the delivery was cancelled meanwhile)."""
+    await conn.execute("UPDATE notification_delivery SET claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND "
+                       "claimed_by = $2", delivery_id, me)
+
+
 async def finish(conn: asyncpg.Connection, delivery_id: int, *, me: str, attempt: int, started_at: datetime,
                  finished_at: datetime, outcome: Outcome, detail: str, next_attempt_at: datetime | None,
                  replica: str) -> str:
     """Record an attempt and settle the delivery (in the caller's transaction); its status after it.
 
-    A delivery cancelled while it was being sent ends as sent if it went out, else stays cancelled.
+    A delivery cancelled while it was being sent ends as sent if it went out, else stays cancelled. A sender whose
+    claim was taken over (its lease ran out) records its attempt but leaves the delivery to the new claimant.
     """
     await conn.execute("INSERT INTO notification_attempt (delivery_id, attempt, started_at, finished_at, ok, "
                        "detail, replica) VALUES ($1, $2, $3, $4, $5, $6, $7)", delivery_id, attempt, started_at,
@@ -217,7 +247,10 @@ async def finish(conn: asyncpg.Connection, delivery_id: int, *, me: str, attempt
         "sent_at = CASE WHEN $3 = 'sent' THEN $4 ELSE sent_at END, "
         "last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $5 END, "
         "next_attempt_at = coalesce($6, next_attempt_at), claimed_by = NULL, claimed_until = NULL "
-        "WHERE id = $1 RETURNING status", delivery_id, attempt, outcome, finished_at, detail, next_attempt_at)
+        "WHERE id = $1 AND claimed_by = $7 RETURNING status", delivery_id, attempt, outcome, finished_at, detail,
+        next_attempt_at, me)
+    if status is None:
+        status = await conn.fetchval("SELECT status FROM notification_delivery WHERE id = $1", delivery_id)
     return str(status)
 
 
@@ -227,10 +260,17 @@ async def by_token(conn: DBConnection, token: str) -> asyncpg.Record | None:
     """The delivery whose acknowledgement link this is, with its alarm and recipient."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT d.id, d.username, d.channel, d.status, d.ack_expires_at, d.ack_used_at, n.alarm_id, n.tier, "
-        "n.episode_id, e.started_at, e.closed_at, e.closed_reason FROM notification_delivery d "
+        "n.episode_id, e.started_at, e.closed_at, e.closed_reason, EXISTS (SELECT 1 FROM notification_episode l "
+        "WHERE l.alarm_id = n.alarm_id AND l.id > e.id) AS superseded FROM notification_delivery d "
         "JOIN notification n ON n.id = d.notification_id JOIN notification_episode e ON e.id = n.episode_id "
         "WHERE d.ack_token_hash = $1", token_hash(token))
     return row
+
+
+async def expire_link(conn: DBConnection, delivery_id: int, at: datetime) -> None:
+    """End a link before its time (too many wrong passwords through it)."""
+    await conn.execute("UPDATE notification_delivery SET ack_expires_at = $2 WHERE id = $1 AND ack_expires_at > $2",
+                       delivery_id, at)
 
 
 async def use_link(conn: asyncpg.Connection, delivery_id: int, at: datetime) -> bool:

@@ -118,6 +118,13 @@ class Shift(_Model):
     end: time
     users: tuple[Username, ...] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _local(self) -> Shift:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise ValueError("shift times are local times of the site's time zone (CULTURECTL_SITE_TIMEZONE): give "
+                             "them without an offset, e.g. 18:00")
+        return self
+
 
 class Rota(_Model):
     """An on-call rota."""
@@ -243,14 +250,15 @@ def effect(from_state: AlarmStatus, to_state: AlarmStatus, reason: str) -> Effec
       an episode starts (an escalation restarts it only if the priority rose: the caller checks);
     - acknowledged: the episode ends (`acknowledged`);
     - back to normal or returned unacknowledged: it ends (`returned`): the condition is gone, nobody more is woken;
-    - shelved, suppressed by design, out of service: it ends (`mode`): such alarms do not notify.
+    - shelved, suppressed by design, out of service, or its definition removed by a recipe phase: it ends
+      (`mode`): such alarms do not notify.
     """
     if to_state is AlarmStatus.ACTIVE_UNACK and (from_state is not AlarmStatus.ACTIVE_UNACK or reason == "escalated"):
         return Effect(start=True)
     if reason in _ACK_REASONS:
         return Effect(end="acknowledged")
-    if to_state in _MODES:
-        return Effect(end="mode")
+    if to_state in _MODES or reason.startswith("definition removed"):
+        return Effect(end="mode")  # a recipe phase that drops the alarm is no return to normal
     if to_state in (AlarmStatus.NORMAL, AlarmStatus.RETURNED_UNACK) and from_state is not to_state:
         return Effect(end="returned")
     return Effect()

@@ -12,7 +12,7 @@ Each pass (every `interval` wall seconds):
    (`notification.sent`); a failed one audited (`notification.failed`).
 3. A channel (email, sms, voice, webhook) whose last `channel_failures` attempts all failed raises the service
    alarm `culturectl:notify_<channel>`; its next success returns it. A tier with nobody to notify raises
-   `culturectl:notify_recipients`.
+   `culturectl:notify_nobody_<rule>_t<tier>`; passes that keep failing raise `culturectl:notify_sender`.
 
 Several replicas may run a sender on the same database: the row locks and the leases let one send each delivery.
 The only double send is a sender that dies after the channel accepted a message and before it recorded it; the
@@ -122,28 +122,43 @@ class Sender:
         return timedelta(seconds=wall_s * max(self.clock.scale, 1.0))
 
     async def run(self) -> None:
-        """Pass after pass until cancelled; database errors are retried."""
+        """Pass after pass until cancelled; database errors are retried. Passes that keep failing raise the service
+        alarm `culturectl:notify_sender` (alarms may not be going out)."""
+        failed = 0
         while True:
             try:
                 await self.pass_once()
                 self._outage.ok()
+                failed = 0
             except asyncio.CancelledError:
                 raise
             except db.UNAVAILABLE as exc:
-                self._outage.failed(exc)
+                self._outage.failed(exc)  # the historian alarm says it
             except Exception:
+                failed += 1
                 log.exception("notification sender pass failed; retrying")
+            if self.alarms is not None and (failed == 0 or failed >= 3):
+                self.alarms.service_condition("notify_sender", failed == 0, self.clock.now(),
+                                              "the notification sender keeps failing: alarms may not be going out")
             await asyncio.sleep(self.interval)
 
     async def pass_once(self) -> int:
-        """Expand due notices and send due deliveries; how many deliveries were attempted."""
-        await self.expand_due()
-        return await self.send_due()
+        """Expand due notices and send due deliveries (also when expanding failed); the deliveries attempted."""
+        try:
+            await self.expand_due()
+        finally:
+            sent = await self.send_due()
+        return sent
 
     # -- 1. due notices -> deliveries ---------------------------------------------------------------------------
 
     async def expand_due(self) -> int:
-        """Expand every due notice into deliveries; the number of notices expanded."""
+        """Expand every due notice into deliveries; the number of notices expanded.
+
+        Each notice has its own savepoint: one that cannot be expanded (a bug, a policy the code cannot read) is
+        settled with the error and raises `culturectl:notify_sender`, and the others go on. Of several overdue
+        alerts of one tier (the service was down) only the latest goes out.
+        """
         done = 0
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -154,22 +169,46 @@ class Sender:
                 current = await store.current(conn)
                 overrides = store.as_overrides(await store.overrides(conn, covering=now))
                 by_role = await store.role_users(conn)
+                latest: dict[tuple[int, str, int], int] = {}
                 for n in due:
-                    await self._expand(conn, n, current, overrides, by_role, now)
+                    key = (int(n["episode_id"]), str(n["kind"]), int(n["tier"]))
+                    latest[key] = max(latest.get(key, -1), int(n["repeat"]))
+                for n in due:
+                    last = latest[(int(n["episode_id"]), str(n["kind"]), int(n["tier"]))]
+                    if n["kind"] == "alert" and int(n["repeat"]) < last:
+                        await outbox.supersede(conn, n["id"], now, f"overdue: superseded by repeat {last} of tier "
+                                                                   f"{n['tier']}")
+                        continue
+                    try:
+                        async with conn.transaction():
+                            await self._expand(conn, n, current, overrides, by_role, now)
+                    except db.UNAVAILABLE:
+                        raise
+                    except Exception as exc:
+                        log.exception("notification %s of alarm %s cannot be expanded", n["id"], n["alarm_id"])
+                        await outbox.supersede(conn, n["id"], now, f"failed: {type(exc).__name__}: {exc}"[:500])
+                        if self.alarms is not None:
+                            self.alarms.service_condition(
+                                "notify_sender", False, now,
+                                "a notification could not be expanded (see the log): alarms may not be going out")
                 done += len(due)
                 self.stats["expanded"] += len(due)
 
     async def _expand(self, conn: asyncpg.Connection, n: asyncpg.Record, current: tuple[int, rules.Policy] | None,
                       overrides: Sequence[rules.Override], by_role: dict[str, tuple[str, ...]],
                       now: datetime) -> None:
+        policy = current[1] if current else None
+        rule = policy.rule(str(n["rule"])) if policy else None
         if n["kind"] != "alert":
+            if not rules.notice_wanted(rule, n["kind"]):
+                await outbox.expand(conn, n["id"], [], now, None, f"{n['kind']} notice: rule {n['rule']} does not "
+                                                                  f"ask for it")
+                return
             targets = [outbox.Target(cp, user, ch) for cp, user, ch in await outbox.notified(conn, n["episode_id"])]
             detail = (f"{n['kind']} notice to {', '.join(sorted({t.username for t in targets}))}" if targets
                       else f"{n['kind']} notice: nobody was notified of this episode")
             await outbox.expand(conn, n["id"], targets, now, None, detail)
             return
-        policy = current[1] if current else None
-        rule = policy.rule(str(n["rule"])) if policy else None
         tier = rule.tiers[n["tier"] - 1] if rule is not None and n["tier"] <= len(rule.tiers) else None
         users: tuple[str, ...] = ()
         points: list[contacts.ContactPoint] = []
@@ -190,10 +229,12 @@ class Sender:
         if not targets:
             log.error("alarm %s: %s", n["alarm_id"], detail)
             await journal.note(conn, str(n["alarm_id"]), now, f"notification {detail}", SYSTEM.label)
-        if self.alarms is not None:
+        if self.alarms is not None:  # one alarm per rule and tier: another tier's success does not hide this one
+            name = "notify_nobody_" + "".join(c if c.isalnum() else "_" for c in f"{n['rule']}_t{n['tier']}")
             self.alarms.service_condition(
-                "notify_recipients", bool(targets), now,
-                "a notification tier had nobody to notify (rota, users or contact points): alarms are not going out")
+                name[:64].lower(), bool(targets), now,
+                f"tier {n['tier']} of notification rule {n['rule']} had nobody to notify (rota, users or contact "
+                f"points): its alarms are not reaching anyone")
 
     # -- 2. deliveries -> channels ------------------------------------------------------------------------------
 
@@ -208,6 +249,10 @@ class Sender:
         return len(claimed)
 
     async def _send(self, d: asyncpg.Record) -> None:
+        async with self.pool.acquire() as conn:
+            if not await outbox.still_pending(conn, int(d["id"]), self.replica):
+                await outbox.release(conn, int(d["id"]), self.replica)
+                return  # cancelled (acknowledged) since the claim, or taken over
         alarm = self.alarms.alarms.get(str(d["alarm_id"])) if self.alarms is not None else None
         view = alarm.view() if alarm is not None else {"id": d["alarm_id"]}
         token = self.token(int(d["notification_id"]), int(d["contact_point_id"])) if d["kind"] == "alert" else None

@@ -48,6 +48,9 @@ async def save(conn: asyncpg.Connection, policy: Policy, *, principal: Principal
                client: str | None = None) -> int:
     """Save a new version of the policy (audited as notification_policy.change); its version."""
     content = policy.model_dump(mode="json")
+    named = sorted({u for rule in policy.rules for tier in rule.tiers for u in tier.notify.users}
+                   | {u for rota in policy.rotas for shift in rota.shifts for u in shift.users})
+    await _active_users(conn, named, "policy")
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *_LOCK)
         old = await current(conn)
@@ -98,20 +101,15 @@ async def create_override(conn: asyncpg.Connection, *, rota: str, starts_at: dat
                           users: Sequence[str], reason: str, principal: Principal, at: datetime,
                           client: str | None = None) -> dict[str, Any]:
     """Put users on call for a rota between two instants instead of its shifts (audited as oncall.override)."""
-    if ends_at <= starts_at:
-        raise Problem(422, "override-window", "Invalid override", f"ends_at {ends_at.isoformat()} is not after "
-                      f"starts_at {starts_at.isoformat()}", rule="override_window", field="ends_at")
     policy = await current(conn)
     known = [r.name for r in policy[1].rotas] if policy else []
     if rota not in known:
-        raise Problem(422, "unknown-rota", "Unknown rota", f"the notification policy has no rota {rota!r}; rotas: "
+        raise Problem(404, "unknown-rota", "Unknown rota", f"the notification policy has no rota {rota!r}; rotas: "
                       f"{', '.join(known) or 'none'}", rule="unknown_rota", field="rota", rotas=known)
-    found = {r["username"]: r for r in await conn.fetch(
-        "SELECT username, disabled FROM users WHERE username = ANY($1::text[])", list(users))}
-    bad = [u for u in users if u not in found or found[u]["disabled"]]
-    if bad:
-        raise Problem(422, "unknown-user", "Unknown user", f"no active user {', '.join(bad)}", rule="unknown_user",
-                      field="users", users=bad)
+    await _active_users(conn, users, "users")
+    if ends_at <= starts_at:
+        raise Problem(422, "override-window", "Invalid override", f"ends_at {ends_at.isoformat()} is not after "
+                      f"starts_at {starts_at.isoformat()}", rule="override_window", field="ends_at")
     async with conn.transaction():
         row = await conn.fetchrow(
             f"INSERT INTO oncall_override (rota, starts_at, ends_at, users, reason, created_by, created_at) VALUES "
@@ -144,6 +142,18 @@ async def revoke_override(conn: asyncpg.Connection, override_id: int, *, reason:
                            entity_id=str(override_id), old={**dict(old), "users": list(old["users"])}, new=out,
                            reason=reason, client=client)
     return out
+
+
+async def _active_users(conn: DBConnection, names: Sequence[str], field: str) -> None:
+    """404 naming the users that are not active accounts (a call tree must not name someone who cannot be reached)."""
+    if not names:
+        return
+    found = {r["username"]: r for r in await conn.fetch(
+        "SELECT username, disabled FROM users WHERE username = ANY($1::text[])", list(names))}
+    bad = [u for u in names if u not in found or found[u]["disabled"]]
+    if bad:
+        raise Problem(404, "unknown-user", "Unknown user", f"no active user {', '.join(bad)}: create or enable the "
+                      f"account first", rule="unknown_user", field=field, users=bad)
 
 
 async def role_users(conn: DBConnection) -> dict[str, tuple[str, ...]]:

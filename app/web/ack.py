@@ -4,7 +4,9 @@ The link names one delivery (to one person): the page shows the alarm and asks f
 comment, so the acknowledgement stays an attributable act (a wrong password counts toward the lockout). The
 acknowledgement goes through the alarm service like one from the dashboard (journal and audit record
 `alarm.acknowledge`), and the link is spent in the same transaction; the journal notes which link was used. Then
-the page shows the alarm's trend. A used, expired or unknown link acknowledges nothing.
+the page shows the alarm's trend. A used, expired or unknown link acknowledges nothing, and neither does the link
+of an earlier activation of the same alarm; such a page shows why, not the alarm. Three wrong passwords end a
+link.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ router = APIRouter(include_in_schema=False)
 ACK_ROUTE = ("POST", "/api/v1/alarms/{alarm_id}/acknowledge")  # who may acknowledge from the link: as in the API
 TREND_HOURS = 6.0
 MAX_FORM = 8192
+LINK_TRIES = 3  # wrong passwords through one link before it ends (the account's lockout counts them too)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -56,19 +59,22 @@ async def _link(request: Request, conn: asyncpg.Connection, token: str) -> tuple
         return row, "This link was used already: each link acknowledges once."
     if row["ack_expires_at"] is None or row["ack_expires_at"] <= now:
         return row, "This link has expired. Acknowledge from the dashboard, or from a newer notification."
+    if row["superseded"]:  # never acknowledge an activation its recipient was not told of
+        return row, "This link belongs to an earlier activation of this alarm: use the newest notification."
     return row, None
 
 
 def _alarm(request: Request, alarm_id: str) -> dict[str, Any]:
     svc = _runtime(request).alarms
     alarm = svc.alarms.get(alarm_id) if svc is not None else None
-    return alarm.view() if alarm is not None else {"id": alarm_id, "status": "unknown", "description": ""}
+    return alarm.view() if alarm is not None else {"id": alarm_id, "status": "unknown", "description": "",
+                                                   "channel": None, "priority": None, "value": None}
 
 
-async def trend(request: Request, conn: asyncpg.Connection, channel: str) -> dict[str, Any] | None:
+async def trend(request: Request, conn: asyncpg.Connection, channel: str | None) -> dict[str, Any] | None:
     """The channel's last hours as an SVG polyline (server-drawn: the page needs no script), or None."""
     runtime = _runtime(request)
-    cid = runtime.channel_ids.get(channel)
+    cid = runtime.channel_ids.get(channel) if channel else None
     if cid is None:
         return None
     end = runtime.clock.now()
@@ -92,10 +98,10 @@ async def trend(request: Request, conn: asyncpg.Connection, channel: str) -> dic
 @router.get("/ack/{token}", response_class=HTMLResponse)
 async def ack_page(token: str, request: Request, conn: ConnectionDep) -> HTMLResponse:
     row, why = await _link(request, conn, token)
-    alarm = _alarm(request, row["alarm_id"]) if row is not None else None
+    # a link that cannot be used shows why, not the alarm: it may have been forwarded
+    alarm = _alarm(request, row["alarm_id"]) if row is not None and why is None else None
     status = 200 if why is None else 404 if row is None else 410
-    return _render(request, status, token=token, link=row, alarm=alarm, problem=why, done=False,
-                   trend=await trend(request, conn, alarm["channel"]) if alarm and why and row else None)
+    return _render(request, status, token=token, link=row, alarm=alarm, problem=why, done=False, trend=None)
 
 
 @router.post("/ack/{token}", response_class=HTMLResponse)
@@ -104,7 +110,7 @@ async def ack_post(token: str, request: Request, conn: ConnectionDep) -> HTMLRes
     row, why = await _link(request, conn, token)
     if row is None or why is not None:
         return _render(request, 404 if row is None else 410, token=token, link=row, problem=why, done=False,
-                       alarm=_alarm(request, row["alarm_id"]) if row is not None else None, trend=None)
+                       alarm=None, trend=None)
     alarm = _alarm(request, row["alarm_id"])
     body = await request.body()
     form = {k: v[0] for k, v in parse_qs(body[:MAX_FORM].decode("utf-8", "replace")).items()}
@@ -123,6 +129,15 @@ async def ack_post(token: str, request: Request, conn: ConnectionDep) -> HTMLRes
     if user is None or not password or not await users.verify_password_for(
             conn, user["id"], password, purpose="remote acknowledgement", client=client,
             threshold=runtime.settings.lockout_threshold):
+        # a forwarded link must not be a way to guess the password (or to lock the person out): a few tries, then
+        # the link ends
+        failures: dict[int, int] = request.app.state.__dict__.setdefault("ack_failures", {})
+        failures[int(row["id"])] = failures.get(int(row["id"]), 0) + 1
+        if failures[int(row["id"])] >= LINK_TRIES:
+            await outbox.expire_link(conn, int(row["id"]), runtime.clock.now())
+            return _render(request, 410, token=token, link=row, alarm=None, done=False, trend=None,
+                           problem=f"{LINK_TRIES} wrong passwords: this link no longer works. Acknowledge from the "
+                                   f"dashboard.")
         return again(401, f"The password of {row['username']} is not right, or the account is locked or disabled.")
     principal = users.user_principal(user)
     access = access_for(*ACK_ROUTE)

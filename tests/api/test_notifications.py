@@ -28,9 +28,17 @@ ROTA_POLICY: dict[str, Any] = {
 }
 
 
+async def _people(service: Service) -> None:
+    """The users the policy names (a policy naming someone without an account is refused)."""
+    for name in ("night-owl", "day-lark", "stand-in"):
+        if name not in service.users:
+            await service.create_user(Role.OPERATOR, username=name)
+
+
 @pytest.fixture
 async def rota_policy(service: Service) -> None:
     """ROTA_POLICY in force (each test may run alone)."""
+    await _people(service)
     r = await service.client.get("/api/v1/notifications/policy", headers=await service.login(Role.OPERATOR))
     if r.status_code != 200 or r.json()["content"] != ROTA_POLICY:
         r = await service.client.put("/api/v1/notifications/policy", headers=await service.login(Role.ADMIN),
@@ -46,6 +54,11 @@ def runtime(service: Service) -> Runtime:
 async def test_a_policy_is_versioned_and_audited_and_a_bad_one_refused_naming_the_field(service: Service) -> None:
     sup = await service.login(Role.SUPERVISOR)
     r = await service.client.put("/api/v1/notifications/policy", headers=sup,
+                                 json={"policy": ROTA_POLICY, "reason": "before the accounts exist"})
+    assert r.status_code == 404 and r.json()["rule"] == "unknown_user", r.text
+    assert set(r.json()["users"]) == {"night-owl", "day-lark"}
+    await _people(service)
+    r = await service.client.put("/api/v1/notifications/policy", headers=sup,
                                  json={"policy": ROTA_POLICY, "reason": "night rota for lost devices"})
     assert r.status_code == 201, r.text
     first = r.json()
@@ -59,6 +72,10 @@ async def test_a_policy_is_versioned_and_audited_and_a_bad_one_refused_naming_th
                                  params={"entity_type": "notification_policy"})
     assert r.status_code == 200 and {e["action"] for e in r.json()["items"]} == {"notification_policy.change"}
 
+    r = await service.client.put("/api/v1/notifications/policy", headers=sup, json={"policy": {"rotas": [{
+        "name": "r", "shifts": [{"days": ["mon"], "start": "18:00+01:00", "end": "08:00", "users": ["day-lark"]}]}]},
+        "reason": "x"})
+    assert r.status_code == 422 and "without an offset" in r.text  # shifts are in the site's time zone
     bad = {"rules": [{"name": "x", "tiers": [{"notify": {"rotas": ["weekends"]}}]}], "rotas": []}
     r = await service.client.put("/api/v1/notifications/policy", headers=sup, json={"policy": bad, "reason": "x"})
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
@@ -77,9 +94,6 @@ async def test_a_policy_is_versioned_and_audited_and_a_bad_one_refused_naming_th
 
 async def test_overrides_say_who_is_on_call_instead_of_the_rota(service: Service, rota_policy: None) -> None:
     sup = await service.login(Role.SUPERVISOR)
-    for name in ("night-owl", "day-lark", "stand-in"):
-        if name not in service.users:
-            await service.create_user(Role.OPERATOR, username=name)
     at = datetime(2026, 12, 24, 23, 0, tzinfo=UTC)
     r = await service.client.get("/api/v1/notifications/oncall", headers=sup, params={"at": at.isoformat()})
     assert r.status_code == 200 and r.json()[0]["users"] == ["night-owl"]
@@ -101,8 +115,8 @@ async def test_overrides_say_who_is_on_call_instead_of_the_rota(service: Service
 
 
 @pytest.mark.parametrize(("change", "status", "rule", "field"), [
-    ({"rota": "weekends"}, 422, "unknown_rota", "rota"),
-    ({"users": ["no-such-user"]}, 422, "unknown_user", "users"),
+    ({"rota": "weekends"}, 404, "unknown_rota", "rota"),
+    ({"users": ["no-such-user"]}, 404, "unknown_user", "users"),
     ({"ends_at": "2026-12-24T17:00:00+01:00"}, 422, "override_window", "ends_at"),
 ])
 async def test_a_bad_override_is_refused_naming_the_rule_and_field(service: Service, rota_policy: None,
@@ -206,11 +220,52 @@ async def test_the_remote_link_acknowledges_once_with_the_recipients_password_an
     assert used is not None and used["ack_used_at"] is not None
 
 
-async def test_the_episodes_of_an_alarm_show_notices_and_deliveries(service: Service) -> None:
-    r = await service.client.get("/api/v1/notifications/episodes", headers=await service.login(Role.OPERATOR))
+async def test_a_link_of_an_earlier_activation_or_after_three_wrong_passwords_acknowledges_nothing(
+        service: Service, rota_policy: None) -> None:
+    rt = runtime(service)
+    assert rt.alarms is not None
+    now = rt.clock.now()
+    _, owl, password = await service.create_user(Role.OPERATOR)
+    r = await service.client.post("/api/v1/notifications/overrides", headers=await service.login(Role.SUPERVISOR),
+                                  json={"rota": "nights", "starts_at": (now - timedelta(days=1)).isoformat(),
+                                        "ends_at": (now + timedelta(days=1)).isoformat(), "users": [owl],
+                                        "reason": "this test's on-call"})
+    assert r.status_code == 201, r.text
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    alarm_id, first = await _delivery_link(service, owl)
+    for _ in range(3):
+        r = await service.client.post(f"/ack/{first}", content=b"password=guess&comment=x", headers=form)
+    assert r.status_code == 410 and "no longer works" in r.text
+    r = await service.client.post(f"/ack/{first}", content=f"password={password}&comment=x".encode(), headers=form)
+    assert r.status_code == 410 and rt.alarms.alarms[alarm_id].state.status.value == "active_unack"
+
+    # the link is for one activation: after the device returned and was lost again, the old link is refused
+    _, second = await _delivery_link(service, owl)
+    r = await service.client.get(f"/ack/{second}")
+    assert r.status_code == 200
+    _, third = await _delivery_link(service, owl)
+    r = await service.client.get(f"/ack/{second}")
+    assert r.status_code == 410 and "earlier activation" in r.text and alarm_id not in r.text
+    r = await service.client.post(f"/ack/{third}", content=f"password={password}&comment=ok".encode(), headers=form)
+    assert r.status_code == 200, r.text
+
+
+async def test_the_episodes_of_an_alarm_show_notices_and_deliveries(service: Service, rota_policy: None) -> None:
+    rt = runtime(service)
+    assert rt.alarms is not None
+    now = rt.clock.now()
+    _, owl, _ = await service.create_user(Role.OPERATOR)
+    r = await service.client.post("/api/v1/notifications/overrides", headers=await service.login(Role.SUPERVISOR),
+                                  json={"rota": "nights", "starts_at": (now - timedelta(days=1)).isoformat(),
+                                        "ends_at": (now + timedelta(days=1)).isoformat(), "users": [owl],
+                                        "reason": "this test's on-call"})
+    assert r.status_code == 201, r.text
+    alarm_id, _ = await _delivery_link(service, owl)
+    r = await service.client.get("/api/v1/notifications/episodes", headers=await service.login(Role.OPERATOR),
+                                 params={"alarm_id": alarm_id, "open": "true"})
     assert r.status_code == 200
     eps = r.json()
-    assert eps and eps[0]["rule"] == "lost-devices" and eps[0]["closed_reason"] == "acknowledge"
+    assert len(eps) == 1 and eps[0]["rule"] == "lost-devices" and eps[0]["closed_at"] is None
     note = eps[0]["notifications"][0]
     assert note["kind"] == "alert" and note["status"] == "expanded" and note["deliveries"]
     d = note["deliveries"][0]

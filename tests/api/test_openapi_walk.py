@@ -270,7 +270,14 @@ WALK_POLICY = {"rules": [{"name": "walk", "match": {"priorities": ["advisory"], 
                                                       "users": ["walker"]}]}]}
 
 
+async def _walker(service: Service) -> None:
+    """The user the walk's policy names (a policy may name only active users)."""
+    if "walker" not in service.users:
+        await service.create_user(Role.OPERATOR, username="walker")
+
+
 async def _policy(service: Service, actor: Actor) -> Request:
+    await _walker(service)
     return "/api/v1/notifications/policy", {"policy": WALK_POLICY, "reason": "walk: a new version"}
 
 
@@ -278,6 +285,7 @@ async def _walk_policy(service: Service) -> None:
     """A policy with the rota `walk` (saved on the command line's behalf), unless one is in force."""
     from app.notify import rules, store
 
+    await _walker(service)
     conn = await db.connect(service.dsn)
     try:
         current = await store.current(conn)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import asyncpg
 
+from app.auth import users
+from app.auth.principal import Role, cli_principal
+
 CULTURECTL = [sys.executable, "-m", "app.cli", "notify"]
 POLICY = """
 rotas:
@@ -53,6 +56,15 @@ async def test_validate_apply_and_who_is_on_call(db_dsn: str, tmp_path: Path) ->
     assert "rules.0.tiers.0.repeats: Input should be less than or equal to 20" in out, out
     assert "rules.0.tiers.1.notify.users.0: String should match pattern" in out, out
 
+    rc, out = await _cli("apply", str(good), "--reason", "the night call tree", env=env)
+    assert rc == 1 and "no active user alice, bob, carol" in out, out  # a call tree names people with accounts
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        for name in ("alice", "bob", "carol"):
+            await users.create_user(conn, username=name, display_name=name.title(), role=Role.OPERATOR,
+                                    password="Night-Shift-Culture-42", actor=cli_principal())
+    finally:
+        await conn.close()
     rc, out = await _cli("apply", str(good), "--reason", "the night call tree", env=env)
     assert rc == 0 and "notification policy version 1 in force" in out, out
     rc, out = await _cli("oncall", "--at", "2026-12-05T03:00:00+01:00", "--json", env=env)

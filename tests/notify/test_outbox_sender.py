@@ -342,8 +342,56 @@ async def test_nobody_on_call_raises_the_recipients_alarm(world: World) -> None:
     await r.low_co2()
     await r.pass_()
     assert not r.new_mail()
-    alarm = r.svc.alarms["culturectl:notify_recipients"]
+    alarm = r.svc.alarms["culturectl:notify_nobody_co2_t1"]  # one per rule and tier
     assert alarm.state.status.value == "active_unack"
     [n] = await rows(world.pool, "SELECT detail FROM notification n JOIN notification_episode e ON e.id = "
                                  "n.episode_id WHERE e.alarm_id = $1 AND e.closed_at IS NULL", CO2)
     assert "nobody to notify" in n["detail"] and "nobody on call" in n["detail"]
+
+
+async def test_work_that_comes_late_does_not_undo_an_acknowledgement(world: World) -> None:
+    """Replica B flushes its view of the activation after replica A's operator acknowledged: no new episode."""
+    r1 = await rig(world, policy())
+    late = AlarmService(r1.clock, LiveHub(), DEVICES, pool=world.pool)
+    async with world.pool.acquire() as conn:
+        await late.refresh(conn)
+    for i in range(31):
+        for svc in (r1.svc, late):
+            svc.on_reading(Reading("n-inc.co2", 1.5 + 0.01 * (i % 3), r1.clock.now(), Quality.GOOD))
+            svc.tick()
+        r1.clock.advance(60)
+    await r1.svc.flush()
+    await r1.svc.act(CO2, "acknowledge", principal=await person(world.pool, "alice"), comment="on it")
+    await late.flush()  # its Start is older than the acknowledgement
+    assert not await rows(world.pool, "SELECT 1 FROM notification_episode WHERE alarm_id = $1 AND closed_at IS NULL",
+                          CO2)
+    r1.clock.advance(3600)
+    await r1.sender.pass_once()
+    assert not [m for m in r1.new_mail() if "[HIGH]" in str(m.message["Subject"])]
+
+
+async def test_after_an_outage_of_the_sender_overdue_repeats_go_out_once(world: World) -> None:
+    r = await rig(world, policy())
+    await r.low_co2()
+    r.clock.advance(2 * 3600)  # the sender was down: tier 1, its repeat and tier 2 are all overdue
+    await r.pass_()
+    mails, calls = r.new_mail(), r.new_calls()
+    assert len(mails) == 1 and "repeat 1" in mails[0].text  # the latest of tier 1, not a burst
+    assert len(calls) == 1 and calls[0].json()["alarm"]["tier"] == 2
+    [superseded] = await rows(world.pool, "SELECT n.detail FROM notification n JOIN notification_episode e ON e.id = "
+                                          "n.episode_id WHERE e.alarm_id = $1 AND e.closed_at IS NULL AND n.tier = 1 "
+                                          "AND n.repeat = 0", CO2)
+    assert superseded["detail"] == "overdue: superseded by repeat 1 of tier 1"
+
+
+async def test_a_service_alarm_active_at_a_restart_comes_back_and_returns(world: World) -> None:
+    r = await rig(world, policy())
+    r.svc.service_condition("notify_sms", False, r.clock.now(), "notifications by sms keep failing")
+    await r.svc.flush()
+    again = AlarmService(r.clock, LiveHub(), DEVICES, pool=world.pool)
+    async with world.pool.acquire() as conn:
+        await again.restore(conn)
+    alarm = again.get("culturectl:notify_sms")  # known after the restart: it can be acknowledged and returned
+    assert alarm.state.status.value == "active_unack"
+    again.service_condition("notify_sms", True, r.clock.now(), "notifications by sms keep failing")
+    assert alarm.state.status.value == "returned_unack"

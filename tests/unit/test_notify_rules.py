@@ -99,6 +99,7 @@ def test_an_episode_plans_every_tier_and_repeat_in_order() -> None:
     (S.ACTIVE_UNACK, S.SHELVED, "shelve", False, "mode"),
     (S.ACTIVE_UNACK, S.SUPPRESSED_BY_DESIGN, "planned door opening", False, "mode"),
     (S.ACTIVE_UNACK, S.OUT_OF_SERVICE, "out of service", False, "mode"),
+    (S.ACTIVE_UNACK, S.NORMAL, "definition removed by the recipe phase", False, "mode"),  # no "returned" notice
 ])
 def test_what_a_transition_does(frm: S, to: S, reason: str, start: bool, end: str | None) -> None:
     e = rules.effect(frm, to, reason)
@@ -169,6 +170,8 @@ def test_recipients_of_a_tier_in_order_each_once() -> None:
                                           "users": ["a1"]}]}]}, "days"),
     ({"rotas": [{"name": "r", "shifts": [{"days": ["mon"], "start": "25:00", "end": "18:00", "users": ["a1"]}]}]},
      "start"),
+    ({"rotas": [{"name": "r", "shifts": [{"days": ["mon"], "start": "18:00Z", "end": "08:00", "users": ["a1"]}]}]},
+     "without an offset"),
     ({"rules": [{"name": "x", "match": {"priorities": ["urgent"]}, "tiers": [{"notify": {"users": ["bob"]}}]}]},
      "priorities"),
     ({"rules": [{"name": "x", "delay_min": float("nan"), "tiers": [{"notify": {"users": ["bob"]}}]}]},
