@@ -29,15 +29,19 @@ PROCESS = ("inc.temperature:", "inc.co2:", "inc.door_open:")
 
 
 class _Conn:
-    """What `refresh` reads from a database: the run row; no persisted excursion and no deviation yet."""
+    """What `refresh` reads from a database: the run row; no persisted excursion, no deviation, no calibration and
+    no notification policy yet."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
 
     async def fetch(self, sql: str, *_: Any) -> list[dict[str, Any]]:
-        return [] if "FROM deviation" in sql else self.rows
+        return [] if "FROM deviation" in sql or "calibration" in sql else self.rows
 
     async def fetchrow(self, *_: Any) -> None:
+        return None
+
+    async def fetchval(self, *_: Any) -> None:
         return None
 
     async def execute(self, *_: Any) -> str:
