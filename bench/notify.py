@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import platform
 import statistics
@@ -85,6 +86,7 @@ async def _drain(senders: list[Sender], expected: int, hooks: WebhookReceiver, b
 
 
 async def main(n_alarms: int, n_users: int, runs: int) -> None:
+    logging.getLogger("culturectl").setLevel(logging.ERROR)  # a line per activated alarm otherwise
     dsn_env = os.environ.get("DATABASE_URL")
     tmp = Path(tempfile.mkdtemp(prefix="bench-notify-"))
     embedded: db.EmbeddedPostgres | None = None
