@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         default=None,
-        description="key that signs session tokens (HS256); unset: generated once into data_dir/secret.key (0600)",
+        description="key that signs session tokens (HS256) and remote acknowledgement links; replicas must share it; "
+                    "unset: generated once into data_dir/secret.key (0600)",
     )
     token_ttl_minutes: float = Field(default=15.0, gt=0, le=24 * 60, description="lifetime of a login token")
     session_max_hours: float = Field(default=12.0, gt=0, le=7 * 24,
@@ -96,8 +97,9 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=20.0, gt=0, le=300, description="wall seconds an SMTP exchange may take")
     smtp_ca_file: Path | None = Field(default=None, description="CA bundle that signs the SMTP server's "
                                                                 "certificate; unset: the system's")
-    webhook_secret: SecretStr | None = Field(default=None, description="key of the HMAC-SHA256 signature on "
-                                                                       "webhook bodies (never logged)")
+    webhook_secret: SecretStr | None = Field(default=None, description="key of the HMAC-SHA256 signature on every "
+                                                                       "HTTP notification (webhooks, SMS, voice); "
+                                                                       "needed by them; never logged")
     webhook_timeout: float = Field(default=10.0, gt=0, le=120, description="wall seconds a webhook call may take")
     sms_url: str = Field(default="", description="SMS provider's HTTP API (a webhook); unset: no SMS")
     sms_token: SecretStr | None = Field(default=None, description="bearer token of the SMS provider (never logged)")
