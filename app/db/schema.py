@@ -20,6 +20,7 @@ Owners (the only modules that write each table family):
 - notification_policy, oncall_override: app/notify/store.py; contact_point: app/notify/contacts.py;
   notification_episode, notification, notification_delivery, notification_attempt: app/notify/outbox.py
 - calibration: app/devices/calibration.py
+- record_review, batch_record_version: app/records/record_issue.py
 - schema_info: the migrations
 
 With TimescaleDB, telemetry is a hypertable (no BRIN index) and telemetry_5m a continuous aggregate (a view);
@@ -42,6 +43,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     SmallInteger,
@@ -372,7 +374,12 @@ deviation = Table(
     Column("closed_by", Text),
     Column("close_reason", Text),
     Column("record_key", Uuid),
+    Column("classification", Text),
+    Column("impact", Text),
+    Column("actions", Text),
     CheckConstraint("(status = 'open'::text) = (closed_at IS NULL)", name="deviation_check"),
+    CheckConstraint("classification = ANY (ARRAY['minor'::text, 'major'::text, 'critical'::text])",
+                    name="deviation_classification_check"),
     CheckConstraint("status = ANY (ARRAY['open'::text, 'closed'::text])", name="deviation_status_check"),
     ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="deviation_run_id_fkey"),
     PrimaryKeyConstraint("id", name="deviation_pkey"),
@@ -773,4 +780,42 @@ calibration = Table(
     ForeignKeyConstraint(["device"], ["device.name"], name="calibration_device_fkey"),
     PrimaryKeyConstraint("id", name="calibration_pkey"),
     Index("calibration_point_idx", "device", "point", "id"),
+)
+
+record_review = Table(
+    "record_review",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, nullable=False),
+    Column("exception_key", Text, nullable=False),
+    Column("fingerprint", CHAR(64), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("reviewed_by", Text, nullable=False),
+    Column("reviewed_at", DateTime(True), nullable=False),
+    ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="record_review_run_id_fkey"),
+    PrimaryKeyConstraint("id", name="record_review_pkey"),
+    Index("record_review_run_idx", "run_id", "exception_key", "id"),
+)
+
+batch_record_version = Table(
+    "batch_record_version",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("previous", Integer),
+    Column("content_hash", CHAR(64), nullable=False),
+    Column("signed_hash", CHAR(64)),
+    Column("record", JSONB, nullable=False),
+    Column("pdf", LargeBinary, nullable=False),
+    Column("issued_at", DateTime(True), nullable=False),
+    Column("issued_by", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("chain_seq", BigInteger, nullable=False),
+    Column("chain_hash", CHAR(64), nullable=False),
+    CheckConstraint("number >= 1", name="batch_record_version_number_check"),
+    CheckConstraint("(number = 1) = (previous IS NULL)", name="batch_record_version_check"),
+    ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="batch_record_version_run_id_fkey"),
+    PrimaryKeyConstraint("id", name="batch_record_version_pkey"),
+    UniqueConstraint("run_id", "number", name="batch_record_version_run_id_number_key"),
 )

@@ -14,7 +14,7 @@ import pytest
 
 from app import db
 
-HEAD = "20261201_0013"  # the newest migration
+HEAD = "20261201_0014"  # the newest migration
 TABLES = {"schema_info", "device", "channel", "culture_run", "telemetry", "telemetry_gap", "recipe", "step_record",
           "deviation", "deviation_comment", "idempotency_key", "step_status", "setpoint_command", "alarm",
           "alarm_event", "excursion"}
