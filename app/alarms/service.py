@@ -944,10 +944,14 @@ class AlarmService:
     async def _flush_pending(self, conn: asyncpg.Connection) -> _Written:
         """Alarm rows first (the journal refers to them), then the journal in order; what was written, for
         `_committed` to forget once the transaction is committed. Caller holds the lock."""
-        alarms = [(alarm.id, alarm.state) for alarm in self._dirty.values()]
-        for alarm in list(self._dirty.values()):
-            await journal.upsert_alarm(conn, alarm)
+        # Both snapshots before the first await: an alarm that activates meanwhile (a reading, the timed pass) has
+        # its event and its row written together by the next flush, never its event alone (the journal refers to
+        # the row).
+        dirty = list(self._dirty.values())
+        alarms = [(alarm.id, alarm.state) for alarm in dirty]
         events = list(self._pending)
+        for alarm in dirty:
+            await journal.upsert_alarm(conn, alarm)
         if events:
             await conn.executemany(journal.EVENT_SQL, [
                 journal.event_args(e.alarm, e.transition, e.actor, e.comment, e.key) for e in events])

@@ -88,3 +88,28 @@ async def test_a_large_backlog_is_written_in_order_a_refused_record_is_quarantin
     with sqlite3.connect(tmp_path / "spool.sqlite3") as raw:
         quarantined = raw.execute("SELECT kind, error FROM record_quarantine").fetchall()
     assert len(quarantined) == 1 and quarantined[0][0] == "alarm_event" and "ForeignKey" in quarantined[0][1]
+
+
+async def test_an_alarm_that_activates_while_a_flush_writes_is_written_whole_by_the_next(
+        pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transition emitted during a flush's awaits (a reading, the timed pass, an operator's action) must not
+    send its journal row without its alarm row: the next flush writes both."""
+    clock = ManualClock(T0 + timedelta(days=3))
+    svc = AlarmService(clock, LiveHub(), DEVICES, pool=pool)
+    svc.service_condition("flush_race_a", False, clock.now(), "first")
+    original = journal.upsert_alarm
+    fired: list[bool] = []
+
+    async def upsert_and_meanwhile(conn: asyncpg.Connection, a: Any) -> None:
+        if not fired:
+            fired.append(True)
+            svc.service_condition("flush_race_b", False, clock.now(), "activates during the flush")
+        await original(conn, a)
+
+    monkeypatch.setattr(journal, "upsert_alarm", upsert_and_meanwhile)
+    await svc.flush()  # was: ForeignKeyViolation, the journal row of flush_race_b without its alarm row
+    await svc.flush()
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT a.id, count(e.id) AS n FROM alarm a JOIN alarm_event e ON e.alarm_id = a.id "
+                                "WHERE a.id LIKE 'culturectl:flush_race_%' GROUP BY a.id ORDER BY a.id")
+    assert [(r["id"], r["n"]) for r in rows] == [("culturectl:flush_race_a", 1), ("culturectl:flush_race_b", 1)]
