@@ -278,6 +278,9 @@ class DeviationPublic(_Strict):
     closed_at: datetime | None
     closed_by: str | None
     close_reason: str | None
+    classification: str | None = None
+    impact: str | None = None
+    actions: str | None = None
     comments: list[CommentPublic] | None = None
 
 

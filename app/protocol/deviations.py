@@ -18,9 +18,11 @@ from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.db import DBConnection, query, schema
 from app.protocol.common import json_ready, not_found, require_meaning
-from app.protocol.schemas import SignedReason
+from app.protocol.schemas import DeviationClose
 from app.records import audit, signatures
 from app.records.signatures import Signer
+
+_ASSESSMENT = ("classification", "impact", "actions")
 
 
 @signatures.register_signable("deviation", description="a deviation of a culture run: rule, status, closure",
@@ -30,8 +32,11 @@ async def _load_deviation(conn: DBConnection, entity_id: str) -> Mapping[str, An
         return None
     row = await conn.fetchrow(
         "SELECT id, run_id, step_key, rule, severity, description, opened_at, opened_by, status, closed_at, "
-        "closed_by, close_reason FROM deviation WHERE id = $1", int(entity_id))
-    return dict(row) if row is not None else None
+        "closed_by, close_reason, classification, impact, actions FROM deviation WHERE id = $1", int(entity_id))
+    if row is None:
+        return None
+    # QA's assessment is signed with the closure; a deviation closed before it existed keeps its signed content
+    return {k: v for k, v in dict(row).items() if v is not None or k not in _ASSESSMENT}
 
 
 async def open_deviation(conn: DBConnection, run_id: int, *, step_key: str | None, rule: str, severity: str,
@@ -80,7 +85,7 @@ async def rules_opened(conn: DBConnection, run_id: int, rule: str) -> set[str]:
 
 
 DEVIATION_COLUMNS = ("id, run_id, step_key, rule, severity, description, facts, opened_at, opened_by, status, "
-                     "closed_at, closed_by, close_reason")
+                     "closed_at, closed_by, close_reason, classification, impact, actions")
 
 
 async def deviation_view(conn: DBConnection, deviation_id: int, *, comments: bool = True) -> dict[str, Any]:
@@ -125,7 +130,7 @@ async def comment_deviation(conn: DBConnection, deviation_id: int, text: str, *,
     return await deviation_view(conn, deviation_id)
 
 
-async def close_deviation(conn: DBConnection, deviation_id: int, body: SignedReason, *, principal: Principal,
+async def close_deviation(conn: DBConnection, deviation_id: int, body: DeviationClose, *, principal: Principal,
                           signer: Signer, now: datetime, client: str | None) -> dict[str, Any]:
     require_meaning(body.signature, "approved", "closing a deviation")
     async with conn.transaction():
@@ -135,11 +140,13 @@ async def close_deviation(conn: DBConnection, deviation_id: int, body: SignedRea
         if row["status"] != "open":
             raise Problem(409, "deviation-closed", "Deviation already closed",
                           f"deviation {deviation_id} is already closed", rule="deviation_closed")
-        await conn.execute("UPDATE deviation SET status = 'closed', closed_at = $2, closed_by = $3, close_reason = $4 "
-                           "WHERE id = $1", deviation_id, now, principal.label, body.reason)
+        await conn.execute("UPDATE deviation SET status = 'closed', closed_at = $2, closed_by = $3, close_reason = $4, "
+                           "classification = $5, impact = $6, actions = $7 WHERE id = $1", deviation_id, now,
+                           principal.label, body.reason, body.classification, body.impact, body.actions)
         await audit.record(conn, actor=principal, action="deviation.close", entity_type="deviation",
                            entity_id=deviation_id, old={"status": "open"},
-                           new={"status": "closed", "closed_at": now}, reason=body.reason, client=client)
+                           new={"status": "closed", "closed_at": now, "classification": body.classification,
+                                "impact": body.impact, "actions": body.actions}, reason=body.reason, client=client)
         await signatures.sign_within(conn, signer, body.signature, entity_type="deviation",
                                      entity_id=str(deviation_id), client=client)
     return await deviation_view(conn, deviation_id)

@@ -63,6 +63,18 @@ class SignedReason(Reason):
     signature: SignatureInput = Field(description="the signer's password again, meaning 'approved'")
 
 
+class DeviationClose(SignedReason):
+    """Closing a deviation: the reason, QA's assessment (classification, impact, actions; shown in the batch
+    record) and the signature."""
+
+    classification: Literal["minor", "major", "critical"] | None = Field(
+        default=None, description="minor, major or critical (EU GMP deviation classes)")
+    impact: str | None = Field(default=None, min_length=1, max_length=4000,
+                               description="the impact on the product and the patient")
+    actions: str | None = Field(default=None, min_length=1, max_length=4000,
+                                description="corrective and preventive actions")
+
+
 class LotIn(BaseModel):
     """The lot of a reagent a step used, and its expiry date."""
 

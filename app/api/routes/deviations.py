@@ -40,7 +40,7 @@ async def comment(deviation_id: RecordId, body: schemas.CommentIn, principal: Cu
 
 @router.post("/{deviation_id}/close", response_model=DeviationPublic,
              summary="Close a deviation (QA): reason + signature 'approved'")
-async def close(deviation_id: RecordId, body: schemas.SignedReason, principal: CurrentPrincipal, request: Request,
+async def close(deviation_id: RecordId, body: schemas.DeviationClose, principal: CurrentPrincipal, request: Request,
                 conn: ConnectionDep, runtime: RuntimeDep) -> dict[str, Any]:
     client = client_address(request)
     await deviations.deviation_view(conn, deviation_id, comments=False)  # 404 before asking for the password
