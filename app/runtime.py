@@ -26,6 +26,7 @@ from app.ingest.writer import TelemetryWriter
 from app.notify.channels import Channels
 from app.notify.sender import Sender
 from app.protocol.engine import Engine
+from app.records.checkpoints import run_checkpoints
 from app.settings import Settings
 from drivers.base import DeviceState, PointCheck, Reading
 from drivers.devices import DeviceConfig, load_devices
@@ -136,6 +137,8 @@ class Runtime:
             self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval,
                                  setpoint_timeout=s.setpoint_timeout)
             self._tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))
+        if s.checkpoint_interval_s > 0:  # signed audit chain checkpoints, kept outside the database
+            self._tasks.append(asyncio.create_task(run_checkpoints(self.pool, s), name="audit-checkpoints"))
 
     def public_url(self) -> str:
         """Where people reach the service (the base of remote acknowledgement links)."""

@@ -108,6 +108,16 @@ class Settings(BaseSettings):
     calibration_warn_days: int = Field(default=30, ge=1, le=365,
                                        description="a point whose calibration is due within this many days raises "
                                                    "an advisory alarm")
+    checkpoint_dir: Path | None = Field(default=None, description="where signed audit chain checkpoints are "
+                                        "written, one file each (a write-once location such as an object-lock "
+                                        "mount); unset: data_dir/checkpoints")
+    checkpoint_key_file: Path | None = Field(default=None, description="Ed25519 private key (PEM) that signs the "
+                                             "checkpoints, kept outside the database and its backups; unset: "
+                                             "data_dir/checkpoint-signing.pem, created 0600 on first use with the "
+                                             "public key beside it (checkpoint-signing.pub.pem)")
+    checkpoint_interval_s: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600,
+                                         description="wall seconds between checkpoints (none while the head has not "
+                                                     "moved); 0: none on a timer, still one at each release")
 
     @field_validator("clock_epoch", "clock_origin")
     @classmethod
