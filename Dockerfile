@@ -4,6 +4,12 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     CULTURECTL_HOST=0.0.0.0 CULTURECTL_PORT=8000 CULTURECTL_DATA_DIR=/var/lib/culturectl
 
+# Pango (with HarfBuzz's subsetter) and the DejaVu fonts: the batch record's PDF/A (WeasyPrint embeds the fonts).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 \
+       fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
