@@ -38,7 +38,7 @@ from app.control.rules import BoundRun, Refusal, Source
 from app.core.clock import Clock
 from app.core.live import LiveHub
 from app.core.problems import Problem
-from app.db import query, schema
+from app.db import DBConnection, query, schema
 from app.devices.hub import DeviceHub
 from app.protocol import runs
 from app.records import audit
@@ -237,3 +237,9 @@ async def history(conn: asyncpg.Connection, device: str, *, point: str | None = 
         q = q.where(t.c.point == point)
     return [command_view(r) for r in await query.fetch(conn, q.order_by(t.c.id.desc()).limit(limit))]
 
+
+async def run_history(conn: DBConnection, run_id: int) -> list[dict[str, Any]]:
+    """The setpoint commands recorded for a run (on any of its devices), oldest first (the batch record)."""
+    t = schema.setpoint_command
+    q = select(*(t.c[name] for name in COMMAND_COLUMNS.split(", "))).where(t.c.run_id == run_id)
+    return [command_view(r) for r in await query.fetch(conn, q.order_by(t.c.id))]

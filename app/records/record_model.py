@@ -70,7 +70,8 @@ class CalibrationView(_M):
     certificate: str | None
     performed_by: str | None
     status_at_start: str | None
-    status_now: str | None
+    status_now: str | None = Field(description="at the site today; once the run has ended, on its last day")
+    status_at_end: str | None = Field(None, description="on the run's last day (its planned infusion while it runs)")
 
 
 class EquipmentView(_M):
@@ -103,6 +104,7 @@ class InputView(_M):
 
 
 class CorrectionView(_M):
+    id: int | None = Field(None, description="the correction's id (its exception's key: correction:<id>)")
     at: datetime
     by: str
     reason: str
