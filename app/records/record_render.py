@@ -34,6 +34,7 @@ import jinja2
 from markupsafe import Markup
 
 from app.core.problems import Problem
+from app.records import record_rules
 from app.records.record_model import BatchRecord, ChartView
 
 _WEB = Path(__file__).resolve().parents[1] / "web"
@@ -428,8 +429,11 @@ def record_context(record: BatchRecord, *, for_pdf: bool) -> dict[str, Any]:
     else:
         version_text = f"Version {v.number}" + (f", issued {fmt_time(v.issued_at)}" if v.issued_at else "")
     header = f"Batch record {record.identity.run_code}"
+    # an issued version's hash as issued; a draft's computed now (what a release now would sign)
+    content_hash = v.content_hash or record_rules.content_hash(record)
     return {
-        "record": record, "for_pdf": for_pdf, "sections": SECTIONS, "charts": charts, "f": FORMATS,
+        "record": record, "for_pdf": for_pdf, "sections": SECTIONS, "content_hash": content_hash, "charts": charts,
+        "f": FORMATS,
         "draft": v.draft, "version_text": version_text, "version_label": version_label(record),
         "record_css": Markup(CSS_PATH.read_text(encoding="utf-8")), "attachment_name": attachment_name(record),
         "pdf_name": pdf_name(record), "doc_title": f"{header} ({version_label(record)})",

@@ -218,10 +218,10 @@ def sample_record(*, draft: bool = True, points: int = 2000, steps: int = 8, ala
     calibrations = [CalibrationView.model_validate(c) for c in (  # by name: the model's optional fields may grow
         {"point": "temperature", "role": "temperature", "calibrated_on": "2026-06-02", "due_on": "2027-06-02",
          "certificate": "CAL-T-2231", "performed_by": "Metrology Ltd", "status_at_start": "valid",
-         "status_now": "valid"},
+         "status_at_end": "valid", "status_now": "valid"},
         {"point": "co2", "role": "co2", "calibrated_on": "2026-05-20", "due_on": "2026-11-30",
          "certificate": "CAL-C-1180", "performed_by": "Metrology Ltd", "status_at_start": "due_soon",
-         "status_now": "overdue"})]
+         "status_at_end": "overdue", "status_now": "overdue"})]
     return BatchRecord(
         generated_at=t0 + timedelta(days=7, hours=6), version=version,
         identity=Identity(

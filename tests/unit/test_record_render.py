@@ -15,6 +15,7 @@ import pypdf
 import pytest
 
 from app.records import record_render as rr
+from app.records import record_rules
 from app.records.record_model import BatchRecord, ChartView
 from tests.unit.record_fixture import T0, chart, sample_record
 
@@ -226,12 +227,14 @@ def test_the_end_shows_the_chain_head_and_the_content_hash(issued: BatchRecord, 
     chain = text[text.index('<section id="sec-chain"'):]
     assert f"seq {issued.audit_chain.seq}" in chain and issued.audit_chain.hash in chain
     assert issued.version.content_hash and issued.version.content_hash in chain
-    assert "not computed for this version" in rr.render_html(draft)
+    draft_chain = rr.render_html(draft).split('<section id="sec-chain"')[1]
+    assert record_rules.content_hash(draft) in draft_chain and "a release now would sign it" in draft_chain
 
 
 def test_calibration_due_dates_materials_and_excursions_are_listed(draft: BatchRecord) -> None:
     text = rr.render_html(draft)
-    assert "2027-06-02" in text and "CAL-C-1180" in text and "overdue" in text
+    assert "2027-06-02" in text and "CAL-C-1180" in text
+    assert "<td>due soon</td><td>overdue</td><td>overdue</td>" in text  # at T0, on the last day, now
     assert "DL4-2611-07" in text and "TNF-3301" in text
     assert "12.5" in text and "3.2 C \u00d7 min" in text
     assert text.count('data-testid="door-opening"') == 3 and "slow recovery" in text
