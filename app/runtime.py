@@ -25,13 +25,21 @@ from app.ingest.buffer import ReadingBuffer
 from app.ingest.writer import TelemetryWriter
 from app.notify.channels import Channels
 from app.notify.sender import Sender
+from app.protocol import steps
 from app.protocol.engine import Engine
-from app.records.checkpoints import run_checkpoints
+from app.records.checkpoints import CheckpointError, checkpoint_now, run_checkpoints
+from app.records.record_issue import RecordKeeper
 from app.settings import Settings
 from drivers.base import DeviceState, PointCheck, Reading
 from drivers.devices import DeviceConfig, load_devices
 
 log = logging.getLogger("culturectl.service")
+
+
+def _render_pdf(record: Any, body: bytes) -> bytes:
+    from app.records.record_render import render_pdf
+
+    return render_pdf(record, body)
 
 
 def quiet_library_loggers() -> None:
@@ -74,6 +82,7 @@ class Runtime:
     alarms: AlarmService | None = None
     channels: Channels | None = None  # email, SMS, voice, webhooks (app/notify/channels.py)
     sender: Sender | None = None  # the notification outbox's sender (app/notify/sender.py)
+    record_keeper: RecordKeeper | None = None  # issues released runs' batch records (app/records/record_issue.py)
     beacon: Beacon | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -139,6 +148,23 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))
         if s.checkpoint_interval_s > 0:  # signed audit chain checkpoints, kept outside the database
             self._tasks.append(asyncio.create_task(run_checkpoints(self.pool, s), name="audit-checkpoints"))
+        if s.record_interval > 0:  # version 1 of a released run's batch record, then one per later change
+            self.record_keeper = RecordKeeper(self.pool, self.clock, self.build_record, _render_pdf,
+                                              steps.released_runs, interval=s.record_interval,
+                                              checkpoint=self._checkpoint)
+            self._tasks.append(asyncio.create_task(self.record_keeper.run(), name="record-keeper"))
+
+    async def build_record(self, conn: Any, run_id: int) -> Any:
+        """The current draft of a run's batch record (app/records/record_collect.py)."""
+        from app.records import record_collect
+
+        return await record_collect.current_record(conn, self, run_id)
+
+    async def _checkpoint(self, conn: Any, reason: str) -> None:
+        try:
+            await checkpoint_now(self, conn, reason)
+        except CheckpointError as exc:
+            log.error("audit chain checkpoint at %s failed: %s", reason, exc)
 
     def public_url(self) -> str:
         """Where people reach the service (the base of remote acknowledgement links)."""
@@ -171,7 +197,8 @@ class Runtime:
                                                    "at": at.isoformat()})
 
     async def stop(self) -> None:
-        for task in [t for t in self._tasks if t.get_name() in ("beacon", "notify-sender", "schedule-engine")]:
+        for task in [t for t in self._tasks if t.get_name() in ("beacon", "notify-sender", "schedule-engine",
+                                                                     "record-keeper")]:
             task.cancel()  # first: they use the pool, the hub and the live hub
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
                                          description="wall seconds between checkpoints (none while the head has not "
                                                      "moved); 0: none on a timer, still one at each release")
 
+    record_interval: float = Field(default=10.0, ge=0, le=3600,
+                                   description="wall seconds between looks for released runs whose batch record "
+                                               "changed (a new version is issued); 0: no issuing")
+
     @field_validator("clock_epoch", "clock_origin")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:

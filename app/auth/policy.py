@@ -70,6 +70,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
+    ("GET", f"{V1}/records/schema"): PUBLIC,  # the batch record's JSON Schema (also in /openapi.json)
     ("POST", f"{V1}/auth/login"): PUBLIC,
     # Reading the plant: anyone signed in.
     ("GET", f"{V1}/devices"): ANY,
@@ -144,6 +145,16 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/alarms/{{alarm_id}}/out-of-service"): people(Role.SUPERVISOR, note="comment required"),
     ("POST", f"{V1}/alarms/{{alarm_id}}/return-to-service"): people(Role.SUPERVISOR, note="comment required"),
     ("GET", f"{V1}/runs/{{run_id}}/excursions"): ANY,
+    # The batch record: the current draft (people and keys of the process and QA roles; automation feeds data in and
+    # has no need of the whole record with the patient's identity); QA reviews its exceptions; its issued versions
+    # are read as issued.
+    ("GET", f"{V1}/runs/{{run_id}}/record"): roles(Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.ADMIN),
+    ("GET", f"{V1}/runs/{{run_id}}/record.pdf"): roles(Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.ADMIN),
+    ("POST", f"{V1}/runs/{{run_id}}/record/exceptions/{{key}}/review"): people(Role.QA, note="signed 'reviewed'"),
+    ("POST", f"{V1}/runs/{{run_id}}/record/reviews"): people(Role.QA, note="signed 'reviewed'"),
+    ("GET", f"{V1}/runs/{{run_id}}/record/versions"): ANY,
+    ("GET", f"{V1}/runs/{{run_id}}/record/versions/{{number}}"): ANY,
+    ("GET", f"{V1}/runs/{{run_id}}/record/versions/{{number}}/pdf"): ANY,
     # Notifications: the policy (rules, rotas), on-call overrides, what was sent.
     ("GET", f"{V1}/notifications/policy"): ANY,
     ("GET", f"{V1}/notifications/policy/versions"): ANY,
@@ -168,6 +179,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/fragments/alarms"): ANY,
     ("GET", "/runs/{run_id}/fragments/timeline"): ANY,
     ("GET", "/runs/{run_id}/fragments/record"): ANY,
+    ("GET", "/runs/{run_id}/record"): roles(Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.ADMIN),  # the batch record
 }
 
 

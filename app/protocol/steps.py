@@ -77,6 +77,16 @@ async def _load_step_record(conn: DBConnection, entity_id: str) -> Mapping[str, 
     return out
 
 
+RECORD_HASH = "record_content_hash"  # the release's provenance: the batch record content hash it signs
+
+
+async def released_runs(conn: DBConnection) -> list[tuple[int, str | None]]:
+    """Runs whose release was recorded with the content hash of their batch record (run id, that hash)."""
+    rows = await conn.fetch("SELECT run_id, provenance ->> $1 AS signed FROM step_record WHERE provenance ? $1 "
+                            "ORDER BY run_id", RECORD_HASH)
+    return [(int(r["run_id"]), r["signed"]) for r in rows]
+
+
 def release_step(recipe: Recipe) -> Step:
     """The QA release step: the one of operation 'release', else the last one."""
     return next((s for s in recipe.steps if s.operation == "release"), recipe.steps[-1])
@@ -380,11 +390,17 @@ def limit_context(run: Mapping[str, Any]) -> dict[str, object]:
 
 async def post_step(conn: DBConnection, run_id: int, step_key: str, body: StepPost, *, principal: Principal,
                     now: datetime, client: str | None, threshold: int, reply: Reply | None = None,
-                    zone: tzinfo = UTC) -> dict[str, Any]:
+                    zone: tzinfo = UTC,
+                    release_gate: Callable[[DBConnection], Awaitable[str]] | None = None) -> dict[str, Any]:
     """Record a step (see the module docstring); returns the 201 body, also given to `reply` in the transaction;
-    `zone` is the site's (the step's date for its calibration inputs)."""
+    `zone` is the site's (the step's date for its calibration inputs). `release_gate`, for the release step after
+    its own checks: refuses while the batch record has exceptions QA has not reviewed, else answers the record's
+    content hash, kept in the step's provenance so that the release signature signs it."""
     # refusals before the password
-    await _check_step(conn, run_id, step_key, body, principal, now, lock=False, zone=zone)
+    first = await _check_step(conn, run_id, step_key, body, principal, now, lock=False, zone=zone)
+    record_hash = None
+    if release_gate is not None and first.step.key == release_step(first.recipe).key:
+        record_hash = await release_gate(conn)
     signer: Signer | None = None
     if body.signature is not None:
         signer = await signatures.authenticate_signer(conn, principal, body.signature, entity_type="step_record",
@@ -393,6 +409,8 @@ async def post_step(conn: DBConnection, run_id: int, step_key: str, body: StepPo
     async with conn.transaction():
         c = await _check_step(conn, run_id, step_key, body, principal, now, lock=True, zone=zone)
         recipe, step = c.recipe, c.step
+        if record_hash is not None:
+            c.provenance[RECORD_HASH] = record_hash
         failures = acceptance.evaluate_limits(step, c.values, limit_context(c.run))
         try:
             derived = await derived_for(conn, c.run, recipe, step_key, c.values, now)

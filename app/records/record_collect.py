@@ -215,6 +215,11 @@ async def _load(conn: DBConnection, run_id: int, now: datetime) -> _Run:
     starts = [r["posted_at"] for r in records.values()] + ([row["t0"]] if row["t0"] is not None else [])
     start = min(starts) if starts else row["created_at"]
     end = max(start, ended or as_of)
+    released = records.get(release_step(recipe).key) if recipe is not None else None
+    if ended is None and released is not None:
+        # Released and not yet infused: the record's telemetry and alarms stop at the release (the product left
+        # the culture), so the issued record changes only when something happens to the run.
+        end = max(start, released["posted_at"])
     return _Run(row, view, recipe, records, recorded, as_of, start, end)
 
 

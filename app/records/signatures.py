@@ -111,7 +111,8 @@ class SignatureInput(BaseModel):
 
 # The record types the protocol registers as signable (register_signable); a test keeps the two equal, so the
 # schema states exactly what the service accepts.
-SignableType = Literal["culture_run", "deviation", "dose_decision", "recipe", "step_correction", "step_record"]
+SignableType = Literal["culture_run", "deviation", "dose_decision", "recipe", "record_review", "step_correction",
+                       "step_record"]
 
 
 class SignatureRequest(SignatureInput):

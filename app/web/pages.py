@@ -7,6 +7,8 @@ so the rules live in one place. Pages need the session cookie: without one they 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import json
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from app.core.problems import Problem
 from app.devices import registry
 from app.ingest import history
 from app.protocol import deviations, recipes, runs
+from app.records import record_issue, record_render
 from app.runtime import Runtime
 from app.web import views
 
@@ -44,6 +47,7 @@ PAGE_KINDS = {
     "run": "reading,alarm,device_state,step,run,deviation",
     "alarms": "alarm,device_state",
     "audit": "device_state,alarm",  # alarm: the title's count
+    "record": "alarm",  # the title's count; the record itself is a snapshot (reload for a newer one)
 }
 
 
@@ -224,6 +228,16 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
                  deviations=await deviations.list_deviations(conn, run_id, None, 200),
                  calibrations=await _calibrations(conn, runtime, run_id, now),
                  sse_channels=",".join(c["channel"] for c in charts))
+
+
+@router.get("/runs/{run_id}/record", response_class=HTMLResponse)
+async def record_page(run_id: int, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
+                      runtime: RuntimeDep) -> HTMLResponse:
+    """The batch record, the current draft, printable (the PDF renders the same template standalone)."""
+    record = await record_issue.draft(conn, run_id, runtime.build_record)
+    # the charts' SVG and a draft's content hash are some 100 ms of CPU for a 7-day run: off the loop
+    context = await asyncio.to_thread(functools.partial(record_render.record_context, record, for_pdf=False))
+    return _page(request, record_render.TEMPLATE, principal, "record", layout="base.html", **context)
 
 
 @router.get("/alarms", response_class=HTMLResponse)

@@ -9,7 +9,7 @@ import pytest
 
 from app.core.clock import ManualClock
 from tests.api.conftest import Service, running_service
-from tests.api.protocol_support import INPUTS, create_run_api, ensure_recipe, post_step
+from tests.api.protocol_support import INPUTS, create_run_api, ensure_recipe, post_step, review_exceptions
 
 START = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
 
@@ -94,6 +94,11 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
             r = await service.client.post("/api/v1/signatures", headers=headers, json={
                 "entity_type": "step_record", "entity_id": str(record_ids[key]), "meaning": meaning, "password": pw})
             assert r.status_code == 201, (key, meaning, r.text)
+    # then QA's review of the batch record's exceptions (the closed deviation among them)
+    r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
+    assert r.status_code == 409 and r.json()["rule"] == "exceptions_not_reviewed", r.text
+    assert f"deviation:{dev_id}" in r.json()["exceptions"]
+    await review_exceptions(service, run_id)
     # released, then infused: the infusion completes the run, which never changes again
     r = await service.client.post(f"/api/v1/runs/{run_id}/steps/release", json=release, headers=qa)
     assert r.status_code == 201 and r.json()["run"]["status"] == "running", r.text

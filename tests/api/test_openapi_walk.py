@@ -209,6 +209,21 @@ async def _qc_result(service: Service, actor: Actor) -> Request:
     return f"/api/v1/runs/{run_id}/qc-results/gram_stain", {"result": "negative", "comment": "walk: QC result"}
 
 
+async def _review(service: Service, actor: Actor) -> Request:
+    run_id = await make_run(service, _now(service))
+    dev_id = await open_deviation(service, run_id)  # an exception of the run's batch record
+    return f"/api/v1/runs/{run_id}/record/exceptions/deviation:{dev_id}/review", {
+        "comment": "walk: reviewed", "signature": {"meaning": "reviewed", "password": actor.password or "x"}}
+
+
+async def _reviews(service: Service, actor: Actor) -> Request:
+    run_id = await make_run(service, _now(service))
+    dev_id = await open_deviation(service, run_id)
+    return f"/api/v1/runs/{run_id}/record/reviews", {
+        "keys": [f"deviation:{dev_id}"], "comment": "walk: reviewed",
+        "signature": {"meaning": "reviewed", "password": actor.password or "x"}}
+
+
 def _run_action(verb: str, status: str) -> Builder:
     async def build(service: Service, actor: Actor) -> Request:
         run_id = await make_run(service, _now(service), status=status)
@@ -335,6 +350,8 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/runs/{run_id}/count-imports"): _count_import,
     ("POST", "/api/v1/runs/{run_id}/dose-decision"): _dose_decision,
     ("POST", "/api/v1/runs/{run_id}/qc-results/{test}"): _qc_result,
+    ("POST", "/api/v1/runs/{run_id}/record/exceptions/{key}/review"): _review,
+    ("POST", "/api/v1/runs/{run_id}/record/reviews"): _reviews,
     ("POST", "/api/v1/runs/{run_id}/hold"): _run_action("hold", "running"),
     ("POST", "/api/v1/runs/{run_id}/resume"): _run_action("resume", "held"),
     ("POST", "/api/v1/runs/{run_id}/abort"): _run_action("abort", "planned"),
@@ -360,6 +377,8 @@ BODIES: dict[tuple[str, str], Builder] = {
 # Endpoints that sign their own change: the change's record and the signature's own record (signature.create,
 # written by app.records.signatures.sign_within in the same transaction), both with the caller as actor.
 SIGNED_CHANGE: dict[tuple[str, str], str] = {
+    ("POST", "/api/v1/runs/{run_id}/record/exceptions/{key}/review"): "record.review",
+    ("POST", "/api/v1/runs/{run_id}/record/reviews"): "record.review",
     ("POST", "/api/v1/recipes"): "recipe.release",
     ("POST", "/api/v1/runs/{run_id}/resume"): "run.resume",
     ("POST", "/api/v1/deviations/{deviation_id}/close"): "deviation.close",

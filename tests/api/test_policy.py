@@ -50,6 +50,12 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/alarms/history": SIGNED_IN,
     "/api/v1/alarms/{alarm_id}": SIGNED_IN,
     "/api/v1/runs/{run_id}/excursions": SIGNED_IN,
+    # the batch record, whole (the patient's identity): not automation, which only feeds data in
+    "/api/v1/runs/{run_id}/record": {"operator", "supervisor", "qa", "admin"},
+    "/api/v1/runs/{run_id}/record/versions": SIGNED_IN,
+    "/api/v1/runs/{run_id}/record/versions/{number}": SIGNED_IN,
+    "/api/v1/runs/{run_id}/record/versions/{number}/pdf": SIGNED_IN,
+    "/api/v1/runs/{run_id}/record.pdf": {"operator", "supervisor", "qa", "admin"},
     # anyone's contact points: admin; one's own: any user (tests/api/test_contact_points.py)
     "/api/v1/users/{username}/contact-points": {"admin"},
     # The dashboard (app/web): pages and the fragments they re-fetch.
@@ -61,11 +67,12 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/fragments/alarms": SIGNED_IN,
     "/runs/{run_id}/fragments/timeline": SIGNED_IN,
     "/runs/{run_id}/fragments/record": SIGNED_IN,
+    "/runs/{run_id}/record": {"operator", "supervisor", "qa", "admin"},  # the batch record page, as its JSON
 }
 STREAMS = {"/api/v1/stream"}  # endless responses: tested on a real server in tests/e2e
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/api/v1/auth/login"),
           ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
-          ("GET", "/login"), ("GET", "/ack/{token}"), ("POST", "/ack/{token}")}
+          ("GET", "/login"), ("GET", "/ack/{token}"), ("POST", "/ack/{token}"), ("GET", "/api/v1/records/schema")}
 # Public pages keyed by a secret in their path (a notification's acknowledgement link): a made-up one is a 404.
 TOKEN_PAGES = {"/ack/{token}"}
 

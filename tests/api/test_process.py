@@ -9,12 +9,16 @@ import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
+import asyncpg
 import pytest
 
+from app import db
 from app.core.clock import ManualClock
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import INPUTS, LOTS, create_run_api, ensure_recipe, post_step, run_body
+from tests.support import wait_for
 
 START = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
 PREP = (("coat_vessels", -18), ("receive_cells", -3), ("incubator_ready", -2), ("seed", 0))
@@ -371,3 +375,72 @@ async def test_a_corrected_product_volume_evaluates_the_endotoxin_result_again(s
     [failed] = [d for d in devs if d["rule"] == "qc_result_failed"]  # 1.7 x 108 / 70 / 0.5 = 5.25 EU/kg/h
     assert failed["facts"]["eu_per_kg_h"] == pytest.approx(1.7 * 108 / 70 / 0.5)
     assert "corrected volume" in failed["description"]
+
+
+async def test_release_waits_for_the_review_signs_the_record_and_later_events_issue_new_versions(
+        service: Service, clock: ManualClock) -> None:
+    """Review by exception, the release signing the record's content hash, version 1 as issued, and a result
+    after release (a positive sterility test) issuing version 2 that points to 1 and re-opens the review."""
+    people = await _people(service)
+    run_id, t0 = await _run_until(service, clock, people, PREP + CULTURE + (("formulate", 170),), signed=True)
+    for test, body in (("gram_stain", {"result": "negative"}), ("endotoxin", {"eu_per_ml": 0.1}),
+                       ("mycoplasma", {"result": "negative"})):
+        assert (await _report(service, people, run_id, test, **body)).status_code == 200
+    clock.set(t0 + timedelta(hours=171))
+    qa = people.headers("qa")
+    record = (await service.client.get(f"/api/v1/runs/{run_id}/record", headers=qa)).json()
+    keys = [e["key"] for e in record["exceptions"]]
+    assert keys and all(e["review"] is None for e in record["exceptions"])
+    r = await post_step(service, qa, run_id, "release", signature=people.sign("qa", "approved"), review=False)
+    refused = _refused(r, 409, "exceptions_not_reviewed")
+    assert refused["exceptions"] == keys
+    base = f"/api/v1/runs/{run_id}/record/exceptions"
+    r = await service.client.post(f"{base}/{quote(keys[0], safe='')}/review", headers=qa, json={
+        "comment": "seen", "signature": people.sign("qa", "approved")})
+    _refused(r, 422, "signature_meaning")
+    r = await service.client.post(f"{base}/no-such-thing/review", headers=qa, json={
+        "comment": "seen", "signature": people.sign("qa", "reviewed")})
+    assert _refused(r, 404, "unknown_exception")["exceptions"] == keys
+    r = await service.client.post(f"{base}/{quote(keys[0], safe='')}/review", headers=people.headers("supervisor"),
+                                  json={"comment": "seen", "signature": people.sign("supervisor", "reviewed")})
+    assert r.status_code == 403  # QA reviews
+    r = await service.client.post(f"{base}/{quote(keys[0], safe='')}/review", headers=qa, json={
+        "comment": "acceptable: within the validated range", "signature": people.sign("qa", "reviewed")})
+    assert r.status_code == 200 and r.json()["review"]["signature"]["meaning"] == "reviewed", r.text
+    r = await post_step(service, qa, run_id, "release", signature=people.sign("qa", "approved"), review=False)
+    assert _refused(r, 409, "exceptions_not_reviewed")["exceptions"] == keys[1:]  # the reviewed one no longer
+    r = await post_step(service, qa, run_id, "release", signature=people.sign("qa", "approved"))
+    assert r.status_code == 201, r.text
+    signed = r.json()["step_record"]["provenance"]["record_content_hash"]
+
+    runtime = service.app.state.runtime
+
+    async def issued(n: int) -> list[dict[str, Any]] | None:
+        await runtime.record_keeper.pass_once()  # the keeper's own task may have issued it already
+        got = (await service.client.get(f"/api/v1/runs/{run_id}/record/versions", headers=qa)).json()
+        return got if len(got) >= n else None
+
+    versions = await wait_for(lambda: issued(1), timeout=30, what="version 1 of the batch record")
+    assert [(v["number"], v["previous"], v["signed_hash"]) for v in versions] == [(1, None, signed)]
+    v1 = (await service.client.get(f"/api/v1/runs/{run_id}/record/versions/1", headers=qa)).json()
+    assert v1["version"]["number"] == 1 and not v1["version"]["draft"]
+    assert v1["release"]["released"] and v1["audit_chain"]["seq"] > 0
+    pdf = await service.client.get(f"/api/v1/runs/{run_id}/record/versions/1/pdf", headers=qa)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and "v1.pdf" in pdf.headers["content-disposition"]
+    assert await runtime.record_keeper.pass_once() == 0  # nothing changed: no new version
+
+    conn = await db.connect(service.dsn)
+    try:
+        for sql in ("UPDATE batch_record_version SET reason = 'edited'", "DELETE FROM batch_record_version"):
+            with pytest.raises(asyncpg.PostgresError, match="issued batch record is permanent"):
+                await conn.execute(sql)
+    finally:
+        await conn.close()
+
+    assert (await _report(service, people, run_id, "sterility", result="positive")).status_code == 200
+    versions = await wait_for(lambda: issued(2), timeout=30, what="version 2 of the batch record")
+    assert [(v["number"], v["previous"]) for v in versions] == [(1, None), (2, 1)]
+    v2 = (await service.client.get(f"/api/v1/runs/{run_id}/record/versions/2", headers=qa)).json()
+    late = [e for e in v2["exceptions"] if e["review"] is None]
+    assert late and any("sterility" in e["key"] for e in late)  # the late result re-opens the review
+    assert (await service.client.get(f"/api/v1/runs/{run_id}/record/versions/3", headers=qa)).status_code == 404

@@ -6,6 +6,7 @@ bedside check), and the run ends infused with the formulated dose; the SSE strea
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -16,10 +17,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import jsonschema
+import pypdf
 import pytest
 from pydantic import SecretStr
 
 from app import db
+from app.auth.principal import Role
 from app.core.clock import ScaledClock
 from app.demo.client import DemoAutomation
 from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
@@ -27,7 +31,7 @@ from app.demo.stack import open_door, simulators
 from app.runtime import Runtime
 from app.settings import Settings
 from simulators.incubator import IncubatorSimulator
-from tests.e2e.conftest import serve
+from tests.e2e.conftest import demo_bearer, serve
 from tests.support import free_port, sse_events
 
 SCALE = 20_000.0  # 1 wall second = 5.6 clock hours: T0 - 23 h .. harvest at T0 + 168 h in about 35 s
@@ -160,3 +164,28 @@ async def test_a_whole_run_from_create_to_infusion_in_under_three_minutes(fast: 
     assert all(o["outcome"] == "planned" and 0 < o["recovery_min"] <= 20 for o in openings), openings
     assert all(o["min_temperature"] < 35.0 for o in openings), openings  # the chamber did cool: it was opened
     assert not [d["rule"] for d in devs if d["rule"].startswith("excursion") or d["rule"] == "door_recovery"], devs
+    # The batch record: issued at release (version 1, signed), again after the infusion; every step, signature,
+    # deviation and alarm in it; the JSON valid against its schema; the PDF with its pages and its JSON embedded.
+    keeper = fast.runtime.record_keeper
+    assert keeper is not None
+    await keeper.pass_once()
+    async with httpx.AsyncClient(base_url=fast.base_url, timeout=60) as http:
+        await demo_bearer(http, Role.QA)
+        versions = (await http.get(f"/api/v1/runs/{run_id}/record/versions")).json()
+        assert versions and versions[0]["number"] == 1 and versions[0]["signed_hash"], versions
+        record = (await http.get(f"/api/v1/runs/{run_id}/record")).json()
+        jsonschema.validate(record, (await http.get("/api/v1/records/schema")).json())
+        v1 = (await http.get(f"/api/v1/runs/{run_id}/record/versions/1")).json()
+        pdf = (await http.get(f"/api/v1/runs/{run_id}/record/versions/1/pdf")).content
+    assert {s["key"] for s in record["steps"]} >= done
+    assert all(e["review"] is not None for e in v1["exceptions"]), [e["key"] for e in v1["exceptions"]]
+    release = next(s for s in record["steps"] if s["key"] == "release")
+    assert {g["meaning"] for g in release["signatures"]} >= {"approved"}
+    assert {d["id"] for d in record["deviations"]} == {d["id"] for d in devs}
+    assert record["alarms"] and record["charts"] and record["audit"]
+    assert record["audit_chain"]["seq"] >= v1["audit_chain"]["seq"] > 0
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    assert len(reader.pages) > 1 and "Page 1 of" in (reader.pages[0].extract_text() or "")
+    [(name, [embedded])] = list(reader.attachments.items())
+    assert name.endswith("-v1.json") and json.loads(embedded) == v1
+

@@ -24,7 +24,7 @@ from app.api.schemas import (
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
 from app.protocol import corrections, counts, product, runs, schemas, steps
-from app.records import audit, signatures
+from app.records import audit, record_issue, signatures
 from app.records.signatures import SignatureInput, Signer
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -82,9 +82,17 @@ async def post_step(
             return _replayed(replay)
     reply = None if idempotency_key is None else idempotency.store_reply(principal, idempotency_key, path, digest)
     try:
-        return await steps.post_step(conn, run_id, step_key, body, principal=principal, now=runtime.clock.now(),
-                                     client=client_address(request), threshold=runtime.settings.lockout_threshold,
-                                     reply=reply, zone=runtime.settings.zone())
+        from app.api.routes.record_reviews import builder
+
+        build = builder(runtime)
+        out = await steps.post_step(conn, run_id, step_key, body, principal=principal, now=runtime.clock.now(),
+                                    client=client_address(request), threshold=runtime.settings.lockout_threshold,
+                                    reply=reply, zone=runtime.settings.zone(),
+                                    release_gate=lambda c: record_issue.release_gate(c, run_id, build))
+        provenance = (out.get("step_record") or {}).get("provenance") or {}
+        if runtime.record_keeper is not None and steps.RECORD_HASH in provenance:
+            runtime.record_keeper.wake()  # released: issue version 1 of the batch record now
+        return out
     except Problem:
         if idempotency_key is not None:  # a concurrent request with the same key may have won: answer as it did
             replay = await idempotency.stored_reply(conn, principal, idempotency_key, path, digest)
