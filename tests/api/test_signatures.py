@@ -177,7 +177,7 @@ async def test_bad_requests_are_named(service: Service) -> None:
         (_body(run, password, printed_name="Somebody Else"), 422, "printed_name"),
         # the schema names the signable types
         ({**_body(run, password), "entity_type": "device"}, 422,
-         "'culture_run', 'deviation', 'dose_decision', 'recipe', 'step_correction' or 'step_record'"),
+         "'culture_run', 'deviation', 'dose_decision', 'recipe', 'record_review', 'step_correction' or 'step_record'"),
         (_body(999999, password), 404, "no culture_run with id '999999'"),
     ]
     for body, status, words in cases:
