@@ -248,16 +248,22 @@ class RecordKeeper:
     interval: float = 5.0
     checkpoint: Callable[[asyncpg.Connection, str], Awaitable[Any]] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _seen: int | None = None  # the audit head of the last pass that found nothing to issue
     _outage: OutageLog = field(default_factory=lambda: OutageLog(log, "batch record keeper: database unavailable"))
 
     def wake(self) -> None:
         """Look now (a release was recorded)."""
+        self._seen = None
         self._wake.set()
 
     async def pass_once(self) -> int:
-        """Issue what changed; the versions issued."""
+        """Issue what changed; the versions issued. Nothing is built while the audit trail has not moved since the
+        last pass: every change a record shows is audited, so an unchanged head means unchanged records."""
         made = 0
         async with self.pool.acquire() as conn:
+            head = await conn.fetchval("SELECT seq FROM audit_head")
+            if head is not None and head == self._seen:
+                return 0
             for run_id, signed_hash in await self.released_runs(conn):
                 first = not await conn.fetchval("SELECT 1 FROM batch_record_version WHERE run_id = $1 LIMIT 1", run_id)
                 out = await issue(conn, run_id, build=self.build, render=self.render, now=self.clock.now(),
@@ -267,6 +273,8 @@ class RecordKeeper:
                     made += 1
                     if first and self.checkpoint is not None:
                         await self.checkpoint(conn, "release")
+            # what this pass issued moved the head: the next pass looks once more, then rests
+            self._seen = head if made == 0 else None
         return made
 
     async def run(self) -> None:
