@@ -223,7 +223,8 @@ async def _load(conn: DBConnection, run_id: int, now: datetime) -> _Run:
     return _Run(row, view, recipe, records, recorded, as_of, start, end)
 
 
-def _sig(s: SignatureOut | Mapping[str, Any]) -> SignatureView:
+def signature_view(s: SignatureOut | Mapping[str, Any]) -> SignatureView:
+    """A signature as the record shows it."""
     out = s if isinstance(s, SignatureOut) else SignatureOut.model_validate(s)
     return SignatureView(meaning=out.meaning, printed_name=out.printed_name, signer=out.signer_name,
                          role=out.signer_role, signed_at=out.signed_at, record_hash=out.record_hash,
@@ -409,9 +410,9 @@ def _steps(run: _Run, devs: Sequence[Mapping[str, Any]]) -> list[StepView]:
             override=bool(rv and rv.get("override")), override_reason=None if rv is None else rv.get("override_reason"),
             corrections=[] if rv is None else [CorrectionView(
                 id=c["id"], at=c["corrected_at"], by=c["corrected_by"], reason=c["reason"], changes=c["after"],
-                original=c["before"], signatures=[_sig(x) for x in c.get("signatures") or ()])
+                original=c["before"], signatures=[signature_view(x) for x in c.get("signatures") or ()])
                 for c in rv.get("corrections") or ()],
-            signatures=[] if rv is None else [_sig(x) for x in rv.get("signatures") or ()],
+            signatures=[] if rv is None else [signature_view(x) for x in rv.get("signatures") or ()],
             deviation_ids=sorted(ids)))
     return out
 
@@ -423,7 +424,7 @@ async def _deviation(conn: DBConnection, d: Mapping[str, Any]) -> DeviationView:
         impact=d.get("impact"), actions=d.get("actions"), opened_at=d["opened_at"], opened_by=str(d["opened_by"]),
         status=str(d["status"]), closed_at=d.get("closed_at"), closed_by=d.get("closed_by"),
         close_reason=d.get("close_reason"), comments=list(d.get("comments") or ()),
-        signatures=[_sig(s) for s in await signatures.list_signatures(conn, "deviation", str(d["id"]),
+        signatures=[signature_view(s) for s in await signatures.list_signatures(conn, "deviation", str(d["id"]),
                                                                         limit=10_000)])
 
 
@@ -550,7 +551,8 @@ async def _release(conn: DBConnection, run: _Run, devs: Sequence[Mapping[str, An
     released_at = _released_at(run)
     if released_at is not None:
         return ReleaseView(released=True, released_at=released_at,
-                           signatures=[_sig(s) for s in run.recorded[key].get("signatures") or ()], refusals=[])
+                           signatures=[signature_view(s) for s in run.recorded[key].get("signatures") or ()],
+                           refusals=[])
     row, run_id = run.row, int(run.row["id"])
     out: list[str] = []
     if row["status"] in runs.CLOSED:

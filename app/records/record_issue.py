@@ -34,7 +34,8 @@ from app.core.problems import Problem
 from app.db import DBConnection
 from app.protocol.common import require_meaning
 from app.records import audit, signatures
-from app.records.record_model import BatchRecord, ExceptionView, Review, SignatureView, VersionInfo
+from app.records.record_collect import signature_view
+from app.records.record_model import BatchRecord, ExceptionView, Review, VersionInfo
 from app.records.record_rules import ReviewRow, attach_reviews, content_hash
 from app.records.signatures import SignatureInput
 
@@ -62,11 +63,6 @@ async def _load_review(conn: DBConnection, entity_id: str) -> Mapping[str, Any] 
     return dict(row) if row is not None else None
 
 
-def _signature_view(s: signatures.SignatureOut) -> SignatureView:
-    return SignatureView(meaning=s.meaning, printed_name=s.printed_name, signer=s.signer_name, role=s.signer_role,
-                         signed_at=s.signed_at, record_hash=s.record_hash, comment=s.comment, valid=s.valid)
-
-
 async def reviews(conn: DBConnection, run_id: int) -> list[ReviewRow]:
     """Every review of the run's exceptions, with its signature (record_rules.attach_reviews picks what counts)."""
     rows = await conn.fetch("SELECT id, exception_key, fingerprint, comment, reviewed_by, reviewed_at FROM "
@@ -74,7 +70,7 @@ async def reviews(conn: DBConnection, run_id: int) -> list[ReviewRow]:
     out: list[ReviewRow] = []
     for r in rows:
         signed = await signatures.list_signatures(conn, "record_review", str(r["id"]))
-        sig = next((_signature_view(x) for x in signed if x.meaning == "reviewed"), None)
+        sig = next((signature_view(x) for x in signed if x.meaning == "reviewed"), None)
         out.append(ReviewRow(str(r["exception_key"]), str(r["fingerprint"]), str(r["reviewed_by"]), r["reviewed_at"],
                              str(r["comment"]), sig))
     return out
@@ -142,7 +138,7 @@ async def review_many(conn: asyncpg.Connection, run_id: int, body: ReviewsIn, *,
             sig = await signatures.sign_within(conn, signer, body.signature, entity_type="record_review",
                                                entity_id=str(review_id), client=client)
             out.append(found.model_copy(update={"review": Review(by=principal.label, at=now, comment=body.comment,
-                                                                 signature=_signature_view(sig))}))
+                                                                 signature=signature_view(sig))}))
     return out
 
 

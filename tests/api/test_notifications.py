@@ -138,6 +138,18 @@ async def test_an_override_without_a_utc_offset_is_refused(service: Service) -> 
     assert r.status_code == 422 and "starts_at" in r.text
 
 
+async def _on_call(service: Service) -> tuple[str, str]:
+    """A new operator put on call for the rota (an override around the service clock's now): (name, password)."""
+    now = runtime(service).clock.now()
+    _, owl, password = await service.create_user(Role.OPERATOR)
+    r = await service.client.post("/api/v1/notifications/overrides", headers=await service.login(Role.SUPERVISOR),
+                                  json={"rota": "nights", "starts_at": (now - timedelta(days=1)).isoformat(),
+                                        "ends_at": (now + timedelta(days=1)).isoformat(), "users": [owl],
+                                        "reason": "this test's on-call"})
+    assert r.status_code == 201, r.text
+    return owl, password
+
+
 async def _delivery_link(service: Service, username: str) -> tuple[str, str]:
     """A comm-loss alarm of the first device planned and expanded for `username`: (alarm id, the link's token)."""
     rt = runtime(service)
@@ -173,13 +185,7 @@ async def test_the_remote_link_acknowledges_once_with_the_recipients_password_an
     rt = runtime(service)
     assert rt.alarms is not None
     # who the rota names depends on the service clock's hour: an override puts this test's user on call
-    sup = await service.login(Role.SUPERVISOR)
-    now = rt.clock.now()
-    _, owl, owl_password = await service.create_user(Role.OPERATOR)
-    r = await service.client.post("/api/v1/notifications/overrides", headers=sup, json={
-        "rota": "nights", "starts_at": (now - timedelta(days=1)).isoformat(),
-        "ends_at": (now + timedelta(days=1)).isoformat(), "users": [owl], "reason": "this test's on-call"})
-    assert r.status_code == 201, r.text
+    owl, owl_password = await _on_call(service)
     alarm_id, token = await _delivery_link(service, owl)
 
     page = await service.client.get(f"/ack/{token}")
@@ -224,13 +230,7 @@ async def test_a_link_of_an_earlier_activation_or_after_three_wrong_passwords_ac
         service: Service, rota_policy: None) -> None:
     rt = runtime(service)
     assert rt.alarms is not None
-    now = rt.clock.now()
-    _, owl, password = await service.create_user(Role.OPERATOR)
-    r = await service.client.post("/api/v1/notifications/overrides", headers=await service.login(Role.SUPERVISOR),
-                                  json={"rota": "nights", "starts_at": (now - timedelta(days=1)).isoformat(),
-                                        "ends_at": (now + timedelta(days=1)).isoformat(), "users": [owl],
-                                        "reason": "this test's on-call"})
-    assert r.status_code == 201, r.text
+    owl, password = await _on_call(service)
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     alarm_id, first = await _delivery_link(service, owl)
     for _ in range(3):
@@ -253,13 +253,7 @@ async def test_a_link_of_an_earlier_activation_or_after_three_wrong_passwords_ac
 async def test_the_episodes_of_an_alarm_show_notices_and_deliveries(service: Service, rota_policy: None) -> None:
     rt = runtime(service)
     assert rt.alarms is not None
-    now = rt.clock.now()
-    _, owl, _ = await service.create_user(Role.OPERATOR)
-    r = await service.client.post("/api/v1/notifications/overrides", headers=await service.login(Role.SUPERVISOR),
-                                  json={"rota": "nights", "starts_at": (now - timedelta(days=1)).isoformat(),
-                                        "ends_at": (now + timedelta(days=1)).isoformat(), "users": [owl],
-                                        "reason": "this test's on-call"})
-    assert r.status_code == 201, r.text
+    owl, _ = await _on_call(service)
     alarm_id, _ = await _delivery_link(service, owl)
     r = await service.client.get("/api/v1/notifications/episodes", headers=await service.login(Role.OPERATOR),
                                  params={"alarm_id": alarm_id, "open": "true"})
