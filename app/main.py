@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.api.http_metrics import install_http_metrics
 from app.api.routes import alarms as alarms_api
 from app.api.routes import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
 from app.api.routes import audit as audit_api
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    install_http_metrics(app)  # requests by route template, method and status; latency (app/api/http_metrics.py)
     install_problem_handlers(app)
     app.include_router(health.router)
     # Every API route needs credentials and a role the policy table (app/auth/policy.py) allows; every error it can

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,22 @@ class SupervisorStats:
     last_error: str | None = None
     last_reading_time: datetime | None = None
     last_backoff: float = 0.0
+    # Outages (from the WARNING line "offline" to the INFO line "back online"), in wall seconds.
+    reconnects: int = 0  # outages that ended with the device back online
+    offline_seconds: float = 0.0  # length of the outages that ended (the one in progress: see offline_total)
+    offline_since_monotonic: float | None = None  # time.monotonic() when the outage in progress began
+
+    def offline_total(self, now_monotonic: float | None = None) -> float:
+        """Wall seconds the device has been offline, the outage in progress included."""
+        return offline_total(self.offline_seconds, self.offline_since_monotonic, now_monotonic)
+
+
+def offline_total(ended: float, since: float | None, now_monotonic: float | None = None) -> float:
+    """`ended` seconds of past outages plus the one in progress since `since` (time.monotonic()), if any."""
+    if since is None:
+        return ended
+    now = time.monotonic() if now_monotonic is None else now_monotonic
+    return ended + max(0.0, now - since)
 
 
 def backoff_delay(
@@ -135,6 +152,7 @@ class DeviceSupervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.driver.close()
+        self._end_outage()  # a stopped device is not offline
         self._set_state(DeviceState.STOPPED)
 
     async def write(self, point: str, value: float) -> float:
@@ -190,7 +208,15 @@ class DeviceSupervisor:
         if self._down:
             log.info("%s is back online", self.name)
             self._down = False
+            self.stats.reconnects += 1
+            self._end_outage()
         self._set_state(DeviceState.ONLINE)
+
+    def _end_outage(self) -> None:
+        since = self.stats.offline_since_monotonic
+        if since is not None:
+            self.stats.offline_seconds += max(0.0, time.monotonic() - since)
+            self.stats.offline_since_monotonic = None
 
     def _went_down(self, exc: Exception) -> None:
         if self._state is DeviceState.ONLINE:
@@ -199,6 +225,7 @@ class DeviceSupervisor:
         if self._down:
             return  # still the same outage: stay quiet
         self._down = True
+        self.stats.offline_since_monotonic = time.monotonic()
         log.warning("%s is offline: %s", self.name, exc)
         # Mark the gap once per outage: nothing is known from now until the link returns.
         now = self._clock.now()

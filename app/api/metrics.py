@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.alarms.model import AlarmStatus, Priority
+from app.api.http_metrics import HttpMetrics
+from app.core.histogram import Histogram
 from drivers.base import DeviceState
+from drivers.supervisor import offline_total
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -20,11 +24,33 @@ def _num(stats: Mapping[str, object] | None, key: str) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-class RuntimeCollector(Collector):
-    """Exports the ingest, buffer, live and device counters of one runtime."""
+def _buckets(snapshot: Mapping[str, Any] | Histogram | None) -> tuple[list[tuple[str, float]], float] | None:
+    """(cumulative buckets, sum) of a Histogram or of its snapshot(); None when there is none."""
+    if isinstance(snapshot, Histogram):
+        return snapshot.cumulative(), snapshot.sum
+    if not isinstance(snapshot, Mapping) or not snapshot.get("buckets"):
+        return None
+    return [(str(le), float(n)) for le, n in snapshot["buckets"]], float(snapshot.get("sum") or 0.0)
 
-    def __init__(self, runtime: Runtime) -> None:
+
+def _histogram(name: str, doc: str, snapshot: Mapping[str, Any] | Histogram | None) -> HistogramMetricFamily:
+    h = HistogramMetricFamily(name, doc)
+    data = _buckets(snapshot)
+    if data is not None:
+        h.add_metric([], data[0], data[1])
+    return h
+
+
+# Every priority and every state but normal: a series for each, 0 included, so graphs and alerts have no holes.
+_ALARM_STATES = [s for s in AlarmStatus if s is not AlarmStatus.NORMAL]
+
+
+class RuntimeCollector(Collector):
+    """Exports the ingest, buffer, live, device, alarm, engine, HTTP and cluster counters of one runtime."""
+
+    def __init__(self, runtime: Runtime, http: HttpMetrics | None = None) -> None:
         self.runtime = runtime
+        self.http = http
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
@@ -47,6 +73,7 @@ class RuntimeCollector(Collector):
         for name, src, key, doc in (
             ("culturectl_buffer_depth", buf, "depth", "readings waiting in the ingest buffer"),
             ("culturectl_spool_rows", wr, "spool_rows", "rows waiting in the disk spool"),
+            ("culturectl_spool_capacity_rows", wr, "spool_capacity_rows", "rows the disk spool holds at most"),
             ("culturectl_spool_age_seconds", wr, "spool_age_seconds", "age of the oldest batch in the spool"),
             ("culturectl_spool_records", wr, "spool_records",
              "records of the service (alarm journal, deviations) waiting in the spool for the database"),
@@ -86,9 +113,99 @@ class RuntimeCollector(Collector):
             for dev, status in rt.hub.status.items():
                 up.add_metric([dev], 1.0 if status.state is DeviceState.ONLINE else 0.0)
         yield up
+        yield from self._devices()
+        yield from self._alarms()
+        yield _histogram("culturectl_writer_batch_seconds",
+                         "wall seconds of one committed telemetry batch (COPY, rollup and COMMIT)",
+                         wr.get("batch_seconds"))
+        yield _histogram("culturectl_writer_batch_rows", "rows in one committed telemetry batch", wr.get("batch_rows"))
+        yield _histogram("culturectl_engine_pass_seconds", "wall seconds of one completed pass of the schedule engine",
+                         rt.engine.pass_seconds if rt.engine is not None else None)
+        yield from self._http()
+        yield from self._cluster()
+
+    def _devices(self) -> Iterator[Metric]:
+        hub = self.runtime.hub
+        reconnects = CounterMetricFamily("culturectl_device_reconnects",
+                                         "outages of a device that ended with it back online", labels=["device"])
+        offline = CounterMetricFamily("culturectl_device_offline_seconds",
+                                      "wall seconds the device was offline (the outage in progress included)",
+                                      labels=["device"])
+        if hub is not None:
+            for dev in sorted(hub.status):
+                stats = hub.stats(dev)
+                if not stats:
+                    continue  # not supervised by this process
+                reconnects.add_metric([dev], _num(stats, "reconnects"))
+                since = stats.get("offline_since_monotonic")
+                offline.add_metric([dev], offline_total(_num(stats, "offline_seconds"),
+                                                        float(since) if isinstance(since, int | float) else None))
+        yield reconnects
+        yield offline
+
+    def _alarms(self) -> Iterator[Metric]:
+        alarms = self.runtime.alarms
+        active = GaugeMetricFamily("culturectl_alarms_active", "alarms not in state normal, by priority and state",
+                                   labels=["priority", "state"])
+        transitions = CounterMetricFamily("culturectl_alarm_transitions", "alarm state transitions annunciated")
+        if alarms is not None:
+            counts: dict[tuple[str, str], int] = {}
+            for a in alarms.active():
+                key = (a.priority(), a.state.status.value)
+                counts[key] = counts.get(key, 0) + 1
+            for prio in Priority:
+                for state in _ALARM_STATES:
+                    active.add_metric([prio.value, state.value], float(counts.pop((prio.value, state.value), 0)))
+            for (prio_name, state_name), n in sorted(counts.items()):  # anything the enums do not name
+                active.add_metric([prio_name, state_name], float(n))
+            transitions.add_metric([], _num(alarms.stats, "transitions"))
+        yield active
+        yield transitions
+
+    def _http(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("culturectl_http_requests",
+                                       "HTTP requests by route template, method and status (counted when the "
+                                       "response starts)", labels=["route", "method", "status"])
+        duration = HistogramMetricFamily("culturectl_http_request_duration_seconds",
+                                         "wall seconds from a request's arrival to the end of its response (SSE "
+                                         "streams are not included)", labels=["route", "method"])
+        if self.http is not None:
+            for (route, method, status), n in sorted(self.http.requests.items()):
+                requests.add_metric([route, method, status], float(n))
+            for (route, method), hist in sorted(self.http.durations.items()):
+                duration.add_metric([route, method], hist.cumulative(), hist.sum)
+        yield requests
+        yield duration
+
+    def _cluster(self) -> Iterator[Metric]:
+        rt = self.runtime
+        cluster = getattr(rt, "cluster", None)
+        owned = GaugeMetricFamily("culturectl_device_owned", "1 when this replica owns the device (holds its lease)",
+                                  labels=["device", "replica"])
+        leader = GaugeMetricFamily("culturectl_leader", "1 while this replica is the leader", labels=["replica"])
+        counters = {
+            key: CounterMetricFamily(f"culturectl_lease_{name}", doc, labels=["replica"])
+            for key, name, doc in (
+                ("takeovers", "takeovers", "device leases this replica took over from another (or from none)"),
+                ("handovers", "handovers", "device leases this replica handed over"),
+                ("renew_failures", "renew_failures", "failed renewals of this replica's leases"),
+                ("lost", "lost", "device leases this replica lost (expired or taken while it held them)"),
+            )
+        }
+        if cluster is not None:
+            replica = str(cluster.replica_id)
+            mine = set(cluster.owned_devices())
+            for d in rt.devices:
+                owned.add_metric([d.name, replica], 1.0 if d.name in mine else 0.0)
+            leader.add_metric([replica], 1.0 if cluster.is_leader() else 0.0)
+            for key, family in counters.items():
+                family.add_metric([replica], _num(cluster.stats, key))
+        yield owned
+        yield leader
+        yield from counters.values()
 
 
-def render_metrics(runtime: Runtime) -> bytes:
+def render_metrics(runtime: Runtime, http: HttpMetrics | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector(runtime, http))
     return generate_latest(registry)

@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from app import db
+from app.core.histogram import LATENCY_BUCKETS, Histogram
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.spool import Row, Spool, level_of
 from drivers.base import MAX_MAGNITUDE, Quality, Reading
@@ -39,6 +40,7 @@ from drivers.supervisor import backoff_delay
 log = logging.getLogger("culturectl.ingest")
 
 COLUMNS = ("time", "channel_id", "value", "quality")
+BATCH_ROW_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 50_000)
 _BUCKET = timedelta(minutes=5)
 # Rollup buckets are aligned like date_bin('5 minutes', time, '2000-01-01 00:00:00+00').
 _BUCKET_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
@@ -207,6 +209,8 @@ class TelemetryWriter:
 
         self.rows_written = 0
         self.batches = 0
+        self.batch_seconds = Histogram(LATENCY_BUCKETS)  # one committed batch: COPY (+ rollup) and COMMIT
+        self.batch_rows = Histogram(BATCH_ROW_BUCKETS)
         self.last_commit_time: float | None = None
         self.duplicates_skipped = 0
         self.unknown_channel = 0
@@ -246,6 +250,8 @@ class TelemetryWriter:
         out: dict[str, Any] = {
             "rows_written": self.rows_written,
             "batches": self.batches,
+            "batch_seconds": self.batch_seconds.snapshot(),
+            "batch_rows": self.batch_rows.snapshot(),
             "last_commit_time": self.last_commit_time,
             "db_up": self.db_up,
             "db_down_since": self._down_since,
@@ -443,6 +449,7 @@ class TelemetryWriter:
         conn = self._conn
         if conn is None:
             raise _Unavailable("not connected")
+        started = time.perf_counter()
         try:
             if replay:
                 inserted = await self._write_idempotent(conn, rows)
@@ -459,6 +466,8 @@ class TelemetryWriter:
             raise _Unavailable(str(exc)) from exc
         self.rows_written += inserted
         self.batches += 1
+        self.batch_seconds.observe(time.perf_counter() - started)  # committed transactions only
+        self.batch_rows.observe(len(rows))
         self.last_commit_time = time.time()
         self._last_activity = time.monotonic()
         if self.on_commit is not None and inserted:

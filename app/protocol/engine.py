@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,7 @@ from app import db
 from app.auth.principal import SYSTEM
 from app.control.setpoints import SetpointFailed, SetpointRequest, SetpointService
 from app.core.clock import Clock
+from app.core.histogram import Histogram
 from app.core.live import LiveHub
 from app.core.outage import OutageLog
 from app.core.problems import Problem
@@ -170,6 +172,9 @@ class TickResult:
     errors: list[str] = field(default_factory=list)
 
 
+PASS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 @dataclass
 class Engine:
     """Runs `tick` every `interval` wall seconds (at most one `clock_step` of clock time) until stopped."""
@@ -183,6 +188,14 @@ class Engine:
     setpoint_timeout: float = 5.0  # wall seconds for a setpoint's write and read-back
     ticks: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # wall seconds of each completed pass (a pass the database interrupted is not counted)
+    pass_seconds: Histogram = field(default_factory=lambda: Histogram(PASS_BUCKETS))
+    last_pass_seconds: float | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics."""
+        return {"ticks": self.ticks, "last_pass_seconds": self.last_pass_seconds,
+                "pass_seconds": self.pass_seconds.snapshot()}
 
     def wall_interval(self) -> float:
         scale = self.clock.scale
@@ -207,6 +220,7 @@ class Engine:
     async def tick(self) -> TickResult:
         """One pass over every run the engine watches."""
         async with self._lock:
+            started = time.perf_counter()
             result = TickResult()
             async with self.pool.acquire() as conn:
                 ids = [int(r["id"]) for r in await conn.fetch(
@@ -223,6 +237,8 @@ class Engine:
                     log.exception("engine: run %s failed", run_id)
                     result.errors.append(f"run {run_id}: {exc}")
             self.ticks += 1
+            self.last_pass_seconds = time.perf_counter() - started
+            self.pass_seconds.observe(self.last_pass_seconds)
             return result
 
     async def _run_tick(self, run_id: int, result: TickResult) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -189,3 +190,27 @@ def test_make_driver_chooses_by_protocol() -> None:
     mb = DeviceConfig(name="c", kind="culture-system", protocol="modbus", endpoint="modbus://127.0.0.1:5020")
     assert isinstance(make_driver(opc, clock), OpcUaDriver)
     assert isinstance(make_driver(mb, clock), ModbusDriver)
+
+
+async def test_an_outage_counts_one_reconnect_and_its_wall_time_offline() -> None:
+    sup, driver, _, _, _ = make()
+    sup.start()
+    try:
+        driver.push("temperature", 37.0)
+        await wait_for(lambda: sup.state is DeviceState.ONLINE, 2.0, what="ONLINE")
+        assert sup.stats.reconnects == 0 and sup.stats.offline_total() == 0.0  # never down yet
+        before = time.monotonic()
+        driver.fail_connects = 2
+        driver.drop(DeviceUnavailable("link down"))
+        await wait_for(lambda: sup.state is DeviceState.OFFLINE, 2.0, what="OFFLINE")
+        since = sup.stats.offline_since_monotonic
+        assert since is not None and since >= before
+        assert sup.stats.offline_total(since + 5.0) == 5.0  # the outage in progress counts
+        driver.push("temperature", 37.0)
+        await wait_for(lambda: sup.state is DeviceState.ONLINE, 3.0, what="ONLINE again")
+        after = time.monotonic()
+    finally:
+        await sup.stop()
+    assert sup.stats.reconnects == 1 and sup.stats.offline_since_monotonic is None
+    assert 0.0 < sup.stats.offline_seconds <= after - before
+    assert sup.stats.offline_total() == sup.stats.offline_seconds  # nothing in progress: the total stands still

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -49,5 +49,6 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(render_metrics(runtime), media_type=CONTENT_TYPE_LATEST)
+async def metrics(runtime: RuntimeDep, request: Request) -> Response:
+    http = getattr(request.app.state, "http_metrics", None)  # app/api/http_metrics.py (install_http_metrics)
+    return Response(render_metrics(runtime, http), media_type=CONTENT_TYPE_LATEST)
