@@ -21,6 +21,7 @@ Owners (the only modules that write each table family):
   notification_episode, notification, notification_delivery, notification_attempt: app/notify/outbox.py
 - calibration: app/devices/calibration.py
 - record_review, batch_record_version: app/records/record_issue.py
+- live_event_batch: app/cluster/events.py
 - schema_info: the migrations
 
 With TimescaleDB, telemetry is a hypertable (no BRIN index) and telemetry_5m a continuous aggregate (a view);
@@ -818,4 +819,19 @@ batch_record_version = Table(
     ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="batch_record_version_run_id_fkey"),
     PrimaryKeyConstraint("id", name="batch_record_version_pkey"),
     UniqueConstraint("run_id", "number", name="batch_record_version_run_id_number_key"),
+)
+
+live_event_batch = Table(  # UNLOGGED: a short ring of live events (app/cluster/events.py)
+    "live_event_batch",
+    metadata,
+    Column("first_id", BigInteger, nullable=False, autoincrement=False),
+    Column("last_id", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("replica", Text, nullable=False),
+    Column("created_at", DateTime(True), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    CheckConstraint("count >= 1 AND last_id = first_id + count - 1", name="live_event_batch_check"),
+    PrimaryKeyConstraint("first_id", name="live_event_batch_pkey"),
+    Index("live_event_batch_last_id_idx", "last_id", unique=True),
+    prefixes=["UNLOGGED"],
 )
