@@ -11,7 +11,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.db import sqlalchemy_url
+from app.db import engine_creator, sqlalchemy_url
 
 config = context.config
 
@@ -45,7 +45,10 @@ def _do_run(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    # Connect through the service's own connect: a multi-host DSN reaches the host target_session_attrs asks for
+    # (read-write: the primary), each host tried in turn with its own timeout.
+    url = _url()
+    engine = create_async_engine(url, poolclass=pool.NullPool, async_creator=engine_creator(url))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_do_run)

@@ -6,8 +6,10 @@ gathers its modules' public names. Each table's queries live in the module that 
 
 from app.db.connect import (
     APP_ROLE,
+    TARGET_SESSION_ATTRS,
     UNAVAILABLE,
     DBConnection,
+    NoUsableServer,
     assume_app_role,
     asyncpg_connect_kwargs,
     connect,
@@ -16,9 +18,13 @@ from app.db.connect import (
     create_pool,
     database_name,
     drop_database,
+    engine_creator,
+    hosts,
+    on_unavailable,
     ping,
     plain_dsn,
     redact,
+    server_read_only,
     sqlalchemy_url,
     with_database,
 )
@@ -36,8 +42,9 @@ from app.db.migrate import (
 )
 
 __all__ = [
-    "APP_ROLE", "MIGRATIONS_PACKAGE", "UNAVAILABLE", "DBConnection", "EmbeddedPostgres", "alembic_config",
-    "assume_app_role", "asyncpg_connect_kwargs", "connect", "create_database", "create_engine", "create_pool",
-    "current_revision", "database_name", "downgrade", "downgrade_async", "drop_database", "migrations_location", "ping",
-    "plain_dsn", "redact", "sqlalchemy_url", "timescale_enabled", "upgrade", "upgrade_async", "with_database",
+    "APP_ROLE", "MIGRATIONS_PACKAGE", "TARGET_SESSION_ATTRS", "UNAVAILABLE", "DBConnection", "EmbeddedPostgres",
+    "NoUsableServer", "alembic_config", "assume_app_role", "asyncpg_connect_kwargs", "connect", "create_database",
+    "create_engine", "create_pool", "current_revision", "database_name", "downgrade", "downgrade_async",
+    "drop_database", "engine_creator", "hosts", "migrations_location", "on_unavailable", "ping", "plain_dsn", "redact",
+    "server_read_only", "sqlalchemy_url", "timescale_enabled", "upgrade", "upgrade_async", "with_database",
 ]
