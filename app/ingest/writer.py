@@ -7,9 +7,10 @@ One task (`run`) owns one asyncpg connection and does everything in order:
   batch's 5-minute aggregates into `telemetry_5m`, both in ONE transaction;
 - a unique violation means a replay: redo the batch idempotently (COPY into a temp table, then
   INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING, rolling up only the rows really inserted);
-- database unreachable: the batch goes to the spool (fsync'd SQLite); the writer reconnects with capped
-  backoff and then replays the spool oldest first, before newer data, deleting each batch only after
-  its COMMIT. While a backlog exists new batches join the end of the spool, so order is kept;
+- database unreachable (or read-only: a failover under way): the batch goes to the spool (fsync'd SQLite); the
+  writer reconnects with capped backoff (a multi-host DSN: to whichever host is the primary now, see
+  docs/high-availability.md) and then replays the spool oldest first, before newer data, deleting each batch
+  only after its COMMIT. While a backlog exists new batches join the end of the spool, so order is kept;
 - a batch the database rejects (data or constraint error) is tried 3 times, then split in halves until
   the offending rows are isolated; those go to the spool's quarantine table, the rest is written;
 - spool full (and database down): the batch is not stored, a gap record per channel is kept in the
@@ -609,6 +610,8 @@ class TelemetryWriter:
                 self._dsn, timeout=self._connect_timeout, command_timeout=self._command_timeout
             )
             await db.assume_app_role(conn)
+            if db.server_read_only(conn):  # it cannot take telemetry: keep spooling, try the hosts again later
+                raise db.NoUsableServer("the database server is read-only (a standby, or a demoted primary)")
             if self._timescale is None:
                 self._timescale = await db.timescale_enabled(conn)
                 log.info("telemetry writer: TimescaleDB path %s", "on" if self._timescale else "off")
@@ -663,6 +666,8 @@ class TelemetryWriter:
             return
         try:
             await conn.fetchval("SELECT 1", timeout=min(5.0, self._command_timeout))
+            if db.server_read_only(conn):  # demoted while idle: follow the primary before the next batch fails
+                raise db.NoUsableServer("the database server became read-only (a failover?)")
         except Exception as exc:
             await self._mark_down(exc)
             return
