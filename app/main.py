@@ -19,6 +19,7 @@ from app.api.routes import alarms as alarms_api
 from app.api.routes import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
 from app.api.routes import audit as audit_api
 from app.api.routes import calibrations as calibrations_api
+from app.api.routes import cluster as cluster_api
 from app.api.routes import contacts as contacts_api
 from app.api.routes import notifications as notifications_api
 from app.api.routes import record_reviews as record_reviews_api
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # The operator dashboard: pages redirect to /login without the session cookie (after the problem handlers).
     web_pages.install(app)
     app.include_router(web_ack.router)  # remote acknowledgement from a notification's link
+    app.include_router(cluster_api.router)  # one replica's calls on another (signed with the service key)
     return app
 
 

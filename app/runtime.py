@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 
@@ -16,6 +19,10 @@ from app import db
 from app.alarms.beacon import Beacon
 from app.alarms.service import AlarmService
 from app.auth.tokens import load_signing_key
+from app.cluster.events import EventRelay
+from app.cluster.forward import Forwarder, principal_data
+from app.cluster.node import Cluster
+from app.cluster.share import LEADER, lease_device
 from app.control.setpoints import SetpointService
 from app.core.clock import Clock
 from app.core.live import LiveHub
@@ -84,7 +91,11 @@ class Runtime:
     sender: Sender | None = None  # the notification outbox's sender (app/notify/sender.py)
     record_keeper: RecordKeeper | None = None  # issues released runs' batch records (app/records/record_issue.py)
     beacon: Beacon | None = None
+    cluster: Cluster | None = None  # this replica's device leases and the leader lease (app/cluster/node.py)
+    forwarder: Forwarder | None = None  # commands for what another replica owns go there (app/cluster/forward.py)
+    relay: EventRelay | None = None  # every replica's live events on this one's stream (app/cluster/events.py)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # run while this replica leads
 
     async def start(self) -> None:
         quiet_library_loggers()
@@ -102,6 +113,11 @@ class Runtime:
         self.pool = await db.create_pool(dsn)
         async with self.pool.acquire() as conn:
             self.channel_ids = await sync_devices(conn, self.devices)
+        if s.events_relay:  # before anything publishes: every replica's live events on every replica's stream
+            self.relay = EventRelay(self.live, self.pool, dsn, replica=self.replica_id(),
+                                    batch_interval=s.events_batch_interval, retention_s=s.events_retention_s)
+            self.relay.start()
+            self.live.attach(self.relay)
         self.buffer = ReadingBuffer(s.ingest_buffer_size)
         self.writer = TelemetryWriter(
             dsn, self.buffer, self.channel_ids,
@@ -111,12 +127,19 @@ class Runtime:
         # Open before anything can write to it: the alarm journal waits there too while the database is down.
         await self.writer.spool.open()
         self._tasks.append(asyncio.create_task(self.writer.run(), name="telemetry-writer"))
+        self.cluster = Cluster(self.pool, self.replica_id(), self.replica_url(), [d.name for d in self.devices],
+                               ttl=s.lease_ttl_s, interval=s.lease_interval_s, on_gain=self._gained,
+                               on_lose=self._lost)
         self.alarms = AlarmService(
             self.clock, self.live, self.devices, pool=self.pool,
             shelve_max=timedelta(minutes=s.alarm_shelve_max_minutes), stale_floor=s.alarm_stale_floor,
             interval=s.alarm_interval, historian=self.writer.stats, spool=self.writer.spool,
             calibration_warn_days=s.calibration_warn_days, zone=s.zone(),
+            owns=self.cluster.owns, leads=self.cluster.is_leader,
         )
+        self.forwarder = Forwarder(self.cluster.replica_id, load_signing_key(s), self.cluster.url_of,
+                                   timeout=s.setpoint_timeout + 10)
+        self.alarms.forward = self.forward_action
         await self.alarms.flush()  # what an earlier process spooled during an outage goes in first
         async with self.pool.acquire() as conn:
             await self.alarms.restore(conn)
@@ -125,9 +148,8 @@ class Runtime:
         # Each reading goes to the ingest buffer, the alarm evaluation and the live stream, in that order.
         self.hub = DeviceHub(self.devices, self.clock,
                              sinks=[self.buffer.put_nowait, self.alarms.on_reading, self._publish_reading],
-                             on_state=self._publish_state, on_check=self._device_checked, data_dir=s.data_dir)
-        if s.connect_devices:
-            self.hub.start()
+                             on_state=self._publish_state, on_check=self._device_checked, data_dir=s.data_dir,
+                             write_window=self.cluster.write_window)
         # Each device's alarm_beacon point is on while a high-priority alarm is unacknowledged (app/alarms/beacon.py).
         alarm_service = self.alarms
         self.beacon = Beacon(lambda: alarm_service.alarms.values(),
@@ -144,15 +166,94 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.sender.run(), name="notify-sender"))
         if s.engine_enabled:
             self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval,
-                                 setpoint_timeout=s.setpoint_timeout)
-            self._tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))
-        if s.checkpoint_interval_s > 0:  # signed audit chain checkpoints, kept outside the database
-            self._tasks.append(asyncio.create_task(run_checkpoints(self.pool, s), name="audit-checkpoints"))
+                                 setpoint_timeout=s.setpoint_timeout, forward=self.forward_setpoint)
         if s.record_interval > 0:  # version 1 of a released run's batch record, then one per later change
             self.record_keeper = RecordKeeper(self.pool, self.clock, self.build_record, _render_pdf,
                                               steps.released_runs, interval=s.record_interval,
                                               checkpoint=self._checkpoint)
-            self._tasks.append(asyncio.create_task(self.record_keeper.run(), name="record-keeper"))
+        # The first pass claims the devices (all of them when this replica is alone) and perhaps the leader lease;
+        # each claimed device starts here (`_gained`), then the loop keeps the leases.
+        await self.cluster.start()
+        self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+
+    async def forward_setpoint(self, device: str, body: Any, principal: Any, source: str,
+                               client: str | None) -> dict[str, Any] | None:
+        """A setpoint command for a device another replica owns: carried out there (None: this replica's)."""
+        owner = self.cluster.owner_of(device) if self.cluster is not None else None
+        if owner is None or self.forwarder is None or owner == self.forwarder.me:
+            return None  # this replica's, or nobody's for a moment: tried here, and refused at the write
+        return await self.forwarder.post(owner, f"/setpoints/{quote(device, safe='')}", {
+            "body": body.model_dump(mode="json"), "principal": principal_data(principal), "source": source,
+            "client": client})
+
+    async def forward_action(self, alarm: Any, action: str, principal: Any, comment: str, until: datetime | None,
+                             client: str | None, link: Any) -> dict[str, Any] | None:
+        """An operator's action on an alarm another replica evaluates: carried out there (None: here)."""
+        c = self.cluster
+        if c is None or self.forwarder is None:
+            return None
+        owner = c.owner_of(alarm.device) if alarm.device in c.devices else c.leader()
+        if owner is None or owner == c.replica_id:
+            return None
+        return await self.forwarder.post(owner, f"/alarms/{quote(alarm.id, safe='')}/{action}", {
+            "principal": principal_data(principal), "comment": comment,
+            "until": until.isoformat() if until is not None else None, "client": client,
+            "link": dataclasses.asdict(link) if link is not None else None})
+
+    def replica_id(self) -> str:
+        """This replica's name among the replicas on the database."""
+        s = self.settings
+        return s.replica_id or f"{socket.gethostname()}-{s.port}"
+
+    def replica_url(self) -> str:
+        """Where the other replicas reach this one."""
+        s = self.settings
+        return s.replica_url.rstrip("/") or f"http://{s.host}:{s.port}"
+
+    async def _gained(self, lease: str) -> None:
+        """A lease is now this replica's: the device's alarms read back, then its supervisor; or the leader's jobs."""
+        device = lease_device(lease)
+        if device is not None:
+            assert self.pool is not None and self.alarms is not None and self.hub is not None
+            async with self.pool.acquire() as conn:
+                await self.alarms.mirror(conn, device)
+            if self.settings.connect_devices:
+                self.hub.start([device])
+        elif lease == LEADER:
+            self._start_leader_jobs()
+
+    async def _lost(self, lease: str) -> None:
+        """A lease is no longer this replica's: stop what it held, before anyone else may start it."""
+        device = lease_device(lease)
+        if device is not None:
+            if self.hub is not None:
+                await self.hub.detach(device)
+            if self.alarms is not None:
+                with contextlib.suppress(*db.UNAVAILABLE):
+                    await self.alarms.flush()  # its last transitions, evaluated while it was held
+        elif lease == LEADER:
+            await self._stop_leader_jobs()
+
+    def _start_leader_jobs(self) -> None:
+        """The schedule engine, the audit checkpoints and the record keeper: one replica runs them at a time."""
+        if self._leader_tasks:
+            return
+        s = self.settings
+        assert self.pool is not None
+        if self.engine is not None:
+            self._leader_tasks.append(asyncio.create_task(self.engine.run(), name="schedule-engine"))
+        if s.checkpoint_interval_s > 0:  # signed audit chain checkpoints, kept outside the database
+            self._leader_tasks.append(asyncio.create_task(run_checkpoints(self.pool, s), name="audit-checkpoints"))
+        if self.record_keeper is not None:
+            self._leader_tasks.append(asyncio.create_task(self.record_keeper.run(), name="record-keeper"))
+
+    async def _stop_leader_jobs(self) -> None:
+        tasks, self._leader_tasks = self._leader_tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def build_record(self, conn: Any, run_id: int) -> Any:
         """The current draft of a run's batch record (app/records/record_collect.py)."""
@@ -197,8 +298,8 @@ class Runtime:
                                                    "at": at.isoformat()})
 
     async def stop(self) -> None:
-        for task in [t for t in self._tasks if t.get_name() in ("beacon", "notify-sender", "schedule-engine",
-                                                                     "record-keeper")]:
+        await self._stop_leader_jobs()
+        for task in [t for t in self._tasks if t.get_name() in ("cluster", "beacon", "notify-sender")]:
             task.cancel()  # first: they use the pool, the hub and the live hub
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -213,6 +314,11 @@ class Runtime:
                 await self.alarms.flush()  # the last transitions (spooled when the database is down)
             except Exception as exc:
                 log.warning("alarm service: last flush failed, transitions kept in the spool where possible: %s", exc)
+        if self.cluster is not None:
+            await self.cluster.stop()  # devices stopped, journal written: the other replicas take over now
+        if self.relay is not None:
+            await self.relay.stop()  # what is pending is shared (or, database down, shown on this replica)
+            self.live.attach(None)
         self.live.close()
         if self.writer is not None:
             with contextlib.suppress(Exception):

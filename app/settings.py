@@ -123,6 +123,26 @@ class Settings(BaseSettings):
                                    description="wall seconds between looks for released runs whose batch record "
                                                "changed (a new version is issued); 0: no issuing")
 
+    replica_id: str = Field(default="", max_length=100,
+                            description="this replica's name among the replicas on one database; unset: "
+                                        "<host name>-<port>")
+    replica_url: str = Field(default="", description="where the other replicas reach this one (http://host:port); "
+                                                     "unset: http://<host>:<port>")
+    lease_ttl_s: float = Field(default=10.0, ge=2, le=120,
+                               description="wall seconds a device or leader lease lasts without renewal; a dead "
+                                           "replica's devices move after at most this plus lease_interval_s")
+    lease_interval_s: float = Field(default=1.0, gt=0, le=30,
+                                    description="wall seconds between lease renewals and looks for free leases")
+
+    events_relay: bool = Field(default=True, description="share live events with every replica on the database "
+                               "(batches in live_event_batch, LISTEN/NOTIFY); false: this process's own events only")
+    events_batch_interval: float = Field(default=0.05, gt=0, le=5,
+                                         description="wall seconds a live event waits at most for its batch to be "
+                                                     "shared")
+    events_retention_s: float = Field(default=600.0, ge=10, le=24 * 3600,
+                                      description="wall seconds shared live events are kept, for clients that "
+                                                  "resume on another replica")
+
     @field_validator("clock_epoch", "clock_origin")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:

@@ -151,6 +151,19 @@ class _Replay:
     refused: list[tuple[int, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class AckLink:
+    """The notification delivery whose remote link acknowledges an alarm (app/web/ack.py)."""
+
+    delivery_id: int
+    username: str
+    channel: str
+
+
+# (alarm, action, principal, comment, until, client, link) -> the evaluating replica's answer, None: here
+ActForward = Callable[[Alarm, Action, Principal, str, datetime | None, str | None, AckLink | None],
+                      Awaitable[dict[str, Any] | None]]
+
 # (journal events written, (alarm id, the state written) of each alarm row written)
 _Written = tuple[int, list[tuple[str, AlarmState]]]
 
@@ -191,6 +204,12 @@ class AlarmService:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _last_context: float = float("-inf")
     policy: tuple[int, rules.Policy] | None = None  # the notification policy in force (version, policy)
+    # Several replicas: a device's alarms are evaluated and journaled by the replica that owns the device, the
+    # site's own (the historian, service conditions, QC and calibration alarms) by the leader; the others keep a
+    # copy, read back from the database at each context refresh (app/cluster/node.py). Alone: all of them here.
+    owns: Callable[[str], bool] = lambda _device: True
+    leads: Callable[[], bool] = lambda: True
+    forward: ActForward | None = None  # an action on an alarm another replica evaluates goes there (runtime)
 
     def __post_init__(self) -> None:
         self._kinds = {d.name: d.kind for d in self.devices}
@@ -224,6 +243,10 @@ class AlarmService:
                     self._door_channels[name] = (tracked, role)
 
     # -- definitions -----------------------------------------------------------------------------------------
+
+    def evaluates(self, alarm: Alarm) -> bool:
+        """Whether this replica evaluates and journals `alarm` (see `owns` and `leads`)."""
+        return self.owns(alarm.device) if alarm.device in self._kinds else self.leads()
 
     def _effective(self, defn: AlarmDefinition) -> AlarmDefinition:
         if isinstance(defn, StaleAlarm):
@@ -471,6 +494,8 @@ class AlarmService:
 
     def _emit(self, alarm: Alarm, trs: Sequence[Transition], actor: str | None = None,
               comment: str | None = None, persist: bool = True) -> None:
+        if trs and not self.evaluates(alarm):
+            return  # its evaluating replica journals and publishes it; this copy is read back from the database
         for tr in trs:
             if tr.severity is not None:
                 alarm.last_severity = tr.severity
@@ -567,10 +592,12 @@ class AlarmService:
         now = now or self.clock.now()
         n = 0
         for door in self._doors.values():  # the plan's deadlines first: an exceeded plan resumes its alarms now
-            if door.state.suppressing:
+            if door.state.suppressing and self.owns(door.device):
                 door.state, events = advance(door.state, now)
                 self._door_events(door, events)
         for alarm in list(self.alarms.values()):
+            if not self.evaluates(alarm):
+                continue
             if isinstance(alarm.defn, StaleAlarm | BadQualityAlarm) and self._device_offline(alarm.device) \
                     and alarm.state.active is None:
                 continue  # the device's comm-loss alarm says it; do not flood with one alarm per point
@@ -579,7 +606,7 @@ class AlarmService:
             if trs:
                 n += len(trs)
                 self._emit(alarm, trs)
-        if self.historian is not None:
+        if self.historian is not None and self.leads():
             stats = self.historian()
             up = stats.get("db_down_since") is None  # not yet connected is not down
             h = self.alarms[HISTORIAN_ALARM]
@@ -611,14 +638,21 @@ class AlarmService:
 
     async def act(self, alarm_id: str, action: Action, *, principal: Principal, comment: str,
                   until: datetime | None = None, client: str | None = None,
-                  within: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> dict[str, Any]:
+                  link: AckLink | None = None) -> dict[str, Any]:
         """An operator action: checked by the pure core, journaled and audited, then applied and published.
 
-        `within` runs in the action's transaction (a remote acknowledgement spends its link there)."""
+        A remote acknowledgement spends its `link` in the action's transaction. An alarm another replica evaluates
+        is acted on there (`forward`), and its copy here read back."""
         if self.pool is None:
             raise Problem(503, "alarms-unavailable", "Alarms unavailable", "the alarm service has no database",
                           rule="no_database")
         alarm = self.get(alarm_id)
+        if self.forward is not None and not self.evaluates(alarm):
+            answer = await self.forward(alarm, action, principal, comment, until, client, link)
+            if answer is not None:
+                async with self.pool.acquire() as conn:
+                    await self.mirror(conn, alarm.device)
+                return answer
         now = self.clock.now()
         reason = action.replace("_", " ")
         before = alarm.state
@@ -638,8 +672,8 @@ class AlarmService:
                 written = await self._flush_pending(conn)
                 await self._act_within(conn, alarm, before, new, trs, principal, action, now, until, comment,
                                        client)
-                if within is not None:
-                    await within(conn)
+                if link is not None:
+                    await self._spend_link(conn, alarm, link, now, principal, comment)
             await self._committed(replay, written)
         self._publish_deviations(published)
         # the hot path may have changed the alarm meanwhile: apply the action to what it is now
@@ -651,6 +685,17 @@ class AlarmService:
         alarm.state = new
         self._emit(alarm, trs, principal.label, comment, persist=False)
         return alarm.view()
+
+    @staticmethod
+    async def _spend_link(conn: asyncpg.Connection, alarm: Alarm, link: AckLink, now: datetime,
+                          principal: Principal, comment: str) -> None:
+        """A remote acknowledgement's link: used once, and noted on the alarm's journal."""
+        if not await outbox.use_link(conn, link.delivery_id, now):
+            raise Problem(410, "link-used", "Link used", "this link was used already or has expired",
+                          rule="ack_link_single_use")
+        await journal.note(conn, alarm.id, now, f"acknowledged through the remote link of notification delivery "
+                           f"{link.delivery_id} (sent to {link.username} by {link.channel})", principal.label,
+                           comment)
 
     async def _act_within(self, conn: asyncpg.Connection, alarm: Alarm, before: AlarmState, new: AlarmState,
                           trs: Sequence[Transition], principal: Principal, action: Action, now: datetime,
@@ -705,6 +750,8 @@ class AlarmService:
             self.alarms[f"{device.name}:configuration"].run_id = serves.run_id if serves else None
         await self._bind_excursions(conn, bindings)
         await self._bind_notifications(conn, now)
+        if any(not self.evaluates(a) for a in self.alarms.values()):
+            await self.mirror(conn)
         version = await store.current_version(conn)
         if version is None:
             self.policy = None
@@ -775,6 +822,25 @@ class AlarmService:
         self._excursions = out
 
     # -- persistence -----------------------------------------------------------------------------------------
+
+    async def mirror(self, conn: asyncpg.Connection, device: str | None = None) -> int:
+        """Read back the state of the alarms another replica evaluates (or, given `device`, of that device's alarms:
+        this replica has just taken it over); the number that changed."""
+        rows = {str(r["id"]): dict(r) for r in await journal.alarm_rows(conn)}
+        changed = 0
+        for alarm in self.alarms.values():
+            if device is not None and alarm.device != device:
+                continue
+            if device is None and self.evaluates(alarm):
+                continue
+            row = rows.get(alarm.id)
+            if row is None or (device is None and row.get("changed_at") == alarm.changed_at):
+                continue
+            alarm.state = _restored_state(alarm.state, row)
+            alarm.active_since, alarm.changed_at = row.get("active_since"), row.get("changed_at")
+            self._restored[alarm.id] = row
+            changed += 1
+        return changed
 
     async def restore(self, conn: asyncpg.Connection) -> None:
         """Take acknowledgement, shelving and out-of-service back from the database after a restart."""
@@ -947,6 +1013,8 @@ class AlarmService:
         # Both snapshots before the first await: an alarm that activates meanwhile (a reading, the timed pass) has
         # its event and its row written together by the next flush, never its event alone (the journal refers to
         # the row).
+        for aid in [aid for aid, a in self._dirty.items() if not self.evaluates(a)]:
+            del self._dirty[aid]  # another replica evaluates it (its definition changed here too): it writes it
         dirty = list(self._dirty.values())
         alarms = [(alarm.id, alarm.state) for alarm in dirty]
         events = list(self._pending)

@@ -57,6 +57,9 @@ QA_ADMIN = roles(Role.QA, Role.ADMIN)
 SIGNERS = roles(Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.ADMIN,
                 note="and only people: API keys and automation accounts never sign")
 
+# One replica's calls on another (app/cluster/forward.py): no person's credentials, a signature under the service key.
+REPLICAS = Access(public=True, note="other replicas only: signed with the shared service key, else 401")
+
 OWN_CONTACTS = Access(users_only=True, note="one's own contact points; an admin anyone's")
 
 V1 = "/api/v1"
@@ -171,6 +174,8 @@ POLICY: dict[tuple[str, str], Access] = {
     # a notification's single-use link: the page asks for the recipient's password (app/web/ack.py)
     ("GET", "/ack/{token}"): PUBLIC,
     ("POST", "/ack/{token}"): PUBLIC,
+    ("POST", "/internal/cluster/setpoints/{device}"): REPLICAS,
+    ("POST", "/internal/cluster/alarms/{alarm_id}/{action}"): REPLICAS,
     ("GET", "/"): ANY,
     ("GET", "/runs/{run_id}"): ANY,
     ("GET", "/alarms"): ANY,

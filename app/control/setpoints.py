@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,9 @@ class SetpointRequest(BaseModel):
                                description="the run the change is for (must use this device)")
 
 
+Forward = Callable[[str, "SetpointRequest", Principal, Source, str | None], Awaitable[dict[str, Any] | None]]
+
+
 class SetpointFailed(Problem):
     """The command was written (or tried) and recorded, but the device did not confirm it."""
 
@@ -91,6 +94,9 @@ class SetpointService:
     live: LiveHub
     hub: Callable[[], DeviceHub | None]
     timeout: float = 5.0
+    # Several replicas: a command for a device another replica owns goes there whole (app/cluster/forward.py); the
+    # callable returns that replica's answer, or None when the device is this replica's.
+    forward: Forward | None = None
 
     def _spec(self, hub: DeviceHub, device: str, point: str) -> PointSpec:
         status = hub.status.get(device)
@@ -120,6 +126,10 @@ class SetpointService:
         refusal = control.check_point(spec, value)
         if refusal is not None:
             raise _refused(refusal)
+        if self.forward is not None:
+            answer = await self.forward(device, body, principal, source, client)
+            if answer is not None:
+                return answer
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK_SPACE, f"{device}.{point}")

@@ -21,6 +21,7 @@ Owners (the only modules that write each table family):
   notification_episode, notification, notification_delivery, notification_attempt: app/notify/outbox.py
 - calibration: app/devices/calibration.py
 - record_review, batch_record_version: app/records/record_issue.py
+- cluster_replica, cluster_lease: app/cluster/leases.py
 - live_event_batch: app/cluster/events.py
 - schema_info: the migrations
 
@@ -819,6 +820,30 @@ batch_record_version = Table(
     ForeignKeyConstraint(["run_id"], ["culture_run.id"], name="batch_record_version_run_id_fkey"),
     PrimaryKeyConstraint("id", name="batch_record_version_pkey"),
     UniqueConstraint("run_id", "number", name="batch_record_version_run_id_number_key"),
+)
+
+cluster_replica = Table(
+    "cluster_replica",
+    metadata,
+    Column("id", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("started_at", DateTime(True), nullable=False),
+    Column("seen_at", DateTime(True), nullable=False),
+    Column("stopping", Boolean, nullable=False, server_default=text("false")),
+    PrimaryKeyConstraint("id", name="cluster_replica_pkey"),
+)
+
+cluster_lease = Table(
+    "cluster_lease",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("holder", Text),
+    Column("epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column("expires_at", DateTime(True)),
+    Column("acquired_at", DateTime(True)),
+    Column("renewed_at", DateTime(True)),
+    CheckConstraint("(holder IS NULL) = (expires_at IS NULL)", name="cluster_lease_check"),
+    PrimaryKeyConstraint("name", name="cluster_lease_pkey"),
 )
 
 live_event_batch = Table(  # UNLOGGED: a short ring of live events (app/cluster/events.py)

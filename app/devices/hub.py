@@ -7,6 +7,7 @@ to a device's setpoints (interlocks and audit hook in here).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -43,8 +44,11 @@ class DeviceHub:
     def __init__(self, devices: Sequence[DeviceConfig], clock: Clock, sinks: Sequence[ReadingSink],
                  on_state: Callable[[str, DeviceState, datetime], None] | None = None,
                  on_check: Callable[[str, list[PointCheck], datetime], None] | None = None,
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, write_window: Callable[[str], float] | None = None) -> None:
         self._clock = clock
+        # Wall seconds a write to a device may take from now; 0: this replica may not write to it (its lease is
+        # gone or about to expire: app/cluster/node.py). None: one replica alone, no lease.
+        self._write_window = write_window
         self._data_dir = data_dir
         self._sinks = tuple(sinks)
         self._on_state = on_state
@@ -77,9 +81,19 @@ class DeviceHub:
         if self._on_check is not None:
             self._on_check(name, checks, status.checked_at)
 
-    def start(self) -> None:
+    def start(self, names: Sequence[str] | None = None) -> None:
+        """Supervise the configured devices (those named), each through its profile's driver."""
         for name, status in self.status.items():
-            self.attach(name, make_driver(status.config, self._clock, self._data_dir))
+            if (names is None or name in names) and name not in self._supervisors:
+                self.attach(name, make_driver(status.config, self._clock, self._data_dir))
+
+    async def detach(self, name: str) -> None:
+        """Stop supervising `name` (its lease moved to another replica): no more reads, no more writes."""
+        sup = self._supervisors.pop(name, None)
+        if sup is not None:
+            await sup.stop()
+            for key in [k for k in self.latest if k.partition(".")[0] == name]:
+                del self.latest[key]
 
     def attach(self, name: str, driver: Driver) -> DeviceSupervisor:
         """Supervise configured device `name` through `driver` (start() uses the real one; tests attach fakes)."""
@@ -129,7 +143,16 @@ class DeviceHub:
         sup = self._supervisors.get(device)
         if sup is None:
             raise DeviceUnavailable(f"{device} is not supervised (devices are not connected)")
-        result = await sup.write(point, value)
+        if self._write_window is None:
+            result = await sup.write(point, value)
+        else:  # fencing: only the lease holder writes, and only within its lease
+            window = self._write_window(device)
+            if window <= 0:
+                raise DeviceUnavailable(f"{device}: this replica does not hold its lease (or it is about to expire)")
+            try:
+                result = await asyncio.wait_for(sup.write(point, value), timeout=window)
+            except TimeoutError:
+                raise DeviceUnavailable(f"{device}: the write did not finish within this replica's lease") from None
         # The read-back is the newest value known (a poll may only bring it later).
         self.latest[f"{device}.{point}"] = result
         log.info("wrote %s.%s = %s (read back %s)", device, point, value, result)

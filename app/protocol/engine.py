@@ -186,6 +186,7 @@ class Engine:
     interval: float = 1.0
     clock_step: float = 600.0  # clock seconds: at high time scales the engine ticks more often than `interval`
     setpoint_timeout: float = 5.0  # wall seconds for a setpoint's write and read-back
+    forward: Any = None  # several replicas: a setpoint for a device owned elsewhere goes there (app/runtime.py)
     ticks: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # wall seconds of each completed pass (a pass the database interrupted is not counted)
@@ -318,7 +319,8 @@ class Engine:
         `device.setpoint_failed`. Neither stops the loop.
         """
         what = {"run_id": run_id, "step": sp.step_key, "apply": sp.apply, "point": sp.point, "value": sp.value}
-        service = SetpointService(self.pool, self.clock, self.live, self.hub, timeout=self.setpoint_timeout)
+        service = SetpointService(self.pool, self.clock, self.live, self.hub, timeout=self.setpoint_timeout,
+                                  forward=self.forward)
         body = SetpointRequest(point=sp.point, value=sp.value, run_id=run_id,
                                reason=f"schedule engine: {sp.step_key} {sp.apply}")
         try:

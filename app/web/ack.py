@@ -19,7 +19,7 @@ import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from app.alarms import journal
+from app.alarms.service import AckLink
 from app.api.deps import ConnectionDep
 from app.api.security import client_address
 from app.auth import users
@@ -146,21 +146,13 @@ async def ack_post(token: str, request: Request, conn: ConnectionDep) -> HTMLRes
                           f"(allowed: {access.describe() if access else 'nobody'}).")
     if runtime.alarms is None:
         return again(503, "The alarm service is not running; try again in a moment or use the dashboard.")
-    now = runtime.clock.now()
     delivery_id = int(row["id"])
-
-    async def spend(tx: asyncpg.Connection) -> None:
-        if not await outbox.use_link(tx, delivery_id, now):
-            raise Problem(410, "link-used", "Link used", "this link was used already or has expired",
-                          rule="ack_link_single_use")
-        await journal.note(tx, row["alarm_id"], now, f"acknowledged through the remote link of notification "
-                           f"delivery {delivery_id} (sent to {row['username']} by {row['channel']})",
-                           principal.label, comment)
 
     try:
         alarm = await runtime.alarms.act(row["alarm_id"], "acknowledge", principal=principal, comment=comment,
                                          client=f"{client or '?'} (remote acknowledgement link, delivery "
-                                                f"{delivery_id})", within=spend)
+                                                f"{delivery_id})",
+                                         link=AckLink(delivery_id, str(row["username"]), str(row["channel"])))
     except Problem as exc:
         if exc.status == 409:
             return _render(request, 409, token=token, link=row, alarm=alarm, done=False, trend=await trend(

@@ -72,7 +72,8 @@ EXPECTED_GET: dict[str, set[str]] = {
 STREAMS = {"/api/v1/stream"}  # endless responses: tested on a real server in tests/e2e
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/api/v1/auth/login"),
           ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
-          ("GET", "/login"), ("GET", "/ack/{token}"), ("POST", "/ack/{token}"), ("GET", "/api/v1/records/schema")}
+          ("GET", "/login"), ("GET", "/ack/{token}"), ("POST", "/ack/{token}"), ("GET", "/api/v1/records/schema"),
+          ("POST", "/internal/cluster/setpoints/{device}"), ("POST", "/internal/cluster/alarms/{alarm_id}/{action}")}
 # Public pages keyed by a secret in their path (a notification's acknowledgement link): a made-up one is a 404.
 TOKEN_PAGES = {"/ack/{token}"}
 

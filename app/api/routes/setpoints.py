@@ -21,7 +21,7 @@ def service(runtime: RuntimeDep) -> SetpointService:
     if runtime.pool is None:
         raise Problem(503, "database-unavailable", "Database unavailable", "the service is still starting")
     return SetpointService(runtime.pool, runtime.clock, runtime.live, lambda: runtime.hub,
-                           timeout=runtime.settings.setpoint_timeout)
+                           timeout=runtime.settings.setpoint_timeout, forward=runtime.forward_setpoint)
 
 
 @router.post("/{name}/setpoints", response_model=SetpointCommandPublic,

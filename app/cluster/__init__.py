@@ -1,0 +1,1 @@
+"""Several replicas on one database: leases for devices and leadership, events on every replica."""
