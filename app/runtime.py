@@ -93,6 +93,8 @@ class Runtime:
     beacon: Beacon | None = None
     cluster: Cluster | None = None  # this replica's device leases and the leader lease (app/cluster/node.py)
     forwarder: Forwarder | None = None  # commands for what another replica owns go there (app/cluster/forward.py)
+    # device -> (state, since) of the devices other replicas own, as their device_state events told
+    remote_states: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     relay: EventRelay | None = None  # every replica's live events on this one's stream (app/cluster/events.py)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # run while this replica leads
@@ -175,6 +177,28 @@ class Runtime:
         # each claimed device starts here (`_gained`), then the loop keeps the leases.
         await self.cluster.start()
         self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+        self._tasks.append(asyncio.create_task(self._follow_remote_states(), name="remote-states"))
+
+    async def _follow_remote_states(self) -> None:
+        """The connection state of the devices other replicas own, from their events on the live stream."""
+        async for event in self.live.subscribe(lambda e: e.kind == "device_state"):
+            device = str(event.data.get("device"))
+            if self.cluster is not None and not self.cluster.owns(device):
+                self.remote_states[device] = (str(event.data.get("state")), event.data.get("since"))
+
+    def device_state(self, device: str) -> dict[str, Any]:
+        """A device's connection state as this replica knows it (its own supervisor's, or its owner's events) and
+        its owner."""
+        c = self.cluster
+        owner = c.owner_of(device) if c is not None else None
+        status = self.hub.status.get(device) if self.hub is not None else None
+        if c is None or c.owns(device):
+            state = status.state.value if status is not None else "stopped"
+            since = status.since.isoformat() if status is not None and status.since else None
+        else:
+            state, since = self.remote_states.get(device, ("unknown" if owner else "unowned", None))
+        return {"state": state, "since": since, "owner": owner,
+                "owned_here": c.owns(device) if c is not None else True}
 
     async def forward_setpoint(self, device: str, body: Any, principal: Any, source: str,
                                client: str | None) -> dict[str, Any] | None:

@@ -42,8 +42,12 @@ class DevicePublic(BaseModel):
     description: str
     profile: str = Field(description="the device profile it runs with")
     profile_version: str
-    state: str
+    state: str = Field(description="connecting, online, offline, stopped; on a replica that does not own the device "
+                                   "its owner's state (unknown until the owner reports one, unowned while nobody "
+                                   "holds its lease)")
     state_since: datetime | None
+    owner: str | None = Field(default=None, description="the replica that reads and writes the device now")
+    owned_here: bool = Field(default=True, description="whether the replica that answered owns the device")
     last_reading_time: datetime | None = None
     last_error: str | None = None
     points: list[PointPublic]
@@ -104,7 +108,10 @@ class Ready(BaseModel):
     ingest: dict[str, Any] | None = Field(description="the telemetry writer's and spool's counters")
     buffer: dict[str, Any] | None = Field(description="the ingest buffer's counters")
     live: dict[str, Any] = Field(description="the live stream's counters")
-    devices: dict[str, dict[str, Any]] = Field(description="each device's connection state and since when")
+    devices: dict[str, dict[str, Any]] = Field(description="each device's connection state and since when, the "
+                                                           "replica that owns it and whether it is this one")
+    cluster: dict[str, Any] | None = Field(default=None, description="this replica, the leader, the devices it owns, "
+                                                                     "the live replicas and the lease counters")
 
 
 class Health(BaseModel):

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import time
+from urllib.parse import unquote
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -82,7 +83,7 @@ class Forwarder:
         full = PREFIX + path
         at = f"{time.time():.3f}"
         headers = {"Content-Type": "application/json", HEADER_REPLICA: self.me, HEADER_TIME: at,
-                   HEADER_SIGNATURE: sign(self.key, at, full, body)}
+                   HEADER_SIGNATURE: sign(self.key, at, unquote(full), body)}  # the path as the server decodes it
         try:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 resp = await client.post(url.rstrip("/") + full, content=body, headers=headers)

@@ -20,11 +20,11 @@ def _public(runtime: Runtime, d: DeviceConfig) -> DevicePublic:
     status = hub.status.get(d.name) if hub else None
     stats = hub.stats(d.name) if hub else {}
     checks = status.checks if status else []
+    view = runtime.device_state(d.name)
     return DevicePublic(
         name=d.name, kind=d.kind, protocol=d.protocol, endpoint=d.endpoint, description=d.description,
         profile=d.profile_spec.name, profile_version=d.profile_spec.version,
-        state=status.state.value if status else "stopped",
-        state_since=status.since if status else None,
+        state=view["state"], state_since=view["since"], owner=view["owner"], owned_here=view["owned_here"],
         last_reading_time=stats.get("last_reading_time"),
         last_error=stats.get("last_error"),
         points=[PointPublic(name=p.name, unit=p.unit, kind=p.kind, role=p.role, device_unit=p.device_unit,

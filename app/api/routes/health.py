@@ -33,10 +33,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         except Exception as exc:  # any failure means "not ready"; the reason is reported
             db_error = f"{type(exc).__name__}: {exc}"
     devices: dict[str, Any] = {}
-    if runtime.hub is not None:
-        for name, status in runtime.hub.status.items():
-            devices[name] = {"state": status.state.value,
-                             "since": status.since.isoformat() if status.since else None}
+    for d in runtime.devices:
+        devices[d.name] = runtime.device_state(d.name)
     body: dict[str, Any] = {
         "status": "ready" if db_ok else "not ready",
         "database": {"ok": db_ok, "error": db_error},
@@ -44,6 +42,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         "buffer": runtime.buffer.stats() if runtime.buffer is not None else None,
         "live": runtime.live.stats(),
         "devices": devices,
+        "cluster": runtime.cluster.view() if runtime.cluster is not None else None,
     }
     return JSONResponse(jsonable_encoder(body), status_code=200 if db_ok else 503)
 
