@@ -156,7 +156,7 @@ class Runtime:
         alarm_service = self.alarms
         self.beacon = Beacon(lambda: alarm_service.alarms.values(),
                              SetpointService(self.pool, self.clock, self.live, lambda: self.hub,
-                                             timeout=s.setpoint_timeout),
+                                             timeout=s.setpoint_timeout, fence=self.cluster.fence),
                              lambda: self.hub, self.devices, interval=s.alarm_interval)
         self._tasks.append(asyncio.create_task(self.beacon.run(), name="beacon"))
         if s.notify_enabled:
@@ -168,7 +168,8 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.sender.run(), name="notify-sender"))
         if s.engine_enabled:
             self.engine = Engine(self.pool, self.clock, self.live, lambda: self.hub, interval=s.engine_interval,
-                                 setpoint_timeout=s.setpoint_timeout, forward=self.forward_setpoint)
+                                 setpoint_timeout=s.setpoint_timeout, forward=self.forward_setpoint,
+                                 fence=self.cluster.fence)
         if s.record_interval > 0:  # version 1 of a released run's batch record, then one per later change
             self.record_keeper = RecordKeeper(self.pool, self.clock, self.build_record, _render_pdf,
                                               steps.released_runs, interval=s.record_interval,

@@ -840,6 +840,13 @@ class AlarmService:
             alarm.active_since, alarm.changed_at = row.get("active_since"), row.get("changed_at")
             self._restored[alarm.id] = row
             changed += 1
+        if device is not None:  # the excursion accounting goes on from where its last owner left it
+            for exs in self._excursions.values():
+                for ex in exs:
+                    if ex.channel.partition(".")[0] == device:
+                        ex_row = await journal.excursion_row(conn, ex.run_id, ex.channel)
+                        if ex_row is not None:
+                            ex.state, ex.dirty = _excursion_state(ex_row), False
         return changed
 
     async def restore(self, conn: asyncpg.Connection) -> None:
@@ -884,6 +891,9 @@ class AlarmService:
                     replay = await self._replay(conn, published)
                     written = await self._flush_pending(conn)
                     now = self.clock.now()
+                    for ex in (ex for exs in self._excursions.values() for ex in exs if ex.dirty):
+                        if not self.owns(ex.channel.partition(".")[0]):
+                            ex.dirty = False  # its device's owner keeps that account; read back on a takeover
                     excursions = [ex for exs in self._excursions.values() for ex in exs if ex.dirty]
                     for ex in excursions:
                         await journal.upsert_excursion(conn, ex, now)

@@ -14,10 +14,10 @@ import hashlib
 import hmac
 import json
 import time
-from urllib.parse import unquote
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 

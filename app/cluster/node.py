@@ -32,6 +32,7 @@ from app import db
 from app.cluster import leases
 from app.cluster.share import LEADER, LeaseView, device_lease, lease_device, plan
 from app.core.outage import OutageLog
+from app.core.problems import Problem
 
 log = logging.getLogger("culturectl.cluster")
 
@@ -111,6 +112,17 @@ class Cluster:
     def epoch(self, device: str) -> int | None:
         held = self.held.get(device_lease(device))
         return held.epoch if held is not None else None
+
+    async def fence(self, conn: db.DBConnection, device: str) -> None:
+        """In the caller's transaction: raise unless this replica holds the device's lease (at the epoch it
+        knows), and keep anyone from claiming it until the transaction ends."""
+        epoch = self.epoch(device)
+        if epoch is None or self.write_window(device) <= 0 or not await leases.holds(
+                conn, device_lease(device), self.replica_id, epoch):
+            raise Problem(503, "not-device-owner", "Not the device's owner",
+                          f"replica {self.replica_id} does not hold the lease of {device} now (it moved, or the "
+                          f"database cannot renew it); try again", rule="device_lease", device=device,
+                          owner=self.owners.get(device_lease(device)))
 
     def owner_of(self, device: str) -> str | None:
         if self.owns(device):

@@ -97,6 +97,9 @@ class SetpointService:
     # Several replicas: a command for a device another replica owns goes there whole (app/cluster/forward.py); the
     # callable returns that replica's answer, or None when the device is this replica's.
     forward: Forward | None = None
+    # Several replicas: raises unless this replica holds the device's lease, in the caller's transaction (no other
+    # replica can take the lease over before it ends: app/cluster/node.py `Cluster.fence`).
+    fence: Callable[[DBConnection, str], Awaitable[None]] | None = None
 
     def _spec(self, hub: DeviceHub, device: str, point: str) -> PointSpec:
         status = hub.status.get(device)
@@ -163,6 +166,8 @@ class SetpointService:
                     refusal = check()
                     if refusal is not None:
                         raise _refused(refusal)
+                if self.fence is not None:
+                    await self.fence(conn, device)  # this replica holds the device's lease until the commit
                 row = await conn.fetchrow(
                     f"INSERT INTO setpoint_command (device, point, run_id, requested, previous, actor, reason, "
                     f"requested_at, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COMMAND_COLUMNS}",

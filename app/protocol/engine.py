@@ -187,6 +187,7 @@ class Engine:
     clock_step: float = 600.0  # clock seconds: at high time scales the engine ticks more often than `interval`
     setpoint_timeout: float = 5.0  # wall seconds for a setpoint's write and read-back
     forward: Any = None  # several replicas: a setpoint for a device owned elsewhere goes there (app/runtime.py)
+    fence: Any = None  # and one for a device of this replica's is recorded only while it holds the lease
     ticks: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # wall seconds of each completed pass (a pass the database interrupted is not counted)
@@ -320,7 +321,7 @@ class Engine:
         """
         what = {"run_id": run_id, "step": sp.step_key, "apply": sp.apply, "point": sp.point, "value": sp.value}
         service = SetpointService(self.pool, self.clock, self.live, self.hub, timeout=self.setpoint_timeout,
-                                  forward=self.forward)
+                                  forward=self.forward, fence=self.fence)
         body = SetpointRequest(point=sp.point, value=sp.value, run_id=run_id,
                                reason=f"schedule engine: {sp.step_key} {sp.apply}")
         try:

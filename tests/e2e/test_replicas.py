@@ -102,7 +102,8 @@ class Replica:
         try:
             await asyncio.wait_for(self.proc.wait(), timeout=30)
         except TimeoutError:
-            raise AssertionError(f"replica {self.id} still running 30 s after {sig.name}:\n{self.text()[-5000:]}")
+            log = self.text()[-5000:]
+            raise AssertionError(f"replica {self.id} still running 30 s after {sig.name}:\n{log}") from None
         return t0
 
     async def stop(self) -> None:

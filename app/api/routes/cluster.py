@@ -39,7 +39,8 @@ async def setpoint(device: str, request: Request, runtime: RuntimeDep) -> dict[s
     if runtime.pool is None:
         raise Problem(503, "database-unavailable", "Database unavailable", "the service is still starting")
     service = SetpointService(runtime.pool, runtime.clock, runtime.live, lambda: runtime.hub,
-                              timeout=runtime.settings.setpoint_timeout)  # no forward: this replica owns it
+                              timeout=runtime.settings.setpoint_timeout,  # no forward: this replica owns it
+                              fence=runtime.cluster.fence if runtime.cluster is not None else None)
     return await service.command(device, SetpointRequest.model_validate(data["body"]),
                                  principal=forward.principal_of(data["principal"]), source=data["source"],
                                  client=data.get("client"))

@@ -21,7 +21,8 @@ def service(runtime: RuntimeDep) -> SetpointService:
     if runtime.pool is None:
         raise Problem(503, "database-unavailable", "Database unavailable", "the service is still starting")
     return SetpointService(runtime.pool, runtime.clock, runtime.live, lambda: runtime.hub,
-                           timeout=runtime.settings.setpoint_timeout, forward=runtime.forward_setpoint)
+                           timeout=runtime.settings.setpoint_timeout, forward=runtime.forward_setpoint,
+                           fence=runtime.cluster.fence if runtime.cluster is not None else None)
 
 
 @router.post("/{name}/setpoints", response_model=SetpointCommandPublic,
