@@ -5,7 +5,8 @@ A replica below its share claims free leases (never held, released, or expired),
 its id and the lease's name) so replicas that start together reach for different devices. A replica above its
 share (another one joined) hands over one lease per pass, and only while some live replica is below its share, so
 a join moves devices one at a time and a balanced cluster never churns. The leader lease goes to whoever finds it
-free first.
+free first. An expired lease whose holder is still live (its heartbeat is recent: the database was down for
+everyone and it is renewing again) stays its holder's.
 """
 
 from __future__ import annotations
@@ -64,9 +65,14 @@ def plan(me: str, leases: Mapping[str, LeaseView], live: Sequence[str], *, stopp
     share = fair_share(len(devices), len(members))
     held = [n for n in mine if n in devices]
     claim: list[str] = []
-    if LEADER in leases and leases[LEADER].free and leases[LEADER].holder != me:
+
+    def claimable(v: LeaseView) -> bool:
+        # an expired lease of a live replica is its own to renew (the database was down for everyone): not taken
+        return v.free and v.holder != me and (v.holder is None or v.holder not in members)
+
+    if LEADER in leases and claimable(leases[LEADER]):
         claim.append(LEADER)
-    free = sorted((n for n, v in devices.items() if v.free and v.holder != me), key=lambda n: _order(me, n))
+    free = sorted((n for n, v in devices.items() if claimable(v)), key=lambda n: _order(me, n))
     claim += free[:max(0, share - len(held))]
     release: list[str] = []
     if len(held) > share:

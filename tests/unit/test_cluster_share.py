@@ -78,3 +78,12 @@ def test_an_over_share_replica_keeps_its_devices_when_nobody_is_below_share() ->
     # 7 devices over 2 replicas: share 4; a holds 4 and b 3 -> nothing moves
     devices = {device_lease(f"d{i}"): LeaseView("a" if i < 4 else "b", False) for i in range(7)}
     assert plan("a", devices, ["a", "b"]) == Plan()
+
+
+def test_an_expired_lease_of_a_live_replica_is_left_to_it_to_renew() -> None:
+    # the database was down for everyone: every lease expired, both replicas are back and live
+    holders: dict[str, str | None] = {DEVICES[0]: "a", DEVICES[1]: "b", LEADER: "a"}
+    claims = plan("b", _table(holders, frozenset(holders)), ["a", "b"]).claim
+    assert DEVICES[0] not in claims and LEADER not in claims  # a's, expired, a renews them
+    assert DEVICES[1] not in claims  # b's own: renewed, not claimed
+    assert set(claims) <= {n for n in DEVICES if n not in holders}  # only the never-held ones
