@@ -505,6 +505,8 @@ class AlarmService:
                 alarm.active_since = tr.at
             alarm.changed_at = tr.at
             self.stats["transitions"] += 1
+            if tr.reason == "activated":
+                self.stats["activations"] = self.stats.get("activations", 0) + 1
             row = {**alarm.view(), "from": tr.from_state.value, "to": tr.to_state.value,
                    "transition_severity": tr.severity.value if tr.severity is not None else None,
                    "reason": tr.reason, "at": tr.at.isoformat(), "actor": actor, "comment": comment}

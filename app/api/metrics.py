@@ -148,6 +148,8 @@ class RuntimeCollector(Collector):
         active = GaugeMetricFamily("culturectl_alarms_active", "alarms not in state normal, by priority and state",
                                    labels=["priority", "state"])
         transitions = CounterMetricFamily("culturectl_alarm_transitions", "alarm state transitions annunciated")
+        activations = CounterMetricFamily("culturectl_alarm_activations",
+                                          "alarms that became active, evaluated by this replica")
         if alarms is not None:
             counts: dict[tuple[str, str], int] = {}
             for a in alarms.active():
@@ -159,8 +161,10 @@ class RuntimeCollector(Collector):
             for (prio_name, state_name), n in sorted(counts.items()):  # anything the enums do not name
                 active.add_metric([prio_name, state_name], float(n))
             transitions.add_metric([], _num(alarms.stats, "transitions"))
+            activations.add_metric([], _num(alarms.stats, "activations"))
         yield active
         yield transitions
+        yield activations
 
     def _http(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("culturectl_http_requests",

@@ -469,6 +469,8 @@ class EventRelay:
                 await asyncio.wait_for(self._notified.wait(), self.poll_interval)
             self._notified.clear()
             await self._catch_up(conn)
+            if db.server_read_only(conn):  # a demoted primary: the batches are written on the new one now
+                raise ConnectionError("the server became read-only (a failover): following the new primary")
             if time.monotonic() >= self._next_prune:
                 await conn.execute(_PRUNE, int(self.retention_s * 1_000_000), timeout=self.timeout)
                 self._next_prune = time.monotonic() + self.prune_interval
