@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from app import db
+from app.core.aio import wait_event
 from app.core.live import LiveEvent, LiveHub
 from app.core.outage import OutageLog
 
@@ -338,8 +339,7 @@ class EventRelay:
             remaining = self._first_at + self.batch_interval - time.monotonic()
             if remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), remaining)
+            await wait_event(self._full, remaining)
         return self._take(self.max_batch)
 
     async def _write_loop(self) -> None:
@@ -465,8 +465,7 @@ class EventRelay:
         self._recovered("follow")
         self._follow_ok = True
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._notified.wait(), self.poll_interval)
+            await wait_event(self._notified, self.poll_interval)
             self._notified.clear()
             await self._catch_up(conn)
             if db.server_read_only(conn):  # a demoted primary: the batches are written on the new one now

@@ -20,7 +20,6 @@ back (a holder that never changed means nobody else held the lease meanwhile).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import asyncpg
 from app import db
 from app.cluster import leases
 from app.cluster.share import LEADER, LeaseView, device_lease, lease_device, plan
+from app.core.aio import wait_event
 from app.core.outage import OutageLog
 from app.core.problems import Problem
 
@@ -154,8 +154,7 @@ class Cluster:
 
     async def run(self) -> None:
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            await wait_event(self._wake, self.interval)
             self._wake.clear()
             if self._stopping:
                 return

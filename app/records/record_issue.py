@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import db
 from app.auth.principal import SYSTEM, Principal
+from app.core.aio import wait_event
 from app.core.clock import Clock
 from app.core.outage import OutageLog
 from app.core.problems import Problem
@@ -285,5 +285,4 @@ class RecordKeeper:
             except Exception:
                 log.exception("batch record keeper pass failed; retrying")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            await wait_event(self._wake, self.interval)
