@@ -26,6 +26,7 @@ from app.cluster.share import LEADER, lease_device
 from app.control.setpoints import SetpointService
 from app.core.clock import Clock
 from app.core.live import LiveHub
+from app.core.problems import Problem
 from app.devices.hub import DeviceHub
 from app.devices.registry import sync_devices
 from app.ingest.buffer import ReadingBuffer
@@ -98,6 +99,7 @@ class Runtime:
     relay: EventRelay | None = None  # every replica's live events on this one's stream (app/cluster/events.py)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # run while this replica leads
+    _stopping: bool = False
 
     async def start(self) -> None:
         quiet_library_loggers()
@@ -184,7 +186,8 @@ class Runtime:
         """The connection state of the devices other replicas own, from their events on the live stream."""
         async for event in self.live.subscribe(lambda e: e.kind == "device_state"):
             device = str(event.data.get("device"))
-            if self.cluster is not None and not self.cluster.owns(device):
+            # "stopped" is a replica letting a device go, never news about the device itself
+            if self.cluster is not None and not self.cluster.owns(device) and event.data.get("state") != "stopped":
                 self.remote_states[device] = (str(event.data.get("state")), event.data.get("since"))
 
     def device_state(self, device: str) -> dict[str, Any]:
@@ -218,8 +221,12 @@ class Runtime:
         if c is None or self.forwarder is None:
             return None
         owner = c.owner_of(alarm.device) if alarm.device in c.devices else c.leader()
-        if owner is None or owner == c.replica_id:
+        if owner == c.replica_id:
             return None
+        if owner is None:  # between two owners: acting here could be undone by the next one
+            raise Problem(503, "owner-unreachable", "No replica evaluates this alarm now",
+                          f"{alarm.id}: its lease is between two replicas; try again in a few seconds",
+                          rule="replica_owner")
         return await self.forwarder.post(owner, f"/alarms/{quote(alarm.id, safe='')}/{action}", {
             "principal": principal_data(principal), "comment": comment,
             "until": until.isoformat() if until is not None else None, "client": client,
@@ -242,7 +249,7 @@ class Runtime:
             assert self.pool is not None and self.alarms is not None and self.hub is not None
             async with self.pool.acquire() as conn:
                 await self.alarms.mirror(conn, device)
-            if self.settings.connect_devices:
+            if self.settings.connect_devices and not self._stopping:
                 self.hub.start([device])
         elif lease == LEADER:
             self._start_leader_jobs()
@@ -261,8 +268,9 @@ class Runtime:
 
     def _start_leader_jobs(self) -> None:
         """The schedule engine, the audit checkpoints and the record keeper: one replica runs them at a time."""
-        if self._leader_tasks:
+        if self._stopping or any(not t.done() for t in self._leader_tasks):
             return
+        self._leader_tasks = []
         s = self.settings
         assert self.pool is not None
         if self.engine is not None:
@@ -323,11 +331,16 @@ class Runtime:
                                                    "at": at.isoformat()})
 
     async def stop(self) -> None:
+        self._stopping = True
         await self._stop_leader_jobs()
         for task in [t for t in self._tasks if t.get_name() in ("cluster", "beacon", "notify-sender")]:
             task.cancel()  # first: they use the pool, the hub and the live hub
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.cluster is not None:
+            # every device stopped at once and its last transitions written, then every lease released: the other
+            # replicas take over at their next pass
+            await self.cluster.hand_over_all()
         if self.hub is not None:
             await self.hub.stop()
         for task in [t for t in self._tasks if t.get_name() == "alarms"]:
@@ -339,8 +352,6 @@ class Runtime:
                 await self.alarms.flush()  # the last transitions (spooled when the database is down)
             except Exception as exc:
                 log.warning("alarm service: last flush failed, transitions kept in the spool where possible: %s", exc)
-        if self.cluster is not None:
-            await self.cluster.stop()  # devices stopped, journal written: the other replicas take over now
         if self.relay is not None:
             await self.relay.stop()  # what is pending is shared (or, database down, shown on this replica)
             self.live.attach(None)

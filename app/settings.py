@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.clock import ScaledClock, utcnow
@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         if v is not None and v.tzinfo is None:
             raise ValueError("must include a UTC offset, e.g. 2026-11-21T12:00:00Z")
         return v
+
+    @model_validator(mode="after")
+    def _lease_passes(self) -> Settings:
+        if self.lease_interval_s > self.lease_ttl_s / 3:
+            raise ValueError(f"lease_interval_s ({self.lease_interval_s:g}) must be at most a third of lease_ttl_s "
+                             f"({self.lease_ttl_s:g}): a lease is renewed several times before it expires")
+        return self
 
     @field_validator("site_timezone")
     @classmethod

@@ -640,7 +640,7 @@ class AlarmService:
 
     async def act(self, alarm_id: str, action: Action, *, principal: Principal, comment: str,
                   until: datetime | None = None, client: str | None = None,
-                  link: AckLink | None = None) -> dict[str, Any]:
+                  link: AckLink | None = None, forwarded: bool = False) -> dict[str, Any]:
         """An operator action: checked by the pure core, journaled and audited, then applied and published.
 
         A remote acknowledgement spends its `link` in the action's transaction. An alarm another replica evaluates
@@ -649,7 +649,11 @@ class AlarmService:
             raise Problem(503, "alarms-unavailable", "Alarms unavailable", "the alarm service has no database",
                           rule="no_database")
         alarm = self.get(alarm_id)
-        if self.forward is not None and not self.evaluates(alarm):
+        if forwarded and not self.evaluates(alarm):  # sent here as its evaluator, and it is not (any more)
+            raise Problem(503, "not-alarm-owner", "Not the alarm's replica",
+                          f"this replica does not evaluate {alarm_id} now (its device or the leadership moved); "
+                          f"try again", rule="alarm_owner")
+        if self.forward is not None and not forwarded and not self.evaluates(alarm):
             answer = await self.forward(alarm, action, principal, comment, until, client, link)
             if answer is not None:
                 async with self.pool.acquire() as conn:
@@ -836,7 +840,18 @@ class AlarmService:
             if device is None and self.evaluates(alarm):
                 continue
             row = rows.get(alarm.id)
-            if row is None or (device is None and row.get("changed_at") == alarm.changed_at):
+            if device is not None:  # taken over: what this replica evaluated of it before is stale
+                # (its stale-data clock and on-delays start now; acknowledgement, mode and condition from the row)
+                fresh = initial_state(alarm.id, self.clock.now())
+                if row is None:
+                    alarm.state, alarm.active_since, alarm.changed_at = fresh, None, None
+                    continue
+                alarm.state = _restored_state(fresh, row)
+                alarm.active_since, alarm.changed_at = row.get("active_since"), row.get("changed_at")
+                self._restored[alarm.id] = row
+                changed += 1
+                continue
+            if row is None or row.get("changed_at") == alarm.changed_at:
                 continue
             alarm.state = _restored_state(alarm.state, row)
             alarm.active_since, alarm.changed_at = row.get("active_since"), row.get("changed_at")

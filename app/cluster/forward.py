@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -31,8 +32,15 @@ HEADER_TIME = "X-Culturectl-Time"
 HEADER_SIGNATURE = "X-Culturectl-Signature"
 
 
+def _key(key: bytes) -> bytes:
+    """The replicas' own key, derived from the service key (sessions and links use other derivations)."""
+    return hmac.new(key, b"culturectl replica calls", hashlib.sha256).digest()
+
+
 def sign(key: bytes, at: str, path: str, body: bytes) -> str:
-    return hmac.new(key, at.encode() + b"\n" + path.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+    """HMAC-SHA256 over the method, the time, the path as the server decodes it and the body."""
+    msg = b"POST\n" + at.encode() + b"\n" + path.encode() + b"\n" + body
+    return hmac.new(_key(key), msg, hashlib.sha256).hexdigest()
 
 
 def verify(key: bytes, headers: Mapping[str, str], path: str, body: bytes, now: float | None = None) -> str:
@@ -43,7 +51,7 @@ def verify(key: bytes, headers: Mapping[str, str], path: str, body: bytes, now: 
         skew = abs((now if now is not None else time.time()) - float(at))
     except ValueError:
         skew = float("inf")
-    if skew > MAX_SKEW_S or not hmac.compare_digest(given, sign(key, at, path, body)):
+    if not math.isfinite(skew) or skew > MAX_SKEW_S or not hmac.compare_digest(given, sign(key, at, path, body)):
         raise Problem(401, "replica-not-authenticated", "Not a replica",
                       "an internal request must be signed by a replica with the shared service key "
                       f"(CULTURECTL_SECRET_KEY) within {MAX_SKEW_S:g} s", rule="replica_signature")
@@ -98,6 +106,11 @@ class Forwarder:
             data = resp.json()
         except ValueError:
             data = {}
+        if resp.status_code == 401:  # the owner refused this replica's signature: a set-up fault, not the caller's
+            raise Problem(502, "replica-refused", "Refused by the owning replica",
+                          f"replica {replica} refused this replica's signed call: the replicas must share "
+                          f"CULTURECTL_SECRET_KEY and keep their clocks within {MAX_SKEW_S:g} s",
+                          rule="replica_signature", replica=replica)
         if resp.status_code >= 400:
             if not isinstance(data, dict):
                 data = {}

@@ -80,6 +80,13 @@ async def release(conn: DBConnection, me: str, names: Sequence[str]) -> list[str
     return [str(r["name"]) for r in rows]
 
 
+async def release_all(conn: DBConnection, me: str) -> list[str]:
+    """Hand over every lease held under `me` (SIGTERM), whatever this process knew of them."""
+    rows = await conn.fetch("UPDATE cluster_lease SET holder = NULL, expires_at = NULL WHERE holder = $1 "
+                            "RETURNING name", me)
+    return [str(r["name"]) for r in rows]
+
+
 async def leases(conn: DBConnection) -> list[LeaseRow]:
     rows = await conn.fetch(
         "SELECT name, holder, epoch, expires_at, acquired_at, "

@@ -87,6 +87,9 @@ class Cluster:
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()
+        self._started: set[str] = set()  # leases whose `on_gain` succeeded
+        self._releasing: set[str] = set()  # leases whose `on_lose` runs: owned still, writes refused
+        self._connected_since: float | None = None  # loop time of the first good pass since the last failure
 
     # -- what the rest of the service asks -------------------------------------------------------------------
 
@@ -104,7 +107,7 @@ class Cluster:
     def write_window(self, device: str) -> float:
         """Wall seconds a write to `device` may take from now (0: this replica may not write to it)."""
         held = self.held.get(device_lease(device))
-        if held is None:
+        if held is None or device_lease(device) in self._releasing:
             return 0.0
         left = held.deadline - asyncio.get_running_loop().time() - self.margin
         return max(0.0, left)
@@ -174,18 +177,22 @@ class Cluster:
             sent = loop.time()
             timeout = max(1.0, self.ttl / 3)
             try:
-                async with self.pool.acquire(timeout=timeout) as conn:
+                # every statement bounded: a half-open connection must not keep this replica from its deadline
+                async with asyncio.timeout(timeout), self.pool.acquire() as conn:
                     await leases.heartbeat(conn, self.replica_id, self.url)
                     renewed = await leases.renew(conn, self.replica_id, self.ttl)
                     rows = await leases.leases(conn)
                     peers = [r for r in await leases.replicas(conn, self.ttl) if r.live]
-            except db.UNAVAILABLE as exc:
+            except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:  # any failed pass renews nothing
                 self.db_ok = False
+                self._connected_since = None
                 self.stats["renew_failures"] += 1
                 self._outage.failed(exc)
                 await self._expired()
                 return
             self.db_ok = True
+            if self._connected_since is None:
+                self._connected_since = sent
             self._outage.ok()
             self.stats["passes"] += 1
             for name in [n for n in self.held if n not in renewed]:  # someone else holds it now
@@ -196,10 +203,18 @@ class Cluster:
                     self.held[name] = Held(epoch, sent + self.ttl)
                 else:  # held under this replica's id by an earlier process of it
                     await self._gain(name, epoch, sent)
+            for name in [n for n in self.held if n not in self._started]:  # a start that failed: again
+                await self._start(name)
             self.owners = {r.name: (None if r.expired else r.holder) for r in rows}
             self.epochs = {r.name: r.epoch for r in rows}
             self.peers = peers
             views = {r.name: r.view() for r in rows}
+            # Back from an outage (or just started): leases others held stay theirs to renew for a lease time; a
+            # holder that is alive renews them, and only the leases of a dead one are taken.
+            settled = sent - self._connected_since >= self.ttl
+            for name, view in list(views.items()):
+                if not settled and view.holder not in (None, self.replica_id):
+                    views[name] = LeaseView(view.holder, False)
             for name in self.held:
                 views[name] = LeaseView(self.replica_id, False)
             todo = plan(self.replica_id, views, [p.id for p in peers])
@@ -207,9 +222,9 @@ class Cluster:
                 await self._handover([name])
             for name in todo.claim:
                 try:
-                    async with self.pool.acquire(timeout=timeout) as conn:
+                    async with asyncio.timeout(timeout), self.pool.acquire() as conn:
                         claimed = await leases.claim(conn, self.replica_id, name, self.ttl)
-                except db.UNAVAILABLE as exc:
+                except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
                     self._outage.failed(exc)
                     return
                 if claimed is not None:
@@ -221,29 +236,43 @@ class Cluster:
         if lease_device(name) is not None:
             self.stats["takeovers"] += 1
         log.info("lease %s taken (epoch %d)", name, epoch)
-        try:
-            await self.on_gain(name)
-        except Exception:
-            log.exception("starting what lease %s holds failed", name)
+        await self._start(name)
 
-    async def _lose(self, name: str) -> None:
-        self.held.pop(name, None)
-        self.stats["lost"] += 1
+    async def _start(self, name: str) -> None:
+        """Start what the lease holds (`on_gain`, bounded); a failure is tried again at the next pass."""
         try:
-            await self.on_lose(name)
+            async with asyncio.timeout(max(1.0, self.ttl / 3)):
+                await self.on_gain(name)
+        except Exception:
+            log.exception("starting what lease %s holds failed; trying again at the next pass", name)
+            return
+        self._started.add(name)
+
+    async def _stop_held(self, name: str) -> None:
+        """Stop what the lease holds (`on_lose`, bounded), then forget the lease. While it stops, the lease still
+        counts as owned (its last transitions are written as its owner's) but nothing may be written to the
+        device."""
+        self._releasing.add(name)
+        try:
+            async with asyncio.timeout(max(1.0, self.ttl / 3)):
+                await self.on_lose(name)
         except Exception:
             log.exception("stopping what lease %s held failed", name)
+        finally:
+            self.held.pop(name, None)
+            self._started.discard(name)
+            self._releasing.discard(name)
+
+    async def _lose(self, name: str) -> None:
+        self.stats["lost"] += 1
+        await self._stop_held(name)
 
     async def _handover(self, names: Sequence[str]) -> None:
         """Stop what the leases hold, then release their rows (the next holder starts only after this)."""
         for name in names:
-            self.held.pop(name, None)
-            try:
-                await self.on_lose(name)
-            except Exception:
-                log.exception("stopping what lease %s held failed", name)
+            await self._stop_held(name)
         assert self.pool is not None
-        async with self.pool.acquire(timeout=max(1.0, self.ttl / 3)) as conn:
+        async with asyncio.timeout(max(1.0, self.ttl / 3)), self.pool.acquire() as conn:
             released = await leases.release(conn, self.replica_id, names)
         self.stats["handovers"] += sum(1 for n in released if lease_device(n) is not None)
         for name in released:
@@ -268,18 +297,22 @@ class Cluster:
             log.warning("lease %s expired while the database was unreachable; a peer takes it over", name)
             await self._lose(name)
 
-    async def stop(self) -> None:
-        """Release every lease and leave (SIGTERM): the other replicas take the devices over at their next pass.
-        The caller has already stopped what the leases held."""
+    async def hand_over_all(self) -> None:
+        """SIGTERM: stop every device this replica holds (all at once, each bounded), then release every lease
+        held under its id and leave; the other replicas take over at their next pass."""
         self._stopping = True
         self._wake.set()
+        async with self._lock:
+            await asyncio.gather(*(self._stop_held(n) for n in list(self.held) if n != LEADER))
+            await self._release_all()
+
+    async def _release_all(self) -> None:
         if self.pool is None:
             return
-        names = list(self.held)
         self.held.clear()
         try:
-            async with self._lock, self.pool.acquire(timeout=2.0) as conn:
-                await leases.release(conn, self.replica_id, names)
+            async with asyncio.timeout(2.0), self.pool.acquire() as conn:
+                await leases.release_all(conn, self.replica_id)
                 await leases.heartbeat(conn, self.replica_id, self.url, stopping=True)
-        except db.UNAVAILABLE as exc:
+        except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
             log.warning("cluster: leases not released (the database is unreachable; they expire): %s", exc)

@@ -8,6 +8,7 @@ to a device's setpoints (interlocks and audit hook in here).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ class DeviceHub:
         # Wall seconds a write to a device may take from now; 0: this replica may not write to it (its lease is
         # gone or about to expire: app/cluster/node.py). None: one replica alone, no lease.
         self._write_window = write_window
+        self._writing: dict[str, set[asyncio.Task[float]]] = {}  # device -> its writes in flight
         self._data_dir = data_dir
         self._sinks = tuple(sinks)
         self._on_state = on_state
@@ -90,6 +92,12 @@ class DeviceHub:
     async def detach(self, name: str) -> None:
         """Stop supervising `name` (its lease moved to another replica): no more reads, no more writes."""
         sup = self._supervisors.pop(name, None)
+        writes = self._writing.pop(name, set())
+        for task in writes:  # a write in flight ends here, before the lease can go to another replica
+            task.cancel()
+        for task in writes:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if sup is not None:
             await sup.stop()
             for key in [k for k in self.latest if k.partition(".")[0] == name]:
@@ -143,16 +151,25 @@ class DeviceHub:
         sup = self._supervisors.get(device)
         if sup is None:
             raise DeviceUnavailable(f"{device} is not supervised (devices are not connected)")
-        if self._write_window is None:
-            result = await sup.write(point, value)
-        else:  # fencing: only the lease holder writes, and only within its lease
-            window = self._write_window(device)
-            if window <= 0:
-                raise DeviceUnavailable(f"{device}: this replica does not hold its lease (or it is about to expire)")
-            try:
-                result = await asyncio.wait_for(sup.write(point, value), timeout=window)
-            except TimeoutError:
-                raise DeviceUnavailable(f"{device}: the write did not finish within this replica's lease") from None
+        window = self._write_window(device) if self._write_window is not None else None
+        if window is not None and window <= 0:  # fencing: only the lease holder writes, and only within its lease
+            raise DeviceUnavailable(f"{device}: this replica does not hold its lease (or it is about to expire)")
+        task = asyncio.create_task(sup.write(point, value))
+        writes = self._writing.setdefault(device, set())
+        writes.add(task)
+        try:
+            async with asyncio.timeout(window):
+                result = await task
+        except TimeoutError:
+            raise DeviceUnavailable(f"{device}: the write did not finish within this replica's lease") from None
+        except asyncio.CancelledError:
+            if self._supervisors.get(device) is not sup:  # detached meanwhile: the device went to another replica
+                raise DeviceUnavailable(f"{device}: released during the write (its lease moved)") from None
+            raise
+        finally:
+            writes.discard(task)
+        if self._supervisors.get(device) is not sup:
+            raise DeviceUnavailable(f"{device}: released during the write (its lease moved)")
         # The read-back is the newest value known (a poll may only bring it later).
         self.latest[f"{device}.{point}"] = result
         log.info("wrote %s.%s = %s (read back %s)", device, point, value, result)

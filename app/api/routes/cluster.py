@@ -60,4 +60,5 @@ async def alarm_action(alarm_id: str, action: str, request: Request, runtime: Ru
         alarm_id, cast(Action, action), principal=forward.principal_of(data["principal"]),
         comment=str(data.get("comment") or ""), until=datetime.fromisoformat(until) if until else None,
         client=data.get("client"),
-        link=AckLink(int(link["delivery_id"]), str(link["username"]), str(link["channel"])) if link else None)
+        link=AckLink(int(link["delivery_id"]), str(link["username"]), str(link["channel"])) if link else None,
+        forwarded=True)
