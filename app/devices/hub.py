@@ -92,7 +92,7 @@ class DeviceHub:
     async def detach(self, name: str) -> None:
         """Stop supervising `name` (its lease moved to another replica): no more reads, no more writes."""
         sup = self._supervisors.pop(name, None)
-        writes = self._writing.pop(name, set())
+        writes = list(self._writing.pop(name, set()))
         for task in writes:  # a write in flight ends here, before the lease can go to another replica
             task.cancel()
         for task in writes:
