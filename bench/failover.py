@@ -9,7 +9,9 @@ takeover time; the killed replica is then started again and the devices settle b
 takeover time (median and worst) and, through `bench.relay.sse_delay`, the delay from a reading published on one
 replica to its delivery on another at `--rate` readings/s. Asserts nothing.
 
-    python -m bench.failover [--kills 10] [--ttl 10] [--interval 1] [--rate 5000] [--seconds 10]
+    python -m bench.failover [--kills 10] [--stops 5] [--ttl 10] [--interval 1] [--rate 5000] [--seconds 10]
+
+Then `--stops` times the same with SIGTERM: the handover time.
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ class Replica:
             return None
         return r.json() if r.status_code == 200 else None
 
-    async def kill(self) -> None:
+    async def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
+            self.proc.send_signal(sig)
             await self.proc.wait()
 
 
@@ -112,7 +114,8 @@ async def _settled(replicas: list[Replica], devices: int) -> bool:
     return sum(counts) == devices and max(counts) <= -(-devices // len(replicas))
 
 
-async def takeovers(dsn: str, base: Path, kills: int, ttl: float, interval: float) -> list[float]:
+async def takeovers(dsn: str, base: Path, kills: int, ttl: float, interval: float,
+                    sig: signal.Signals = signal.SIGKILL) -> list[float]:
     clock = ScaledClock(epoch=utcnow(), scale=60.0)
     incubator, culture = IncubatorSimulator(clock, seed=1), CultureSystemSimulator(clock, seed=1)
     await incubator.start()
@@ -133,11 +136,11 @@ async def takeovers(dsn: str, base: Path, kills: int, ttl: float, interval: floa
             await _until(lambda: _settled(replicas, 2), 120, "settled devices")
             victim = await _until(lambda: _owner_online(replicas, DEVICE), 60, f"an owner of {DEVICE}")
             t0 = time.monotonic()
-            await victim.kill()
+            await victim.kill(sig)
             survivors = [r for r in replicas if r is not victim]
             await _until(lambda s=survivors: _owner_online(s, DEVICE), 120, f"{DEVICE} taken over")
             times.append(time.monotonic() - t0)
-            print(f"  kill {n + 1}: {DEVICE} online on the other replica after {times[-1]:.2f} s", flush=True)
+            print(f"  {sig.name} {n + 1}: {DEVICE} online on the other replica after {times[-1]:.2f} s", flush=True)
             fresh = Replica(victim.id, _free_port(), env, base)
             replicas[replicas.index(victim)] = fresh
             await fresh.start()
@@ -174,7 +177,10 @@ async def main_async(args: argparse.Namespace) -> None:
                   f"{args.kills} kills (SIGKILL of the incubator's owner)\n")
             times = await takeovers(dsn, base, args.kills, args.ttl, args.interval)
             print(f"\ntakeover after SIGKILL: median {statistics.median(times):.2f} s, worst {max(times):.2f} s, "
-                  f"best {min(times):.2f} s ({len(times)} kills)")
+                  f"best {min(times):.2f} s ({len(times)} kills)\n")
+            stops = await takeovers(dsn, base, args.stops, args.ttl, args.interval, signal.SIGTERM)
+            print(f"\nhandover after SIGTERM: median {statistics.median(stops):.2f} s, worst {max(stops):.2f} s "
+                  f"({len(stops)} stops; the device online on the other replica)")
             print(f"\nlive events across replicas at {args.rate:,} readings/s for {args.seconds:g} s:")
             r = await sse_delay(dsn, args.rate, args.seconds, 2)
             d, c = r["delay_ms"], r["client_delay_ms"]
@@ -195,6 +201,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=10)
+    p.add_argument("--stops", type=int, default=5, help="SIGTERMs after the kills")
     p.add_argument("--ttl", type=float, default=10.0, help="lease time, seconds (the default setting)")
     p.add_argument("--interval", type=float, default=1.0, help="lease pass interval, seconds (the default)")
     p.add_argument("--rate", type=int, default=5000)
