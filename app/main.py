@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.api.http_metrics import install_http_metrics
+from app.api.limits import LimitsMiddleware, document_limits, limits_from
 from app.api.routes import alarms as alarms_api
 from app.api.routes import apikeys, auth, channels, deviations, devices, health, recipes, runs, stream, users
 from app.api.routes import audit as audit_api
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     """Build the service; its lifespan starts the database, the writer and the device supervisors."""
     settings = settings or Settings()
     runtime = Runtime(settings=settings, clock=clock or settings.make_clock())
+    runtime.limits = limits_from(settings)  # abuse limits: throttled password checks, streams, body size
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.add_middleware(LimitsMiddleware, runtime=runtime)  # 413 before a body is parsed (app/api/limits.py)
     install_http_metrics(app)  # requests by route template, method and status; latency (app/api/http_metrics.py)
     install_problem_handlers(app)
     app.include_router(health.router)
@@ -106,6 +109,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     if code[0] in "45" and response.get("content", {}).get("application/json", {}).get("schema") \
                             != {"$ref": "#/components/schemas/Ready"}:
                         response["content"] = {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}
+        document_limits(doc, {"$ref": _PROBLEM_REF})  # 413 where a body is sent, 429 where a password is checked
         schemas = doc.get("components", {}).get("schemas", {})
         if "#/components/schemas/HTTPValidationError" not in json.dumps(doc.get("paths", {})):
             schemas.pop("HTTPValidationError", None)  # FastAPI's own 422 body, which this API never sends

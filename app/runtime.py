@@ -18,6 +18,7 @@ import asyncpg
 from app import db
 from app.alarms.beacon import Beacon
 from app.alarms.service import AlarmService
+from app.auth.throttle import Limits
 from app.auth.tokens import load_signing_key
 from app.cluster.events import EventRelay
 from app.cluster.forward import Forwarder, principal_data
@@ -97,6 +98,7 @@ class Runtime:
     # device -> (state, since) of the devices other replicas own, as their device_state events told
     remote_states: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     relay: EventRelay | None = None  # every replica's live events on this one's stream (app/cluster/events.py)
+    limits: Limits = field(default_factory=Limits)  # abuse limits and their counters (app/api/limits.py limits_from)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # run while this replica leads
     _stopping: bool = False

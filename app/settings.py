@@ -57,6 +57,37 @@ class Settings(BaseSettings):
     engine_interval: float = Field(default=1.0, gt=0, le=60,
                                    description="wall seconds between schedule engine passes (at most 10 clock min)")
     lockout_threshold: int = Field(default=5, ge=1, le=100, description="consecutive failed logins that lock a user")
+    lockout_unlock_minutes: float = Field(default=30.0, ge=0, le=7 * 24 * 60,
+                                          description="a locked user unlocks by itself this many minutes after the "
+                                                      "lock (at the next password check); 0: only an admin unlocks")
+    login_throttle_after: int = Field(default=3, ge=0, le=1000,
+                                      description="failed logins of one user name within throttle_window_s before "
+                                                  "its next logins are slowed (429)")
+    login_throttle_client_after: int = Field(default=10, ge=0, le=1000,
+                                             description="failed logins from one client address within "
+                                                         "throttle_window_s before its next logins are slowed (429)")
+    signature_throttle_after: int = Field(default=3, ge=0, le=1000,
+                                          description="failed password re-entries (signatures, password change) of "
+                                                      "one user before the next are slowed (429)")
+    signature_throttle_client_after: int = Field(default=10, ge=0, le=1000,
+                                                 description="failed password re-entries from one client address "
+                                                             "before the next are slowed (429)")
+    throttle_delay_s: float = Field(default=1.0, gt=0, le=3600,
+                                    description="wall seconds the first slowed attempt waits; doubled per further "
+                                                "failure")
+    throttle_max_delay_s: float = Field(default=300.0, gt=0, le=24 * 3600,
+                                        description="longest wait between slowed attempts, wall seconds")
+    throttle_window_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600,
+                                     description="wall seconds a failed attempt counts toward the throttle")
+    sse_max_streams_per_principal: int = Field(default=10, ge=1, le=10_000,
+                                               description="open live streams (SSE) one user or API key may hold on "
+                                                           "a replica")
+    sse_max_streams: int = Field(default=200, ge=1, le=100_000,
+                                 description="open live streams (SSE) a replica serves at most")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 ** 3,
+                                description="largest request body, bytes (413 beyond)")
+    max_upload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 ** 3,
+                                  description="largest body of a recipe upload or a count import, bytes")
     alarm_interval: float = Field(default=0.5, gt=0, le=10,
                                   description="wall seconds between alarm passes (delays, stale data, expiry, persist)")
     alarm_shelve_max_minutes: float = Field(default=480.0, gt=0, le=7 * 24 * 60,

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from app.alarms.model import AlarmStatus, Priority
 from app.api.http_metrics import HttpMetrics
+from app.auth.throttle import KINDS, RULES
 from app.core.histogram import Histogram
 from drivers.base import DeviceState
 from drivers.supervisor import offline_total
@@ -123,6 +124,7 @@ class RuntimeCollector(Collector):
                          rt.engine.pass_seconds if rt.engine is not None else None)
         yield from self._http()
         yield from self._cluster()
+        yield from self._limits()
 
     def _devices(self) -> Iterator[Metric]:
         hub = self.runtime.hub
@@ -207,6 +209,33 @@ class RuntimeCollector(Collector):
         yield owned
         yield leader
         yield from counters.values()
+
+
+    def _limits(self) -> Iterator[Metric]:
+        """The abuse limits (app/auth/throttle.py, app/api/limits.py): every series, 0 included."""
+        lim = self.runtime.limits
+        throttled = CounterMetricFamily("culturectl_auth_throttled", "password checks refused (429) by an abuse "
+                                        "limit, by rule and key kind", labels=["limit", "key"])
+        trips = CounterMetricFamily("culturectl_auth_throttle_trips", "abuse limits that tripped (audited as "
+                                    "auth.throttled), by rule and key kind", labels=["limit", "key"])
+        for rule in RULES:
+            for kind in KINDS:
+                throttled.add_metric([rule, kind], float(lim.throttled.get((rule, kind), 0)))
+                trips.add_metric([rule, kind], float(lim.trips.get((rule, kind), 0)))
+        yield throttled
+        yield trips
+        for name, value, doc in (
+            ("culturectl_auth_lockouts", lim.lockouts, "users locked by consecutive failed password checks"),
+            ("culturectl_auth_auto_unlocks", lim.auto_unlocks, "locked users unlocked by the automatic unlock time"),
+            ("culturectl_http_body_too_large", lim.body_too_large, "requests refused (413) for their body size"),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], float(value))
+            yield c
+        sse = CounterMetricFamily("culturectl_sse_refused", "live streams refused (503) by a cap", labels=["cap"])
+        for cap in ("sse_streams_per_principal", "sse_streams_total"):
+            sse.add_metric([cap], float(lim.sse_refused.get(cap, 0)))
+        yield sse
 
 
 def render_metrics(runtime: Runtime, http: HttpMetrics | None = None) -> bytes:

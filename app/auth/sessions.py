@@ -11,14 +11,16 @@ from typing import Any
 import asyncpg
 import jwt
 
-from app.auth import passwords, tokens
+from app.auth import passwords, throttle, tokens
 from app.auth.principal import SYSTEM, Principal
 from app.auth.users import (
     LOCKOUT_THRESHOLD,
     QUALIFIED_USER_COLUMNS,
     USER_COLUMNS,
     AuthError,
+    auto_unlock,
     register_failure,
+    unlock_note,
     user_principal,
 )
 from app.core.problems import Problem
@@ -40,8 +42,13 @@ async def login(
     threshold: int = LOCKOUT_THRESHOLD, client: str | None = None,
 ) -> Login:
     """Check the credentials and open a session. Audited as auth.login, or auth.login_failed (+ user.lock when
-    this failure locked the account); the failure is committed before the error is raised."""
-    row = await conn.fetchrow(f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1", username)
+    this failure locked the account); the failure is committed before the error is raised.
+    Abuse limits first (app.auth.throttle, rule login_rate): a slowed attempt is a 429 and checks no password."""
+    throttle.check("login_rate", client=client, user=username)
+    query = f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = $1"
+    row = await conn.fetchrow(query, username)
+    if row is not None and row["locked_at"] is not None and await auto_unlock(conn, row["id"], client=client):
+        row = await conn.fetchrow(query, username)
     ok = await passwords.verify_hash_async(password, row["password_hash"] if row else None)
 
     async def failed(cause: str) -> None:
@@ -49,6 +56,8 @@ async def login(
             await audit.record(conn, actor=SYSTEM, action="auth.login_failed", entity_type="user",
                                entity_id=row["id"] if row else None, old=None,
                                new={"username": username, "cause": cause}, reason=cause, client=client)
+        if not ok:  # a wrong password (or an unknown name) counts toward the abuse limits
+            await throttle.failed(conn, "login_rate", client=client, user=username)
 
     if row is None:
         await failed("unknown username")
@@ -56,17 +65,20 @@ async def login(
     if row["locked_at"] is not None:
         await failed("account locked")
         raise Problem(403, "account-locked", "Account locked",
-                      f"the account is locked after {threshold} consecutive failed logins; an admin must unlock it")
+                      f"the account is locked after {threshold} consecutive failed logins; "
+                      f"{unlock_note(row['locked_at'])}")
     if not ok:
         await failed("wrong password")
         if await register_failure(conn, row["id"], purpose="login", client=client, threshold=threshold):
+            locked_at = await conn.fetchval("SELECT locked_at FROM users WHERE id = $1", row["id"])
             raise Problem(403, "account-locked", "Account locked",
-                          f"the account is now locked after {threshold} consecutive failed logins; an admin must "
-                          "unlock it")
+                          f"the account is now locked after {threshold} consecutive failed logins; "
+                          f"{unlock_note(locked_at)}")
         raise AuthError("wrong username or password", kind="login-failed")
     if row["disabled"]:
         await failed("account disabled")
         raise Problem(403, "account-disabled", "Account disabled", "the account is disabled; ask an admin")
+    throttle.succeeded("login_rate", username)
     issued = tokens.issue(key, row["id"], ttl)
     async with conn.transaction():
         await conn.execute("UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0", row["id"])

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from app.auth import passwords
+from app.auth import passwords, throttle
 from app.auth.principal import SYSTEM, Principal, Role
 from app.core.problems import Problem
 from app.records import audit
@@ -208,6 +209,7 @@ async def register_failure(
         assert row is not None
         locked_now = old["locked_at"] is None and row["locked_at"] is not None
         if locked_now:
+            throttle.counted_lockout()
             await revoke_sessions(conn, user_id)
             await audit.record(
                 conn, actor=SYSTEM, action="user.lock", entity_type="user", entity_id=user_id,
@@ -218,7 +220,7 @@ async def register_failure(
 
 async def verify_password_for(
     conn: asyncpg.Connection, user_id: int, password: str, *, purpose: str, client: str | None,
-    threshold: int = LOCKOUT_THRESHOLD,
+    threshold: int = LOCKOUT_THRESHOLD, rule: throttle.RuleName = "signature_rate",
 ) -> bool:
     """True when `password` is the password of `user_id` and the user is active and not locked.
 
@@ -226,13 +228,55 @@ async def verify_password_for(
     user.lock); a right one resets the count. The failure itself is audited by the caller (e.g.
     signature.failed). Disabled, locked or unknown users get False without counting.
     Call it outside a transaction that will be rolled back, or the counted failure is lost with it.
+    Abuse limits (app.auth.throttle, `rule`) come first: a slowed attempt raises 429 without checking the password.
     """
-    row = await conn.fetchrow("SELECT password_hash, disabled, locked_at FROM users WHERE id = $1", user_id)
+    query = "SELECT username, password_hash, disabled, locked_at FROM users WHERE id = $1"
+    row = await conn.fetchrow(query, user_id)
+    name = str(row["username"]) if row else None
+    throttle.check(rule, client=client, user=name)
+    if row is not None and row["locked_at"] is not None and await auto_unlock(conn, user_id, client=client):
+        row = await conn.fetchrow(query, user_id)
     ok = await passwords.verify_hash_async(password, row["password_hash"] if row else None)
+    if not ok:
+        if row is not None and not row["disabled"] and row["locked_at"] is None:
+            await register_failure(conn, user_id, purpose=purpose, client=client, threshold=threshold)
+        await throttle.failed(conn, rule, client=client, user=name)
+        return False
     if row is None or row["disabled"] or row["locked_at"] is not None:
         return False
-    if not ok:
-        await register_failure(conn, user_id, purpose=purpose, client=client, threshold=threshold)
-        return False
     await conn.execute("UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0", user_id)
+    throttle.succeeded(rule, str(row["username"]))
+    return True
+
+
+def unlock_note(locked_at: datetime | None) -> str:
+    """How a locked account is unlocked: by an admin, or (CULTURECTL_LOCKOUT_UNLOCK_MINUTES) by itself at a time."""
+    limits = throttle.current()
+    if locked_at is None or limits is None or limits.unlock_minutes <= 0:
+        return "an admin must unlock it"
+    at = (locked_at + timedelta(minutes=limits.unlock_minutes)).isoformat(timespec="seconds")
+    return f"an admin must unlock it, or it unlocks by itself at {at}"
+
+
+async def auto_unlock(conn: asyncpg.Connection, user_id: int, *, client: str | None) -> bool:
+    """Unlock a user locked longer than the automatic unlock time (CULTURECTL_LOCKOUT_UNLOCK_MINUTES; 0: never).
+    Audited as user.unlock by the system. True when unlocked now."""
+    limits = throttle.current()
+    if limits is None or limits.unlock_minutes <= 0:
+        return False
+    async with conn.transaction():
+        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
+        if old is None or old["locked_at"] is None:
+            return False
+        row = await conn.fetchrow(
+            "UPDATE users SET locked_at = NULL, failed_logins = 0 "
+            "WHERE id = $1 AND locked_at <= now() - make_interval(secs => $2) "
+            f"RETURNING {USER_COLUMNS}", user_id, limits.unlock_minutes * 60.0)
+        if row is None:
+            return False
+        await audit.record(conn, actor=SYSTEM, action="user.unlock", entity_type="user", entity_id=user_id,
+                           old=_user_audit(old), new=_user_audit(row), client=client,
+                           reason=f"automatic unlock {limits.unlock_minutes:g} minutes after the lock "
+                                  "(CULTURECTL_LOCKOUT_UNLOCK_MINUTES)")
+    limits.auto_unlocks += 1
     return True

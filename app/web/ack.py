@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse
 from app.alarms.service import AckLink
 from app.api.deps import ConnectionDep
 from app.api.security import client_address
-from app.auth import users
+from app.auth import throttle, users
 from app.auth.policy import access_for
 from app.core.problems import Problem
 from app.ingest import history
@@ -126,9 +126,15 @@ async def ack_post(token: str, request: Request, conn: ConnectionDep) -> HTMLRes
         return again(422, "The comment is longer than 2000 characters.")
     user = await users.get_user_by_name(conn, row["username"])
     client = client_address(request)
-    if user is None or not password or not await users.verify_password_for(
+    try:  # the login's abuse limits: a slowed attempt checks no password and counts toward nothing
+        verified = user is not None and bool(password) and await users.verify_password_for(
             conn, user["id"], password, purpose="remote acknowledgement", client=client,
-            threshold=runtime.settings.lockout_threshold):
+            threshold=runtime.settings.lockout_threshold, rule="login_rate")
+    except throttle.Throttled as exc:
+        page = again(429, f"Too many failed attempts: try again in {exc.extra['retry_after_s']} s.")
+        page.headers.update(exc.headers or {})
+        return page
+    if user is None or not verified:
         # a forwarded link must not be a way to guess the password (or to lock the person out): a few tries, then
         # the link ends
         failures: dict[int, int] = request.app.state.__dict__.setdefault("ack_failures", {})

@@ -92,6 +92,11 @@ async def running_service(dsn: str, data_dir: Path, *, clock: Clock | None = Non
                           **settings: Any) -> AsyncIterator[Service]:
     """The app with its lifespan running, and a cookie-less client on it (on `clock`, e.g. a ManualClock)."""
     settings.setdefault("engine_enabled", False)  # API tests drive the schedule by hand; engine tests turn it on
+    # API tests fail passwords on purpose from one client address: the abuse-limit tests (test_limits.py) turn the
+    # throttle on
+    for name in ("login_throttle_after", "login_throttle_client_after", "signature_throttle_after",
+                 "signature_throttle_client_after"):
+        settings.setdefault(name, 1000)
     s = Settings(database_url=SecretStr(dsn), data_dir=data_dir, connect_devices=False, **settings)
     app = create_app(s, clock=clock)
     async with app.router.lifespan_context(app):

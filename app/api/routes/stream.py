@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import RuntimeDep
+from app.api.limits import StreamSlotDep
 from app.core.live import LiveEvent
 from app.core.problems import Problem
 
@@ -67,11 +68,16 @@ def stream_request(
     "/stream",
     response_class=EventSourceResponse,
     summary="Live readings and device states (SSE); reconnect with Last-Event-ID to resume",
-    responses={422: {"description": "unknown channel or event kind, or a malformed Last-Event-ID"}},
+    responses={422: {"description": "unknown channel or event kind, or a malformed Last-Event-ID"},
+               503: {"description": "the database is unavailable, or a cap on open streams is reached (rule "
+                                    "sse_streams_per_principal or sse_streams_total, with its limit)"}},
 )
 async def stream(
-    runtime: RuntimeDep, request: Annotated[StreamRequest, Depends(stream_request)]
+    runtime: RuntimeDep, request: Annotated[StreamRequest, Depends(stream_request)], slot: StreamSlotDep,
 ) -> AsyncIterator[ServerSentEvent]:
-    yield ServerSentEvent(comment="culturectl live stream", retry=2000)
-    async for event in runtime.live.subscribe(request.accepts, request.resume_after):
-        yield ServerSentEvent(id=str(event.id), event=event.kind, data=event.data)
+    try:
+        yield ServerSentEvent(comment="culturectl live stream", retry=2000)
+        async for event in runtime.live.subscribe(request.accepts, request.resume_after):
+            yield ServerSentEvent(id=str(event.id), event=event.kind, data=event.data)
+    finally:
+        slot.release()
