@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from app.alarms.model import AlarmStatus, Priority
 from app.api.http_metrics import HttpMetrics
-from app.auth.throttle import KINDS, RULES
+from app.auth.throttle import KINDS, RULES, Limits
 from app.core.histogram import Histogram
 from drivers.base import DeviceState
 from drivers.supervisor import offline_total
@@ -213,7 +213,7 @@ class RuntimeCollector(Collector):
 
     def _limits(self) -> Iterator[Metric]:
         """The abuse limits (app/auth/throttle.py, app/api/limits.py): every series, 0 included."""
-        lim = self.runtime.limits
+        lim: Limits = getattr(self.runtime, "limits", None) or Limits()  # a runtime without them: zeros
         throttled = CounterMetricFamily("culturectl_auth_throttled", "password checks refused (429) by an abuse "
                                         "limit, by rule and key kind", labels=["limit", "key"])
         trips = CounterMetricFamily("culturectl_auth_throttle_trips", "abuse limits that tripped (audited as "
