@@ -23,6 +23,7 @@ from app.cli.device import certs_app, device_app
 from app.cli.notify import notify_app
 from app.cli.recipe import recipe_app
 from app.cli.run import run_app, step_app
+from app.cli.sbom import sbom_command
 from app.core.clock import ScaledClock, utcnow
 from app.settings import Settings
 
@@ -42,6 +43,7 @@ app.add_typer(run_app, name="run")
 app.add_typer(step_app, name="step")
 app.add_typer(device_app, name="device")
 app.add_typer(certs_app, name="certs")
+app.command("sbom")(sbom_command)
 
 DEMO_SCALE = 7 * 24 * 60 / 30  # 7 days in 30 minutes
 
