@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.api.deps import ConnectionDep, RuntimeDep
+from app.api.headers import NONCE_STATE
 from app.api.routes import alarms as alarms_api
 from app.api.routes import audit as audit_api
 from app.api.security import CurrentPrincipal
@@ -113,7 +114,8 @@ def _page(request: Request, name: str, principal: Principal | None, page: str, *
     unack = views.unacknowledged(_alarm_views(_runtime(request))) if principal is not None else {}
     return TEMPLATES.TemplateResponse(request, name, {
         "principal": principal, "page": page, "sse_kinds": PAGE_KINDS.get(page, ""), **_clock(request),
-        "unack_count": len(unack), "unack_json": json.dumps(unack, sort_keys=True), **ctx})
+        "unack_count": len(unack), "unack_json": json.dumps(unack, sort_keys=True),
+        "csp_nonce": getattr(request.state, NONCE_STATE, ""), **ctx})  # for a <style> element (the record's)
 
 
 def _fragment(request: Request, name: str, **ctx: Any) -> HTMLResponse:

@@ -73,6 +73,15 @@
     });
   }
   setInterval(tick, 250);
+  // Timeline bars carry their place in data-left / data-width (percent): the CSP allows no style= attribute,
+  // styles set here (the CSSOM) are allowed. Called for the page and for each re-fetched part.
+  function placeBars(root) {
+    root.querySelectorAll(".track [data-left]").forEach(function (b) {
+      b.style.left = b.dataset.left + "%";
+      if (b.dataset.width !== undefined) b.style.width = b.dataset.width + "%";
+    });
+  }
+  placeBars(document);
   tick();
 
   // ---- JSON API calls with the session cookie; problem JSON back ----------------------------------------
@@ -189,6 +198,7 @@
       }).then(function (html) {
         if (html === null) return;
         el.innerHTML = html;
+        placeBars(el);
         htmx.process(el);
         done(true);
       }, function () { done(false); }).finally(function () { clearTimeout(late); });
