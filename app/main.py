@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.api.headers import install_security_headers
 from app.api.http_metrics import install_http_metrics
 from app.api.limits import LimitsMiddleware, document_limits, limits_from
 from app.api.routes import alarms as alarms_api
@@ -35,6 +36,7 @@ from app.core.problems import PROBLEM_JSON, install_problem_handlers
 from app.runtime import Runtime
 from app.settings import Settings
 from app.web import ack as web_ack
+from app.web import api_docs as web_api_docs
 from app.web import pages as web_pages
 
 log = logging.getLogger("culturectl.service")
@@ -65,6 +67,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         version="0.1.0",
         summary="Monitoring and control of 7-day T-lymphoid progenitor culture runs",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from the package, under the CSP (app/web/api_docs.py)
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.add_middleware(LimitsMiddleware, runtime=runtime)  # 413 before a body is parsed (app/api/limits.py)
@@ -92,6 +96,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     web_pages.install(app)
     app.include_router(web_ack.router)  # remote acknowledgement from a notification's link
     app.include_router(cluster_api.router)  # one replica's calls on another (signed with the service key)
+    app.include_router(web_api_docs.router)  # /docs, /redoc: Swagger UI and ReDoc from app/web/static/vendor
+    # CSP, nosniff, frame and referrer rules on every response; HSTS behind HTTPS (app/api/headers.py). Last, so
+    # it wraps every other middleware.
+    install_security_headers(app, hsts=settings.cookie_secure)
     return app
 
 

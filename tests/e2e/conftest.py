@@ -65,7 +65,8 @@ async def demo_bearer(api: httpx.AsyncClient, role: Role = Role.OPERATOR) -> Non
 
 
 async def page_ready(page: Page) -> None:
-    await page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20_000)
+    # A function, not an expression: Playwright polls an expression with eval(), which the pages' CSP refuses.
+    await page.wait_for_function("() => document.body.dataset.ready === 'true'", timeout=20_000)
 
 
 async def demo_page(browser: Browser, base_url: str, role: Role = Role.OPERATOR,

@@ -279,7 +279,7 @@ async def test_an_open_page_keeps_its_session_past_the_token_lifetime(browser: B
         await page.click("form#login button[type=submit]")
         await page.wait_for_url(lambda url: "/login" not in url)
         await _ready(page)
-        await page.wait_for_function("(window.culturectl.renewals || 0) >= 3", timeout=30_000)
+        await page.wait_for_function("() => (window.culturectl.renewals || 0) >= 3", timeout=30_000)
         await page.reload()
         await _ready(page)
         assert "/login" not in page.url

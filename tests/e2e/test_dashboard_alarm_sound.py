@@ -122,8 +122,8 @@ async def test_the_title_counts_unacknowledged_alarms_and_the_sound_beeps_only_w
         await page.evaluate("window.culturectl.sound.repeatMs = 300")  # instead of 10 s
         await _lose(dash, "probe-b")
         await _title(page, f"(2) {TITLE}")
-        await page.wait_for_function("Number(document.body.dataset.beeps) >= 1", timeout=5_000)
-        await page.wait_for_function("Number(document.body.dataset.beeps) >= 3", timeout=5_000)  # it repeats
+        await page.wait_for_function("() => Number(document.body.dataset.beeps) >= 1", timeout=5_000)
+        await page.wait_for_function("() => Number(document.body.dataset.beeps) >= 3", timeout=5_000)  # it repeats
         await page.screenshot(path=str(artifacts / "overview-alarm-sound-on.png"))
 
         # acknowledgements: the count drops; the tone stops with the last high-priority alarm waiting
@@ -132,13 +132,13 @@ async def test_the_title_counts_unacknowledged_alarms_and_the_sound_beeps_only_w
         assert await page.evaluate("document.body.dataset.alarmTone") == "repeating"
         await _ack(dash, "probe-b")
         await _title(page, TITLE)
-        await page.wait_for_function("document.body.dataset.alarmTone === 'idle'", timeout=5_000)
+        await page.wait_for_function("() => document.body.dataset.alarmTone === 'idle'", timeout=5_000)
         beeps = await _beeps(page)
         await page.wait_for_timeout(1_000)  # more than three repeat intervals: no tone comes
         assert await _beeps(page) == beeps
 
         await page.reload()
-        await page.wait_for_function("document.body.dataset.ready === 'true'", timeout=20_000)
+        await page.wait_for_function("() => document.body.dataset.ready === 'true'", timeout=20_000)
         assert await toggle.get_attribute("aria-pressed") == "true"
         assert await page.title() == TITLE
     finally:
