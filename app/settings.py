@@ -88,6 +88,20 @@ class Settings(BaseSettings):
                                 description="largest request body, bytes (413 beyond)")
     max_upload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 ** 3,
                                   description="largest body of a recipe upload or a count import, bytes")
+    inactivity_minutes: float = Field(default=15.0, ge=0, le=24 * 60,
+                                      description="wall minutes without a user action (pointer, key, touch) after "
+                                                  "which the dashboard locks and the session refuses actions until "
+                                                  "the password is given again; 0: no inactivity lock")
+    inactivity_keep_live: bool = Field(default=False,
+                                       description="wall screens: live data keeps flowing (and stays readable) "
+                                                   "behind the lock screen; false: the page is hidden and its live "
+                                                   "stream stops while locked")
+    password_max_age_days: int = Field(default=0, ge=0, le=3650,
+                                       description="days a password is valid; a login after that must change it "
+                                                   "before anything else; 0: passwords do not expire")
+    password_history: int = Field(default=5, ge=0, le=50,
+                                  description="a new password may not be any of the user's last N passwords (the "
+                                              "current one included); 0 or 1: only not the current one")
     alarm_interval: float = Field(default=0.5, gt=0, le=10,
                                   description="wall seconds between alarm passes (delays, stale data, expiry, persist)")
     alarm_shelve_max_minutes: float = Field(default=480.0, gt=0, le=7 * 24 * 60,

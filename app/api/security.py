@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.deps import RuntimeDep
-from app.auth import apikeys, sessions, tokens, users
+from app.auth import apikeys, inactivity, sessions, tokens, users
 from app.auth.policy import access_for
 from app.auth.principal import Principal
 from app.core.problems import Problem
@@ -53,7 +53,7 @@ def client_address(request: Request) -> str | None:
 
 
 async def authenticate(request: Request, runtime: Runtime, credentials: str | None, api_key: str | None,
-                       cookie: str | None) -> Principal:
+                       cookie: str | None, route: tuple[str, str | None] | None = None) -> Principal:
     token = credentials or api_key or cookie
     if not token:
         raise users.AuthError("this endpoint needs credentials: Authorization: Bearer <token or API key>, "
@@ -64,7 +64,14 @@ async def authenticate(request: Request, runtime: Runtime, credentials: str | No
         async with runtime.pool.acquire(timeout=5) as conn:
             if apikeys.looks_like_api_key(token):
                 return await apikeys.principal_for_api_key(conn, token)
-            return await sessions.principal_for_token(conn, signing_key(request), token)
+            if route is None:
+                return await sessions.principal_for_token(conn, signing_key(request), token)
+            method, path = route
+            # the inactivity lock and password expiry (app/auth/inactivity.py): by the route's use
+            return await sessions.principal_for_token(
+                conn, signing_key(request), token, rules=inactivity.SessionRules.of(runtime.settings),
+                use=inactivity.route_use(method, path),
+                expiry_exempt=(method, path or "") in inactivity.PASSWORD_EXPIRED_ALLOWED)
     except (OSError, TimeoutError) as exc:
         raise Problem(503, "database-unavailable", "Database unavailable",
                       f"credentials cannot be checked now: the database cannot be reached ({type(exc).__name__})",
@@ -81,7 +88,8 @@ async def current_principal(
     """Authenticate the caller (401) and check the role x endpoint table for the matched route (403)."""
     method, path = request.method, route_template(request)
     access = access_for(method, path) if path else None
-    principal = await authenticate(request, runtime, bearer.credentials if bearer else None, api_key, cookie)
+    principal = await authenticate(request, runtime, bearer.credentials if bearer else None, api_key, cookie,
+                                   route=(method, path))
     if access is None:
         raise Problem(403, "no-policy", "Forbidden", f"{method} {path} has no entry in the role x endpoint table")
     if not access.allows(principal):

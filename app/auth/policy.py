@@ -84,6 +84,9 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", f"{V1}/auth/me"): ANY,
     ("POST", f"{V1}/auth/logout"): ANY,
     ("POST", f"{V1}/auth/refresh"): USERS,
+    # The inactivity lock (app/auth/inactivity.py): the dashboard's heartbeat, the locked screen.
+    ("POST", f"{V1}/auth/activity"): USERS,
+    ("POST", f"{V1}/auth/unlock"): Access(users_only=True, note="one's own password, or another user's login"),
     ("GET", f"{V1}/signatures"): ANY,
     # One's own password: people only.
     ("POST", f"{V1}/users/me/password"): USERS,
@@ -93,6 +96,8 @@ POLICY: dict[tuple[str, str], Access] = {
     ("POST", f"{V1}/users/{{user_id}}/disable"): ADMIN,
     ("POST", f"{V1}/users/{{user_id}}/enable"): ADMIN,
     ("POST", f"{V1}/users/{{user_id}}/unlock"): ADMIN,
+    ("PATCH", f"{V1}/users/{{user_id}}"): roles(Role.ADMIN, note="reason required; not one's own role; "
+                                                                "the last active admin stays admin"),
     ("GET", f"{V1}/apikeys"): ADMIN,
     ("POST", f"{V1}/apikeys"): ADMIN,
     ("POST", f"{V1}/apikeys/{{key_id}}/revoke"): ADMIN,

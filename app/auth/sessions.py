@@ -12,6 +12,7 @@ import asyncpg
 import jwt
 
 from app.auth import passwords, throttle, tokens
+from app.auth.inactivity import CHANGE_PASSWORD_PATH, RouteUse, SessionRules
 from app.auth.principal import SYSTEM, Principal
 from app.auth.users import (
     LOCKOUT_THRESHOLD,
@@ -22,6 +23,7 @@ from app.auth.users import (
     register_failure,
     unlock_note,
     user_principal,
+    verify_password_for,
 )
 from app.core.problems import Problem
 from app.records import audit
@@ -35,11 +37,16 @@ from app.records import audit
 class Login:
     token: tokens.IssuedToken
     user: asyncpg.Record
+    password_expired: bool = False  # the session may only change the password (SessionRules.password_max_age)
+
+
+def password_expired(changed_at: datetime, at: datetime, max_age: timedelta | None) -> bool:
+    return max_age is not None and at >= changed_at + max_age
 
 
 async def login(
     conn: asyncpg.Connection, username: str, password: str, *, key: bytes, ttl: timedelta,
-    threshold: int = LOCKOUT_THRESHOLD, client: str | None = None,
+    threshold: int = LOCKOUT_THRESHOLD, client: str | None = None, password_max_age: timedelta | None = None,
 ) -> Login:
     """Check the credentials and open a session. Audited as auth.login, or auth.login_failed (+ user.lock when
     this failure locked the account); the failure is committed before the error is raised.
@@ -80,14 +87,17 @@ async def login(
         raise Problem(403, "account-disabled", "Account disabled", "the account is disabled; ask an admin")
     throttle.succeeded("login_rate", username)
     issued = tokens.issue(key, row["id"], ttl)
+    expired = password_expired(row["password_changed_at"], issued.issued_at, password_max_age)
     async with conn.transaction():
         await conn.execute("UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0", row["id"])
-        await conn.execute("INSERT INTO sessions (jti, user_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
-                           issued.jti, row["id"], issued.issued_at, issued.expires_at)
+        await conn.execute("INSERT INTO sessions (jti, user_id, issued_at, expires_at, last_activity_at) "
+                           "VALUES ($1, $2, $3, $4, $3)", issued.jti, row["id"], issued.issued_at, issued.expires_at)
+        new: dict[str, Any] = {"session_expires_at": issued.expires_at.isoformat()}
+        if expired:
+            new["password_expired"] = True
         await audit.record(conn, actor=user_principal(row, issued.jti), action="auth.login", entity_type="user",
-                           entity_id=row["id"], old=None,
-                           new={"session_expires_at": issued.expires_at.isoformat()}, reason=None, client=client)
-    return Login(issued, row)
+                           entity_id=row["id"], old=None, new=new, reason=None, client=client)
+    return Login(issued, row, expired)
 
 
 async def logout(conn: asyncpg.Connection, principal: Principal, *, client: str | None = None) -> None:
@@ -123,8 +133,11 @@ async def renew(conn: asyncpg.Connection, principal: Principal, *, key: bytes, t
     return issued
 
 
-async def principal_for_token(conn: asyncpg.Connection, key: bytes, token: str) -> Principal:
-    """The user behind a session token, checked against the database now (revoked, disabled, locked)."""
+async def principal_for_token(conn: asyncpg.Connection, key: bytes, token: str, *, rules: SessionRules | None = None,
+                              use: RouteUse = "action", expiry_exempt: bool = True) -> Principal:
+    """The user behind a session token, checked against the database now (revoked, disabled, locked); with `rules`,
+    the inactivity lock for a request of `use` (a user action moves the session's last activity) and, unless the
+    route is `expiry_exempt`, password expiry."""
     try:
         claims = tokens.decode(key, token)
     except jwt.ExpiredSignatureError:
@@ -132,11 +145,14 @@ async def principal_for_token(conn: asyncpg.Connection, key: bytes, token: str) 
     except jwt.InvalidTokenError:
         raise AuthError("the token is not valid", kind="invalid-token") from None
     row = await conn.fetchrow(
-        f"SELECT s.user_id AS session_user, s.expires_at, s.revoked_at, {QUALIFIED_USER_COLUMNS} "
+        f"SELECT s.user_id AS session_user, s.expires_at, s.revoked_at, s.issued_at AS session_issued_at, "
+        f"s.last_activity_at, {QUALIFIED_USER_COLUMNS} "
         "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.jti = $1", claims["jti"])
     if row is None or str(row["session_user"]) != claims["sub"]:
         raise AuthError("the token names no session", kind="invalid-token")
     _check_session(row)
+    if rules is not None:
+        await _check_rules(conn, row, claims["jti"], rules, use, expiry_exempt)
     return user_principal(row, token_id=claims["jti"])
 
 
@@ -150,3 +166,79 @@ def _check_session(row: Mapping[str, Any]) -> None:
         raise AuthError("the user is disabled", kind="user-disabled")
     if row["locked_at"] is not None:
         raise AuthError("the user is locked; an admin must unlock it", kind="user-locked")
+
+
+# --------------------------------------------------------------------------------------------------
+# Inactivity lock and password expiry (app.auth.inactivity)
+# --------------------------------------------------------------------------------------------------
+
+
+async def _check_rules(conn: asyncpg.Connection, row: Mapping[str, Any], jti: str, rules: SessionRules,
+                       use: RouteUse, expiry_exempt: bool) -> None:
+    if not expiry_exempt and password_expired(row["password_changed_at"], row["session_issued_at"],
+                                              rules.password_max_age):
+        raise Problem(403, "password-expired", "Password expired",
+                      f"the password is older than {rules.password_max_age}: change it (POST {CHANGE_PASSWORD_PATH}) "
+                      "before anything else", change_password=CHANGE_PASSWORD_PATH)
+    refusal = rules.idle_refusal
+    if refusal is None or use == "exempt":
+        return
+    now = datetime.now(UTC)
+    idle = now - row["last_activity_at"]
+    if idle >= refusal:
+        if use == "action" or not rules.keep_live:
+            raise AuthError(f"the session is locked after {rules.idle_limit} without a user action; give the "
+                            "password again (POST /api/v1/auth/unlock)", kind="session-idle")
+        return
+    if use == "action" and idle >= timedelta(seconds=1):
+        await conn.execute("UPDATE sessions SET last_activity_at = $2 WHERE jti = $1 AND last_activity_at < $2",
+                           jti, now)
+
+
+async def unlock(conn: asyncpg.Connection, principal: Principal, password: str, *, threshold: int = LOCKOUT_THRESHOLD,
+                 client: str | None = None) -> datetime:
+    """The password of the session's own user again: the session counts as active from now. Audited as
+    session.unlock; a wrong password as session.unlock_failed, and it counts toward the lockout and the login
+    abuse limit (app.auth.throttle, login_rate) like a failed login."""
+    if principal.kind != "user" or principal.token_id is None or principal.id is None:
+        raise Problem(400, "no-session", "No session to unlock",
+                      "only a user's login session can be locked and unlocked; API keys have no session")
+    if not await verify_password_for(conn, principal.id, password, purpose="session unlock", client=client,
+                                     threshold=threshold, rule="login_rate"):
+        async with conn.transaction():
+            await audit.record(conn, actor=principal, action="session.unlock_failed", entity_type="user",
+                               entity_id=principal.id, old=None, new={"cause": "wrong password"},
+                               reason="wrong password", client=client)
+        if await conn.fetchval("SELECT locked_at IS NOT NULL FROM users WHERE id = $1", principal.id):
+            raise Problem(403, "account-locked", "Account locked",
+                          f"the account is locked after {threshold} consecutive failed password checks")
+        raise AuthError("wrong password (failed attempts count toward the lockout)", kind="wrong-password")
+    now = datetime.now(UTC)
+    async with conn.transaction():
+        before = await conn.fetchval("SELECT last_activity_at FROM sessions WHERE jti = $1 AND revoked_at IS NULL "
+                                     "FOR UPDATE", principal.token_id)
+        if before is None:
+            raise AuthError("the session was ended; log in again", kind="session-revoked")
+        await conn.execute("UPDATE sessions SET last_activity_at = $2 WHERE jti = $1", principal.token_id, now)
+        await audit.record(conn, actor=principal, action="session.unlock", entity_type="user", entity_id=principal.id,
+                           old={"last_activity_at": before.isoformat()}, new={"last_activity_at": now.isoformat()},
+                           reason="password given again on the locked screen", client=client)
+    return now
+
+
+async def take_over(conn: asyncpg.Connection, first: Principal, username: str, password: str, *, key: bytes,
+                    ttl: timedelta, threshold: int = LOCKOUT_THRESHOLD, client: str | None = None,
+                    password_max_age: timedelta | None = None) -> Login:
+    """Another user logs in on a locked screen: their session is opened (audited as auth.login; a failure as a
+    login's), then the first user's session ends (session.end, by the new user)."""
+    result = await login(conn, username, password, key=key, ttl=ttl, threshold=threshold, client=client,
+                         password_max_age=password_max_age)
+    if first.token_id is not None and first.id is not None:
+        async with conn.transaction():
+            await conn.execute("UPDATE sessions SET revoked_at = now() WHERE jti = $1 AND revoked_at IS NULL",
+                               first.token_id)
+            await audit.record(conn, actor=user_principal(result.user, result.token.jti), action="session.end",
+                               entity_type="user", entity_id=first.id, old={"username": first.name},
+                               new={"ended_by": str(result.user["username"])},
+                               reason="another user logged in on the locked screen", client=client)
+    return result

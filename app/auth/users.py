@@ -1,4 +1,5 @@
-"""Users in the database: create, disable, enable, unlock, change password, check a password (with lockout);
+"""Users in the database: create, disable, enable, unlock, change role and name, change password (with its
+history), check a password (with lockout);
 every change writes one audit record in its transaction. Errors are `Problem`s whose detail names the rule."""
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ async def set_disabled(
         old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
         if old is None:
             raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+        if disabled and not old["disabled"] and old["role"] == Role.ADMIN.value:
+            await _keep_an_admin(conn, user_id, "disabled")
         row = await conn.fetchrow(f"UPDATE users SET disabled = $2 WHERE id = $1 RETURNING {USER_COLUMNS}",
                                   user_id, disabled)
         assert row is not None
@@ -168,12 +171,64 @@ async def unlock_user(
     return row
 
 
+async def _keep_an_admin(conn: asyncpg.Connection, user_id: int, what: str) -> None:
+    """Refuse (409 last-admin) to take the last active (not disabled) admin away. Locks the admins' rows, so two
+    admins cannot demote each other at once."""
+    others = await conn.fetch("SELECT id FROM users WHERE role = 'admin' AND NOT disabled AND id <> $1 "
+                              "ORDER BY id FOR UPDATE", user_id)
+    if not others:
+        raise Problem(409, "last-admin", "Last admin",
+                      f"the last active admin cannot be {what}: make another user admin first")
+
+
+async def update_user(
+    conn: asyncpg.Connection, user_id: int, *, actor: Principal, reason: str | None, role: Role | str | None = None,
+    display_name: str | None = None, client: str | None = None,
+) -> asyncpg.Record:
+    """Change a user's role and/or printed name (display name). A reason is required; nobody changes their own
+    role; the last active admin keeps the role. A role change ends the user's sessions (they log in again under
+    the new role). Audited as one user.update with the old and new values (nothing written when nothing changes)."""
+    why = require_reason(reason, "user.update")
+    if role is None and display_name is None:
+        raise Problem(422, "nothing-to-change", "Nothing to change", "give role and/or display_name")
+    new_role = Role(role) if role is not None else None
+    name = display_name.strip() if display_name is not None else None
+    if name is not None and not name:
+        raise Problem(422, "invalid-display-name", "Invalid display name",
+                      "display_name (the printed name on signatures) must not be empty")
+    async with conn.transaction():
+        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
+        if old is None:
+            raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+        role_changes = new_role is not None and new_role.value != old["role"]
+        if role_changes and actor.kind == "user" and actor.id == user_id:
+            raise Problem(409, "cannot-change-own-role", "Cannot change your own role",
+                          "nobody changes their own role; another admin must do it")
+        if role_changes and old["role"] == Role.ADMIN.value and not old["disabled"]:
+            await _keep_an_admin(conn, user_id, "demoted")
+        changes = {k: v for k, v in (("role", new_role.value if role_changes and new_role else None),
+                                     ("display_name", name if name is not None and name != old["display_name"]
+                                      else None)) if v is not None}
+        if not changes:
+            return old
+        row = await conn.fetchrow(
+            f"UPDATE users SET role = coalesce($2, role), display_name = coalesce($3, display_name) WHERE id = $1 "
+            f"RETURNING {USER_COLUMNS}", user_id, changes.get("role"), changes.get("display_name"))
+        assert row is not None
+        if role_changes:
+            await revoke_sessions(conn, user_id)
+        await audit.record(conn, actor=actor, action="user.update", entity_type="user", entity_id=user_id,
+                           old={k: old[k] for k in changes}, new=changes, reason=why, client=client)
+    return row
+
+
 async def change_password(
     conn: asyncpg.Connection, user_id: int, current_password: str, new_password: str, *, actor: Principal,
-    client: str | None = None, threshold: int = LOCKOUT_THRESHOLD,
+    client: str | None = None, threshold: int = LOCKOUT_THRESHOLD, history: int = 0,
 ) -> None:
     """The user's own password change: the current password again (a wrong one counts toward lockout), the rules,
-    and not the same password. Other sessions of the user end. Audited as user.password (no password in it)."""
+    and none of the last `history` passwords (the current one always). Other sessions of the user end. Audited as
+    user.password (no password in it). The old hash goes to password_history, which keeps what `history` needs."""
     row = await require_user(conn, user_id)
     if not await verify_password_for(conn, user_id, current_password, purpose="password change", client=client,
                                      threshold=threshold):
@@ -182,8 +237,21 @@ async def change_password(
     passwords.check_password_rules(row["username"], new_password)
     if new_password == current_password:
         raise passwords.PasswordRuleError("not-reused", "the new password must differ from the current one")
+    keep = max(history - 1, 0)  # previous passwords to remember besides the current one
+    for (old_hash,) in await conn.fetch("SELECT password_hash FROM password_history WHERE user_id = $1 "
+                                        "ORDER BY id DESC LIMIT $2", user_id, keep):
+        if await passwords.verify_hash_async(new_password, old_hash):
+            raise passwords.PasswordRuleError("not-reused", f"the new password must differ from the last {history} "
+                                                            "passwords (CULTURECTL_PASSWORD_HISTORY)")
     new_hash = await passwords.hash_password_async(new_password)
     async with conn.transaction():
+        current_hash = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1 FOR UPDATE", user_id)
+        await conn.execute("DELETE FROM password_history WHERE user_id = $1 AND id NOT IN (SELECT id FROM "
+                           "password_history WHERE user_id = $1 ORDER BY id DESC LIMIT $2)", user_id,
+                           max(keep - 1, 0))
+        if keep:
+            await conn.execute("INSERT INTO password_history (user_id, password_hash) VALUES ($1, $2)", user_id,
+                               current_hash)
         changed = await conn.fetchval(
             "UPDATE users SET password_hash = $2, password_changed_at = now() WHERE id = $1 "
             "RETURNING password_changed_at", user_id, new_hash)

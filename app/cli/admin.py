@@ -138,6 +138,36 @@ def user_unlock(
     typer.echo(f"user {username} unlocked")
 
 
+def _update(username: str, reason: str, **change: Any) -> None:
+    from app.auth import users
+    from app.auth.principal import cli_principal
+
+    async def action(conn: asyncpg.Connection) -> Any:
+        return await users.update_user(conn, await _user_id(conn, username), actor=cli_principal(), reason=reason,
+                                       **change)
+
+    run_on_database(action)
+
+
+@user_app.command("set-role")
+def user_set_role(
+    username: str, role: str, reason: Annotated[str, typer.Option(help="why (recorded in the audit trail)")],
+) -> None:
+    """Change a user's role (audited user.update; the last active admin stays admin; the user's sessions end)."""
+    _update(username, reason, role=_role(role))
+    typer.echo(f"user {username} is now {role}")
+
+
+@user_app.command("set-name")
+def user_set_name(
+    username: str, display_name: str,
+    reason: Annotated[str, typer.Option(help="why (recorded in the audit trail)")],
+) -> None:
+    """Change a user's printed name on signatures (audited user.update)."""
+    _update(username, reason, display_name=display_name)
+    typer.echo(f"user {username} is now named {display_name!r}")
+
+
 # --------------------------------------------------------------------------------------------------
 # API keys
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ hand-written asyncpg SQL in the module that owns the table.
 Owners (the only modules that write each table family):
 - device, channel: app/devices/registry.py
 - telemetry, telemetry_5m, telemetry_gap: app/ingest/writer.py (history queries: app/ingest/history.py)
-- users: app/auth/users.py; sessions: app/auth/sessions.py; api_keys: app/auth/apikeys.py
+- users, password_history: app/auth/users.py; sessions: app/auth/sessions.py; api_keys: app/auth/apikeys.py
 - audit_log, audit_head: app/records/audit.py; signature: app/records/signatures.py
 - recipe: app/protocol/recipes.py; culture_run: app/protocol/runs.py; step_record: app/protocol/steps.py;
   step_status: app/protocol/engine.py; deviation, deviation_comment: app/protocol/deviations.py;
@@ -331,10 +331,24 @@ sessions = Table(
     Column("issued_at", DateTime(True), nullable=False),
     Column("expires_at", DateTime(True), nullable=False),
     Column("revoked_at", DateTime(True)),
+    Column("last_activity_at", DateTime(True), nullable=False, server_default=text("now()")),
     CheckConstraint("expires_at > issued_at", name="sessions_check"),
     ForeignKeyConstraint(["user_id"], ["users.id"], name="sessions_user_id_fkey"),
     PrimaryKeyConstraint("jti", name="sessions_pkey"),
     Index("sessions_user_open", "user_id", postgresql_where="(revoked_at IS NULL)"),
+)
+
+password_history = Table(
+    "password_history",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True, autoincrement=True),
+    Column("user_id", Integer, nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("retired_at", DateTime(True), nullable=False, server_default=text("now()")),
+    CheckConstraint("password_hash ~~ '$argon2id$%%'::text", name="password_history_password_hash_check"),
+    ForeignKeyConstraint(["user_id"], ["users.id"], name="password_history_user_id_fkey"),
+    PrimaryKeyConstraint("id", name="password_history_pkey"),
+    Index("password_history_user_idx", "user_id", "id"),
 )
 
 alarm = Table(

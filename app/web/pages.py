@@ -27,6 +27,7 @@ from app.api.headers import NONCE_STATE
 from app.api.routes import alarms as alarms_api
 from app.api.routes import audit as audit_api
 from app.api.security import CurrentPrincipal
+from app.auth.inactivity import heartbeat_seconds
 from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.devices import registry
@@ -73,7 +74,7 @@ def install(app: FastAPI) -> None:
         if not getattr(request.state, "web_page", False):
             response = api_handler(request, exc)
             return await response if inspect.isawaitable(response) else response
-        if exc.status == 401:
+        if exc.status == 401 or exc.kind == "password-expired":  # log in (again), then change the password
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             if request.headers.get("HX-Request"):  # a fragment: send the whole page to the login
                 page = request.headers.get("HX-Current-URL", "/")
@@ -105,8 +106,11 @@ def _runtime(request: Request) -> Runtime:
 def _clock(request: Request) -> dict[str, Any]:
     runtime = _runtime(request)
     clock = runtime.clock
+    limit_s = runtime.settings.inactivity_minutes * 60  # the inactivity lock (app/web/static/session.js)
     return {"clock_now": clock.now().isoformat(), "clock_scale": clock.scale,
-            "session_ttl": runtime.settings.token_ttl_minutes * 60}
+            "session_ttl": runtime.settings.token_ttl_minutes * 60, "inactivity_s": limit_s,
+            "inactivity_heartbeat_s": heartbeat_seconds(limit_s) if limit_s > 0 else 0,
+            "inactivity_keep_live": runtime.settings.inactivity_keep_live}
 
 
 def _page(request: Request, name: str, principal: Principal | None, page: str, **ctx: Any) -> HTMLResponse:

@@ -40,6 +40,9 @@ _versions = itertools.count(1000)
 PUBLIC_OPERATIONS = {("POST", "/api/v1/auth/login")}  # creates a session; audited, tested in test_auth.py
 # Renews the caller's own session token: it changes no record, so it writes no audit row (tested in test_auth.py).
 SESSION_OPERATIONS = {("POST", "/api/v1/auth/refresh")}
+# The dashboard's activity heartbeat (the inactivity lock) records the session's last action, no audit row
+# (tested in test_inactivity.py).
+SESSION_OPERATIONS |= {("POST", "/api/v1/auth/activity")}
 
 
 @dataclass
@@ -83,6 +86,15 @@ async def _new_user(service: Service, actor: Actor) -> Request:
 
 async def _password(service: Service, actor: Actor) -> Request:
     return "/api/v1/users/me/password", {"current_password": actor.password or "x", "new_password": new_password()}
+
+
+async def _update_user(service: Service, actor: Actor) -> Request:
+    return f"/api/v1/users/{await _target_user(service)}", {"role": "supervisor", "display_name": "Walk Renamed",
+                                                             "reason": "walk: update"}
+
+
+async def _unlock(service: Service, actor: Actor) -> Request:
+    return "/api/v1/auth/unlock", {"password": actor.password or "x"}
 
 
 def _user_action(verb: str) -> Builder:
@@ -363,6 +375,8 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/users/{user_id}/disable"): _user_action("disable"),
     ("POST", "/api/v1/users/{user_id}/enable"): _user_action("enable"),
     ("POST", "/api/v1/users/{user_id}/unlock"): _user_action("unlock"),
+    ("PATCH", "/api/v1/users/{user_id}"): _update_user,
+    ("POST", "/api/v1/auth/unlock"): _unlock,
     ("POST", "/api/v1/apikeys"): _new_key,
     ("POST", "/api/v1/apikeys/{key_id}/revoke"): _revoke,
     ("POST", "/api/v1/users/{username}/contact-points"): _new_contact_point,

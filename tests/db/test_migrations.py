@@ -14,10 +14,10 @@ import pytest
 
 from app import db
 
-HEAD = "20261201_0016"  # the newest migration
+HEAD = "20261201_0017"  # the newest migration
 TABLES = {"schema_info", "device", "channel", "culture_run", "telemetry", "telemetry_gap", "recipe", "step_record",
           "deviation", "deviation_comment", "idempotency_key", "step_status", "setpoint_command", "alarm",
-          "alarm_event", "excursion", "live_event_batch"}
+          "alarm_event", "excursion", "live_event_batch", "password_history"}
 
 
 @pytest.fixture(scope="module")

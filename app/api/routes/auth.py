@@ -1,4 +1,5 @@
-"""Login (token + session cookie), logout (the session ends at once) and who am I."""
+"""Login (token + session cookie), logout (the session ends at once), who am I, and the inactivity lock (the
+dashboard's activity heartbeat; unlocking with the password, or another user logging in on the locked screen)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ConnectionDep, RuntimeDep
 from app.api.security import CurrentPrincipal, client_address, signing_key
-from app.auth import sessions, tokens, users
+from app.auth import inactivity, sessions, tokens, users
 from app.auth.principal import PrincipalKind
 from app.core.problems import PROBLEM_JSON
 
@@ -42,6 +43,24 @@ class LoginResponse(BaseModel):
     token_type: Literal["bearer"] = "bearer"
     expires_at: datetime
     user: UserPublic
+    password_expired: bool = Field(default=False, description="the password is older than "
+                                   "CULTURECTL_PASSWORD_MAX_AGE_DAYS: this session may only change it "
+                                   f"(POST {inactivity.CHANGE_PASSWORD_PATH}); anything else is 403 password-expired")
+
+
+class UnlockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(min_length=1, max_length=1024, repr=False)
+    username: str | None = Field(default=None, min_length=1, max_length=63,
+                                 description="another user logging in on the locked screen: their session is "
+                                             "opened and this one ends; unset or this session's user: an unlock")
+
+
+class UnlockResponse(BaseModel):
+    unlocked: bool = Field(description="true: this session goes on; false: another user's session replaced it")
+    last_activity_at: datetime | None = None
+    login: LoginResponse | None = Field(default=None, description="the new user's session (a takeover)")
 
 
 class Me(BaseModel):
@@ -66,11 +85,16 @@ async def login(body: LoginRequest, request: Request, response: Response, conn: 
     s = runtime.settings
     result = await sessions.login(conn, body.username, body.password, key=signing_key(request),
                                   ttl=timedelta(minutes=s.token_ttl_minutes), threshold=s.lockout_threshold,
-                                  client=client_address(request))
+                                  client=client_address(request),
+                                  password_max_age=inactivity.SessionRules.of(s).password_max_age)
+    return _logged_in(response, result, s.cookie_secure)
+
+
+def _logged_in(response: Response, result: sessions.Login, secure: bool) -> LoginResponse:
     t = result.token
-    _set_cookie(response, t, s.cookie_secure)
+    _set_cookie(response, t, secure)
     return LoginResponse(access_token=t.token, expires_at=t.expires_at,
-                         user=UserPublic(**users.user_public(result.user)))
+                         user=UserPublic(**users.user_public(result.user)), password_expired=result.password_expired)
 
 
 @router.post("/refresh", response_model=LoginResponse, responses={401: _ERRORS[401]},
@@ -103,3 +127,28 @@ async def logout(principal: CurrentPrincipal, request: Request, response: Respon
 async def me(principal: CurrentPrincipal) -> Me:
     return Me(kind=principal.kind, id=principal.id, name=principal.name, display_name=principal.display_name,
               role=principal.role.value, can_sign=principal.can_sign)
+
+
+@router.post("/activity", status_code=204,
+             summary="A user action on the dashboard (pointer, key, touch): the session stays unlocked "
+                     "(CULTURECTL_INACTIVITY_MINUTES)")
+async def activity(principal: CurrentPrincipal) -> None:
+    """Nothing but the credentials' check, which records the action (app/auth/inactivity.py): a session idle
+    beyond the limit is refused here too (401 session-idle) and needs POST /auth/unlock."""
+
+
+@router.post("/unlock", response_model=UnlockResponse, responses=_ERRORS,
+             summary="The locked screen: this session's password again (audited session.unlock), or another user "
+                     "logging in (this session ends)")
+async def unlock(body: UnlockRequest, principal: CurrentPrincipal, request: Request, response: Response,
+                 conn: ConnectionDep, runtime: RuntimeDep) -> UnlockResponse:
+    s = runtime.settings
+    if body.username is not None and body.username != principal.name:
+        result = await sessions.take_over(conn, principal, body.username, body.password, key=signing_key(request),
+                                          ttl=timedelta(minutes=s.token_ttl_minutes), threshold=s.lockout_threshold,
+                                          client=client_address(request),
+                                          password_max_age=inactivity.SessionRules.of(s).password_max_age)
+        return UnlockResponse(unlocked=False, login=_logged_in(response, result, s.cookie_secure))
+    at = await sessions.unlock(conn, principal, body.password, threshold=s.lockout_threshold,
+                               client=client_address(request))
+    return UnlockResponse(unlocked=True, last_activity_at=at)

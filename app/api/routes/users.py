@@ -1,4 +1,5 @@
-"""User accounts (admin), the user list (admin, QA) and one's own password."""
+"""User accounts (admin: create, role and printed name, disable, enable, unlock), the user list (admin, QA) and
+one's own password."""
 
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ class UserCreate(BaseModel):
 class Reason(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    reason: str = Field(min_length=1, max_length=2000, description="why (recorded in the audit trail)")
+
+
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = Field(default=None, description="not one's own; the last active admin stays admin")
+    display_name: str | None = Field(default=None, min_length=1, max_length=200,
+                                     description="printed name on signatures")
     reason: str = Field(min_length=1, max_length=2000, description="why (recorded in the audit trail)")
 
 
@@ -62,7 +72,16 @@ async def change_password(body: PasswordChange, principal: CurrentPrincipal, req
                           conn: ConnectionDep, runtime: RuntimeDep) -> None:
     assert principal.id is not None
     await users.change_password(conn, principal.id, body.current_password, body.new_password, actor=principal,
-                                   client=client_address(request), threshold=runtime.settings.lockout_threshold)
+                                   client=client_address(request), threshold=runtime.settings.lockout_threshold,
+                                   history=runtime.settings.password_history)
+
+
+@router.patch("/{user_id}", response_model=UserPublic,
+              summary="Change a user's role and/or printed name (admin, with a reason; audited user.update)")
+async def update_user(user_id: SmallId, body: UserUpdate, principal: CurrentPrincipal, request: Request,
+                      conn: ConnectionDep) -> UserPublic:
+    return _public(await users.update_user(conn, user_id, actor=principal, reason=body.reason, role=body.role,
+                                           display_name=body.display_name, client=client_address(request)))
 
 
 @router.post("/{user_id}/disable", response_model=UserPublic,

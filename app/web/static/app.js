@@ -24,8 +24,7 @@
     cc.renewals = 0;
     setInterval(function () {
       fetch("/api/v1/auth/refresh", {method: "POST", credentials: "same-origin"}).then(function (r) {
-        if (r.ok) { cc.renewals += 1; } else if (r.status === 401) { window.location.assign("/login?next=" +
-          encodeURIComponent(window.location.pathname + window.location.search)); }
+        if (r.ok) { cc.renewals += 1; } else if (r.status === 401) { toLogin(); }
       }).catch(function () { /* offline: the next interval tries again */ });
     }, Math.max(5, ttl / 3) * 1000);
   }
@@ -101,6 +100,7 @@
   cc.api = api;
 
   function toLogin() {
+    if (cc.lock && cc.lock.active) return; // the locked screen asks for the password (session.js)
     location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
   }
 
@@ -119,7 +119,12 @@
         btn.disabled = false;
         if (res.ok) {
           var next = loginForm.dataset.next || "/";
-          location.href = (next.charAt(0) === "/" && next.charAt(1) !== "/") ? next : "/";
+          next = (next.charAt(0) === "/" && next.charAt(1) !== "/") ? next : "/";
+          if (res.data && res.data.password_expired && cc.passwordChange) {  // a new password first (session.js)
+            cc.passwordChange(loginForm.elements.password.value, next);
+            return;
+          }
+          location.href = next;
         } else {
           err.textContent = (res.data && res.data.detail) || ("login failed (" + res.status + ")");
           loginForm.elements.password.select();
