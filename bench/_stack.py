@@ -3,10 +3,14 @@ simulators, a real uvicorn, and an HTTP client signed in as an operator."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import tempfile
+import uuid
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A bench's own database, migrated to head; `where` says which server; `tmp` is a scratch directory."""
+
+    dsn: str
+    where: str
+    version: str
+    tmp: Path
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(name: str) -> AsyncIterator[Scratch]:
+    """A new database `<name>_<random>` on DATABASE_URL's server (dropped afterwards), or on an embedded PostgreSQL
+    in a temporary directory when DATABASE_URL is unset."""
+    url = os.environ.get("DATABASE_URL")
+    tmp = Path(tempfile.mkdtemp(prefix="culturectl-bench-"))
+    server: db.EmbeddedPostgres | None = None
+    try:
+        if url:
+            admin = db.plain_dsn(url)
+            where = f"DATABASE_URL ({db.redact(admin)})"
+        else:
+            server = db.EmbeddedPostgres(tmp / "pgdata")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+                admin = await asyncio.to_thread(server.start)
+            where = "embedded PostgreSQL (temporary directory)"
+        dbname = f"{name}_{uuid.uuid4().hex[:8]}"
+        dsn = await db.create_database(admin, dbname)
+        try:
+            await db.upgrade_async(dsn)
+            conn = await db.connect(dsn)
+            try:
+                version = str(await conn.fetchval("SHOW server_version"))
+            finally:
+                await conn.close()
+            yield Scratch(dsn, where, version, tmp)
+        finally:
+            with contextlib.suppress(Exception):
+                await db.drop_database(admin, dbname)
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass

@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +32,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import httpx
 
-from app import db
 from app.core.clock import ScaledClock, utcnow
+from bench._stack import free_port, scratch_database
 from bench.relay import sse_delay
 from drivers.devices import dump_devices
 from simulators.culture_system import CultureSystemSimulator
@@ -75,14 +70,6 @@ class Replica:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(sig)
             await self.proc.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _until(predicate: Any, timeout: float, what: str) -> Any:
@@ -127,7 +114,7 @@ async def takeovers(dsn: str, base: Path, kills: int, ttl: float, interval: floa
                 "CULTURECTL_SECRET_KEY": KEY, "CULTURECTL_LEASE_TTL_S": str(ttl),
                 "CULTURECTL_LEASE_INTERVAL_S": str(interval), "CULTURECTL_LOG_LEVEL": "warning",
                 "CULTURECTL_TIME_SCALE": "60", "CULTURECTL_CLOCK_EPOCH": clock.epoch.isoformat()})
-    replicas = [Replica(f"b{i}", _free_port(), env, base) for i in (1, 2)]
+    replicas = [Replica(f"b{i}", free_port(), env, base) for i in (1, 2)]
     times: list[float] = []
     try:
         for r in replicas:
@@ -141,7 +128,7 @@ async def takeovers(dsn: str, base: Path, kills: int, ttl: float, interval: floa
             await _until(lambda s=survivors: _owner_online(s, DEVICE), 120, f"{DEVICE} taken over")
             times.append(time.monotonic() - t0)
             print(f"  {sig.name} {n + 1}: {DEVICE} online on the other replica after {times[-1]:.2f} s", flush=True)
-            fresh = Replica(victim.id, _free_port(), env, base)
+            fresh = Replica(victim.id, free_port(), env, base)
             replicas[replicas.index(victim)] = fresh
             await fresh.start()
             await _until(fresh.ready, 60, "the restarted replica")
@@ -154,48 +141,28 @@ async def takeovers(dsn: str, base: Path, kills: int, ttl: float, interval: floa
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    url = os.environ.get("DATABASE_URL")
-    base = Path(tempfile.mkdtemp(prefix="culturectl-bench-failover-"))
-    server: db.EmbeddedPostgres | None = None
-    try:
-        if url:
-            admin, where = db.plain_dsn(url), "DATABASE_URL"
-        else:
-            server = db.EmbeddedPostgres(base / "pgdata")
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-                admin = await asyncio.to_thread(server.start)
-            where = "embedded PostgreSQL"
-        name = f"bench_failover_{uuid.uuid4().hex[:8]}"
-        dsn = await db.create_database(admin, name)
-        try:
-            await db.upgrade_async(dsn)
-            print("culturectl device failover between replicas")
-            print(f"  machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
-                  f"{platform.release()}, Python {platform.python_version()}; database: {where}")
-            print(f"  2 replicas as processes, lease time {args.ttl:g} s, pass every {args.interval:g} s, "
-                  f"{args.kills} kills (SIGKILL of the incubator's owner)\n")
-            times = await takeovers(dsn, base, args.kills, args.ttl, args.interval)
-            print(f"\ntakeover after SIGKILL: median {statistics.median(times):.2f} s, worst {max(times):.2f} s, "
-                  f"best {min(times):.2f} s ({len(times)} kills)\n")
-            stops = await takeovers(dsn, base, args.stops, args.ttl, args.interval, signal.SIGTERM)
-            print(f"\nhandover after SIGTERM: median {statistics.median(stops):.2f} s, worst {max(stops):.2f} s "
-                  f"({len(stops)} stops; the device online on the other replica)")
-            print(f"\nlive events across replicas at {args.rate:,} readings/s for {args.seconds:g} s:")
-            r = await sse_delay(dsn, args.rate, args.seconds, 2)
-            d, c = r["delay_ms"], r["client_delay_ms"]
-            print(f"  delay to the other replica: median {d['median']:.1f} ms, p95 {d['p95']:.1f} ms, "
-                  f"max {d['max']:.1f} ms ({d['n']:,} readings, {r['events_per_s']:,.0f}/s)")
-            print(f"  to its SSE subscriber: median {c['median']:.1f} ms, p95 {c['p95']:.1f} ms")
-            print(f"  batches/s {r['batches_per_s']:.1f}, notifies/s {r['notifies_per_s']:.1f}, "
-                  f"dropped {r['dropped']}")
-        finally:
-            with contextlib.suppress(Exception):
-                await db.drop_database(admin, name)
-    finally:
-        if server is not None:
-            await asyncio.to_thread(server.stop)
-        shutil.rmtree(base, ignore_errors=True)
+    async with scratch_database("bench_failover") as scratch:
+        dsn, base = scratch.dsn, scratch.tmp
+        print("culturectl device failover between replicas")
+        print(f"  machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
+              f"{platform.release()}, Python {platform.python_version()}; database: {scratch.where}, "
+              f"PostgreSQL {scratch.version}")
+        print(f"  2 replicas as processes, lease time {args.ttl:g} s, pass every {args.interval:g} s, "
+              f"{args.kills} kills (SIGKILL of the incubator's owner)\n")
+        times = await takeovers(dsn, base, args.kills, args.ttl, args.interval)
+        print(f"\ntakeover after SIGKILL: median {statistics.median(times):.2f} s, worst {max(times):.2f} s, "
+              f"best {min(times):.2f} s ({len(times)} kills)\n")
+        stops = await takeovers(dsn, base, args.stops, args.ttl, args.interval, signal.SIGTERM)
+        print(f"\nhandover after SIGTERM: median {statistics.median(stops):.2f} s, worst {max(stops):.2f} s "
+              f"({len(stops)} stops; the device online on the other replica)")
+        print(f"\nlive events across replicas at {args.rate:,} readings/s for {args.seconds:g} s:")
+        r = await sse_delay(dsn, args.rate, args.seconds, 2)
+        d, c = r["delay_ms"], r["client_delay_ms"]
+        print(f"  delay to the other replica: median {d['median']:.1f} ms, p95 {d['p95']:.1f} ms, "
+              f"max {d['max']:.1f} ms ({d['n']:,} readings, {r['events_per_s']:,.0f}/s)")
+        print(f"  to its SSE subscriber: median {c['median']:.1f} ms, p95 {c['p95']:.1f} ms")
+        print(f"  batches/s {r['batches_per_s']:.1f}, notifies/s {r['notifies_per_s']:.1f}, "
+              f"dropped {r['dropped']}")
 
 
 def main(argv: list[str] | None = None) -> None:

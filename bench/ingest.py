@@ -14,13 +14,10 @@ import argparse
 import asyncio
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +35,7 @@ from app import db
 from app.ingest.buffer import ReadingBuffer
 from app.ingest.spool import Row
 from app.ingest.writer import COLUMNS, TelemetryWriter
+from bench._stack import scratch_database
 from drivers.base import Quality, Reading
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -201,72 +199,50 @@ async def measure(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    url = os.environ.get("DATABASE_URL")
-    tmp = Path(tempfile.mkdtemp(prefix="culturectl-bench-"))
-    server: db.EmbeddedPostgres | None = None
-    try:
-        if url:
-            admin = db.plain_dsn(url)
-            where = f"DATABASE_URL ({db.redact(admin)})"
-        else:
-            server = db.EmbeddedPostgres(tmp / "pgdata")
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-                admin = await asyncio.to_thread(server.start)
-            where = "embedded PostgreSQL (temporary directory)"
-        name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-        dsn = await db.create_database(admin, name)
+    async with scratch_database("bench_ingest") as scratch:
+        dsn, tmp, where, version = scratch.dsn, scratch.tmp, scratch.where, scratch.version
+        conn = await db.connect(dsn)
         try:
-            await db.upgrade_async(dsn)
-            conn = await db.connect(dsn)
-            try:
-                version = await conn.fetchval("SHOW server_version")
-                timescale = await db.timescale_enabled(conn)
-            finally:
-                await conn.close()
-            print("culturectl ingest benchmark")
-            print(f"  machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
-                  f"{platform.release()}, Python {platform.python_version()}")
-            rollup = "continuous aggregate" if timescale else "rollup upserted by the writer"
-            print(f"  database: {where}, PostgreSQL {version}, TimescaleDB {'on' if timescale else 'off'}"
-                  f" ({rollup})")
-            print(f"  asyncpg {asyncpg.__version__}, SQLAlchemy {sqlalchemy.__version__}")
-            print(f"  rows {args.rows:,} (per-row method {args.per_row_rows:,}), batch {args.batch:,}, "
-                  f"{args.channels} channels, {args.reps} repetitions, medians reported\n")
-
-            chans, readings = make_readings(args.rows, args.channels)
-            rows = to_rows(chans, readings)
-            few = rows[: args.per_row_rows]
-            results: dict[str, tuple[int, list[float]]] = {}
-            results["(a) ours: buffer -> writer"] = (args.rows, await measure(
-                "(a)", args.rows, args.reps, dsn, timescale,
-                lambda: run_ours(dsn, chans, readings, args.batch, tmp)))
-            results["(b) raw asyncpg COPY"] = (args.rows, await measure(
-                "(b)", args.rows, args.reps, dsn, timescale, lambda: run_copy(dsn, rows, args.batch)))
-            if not args.skip_orm:
-                results["(c) SQLAlchemy ORM bulk"] = (args.rows, await measure(
-                    "(c)", args.rows, args.reps, dsn, timescale, lambda: run_orm(dsn, rows, args.batch)))
-            results["(d) per-row INSERT+commit"] = (len(few), await measure(
-                "(d)", len(few), args.reps, dsn, timescale, lambda: run_per_row(dsn, few)))
-
-            copy_rate = statistics.median(results["(b) raw asyncpg COPY"][1])
-            print(f"\n{'method':<28} {'rows':>9} {'median rows/s':>14} {'min..max rows/s':>22}"
-                  f" {'vs COPY':>8}")
-            for label, (n, rates) in results.items():
-                med = statistics.median(rates)
-                print(f"{label:<28} {n:>9,} {med:>14,.0f} {min(rates):>10,.0f}..{max(rates):<11,.0f}"
-                      f" {med / copy_rate:>7.2f}x")
-            ours = statistics.median(results["(a) ours: buffer -> writer"][1])
-            per_row = statistics.median(results["(d) per-row INSERT+commit"][1])
-            r1, r2 = ours / copy_rate, ours / per_row
-            print(f"\n(a)/(b) = {r1:.2f}  (target >= 0.50: {'met' if r1 >= 0.5 else 'NOT met'})")
-            print(f"(a)/(d) = {r2:.0f}x (target >= 50x: {'met' if r2 >= 50 else 'NOT met'})")
+            timescale = await db.timescale_enabled(conn)
         finally:
-            await db.drop_database(admin, name)
-    finally:
-        if server is not None:
-            await asyncio.to_thread(server.stop)
-        shutil.rmtree(tmp, ignore_errors=True)
+            await conn.close()
+        print("culturectl ingest benchmark")
+        print(f"  machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
+              f"{platform.release()}, Python {platform.python_version()}")
+        rollup = "continuous aggregate" if timescale else "rollup upserted by the writer"
+        print(f"  database: {where}, PostgreSQL {version}, TimescaleDB {'on' if timescale else 'off'}"
+              f" ({rollup})")
+        print(f"  asyncpg {asyncpg.__version__}, SQLAlchemy {sqlalchemy.__version__}")
+        print(f"  rows {args.rows:,} (per-row method {args.per_row_rows:,}), batch {args.batch:,}, "
+              f"{args.channels} channels, {args.reps} repetitions, medians reported\n")
+
+        chans, readings = make_readings(args.rows, args.channels)
+        rows = to_rows(chans, readings)
+        few = rows[: args.per_row_rows]
+        results: dict[str, tuple[int, list[float]]] = {}
+        results["(a) ours: buffer -> writer"] = (args.rows, await measure(
+            "(a)", args.rows, args.reps, dsn, timescale,
+            lambda: run_ours(dsn, chans, readings, args.batch, tmp)))
+        results["(b) raw asyncpg COPY"] = (args.rows, await measure(
+            "(b)", args.rows, args.reps, dsn, timescale, lambda: run_copy(dsn, rows, args.batch)))
+        if not args.skip_orm:
+            results["(c) SQLAlchemy ORM bulk"] = (args.rows, await measure(
+                "(c)", args.rows, args.reps, dsn, timescale, lambda: run_orm(dsn, rows, args.batch)))
+        results["(d) per-row INSERT+commit"] = (len(few), await measure(
+            "(d)", len(few), args.reps, dsn, timescale, lambda: run_per_row(dsn, few)))
+
+        copy_rate = statistics.median(results["(b) raw asyncpg COPY"][1])
+        print(f"\n{'method':<28} {'rows':>9} {'median rows/s':>14} {'min..max rows/s':>22}"
+              f" {'vs COPY':>8}")
+        for label, (n, rates) in results.items():
+            med = statistics.median(rates)
+            print(f"{label:<28} {n:>9,} {med:>14,.0f} {min(rates):>10,.0f}..{max(rates):<11,.0f}"
+                  f" {med / copy_rate:>7.2f}x")
+        ours = statistics.median(results["(a) ours: buffer -> writer"][1])
+        per_row = statistics.median(results["(d) per-row INSERT+commit"][1])
+        r1, r2 = ours / copy_rate, ours / per_row
+        print(f"\n(a)/(b) = {r1:.2f}  (target >= 0.50: {'met' if r1 >= 0.5 else 'NOT met'})")
+        print(f"(a)/(d) = {r2:.0f}x (target >= 50x: {'met' if r2 >= 50 else 'NOT met'})")
 
 
 def main(argv: list[str] | None = None) -> None:

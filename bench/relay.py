@@ -22,13 +22,9 @@ import asyncio
 import contextlib
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +37,7 @@ import asyncpg
 from app import db
 from app.cluster.events import EventRelay
 from app.core.live import LiveHub
+from bench._stack import scratch_database
 
 CHANNELS = 50
 TICK = 0.01  # the publisher's step: rate / 100 readings every 10 ms
@@ -177,54 +174,27 @@ async def sse_delay(dsn: str, rate: int = 5000, seconds: float = 10, replicas: i
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    url = os.environ.get("DATABASE_URL")
-    tmp = Path(tempfile.mkdtemp(prefix="culturectl-bench-"))
-    server: db.EmbeddedPostgres | None = None
-    try:
-        if url:
-            admin = db.plain_dsn(url)
-            where = f"DATABASE_URL ({db.redact(admin)})"
-        else:
-            server = db.EmbeddedPostgres(tmp / "pgdata")
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-                admin = await asyncio.to_thread(server.start)
-            where = "embedded PostgreSQL (temporary directory)"
-        name = f"bench_relay_{uuid.uuid4().hex[:8]}"
-        dsn = await db.create_database(admin, name)
-        try:
-            await db.upgrade_async(dsn)
-            conn = await db.connect(dsn)
-            try:
-                version = await conn.fetchval("SHOW server_version")
-            finally:
-                await conn.close()
-            print("culturectl live events across replicas")
-            print(f"  machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
-                  f"{platform.release()}, Python {platform.python_version()}")
-            print(f"  database: {where}, PostgreSQL {version}")
-            print(f"  {args.replicas} replicas in one process, {args.rate:,} readings/s on the first for "
-                  f"{args.seconds:g} s, batch interval {args.batch_interval:g} s\n")
-            r = await sse_delay(dsn, args.rate, args.seconds, args.replicas, args.batch_interval)
-            d = r["delay_ms"]
-            print(f"published {r['published']:,} readings in {r['seconds']:.1f} s; delivered {r['delivered']:,} to "
-                  f"{r['subscribers']} subscriber(s) ({r['collapsed']:,} collapsed latest-wins in their queues)")
-            c = r["client_delay_ms"]
-            print(f"delay A -> B's hub, every reading ({d['n']:,}): median {d['median']:.1f} ms, "
-                  f"p95 {d['p95']:.1f} ms, max {d['max']:.1f} ms")
-            print(f"delay A -> B's subscriber ({c['n']:,} readings it got): median {c['median']:.1f} ms, "
-                  f"p95 {c['p95']:.1f} ms, max {c['max']:.1f} ms")
-            print(f"events/s delivered to each other replica: {r['events_per_s']:,.0f} "
-                  f"(to its subscriber: {r['client_events_per_s']:,.0f})")
-            print(f"batches/s written by A: {r['batches_per_s']:.1f} ({r['events_per_batch']:.0f} events each); "
-                  f"notifies/s received per replica: {r['notifies_per_s']:.1f}")
-            print(f"dropped in A's queue: {r['dropped']}, delivered locally only: {r['local_only']}")
-        finally:
-            await db.drop_database(admin, name)
-    finally:
-        if server is not None:
-            await asyncio.to_thread(server.stop)
-        shutil.rmtree(tmp, ignore_errors=True)
+    async with scratch_database("bench_relay") as scratch:
+        print("culturectl live events across replicas")
+        print(f"  machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
+              f"{platform.release()}, Python {platform.python_version()}")
+        print(f"  database: {scratch.where}, PostgreSQL {scratch.version}")
+        print(f"  {args.replicas} replicas in one process, {args.rate:,} readings/s on the first for "
+              f"{args.seconds:g} s, batch interval {args.batch_interval:g} s\n")
+        r = await sse_delay(scratch.dsn, args.rate, args.seconds, args.replicas, args.batch_interval)
+        d = r["delay_ms"]
+        print(f"published {r['published']:,} readings in {r['seconds']:.1f} s; delivered {r['delivered']:,} to "
+              f"{r['subscribers']} subscriber(s) ({r['collapsed']:,} collapsed latest-wins in their queues)")
+        c = r["client_delay_ms"]
+        print(f"delay A -> B's hub, every reading ({d['n']:,}): median {d['median']:.1f} ms, "
+              f"p95 {d['p95']:.1f} ms, max {d['max']:.1f} ms")
+        print(f"delay A -> B's subscriber ({c['n']:,} readings it got): median {c['median']:.1f} ms, "
+              f"p95 {c['p95']:.1f} ms, max {c['max']:.1f} ms")
+        print(f"events/s delivered to each other replica: {r['events_per_s']:,.0f} "
+              f"(to its subscriber: {r['client_events_per_s']:,.0f})")
+        print(f"batches/s written by A: {r['batches_per_s']:.1f} ({r['events_per_batch']:.0f} events each); "
+              f"notifies/s received per replica: {r['notifies_per_s']:.1f}")
+        print(f"dropped in A's queue: {r['dropped']}, delivered locally only: {r['local_only']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,14 +7,10 @@ import asyncio
 import contextlib
 import itertools
 import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from app import db
 from app.cluster.events import EventRelay, decode
@@ -250,18 +246,6 @@ async def test_the_payload_is_compressed_json(db_dsn: str) -> None:
 # -- the database stopped and started again ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def own_pg() -> AsyncIterator[OwnServer]:
-    # Not under pytest's tmp root (see tests/db/test_writer.py).
-    base = Path(tempfile.mkdtemp(prefix="culturectl-relay-pg-"))
-    own = OwnServer(base / "pgdata")
-    try:
-        dsn = await own.start()
-        await db.upgrade_async(dsn)
-        yield own
-    finally:
-        await own.stop()
-        await asyncio.to_thread(shutil.rmtree, base, True)
 
 
 async def test_database_down_keeps_the_local_view_and_sharing_resumes(own_pg: OwnServer) -> None:

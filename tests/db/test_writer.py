@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -239,19 +237,6 @@ async def test_a_poison_row_is_quarantined_and_the_rest_flows(db_dsn: str, tmp_p
 # -- outages: our own server, stopped and restarted ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def own_pg() -> AsyncIterator[OwnServer]:
-    # Not under pytest's tmp root: a concurrent pytest session chmods that root to 0700, and the
-    # server (running as another user when we are root) could then no longer reach its data.
-    base = Path(tempfile.mkdtemp(prefix="culturectl-writer-pg-"))
-    own = OwnServer(base / "pgdata")
-    try:
-        dsn = await own.start()
-        await db.upgrade_async(dsn)
-        yield own
-    finally:
-        await own.stop()
-        await asyncio.to_thread(shutil.rmtree, base, True)
 
 
 async def test_database_down_under_load_loses_nothing(own_pg: OwnServer, tmp_path: Path) -> None:
