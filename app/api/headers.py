@@ -118,5 +118,11 @@ class SecurityHeaders:
 
 
 def install_security_headers(app: FastAPI, *, hsts: bool) -> None:
-    """Installed last, so it wraps every other middleware (the HTTP metrics, the problem handlers' answers)."""
-    app.add_middleware(SecurityHeaders, hsts=hsts)
+    """Around the whole middleware stack, Starlette's own error middleware included: an unexpected error's 500
+    carries the headers too (a middleware added the usual way sits inside that one)."""
+    build = app.build_middleware_stack
+
+    def build_with_headers() -> ASGIApp:
+        return SecurityHeaders(build(), hsts=hsts)
+
+    app.build_middleware_stack = build_with_headers  # type: ignore[method-assign]

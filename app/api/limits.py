@@ -156,8 +156,9 @@ class StreamSlot:
         self.release()
 
 
-def stream_slot(runtime: RuntimeDep, principal: CurrentPrincipal) -> StreamSlot:
-    """A place for one more live stream, or 503 naming the cap that is reached."""
+async def stream_slot(runtime: RuntimeDep, principal: CurrentPrincipal) -> StreamSlot:
+    """A place for one more live stream, or 503 naming the cap that is reached (async: it runs on the event loop,
+    where the slots are also given back, never in a worker thread)."""
     s, streams, who = runtime.settings, runtime.limits.streams, _who(principal)
     mine, total = streams.get(who, 0), sum(streams.values())
     cap: tuple[str, int, str] | None = None

@@ -8,6 +8,7 @@ user or a revoked key is refused at once.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -49,7 +50,15 @@ def route_template(request: Request) -> str | None:
 
 
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's IP address as the throttle and the audit trail record it: the socket's peer, or what a trusted
+    proxy said (uvicorn's FORWARDED_ALLOW_IPS); anything that is not an IP address is recorded as "invalid"."""
+    host = request.client.host if request.client else None
+    if host is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(host[:64]))
+    except ValueError:
+        return "invalid"
 
 
 async def authenticate(request: Request, runtime: Runtime, credentials: str | None, api_key: str | None,

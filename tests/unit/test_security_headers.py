@@ -86,3 +86,26 @@ async def test_other_scopes_pass_untouched() -> None:
     await SecurityHeaders(app)({"type": "lifespan"}, nothing, ignore)
     await SecurityHeaders(app)({"type": "websocket", "path": "/"}, nothing, ignore)
     assert calls == ["lifespan", "websocket"]
+
+
+async def test_an_unexpected_error_s_500_carries_the_headers_too() -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    from app.api.headers import install_security_headers
+    from app.core.problems import install_problem_handlers
+
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    install_security_headers(app, hsts=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/boom")
+    assert r.status_code == 500
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
