@@ -132,6 +132,11 @@ async def takeovers(dsn: str, base: Path, kills: int, ttl: float, interval: floa
             replicas[replicas.index(victim)] = fresh
             await fresh.start()
             await _until(fresh.ready, 60, "the restarted replica")
+    except TimeoutError:
+        for r in replicas:  # what the replicas said, to see why
+            log = base / f"{r.id}.log"
+            print(f"--- {r.id}:\n" + (log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"))
+        raise
     finally:
         for r in replicas:
             await r.kill()

@@ -180,19 +180,67 @@ async def _check_rules(conn: asyncpg.Connection, row: Mapping[str, Any], jti: st
         raise Problem(403, "password-expired", "Password expired",
                       f"the password is older than {rules.password_max_age}: change it (POST {CHANGE_PASSWORD_PATH}) "
                       "before anything else", change_password=CHANGE_PASSWORD_PATH)
-    refusal = rules.idle_refusal
-    if refusal is None or use == "exempt":
+    limit = rules.idle_limit
+    if limit is None or use == "exempt":
         return
     now = datetime.now(UTC)
-    idle = now - row["last_activity_at"]
-    if idle >= refusal:
-        if use == "action" or not rules.keep_live:
-            raise AuthError(f"the session is locked after {rules.idle_limit} without a user action; give the "
+    if rules.idle(row["last_activity_at"], now):
+        if use != "live" or not rules.keep_live:
+            raise AuthError(f"the session is locked after {limit} without a user action; give the "
                             "password again (POST /api/v1/auth/unlock)", kind="session-idle")
         return
-    if use == "action" and idle >= timedelta(seconds=1):
-        await conn.execute("UPDATE sessions SET last_activity_at = $2 WHERE jti = $1 AND last_activity_at < $2",
-                           jti, now)
+    if use == "action" and now - row["last_activity_at"] >= timedelta(seconds=1):
+        # only while not idle, in the same statement too: a concurrent request never re-activates an idle session
+        await conn.execute("UPDATE sessions SET last_activity_at = $2 WHERE jti = $1 AND last_activity_at < $2 "
+                           "AND last_activity_at > $2::timestamptz - $3::interval", jti, now, limit)
+
+
+async def report_activity(conn: asyncpg.Connection, principal: Principal, idle_s: float,
+                          rules: SessionRules) -> datetime | None:
+    """The dashboard's heartbeat: its user's last input was `idle_s` seconds ago (clamped to 0 .. the limit). The
+    session's last activity becomes that time, unless the server saw a later action; never while the session is
+    idle (the credentials' check refused the request already; the statement checks again). The last activity
+    after it, or None (no session, or no inactivity lock)."""
+    limit = rules.idle_limit
+    if limit is None or principal.kind != "user" or principal.token_id is None:
+        return None
+    now = datetime.now(UTC)
+    at = now - timedelta(seconds=min(max(idle_s, 0.0), limit.total_seconds()))
+    await conn.execute("UPDATE sessions SET last_activity_at = $2 WHERE jti = $1 AND revoked_at IS NULL "
+                       "AND last_activity_at < $2 AND last_activity_at > $3::timestamptz - $4::interval",
+                       principal.token_id, at, now, limit)
+    value: datetime | None = await conn.fetchval("SELECT last_activity_at FROM sessions WHERE jti = $1",
+                                                 principal.token_id)
+    return value
+
+
+async def idle_seconds(conn: asyncpg.Connection, principal: Principal) -> float | None:
+    """How long the principal's session has been without a user action (None: not a login session)."""
+    if principal.kind != "user" or principal.token_id is None:
+        return None
+    value = await conn.fetchval("SELECT extract(epoch FROM now() - last_activity_at) FROM sessions WHERE jti = $1",
+                                principal.token_id)
+    return None if value is None else max(0.0, float(value))
+
+
+async def may_stream(conn: asyncpg.Connection, principal: Principal, rules: SessionRules) -> bool:
+    """Whether an open event stream of this principal may go on: an API key always (revoking a key is checked
+    when a stream opens); a login session while a live request of it would pass now (not ended, expired or idle
+    beyond the limit unless keep_live; its user neither disabled nor locked)."""
+    if principal.kind != "user" or principal.token_id is None:
+        return True
+    row = await conn.fetchrow(
+        f"SELECT s.expires_at, s.revoked_at, s.issued_at AS session_issued_at, s.last_activity_at, "
+        f"{QUALIFIED_USER_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.jti = $1",
+        principal.token_id)
+    if row is None:
+        return False
+    try:
+        _check_session(row)
+        await _check_rules(conn, row, principal.token_id, rules, "live", expiry_exempt=True)
+    except AuthError:
+        return False
+    return True
 
 
 async def unlock(conn: asyncpg.Connection, principal: Principal, password: str, *, threshold: int = LOCKOUT_THRESHOLD,

@@ -43,6 +43,9 @@ TEMPLATES.env.filters["utc"] = views.fmt_time
 TEMPLATES.env.filters["num"] = views.fmt_number
 TEMPLATES.env.globals.update(status_text=views.alarm_status_text, priority_icons=views.PRIORITY_ICONS)
 ACTIVE_RUN_STATES = ("planned", "running", "held")
+# Every page and fragment: never kept by the browser, so Back on a locked screen cannot show one from its cache
+# (the page asks the server again, and the inactivity lock redirects it to the login).
+NO_STORE = {"Cache-Control": "no-store"}
 # What each page listens to on its one SSE connection.
 PAGE_KINDS = {
     "overview": "alarm,device_state,step,run,deviation",
@@ -84,7 +87,7 @@ def install(app: FastAPI) -> None:
             "status": exc.status, "title": exc.title, "detail": exc.detail,
             "principal": getattr(request.state, "principal", None), "page": "error", "sse_kinds": "device_state",
             **_clock(request)},
-            status_code=exc.status)
+            status_code=exc.status, headers=NO_STORE)
 
     app.add_exception_handler(Problem, on_problem)
 
@@ -119,12 +122,13 @@ def _page(request: Request, name: str, principal: Principal | None, page: str, *
     return TEMPLATES.TemplateResponse(request, name, {
         "principal": principal, "page": page, "sse_kinds": PAGE_KINDS.get(page, ""), **_clock(request),
         "unack_count": len(unack), "unack_json": json.dumps(unack, sort_keys=True),
-        "csp_nonce": getattr(request.state, NONCE_STATE, ""), **ctx})  # for a <style> element (the record's)
+        "csp_nonce": getattr(request.state, NONCE_STATE, ""), **ctx},  # for a <style> element (the record's)
+        headers=NO_STORE)
 
 
 def _fragment(request: Request, name: str, **ctx: Any) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, name, {**_clock(request), **ctx},
-                                      headers={"Cache-Control": "no-store"})
+                                      headers=NO_STORE)
 
 
 # ---- data, loaded as the API loads it -------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The inactivity lock in a real browser: a wall screen (CULTURECTL_INACTIVITY_KEEP_LIVE) locks itself after a few
 seconds without input, its live chart keeps moving behind the lock, the page takes no input and keeps the focus in
 the lock dialog; a wrong password is refused, the right one unlocks (audited session.unlock); another user logging
-in on the locked screen ends the first session."""
+in on the locked screen ends the first session, and the browser's other tab reloads as the new user's page."""
 
 from __future__ import annotations
 
@@ -152,12 +152,19 @@ async def test_another_user_logging_in_on_the_locked_screen_ends_the_first_sessi
                                                                                     wall: Wall) -> None:
     page = await _login_to(browser, wall, "/")
     await page_ready(page)
+    other_tab = await page.context.new_page()  # the same browser, the same session
+    await other_tab.goto("/alarms")
+    await page_ready(other_tab)
     first = {c["name"]: c["value"] for c in await page.context.cookies()}
     await _locked(page)
+    await _locked(other_tab)
     await page.fill("#lock-username", "supervisor")
     await page.fill("#lock-password", DEMO_PASSWORD)
     await page.press("#lock-password", "Enter")
     await page.locator("[data-testid=whoami]").filter(has_text="(supervisor)").wait_for(timeout=15_000)
+    # the other tab is not "unlocked" as the first user: it reloads, as the new user's page
+    await other_tab.locator("[data-testid=whoami]").filter(has_text="(supervisor)").wait_for(timeout=15_000)
+    assert other_tab.url.endswith("/alarms")
     async with httpx.AsyncClient(base_url=wall.base_url, cookies=first, timeout=10) as old:
         r = await old.get("/api/v1/auth/me")
         assert r.status_code == 401 and r.json()["type"].endswith("/session-revoked")

@@ -70,6 +70,17 @@ class Me(BaseModel):
     display_name: str
     role: str
     can_sign: bool
+    idle_s: float | None = Field(default=None, description="a login session: seconds since its last user action "
+                                 "(the dashboard's heartbeat reports input); an API key: null")
+    locked: bool = Field(default=False, description="the session is idle for CULTURECTL_INACTIVITY_MINUTES or longer: "
+                                                    "user actions are refused until POST /auth/unlock")
+
+
+class ActivityReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idle_s: float = Field(default=0.0, allow_inf_nan=False,
+                          description="seconds since the user's last input on the page; clamped to 0 .. the limit")
 
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -124,17 +135,24 @@ async def logout(principal: CurrentPrincipal, request: Request, response: Respon
 
 
 @router.get("/me", response_model=Me, summary="Who the credentials belong to")
-async def me(principal: CurrentPrincipal) -> Me:
+async def me(principal: CurrentPrincipal, conn: ConnectionDep, runtime: RuntimeDep) -> Me:
+    idle = await sessions.idle_seconds(conn, principal)
+    limit = inactivity.SessionRules.of(runtime.settings).idle_limit
     return Me(kind=principal.kind, id=principal.id, name=principal.name, display_name=principal.display_name,
-              role=principal.role.value, can_sign=principal.can_sign)
+              role=principal.role.value, can_sign=principal.can_sign, idle_s=idle,
+              locked=idle is not None and limit is not None and idle >= limit.total_seconds())
 
 
 @router.post("/activity", status_code=204,
              summary="A user action on the dashboard (pointer, key, touch): the session stays unlocked "
                      "(CULTURECTL_INACTIVITY_MINUTES)")
-async def activity(principal: CurrentPrincipal) -> None:
-    """Nothing but the credentials' check, which records the action (app/auth/inactivity.py): a session idle
-    beyond the limit is refused here too (401 session-idle) and needs POST /auth/unlock."""
+async def activity(principal: CurrentPrincipal, conn: ConnectionDep, runtime: RuntimeDep,
+                   body: ActivityReport | None = None) -> None:
+    """The dashboard's heartbeat: the session's last activity becomes the reported input time (now - idle_s; no body:
+    now), unless a later action was seen (app/auth/inactivity.py). A session idle for the limit is refused here
+    too (401 session-idle) and needs POST /auth/unlock."""
+    await sessions.report_activity(conn, principal, body.idle_s if body is not None else 0.0,
+                                   inactivity.SessionRules.of(runtime.settings))
 
 
 @router.post("/unlock", response_model=UnlockResponse, responses=_ERRORS,

@@ -1,20 +1,34 @@
-"""Live events over Server-Sent Events: readings and device state changes, with resumable ids."""
+"""Live events over Server-Sent Events: readings and device state changes, with resumable ids.
+
+An open stream of a login session checks that session again every `inactivity.stream_check_seconds` (a heartbeat,
+at most 15 s) and ends once a live request of it would be refused: logged out or otherwise ended, expired, its
+user disabled or locked, or idle beyond the inactivity limit unless wall screens are kept live. Streams of API
+keys are not checked again."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import RuntimeDep
 from app.api.limits import StreamSlotDep
+from app.api.security import CurrentPrincipal
+from app.auth import inactivity, sessions
+from app.auth.principal import Principal
 from app.core.live import LiveEvent
 from app.core.problems import Problem
+from app.runtime import Runtime
 
 router = APIRouter(tags=["live"])
+log = logging.getLogger(__name__)
 
 KINDS = ("reading", "device_state", "device_check", "step", "deviation", "run", "setpoint", "alarm", "qc_result")
 
@@ -74,10 +88,55 @@ def stream_request(
 )
 async def stream(
     runtime: RuntimeDep, request: Annotated[StreamRequest, Depends(stream_request)], slot: StreamSlotDep,
+    principal: CurrentPrincipal,
 ) -> AsyncIterator[ServerSentEvent]:
+    checked = principal.kind == "user" and principal.token_id is not None
+    events = runtime.live.subscribe(request.accepts, request.resume_after).__aiter__()
+    pending: asyncio.Task[LiveEvent] | None = None
     try:
         yield ServerSentEvent(comment="culturectl live stream", retry=2000)
-        async for event in runtime.live.subscribe(request.accepts, request.resume_after):
+        loop = asyncio.get_running_loop()
+        rules = inactivity.SessionRules.of(runtime.settings)
+        every = inactivity.stream_check_seconds(rules)
+        next_check = loop.time() + every
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            if checked:
+                done, _ = await asyncio.wait({pending}, timeout=max(0.0, next_check - loop.time()))
+                if not done:  # nothing to send for a while: is the session still allowed to listen?
+                    if not await _may_go_on(runtime, principal, rules):
+                        return
+                    next_check = loop.time() + every
+                    continue
+            try:
+                event = await pending
+            except StopAsyncIteration:
+                return
+            pending = None
+            if checked and loop.time() >= next_check:  # a busy stream is checked as often
+                if not await _may_go_on(runtime, principal, rules):
+                    return
+                next_check = loop.time() + every
             yield ServerSentEvent(id=str(event.id), event=event.kind, data=event.data)
     finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        with contextlib.suppress(RuntimeError):
+            await events.aclose()  # type: ignore[attr-defined]
         slot.release()
+
+
+async def _may_go_on(runtime: Runtime, principal: Principal, rules: inactivity.SessionRules) -> bool:
+    """The session's check for an open stream; a database that cannot be reached ends nothing (nothing can end a
+    session while it is unreachable: the next check decides)."""
+    if runtime.pool is None:
+        return True
+    try:
+        async with runtime.pool.acquire(timeout=5) as conn:
+            return await sessions.may_stream(conn, principal, rules)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        log.warning("live stream of %s: the session cannot be checked now (%s)", principal.name, type(exc).__name__)
+        return True

@@ -1,10 +1,14 @@
 /* culturectl dashboard: the inactivity lock and the expired-password form ([identity.md](identity.md#inactivity-lock)).
  *
  * A user action is pointer, key or touch input on the page (live data arriving is not). The page reports it to the
- * server at most once a heartbeat (POST /api/v1/auth/activity), so the session stays active server side; after
+ * server at most once a heartbeat (POST /api/v1/auth/activity, {"idle_s": seconds since the last input}), so the
+ * server knows the true time of the last input and refuses actions from exactly the limit on; after
  * data-inactivity-s seconds without one the page covers itself with a modal dialog (the rest of the page inert,
  * the focus kept in the dialog, the page hidden unless the site keeps wall screens live) and asks for the
- * password again (POST /api/v1/auth/unlock). Tabs of one browser share their input through localStorage. */
+ * password again (POST /api/v1/auth/unlock). On load, on a return from the browser's back/forward cache and when
+ * its live stream fails, the page asks the server how long the session has been idle (GET /api/v1/auth/me) and
+ * locks at once if it is. Tabs of one browser share their input and unlocks through localStorage; a tab of
+ * another user than the one who unlocked reloads (its session was taken over). */
 (function () {
   "use strict";
   var body = document.body;
@@ -35,6 +39,7 @@
     var submit = document.getElementById("lock-submit");
     var left = document.getElementById("idle-left");
     var lastInput = Date.now(), lastSent = Date.now(); // loading the page was an action the server saw
+    var reported = lastInput; // the last input the server was told of
     var sources = [], streamsClosed = false;
     var lock = (cc.lock = { active: false, locks: 0, unlocks: 0 });
     body.dataset.locked = "false";
@@ -52,26 +57,55 @@
     }
 
     function beat() {
-      cc.api("POST", "/api/v1/auth/activity").then(function (res) {
-        if (res.status === 401 && kind(res) === "session-idle") lockNow();
-      }, function () { /* offline: the next input tries again */ });
+      var now = Date.now(), at = lastInput;
+      lastSent = now;
+      cc.api("POST", "/api/v1/auth/activity", { idle_s: Math.max(0, (now - at) / 1000) }).then(function (res) {
+        if (res.ok) reported = Math.max(reported, at);
+        else if (res.status === 401 && kind(res) === "session-idle") lockNow();
+      }, function () { /* offline: the next heartbeat tries again */ });
     }
     function input() {
       if (lock.active) return;
       var now = Date.now();
       lastInput = now;
       try { localStorage.setItem(ACTIVITY_KEY, String(now)); } catch (e) { /* private mode */ }
-      if (now - lastSent >= heartbeatMs) { lastSent = now; beat(); }
+      if (now - lastSent >= heartbeatMs) beat();
     }
+    // Is this session idle on the server (a page from the back/forward cache, a stream ended)? Lock at once if so;
+    // else the later of the server's last action and this page's last input counts.
+    var checking = false; // a page back from the cache waits for the answer before its own timer may lock it
+    function check() {
+      checking = true;
+      cc.api("GET", "/api/v1/auth/me").then(function (res) {
+        checking = false;
+        if (res.status === 401) { lock.active = false; location.reload(); return; } // ended: the login
+        var d = res.data || {};
+        if (!res.ok) return;
+        if (d.name && d.name !== own) { location.reload(); return; } // another user's session now
+        if (d.locked) { lockNow(); return; }
+        if (typeof d.idle_s === "number" && !lock.active) {
+          var seen = Date.now() - d.idle_s * 1000;
+          lastInput = Math.max(lastInput, seen);
+          reported = Math.max(reported, seen);
+        }
+      }, function () { checking = false; /* offline: the page's own timer holds */ });
+    }
+    check();
+    window.addEventListener("pagehide", function (ev) { if (ev.persisted) checking = true; });
+    window.addEventListener("pageshow", function (ev) { if (ev.persisted) check(); });
+    body.addEventListener("htmx:sseError", function () { if (!lock.active) check(); });
     ["pointerdown", "pointermove", "keydown", "touchstart", "wheel"].forEach(function (type) {
       document.addEventListener(type, input, { capture: true, passive: true });
     });
     window.addEventListener("storage", function (e) {
       if (e.key === ACTIVITY_KEY && e.newValue && !lock.active) {
         lastInput = Math.max(lastInput, parseFloat(e.newValue) || 0);
-        lastSent = Math.max(lastSent, lastInput); // that tab told the server
-      } else if (e.key === UNLOCK_KEY && lock.active) {
-        unlocked(); // unlocked in another tab of this browser
+        reported = Math.max(reported, lastInput); // that tab tells the server
+      } else if (e.key === UNLOCK_KEY && e.newValue) {
+        var msg = {};
+        try { msg = JSON.parse(e.newValue) || {}; } catch (err) { /* not ours */ }
+        if (msg.username && msg.username !== own) { lock.active = false; location.reload(); } // taken over
+        else if (msg.username === own && lock.active) unlocked(); // unlocked in another tab of this browser
       }
     });
 
@@ -94,7 +128,7 @@
     function unlocked() {
       lock.active = false;
       lock.unlocks += 1;
-      lastInput = lastSent = Date.now();
+      lastInput = lastSent = reported = Date.now();
       if (!keepLive && streamsClosed) { location.reload(); return; } // the page's data is stale: load it anew
       body.dataset.locked = "false";
       body.classList.remove("is-locked", "lock-live");
@@ -125,8 +159,11 @@
 
     setInterval(function () {
       if (lock.active) return;
-      var rest = limitMs - (Date.now() - lastInput);
-      if (rest <= 0) { lockNow(); return; }
+      var now = Date.now();
+      // input not yet reported: tell the server within a heartbeat of it
+      if (lastInput > reported && now - lastSent >= heartbeatMs) beat();
+      var rest = limitMs - (now - lastInput);
+      if (rest <= 0) { if (!checking) lockNow(); return; }
       // the time left, quietly and only near the end (the last minute, or the last fifth of a short limit)
       var text = rest <= Math.min(60000, limitMs / 5) ? "locks in " + Math.ceil(rest / 1000) + " s" : "";
       if (left && left.textContent !== text) left.textContent = text;
@@ -144,8 +181,11 @@
         .then(function (res) {
           submit.disabled = false;
           if (res.ok) {
-            try { localStorage.setItem(UNLOCK_KEY, String(Date.now())); } catch (e) { /* private mode */ }
-            if (res.data && res.data.unlocked === false) { location.reload(); return; } // another user's page now
+            var who = res.data && res.data.unlocked === false ? username : own;
+            try {
+              localStorage.setItem(UNLOCK_KEY, JSON.stringify({ at: Date.now(), username: who }));
+            } catch (e) { /* private mode */ }
+            if (who !== own) { lock.active = false; location.reload(); return; } // another user's page now
             unlocked();
             return;
           }
