@@ -56,7 +56,9 @@ class Settings(BaseSettings):
                                  description="run the schedule engine (step statuses, missed steps, setpoints)")
     engine_interval: float = Field(default=1.0, gt=0, le=60,
                                    description="wall seconds between schedule engine passes (at most 10 clock min)")
-    lockout_threshold: int = Field(default=5, ge=1, le=100, description="consecutive failed logins that lock a user")
+    lockout_threshold: int = Field(default=20, ge=1, le=100,
+                                   description="consecutive failed password checks that lock a user (the last line "
+                                               "behind the throttle)")
     lockout_unlock_minutes: float = Field(default=30.0, ge=0, le=7 * 24 * 60,
                                           description="a locked user unlocks by itself this many minutes after the "
                                                       "lock (at the next password check); 0: only an admin unlocks")
@@ -77,7 +79,7 @@ class Settings(BaseSettings):
                                                 "failure")
     throttle_max_delay_s: float = Field(default=300.0, gt=0, le=24 * 3600,
                                         description="longest wait between slowed attempts, wall seconds")
-    throttle_window_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600,
+    throttle_window_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600,
                                      description="wall seconds a failed attempt counts toward the throttle")
     sse_max_streams_per_principal: int = Field(default=10, ge=1, le=10_000,
                                                description="open live streams (SSE) one user or API key may hold on "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -39,7 +40,8 @@ def limits_from(settings: Settings) -> throttle.Limits:
         ("login_rate", "user"): rule(settings.login_throttle_after),
         ("signature_rate", "client"): rule(settings.signature_throttle_client_after),
         ("signature_rate", "user"): rule(settings.signature_throttle_after),
-    }, unlock_minutes=settings.lockout_unlock_minutes)
+    }, unlock_minutes=settings.lockout_unlock_minutes,
+        password_max_age=timedelta(days=settings.password_max_age_days) if settings.password_max_age_days else None)
 
 
 def body_limit(settings: Settings, path: str) -> int:

@@ -40,9 +40,12 @@ EXEMPT: frozenset[tuple[str, str]] = frozenset({
     ("POST", f"{V1}/auth/logout"),
     ("GET", f"{V1}/auth/me"),
 })
-# What a session opened with an expired password may still do.
+# What a session opened with an expired password may still do. The unlock too: idle, such a session could
+# otherwise only log out (its password change is a user action, refused while idle); unlocked, it may still
+# only change the password.
 PASSWORD_EXPIRED_ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("POST", f"{V1}/users/me/password"),
+    ("POST", f"{V1}/auth/unlock"),
     ("POST", f"{V1}/auth/logout"),
     ("POST", f"{V1}/auth/refresh"),
     ("GET", f"{V1}/auth/me"),

@@ -20,6 +20,7 @@ from app.auth.users import (
     USER_COLUMNS,
     AuthError,
     auto_unlock,
+    locked_problem,
     register_failure,
     unlock_note,
     user_principal,
@@ -71,16 +72,14 @@ async def login(
         raise AuthError("wrong username or password", kind="login-failed")
     if row["locked_at"] is not None:
         await failed("account locked")
-        raise Problem(403, "account-locked", "Account locked",
-                      f"the account is locked after {threshold} consecutive failed logins; "
-                      f"{unlock_note(row['locked_at'])}")
+        raise locked_problem(f"the account is locked after {threshold} consecutive failed password checks",
+                             row["locked_at"])
     if not ok:
         await failed("wrong password")
         if await register_failure(conn, row["id"], purpose="login", client=client, threshold=threshold):
             locked_at = await conn.fetchval("SELECT locked_at FROM users WHERE id = $1", row["id"])
-            raise Problem(403, "account-locked", "Account locked",
-                          f"the account is now locked after {threshold} consecutive failed logins; "
-                          f"{unlock_note(locked_at)}")
+            raise locked_problem(f"the account is now locked after {threshold} consecutive failed password checks",
+                                 locked_at)
         raise AuthError("wrong username or password", kind="login-failed")
     if row["disabled"]:
         await failed("account disabled")
@@ -165,7 +164,7 @@ def _check_session(row: Mapping[str, Any]) -> None:
     if row["disabled"]:
         raise AuthError("the user is disabled", kind="user-disabled")
     if row["locked_at"] is not None:
-        raise AuthError("the user is locked; an admin must unlock it", kind="user-locked")
+        raise AuthError(f"the user is locked; {unlock_note(row['locked_at'])}", kind="user-locked")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,9 +256,10 @@ async def unlock(conn: asyncpg.Connection, principal: Principal, password: str, 
             await audit.record(conn, actor=principal, action="session.unlock_failed", entity_type="user",
                                entity_id=principal.id, old=None, new={"cause": "wrong password"},
                                reason="wrong password", client=client)
-        if await conn.fetchval("SELECT locked_at IS NOT NULL FROM users WHERE id = $1", principal.id):
-            raise Problem(403, "account-locked", "Account locked",
-                          f"the account is locked after {threshold} consecutive failed password checks")
+        locked_at = await conn.fetchval("SELECT locked_at FROM users WHERE id = $1", principal.id)
+        if locked_at is not None:
+            raise locked_problem(f"the account is locked after {threshold} consecutive failed password checks",
+                                 locked_at)
         raise AuthError("wrong password (failed attempts count toward the lockout)", kind="wrong-password")
     now = datetime.now(UTC)
     async with conn.transaction():

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal
 
 from app.auth.principal import SYSTEM
@@ -98,6 +99,7 @@ class Limits:
 
     rules: dict[tuple[RuleName, KeyKind], Rule] = field(default_factory=dict)
     unlock_minutes: float = 0.0  # a locked account unlocks by itself this long after the lock; 0: only an admin
+    password_max_age: timedelta | None = None  # signatures refuse a password older than this (None: no expiry)
     now: Callable[[], float] = time.monotonic  # wall seconds (tests replace it)
     capacity: int = CAPACITY
     _keys: dict[tuple[RuleName, KeyKind, str], _Key] = field(default_factory=dict)

@@ -4,20 +4,24 @@ every change writes one audit record in its transaction. Errors are `Problem`s w
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from app.auth import passwords, throttle
+from app.auth.inactivity import CHANGE_PASSWORD_PATH
 from app.auth.principal import SYSTEM, Principal, Role
 from app.core.problems import Problem
 from app.records import audit
 
-LOCKOUT_THRESHOLD = 5
+LOCKOUT_THRESHOLD = 20
 """Consecutive failed password checks that lock a user (the service passes settings.lockout_threshold)."""
+
+ADMIN_LOCK_KEY = 0x41444D4E  # "ADMN": the advisory lock that serializes changes that may take an admin away
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 NAME_RULE = "2-63 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -139,6 +143,7 @@ async def set_disabled(
         raise Problem(409, "cannot-disable-self", "Cannot disable yourself",
                       "an admin cannot disable their own account; another admin must do it")
     async with conn.transaction():
+        await lock_admin_changes(conn)
         old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
         if old is None:
             raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
@@ -171,9 +176,19 @@ async def unlock_user(
     return row
 
 
+async def lock_admin_changes(conn: asyncpg.Connection) -> None:
+    """The first statement of a transaction that may take an admin away (update_user, set_disabled): one advisory
+    lock, held until the transaction ends, so such changes run one after the other. Two admins demoting (or
+    disabling) each other at once then end as one change and one 409 last-admin, not a deadlock; the lock comes
+    before any user row is locked, so it cannot join a lock cycle."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ADMIN_LOCK_KEY)
+
+
 async def _keep_an_admin(conn: asyncpg.Connection, user_id: int, what: str) -> None:
-    """Refuse (409 last-admin) to take the last active (not disabled) admin away. Locks the admins' rows, so two
-    admins cannot demote each other at once."""
+    """Refuse (409 last-admin) to take the last active (not disabled) admin away; run under lock_admin_changes.
+    A locked admin (lockout) counts: the lock ends by itself (CULTURECTL_LOCKOUT_UNLOCK_MINUTES) or from the
+    command line (culturectl user unlock), and a state anybody can cause by guessing passwords must not decide
+    whether the admins may change."""
     others = await conn.fetch("SELECT id FROM users WHERE role = 'admin' AND NOT disabled AND id <> $1 "
                               "ORDER BY id FOR UPDATE", user_id)
     if not others:
@@ -197,6 +212,7 @@ async def update_user(
         raise Problem(422, "invalid-display-name", "Invalid display name",
                       "display_name (the printed name on signatures) must not be empty")
     async with conn.transaction():
+        await lock_admin_changes(conn)
         old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
         if old is None:
             raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
@@ -288,9 +304,14 @@ async def register_failure(
 
 async def verify_password_for(
     conn: asyncpg.Connection, user_id: int, password: str, *, purpose: str, client: str | None,
-    threshold: int = LOCKOUT_THRESHOLD, rule: throttle.RuleName = "signature_rate",
+    threshold: int = LOCKOUT_THRESHOLD, rule: throttle.RuleName = "signature_rate", refuse_expired: bool = False,
 ) -> bool:
     """True when `password` is the password of `user_id` and the user is active and not locked.
+
+    With `refuse_expired` (signatures, the remote acknowledgement), the right password of a user whose password is
+    older than CULTURECTL_PASSWORD_MAX_AGE_DAYS raises `PasswordExpired` (403 password-expired): a password only
+    the expiry rule forbids is not an identity check, whenever the session was opened. The password is checked
+    first, so the refusal tells nothing to somebody who does not know it.
 
     A wrong password counts toward the lockout (`threshold` in a row locks the user; the lock is audited as
     user.lock); a right one resets the count. The failure itself is audited by the caller (e.g.
@@ -298,7 +319,7 @@ async def verify_password_for(
     Call it outside a transaction that will be rolled back, or the counted failure is lost with it.
     Abuse limits (app.auth.throttle, `rule`) come first: a slowed attempt raises 429 without checking the password.
     """
-    query = "SELECT username, password_hash, disabled, locked_at FROM users WHERE id = $1"
+    query = "SELECT username, password_hash, disabled, locked_at, password_changed_at FROM users WHERE id = $1"
     row = await conn.fetchrow(query, user_id)
     name = str(row["username"]) if row else None
     throttle.check(rule, client=client, user=name)
@@ -314,16 +335,47 @@ async def verify_password_for(
         return False
     await conn.execute("UPDATE users SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0", user_id)
     throttle.succeeded(rule, str(row["username"]))
+    limits = throttle.current()
+    max_age = limits.password_max_age if limits is not None else None
+    if refuse_expired and max_age is not None and datetime.now(UTC) >= row["password_changed_at"] + max_age:
+        raise PasswordExpired(max_age, purpose)
     return True
 
 
-def unlock_note(locked_at: datetime | None) -> str:
-    """How a locked account is unlocked: by an admin, or (CULTURECTL_LOCKOUT_UNLOCK_MINUTES) by itself at a time."""
+class PasswordExpired(Problem):
+    """403: the password is right but older than CULTURECTL_PASSWORD_MAX_AGE_DAYS; it must be changed first."""
+
+    def __init__(self, max_age: timedelta, purpose: str) -> None:
+        super().__init__(403, "password-expired", "Password expired",
+                         f"the password is older than {max_age} (CULTURECTL_PASSWORD_MAX_AGE_DAYS): it cannot be used "
+                         f"for a {purpose}; change it first (POST {CHANGE_PASSWORD_PATH}, or log in on the dashboard)",
+                         change_password=CHANGE_PASSWORD_PATH)
+
+
+def unlock_time(locked_at: datetime | None) -> datetime | None:
+    """When a locked account unlocks by itself (CULTURECTL_LOCKOUT_UNLOCK_MINUTES); None: only an admin unlocks it."""
     limits = throttle.current()
     if locked_at is None or limits is None or limits.unlock_minutes <= 0:
+        return None
+    return locked_at + timedelta(minutes=limits.unlock_minutes)
+
+
+def unlock_note(locked_at: datetime | None) -> str:
+    """How a locked account is unlocked: by itself at a time (CULTURECTL_LOCKOUT_UNLOCK_MINUTES), or by an admin."""
+    at = unlock_time(locked_at)
+    if at is None:
         return "an admin must unlock it"
-    at = (locked_at + timedelta(minutes=limits.unlock_minutes)).isoformat(timespec="seconds")
-    return f"an admin must unlock it, or it unlocks by itself at {at}"
+    return f"it unlocks by itself at {at.isoformat(timespec='seconds')}, or an admin unlocks it sooner"
+
+
+def locked_problem(detail: str, locked_at: datetime | None, status: int = 403,
+                   kind: str = "account-locked", title: str = "Account locked") -> Problem:
+    """The refusal of a locked account: the detail with how it unlocks, and Retry-After when that time is known."""
+    problem = Problem(status, kind, title, f"{detail}; {unlock_note(locked_at)}")
+    at = unlock_time(locked_at)
+    if at is not None:
+        problem.headers = {"Retry-After": str(max(1, math.ceil((at - datetime.now(UTC)).total_seconds())))}
+    return problem
 
 
 async def auto_unlock(conn: asyncpg.Connection, user_id: int, *, client: str | None) -> bool:

@@ -189,8 +189,16 @@ async def authenticate_signer(
     if conn.is_in_transaction():
         raise RuntimeError("authenticate_signer must run before the transaction (a failed attempt must persist)")
     assert principal.id is not None
-    ok = await users.verify_password_for(conn, principal.id, signature.password, purpose="signature",
-                                            client=client, threshold=threshold)
+    try:  # an expired password (CULTURECTL_PASSWORD_MAX_AGE_DAYS) signs nothing, whenever the session was opened
+        ok = await users.verify_password_for(conn, principal.id, signature.password, purpose="signature",
+                                             client=client, threshold=threshold, refuse_expired=True)
+    except users.PasswordExpired:
+        async with conn.transaction():
+            await audit.record(
+                conn, actor=principal, action="signature.failed", entity_type=entity_type, entity_id=entity_id,
+                old=None, new={"meaning": signature.meaning, "cause": "password expired", "locked": False},
+                reason="password re-entry for an electronic signature: the password has expired", client=client)
+        raise
     user = await conn.fetchrow("SELECT username, display_name, disabled, locked_at FROM users WHERE id = $1",
                                principal.id)
     if not ok or user is None:
@@ -202,7 +210,8 @@ async def authenticate_signer(
                 reason="password re-entry for an electronic signature failed", client=client)
         detail = "the password is wrong; the signature was not made (failed attempts count toward the lockout)"
         if locked:
-            detail = "the account is locked after repeated failed password checks; an admin must unlock it"
+            detail = ("the account is locked after repeated failed password checks; "
+                      f"{users.unlock_note(user['locked_at'])}")
         raise Problem(401, "signature-password", "Signature not made", detail)
     return Signer(principal=principal, user_id=principal.id, username=user["username"],
                   printed_name=user["display_name"])

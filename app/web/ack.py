@@ -129,11 +129,14 @@ async def ack_post(token: str, request: Request, conn: ConnectionDep) -> HTMLRes
     try:  # the login's abuse limits: a slowed attempt checks no password and counts toward nothing
         verified = user is not None and bool(password) and await users.verify_password_for(
             conn, user["id"], password, purpose="remote acknowledgement", client=client,
-            threshold=runtime.settings.lockout_threshold, rule="login_rate")
+            threshold=runtime.settings.lockout_threshold, rule="login_rate", refuse_expired=True)
     except throttle.Throttled as exc:
         page = again(429, f"Too many failed attempts: try again in {exc.extra['retry_after_s']} s.")
         page.headers.update(exc.headers or {})
         return page
+    except users.PasswordExpired:  # the right password, but CULTURECTL_PASSWORD_MAX_AGE_DAYS old: not an identity
+        return again(403, f"The password of {row['username']} has expired: change it on the dashboard (log in), "
+                          "then use this link again.")
     if user is None or not verified:
         # a forwarded link must not be a way to guess the password (or to lock the person out): a few tries, then
         # the link ends

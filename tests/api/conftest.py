@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,18 @@ async def running_service(dsn: str, data_dir: Path, *, clock: Clock | None = Non
 
             client.event_hooks["response"].append(forget_cookies)
             yield Service(client=client, dsn=dsn, app=app, settings=s)
+
+
+@contextlib.contextmanager
+def lockout_threshold(svc: Service, threshold: int) -> Iterator[None]:
+    """The service's CULTURECTL_LOCKOUT_THRESHOLD for a test of the lockout (the default is 20)."""
+    settings = svc.app.state.runtime.settings
+    before = settings.lockout_threshold
+    settings.lockout_threshold = threshold
+    try:
+        yield
+    finally:
+        settings.lockout_threshold = before
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ one's own role, the last active admin kept), password expiry and password histor
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from app import db
-from app.auth import users
+from app.auth import throttle, users
 from app.auth.principal import Role, cli_principal
 from app.core.problems import Problem
 from tests.api.conftest import Service, bearer, new_password, running_service
@@ -107,6 +108,47 @@ async def test_the_last_active_admin_can_be_neither_demoted_nor_disabled(service
         await conn.close()
 
 
+async def test_two_admins_demoting_each_other_at_once_end_with_one_admin_and_no_500(service: Service) -> None:
+    a_id, a_name, a_password, a = await service.user("admin")
+    b_id, b_name, b_password, b = await service.user("admin")
+    conn = await db.connect(service.dsn)
+    try:  # every other admin of this module's database out of the way: A and B are the last two
+        await conn.execute("UPDATE users SET disabled = true WHERE role = 'admin' AND id <> ALL($1::int[])",
+                           [a_id, b_id])
+        for _round in range(3):
+            # two transactions at once, each demoting the other (before: a deadlock, one of them a 500)
+            answers = await asyncio.gather(
+                service.client.patch(f"/api/v1/users/{b_id}", headers=a, json={"role": "qa", "reason": "x"}),
+                service.client.patch(f"/api/v1/users/{a_id}", headers=b, json={"role": "qa", "reason": "y"}))
+            assert sorted(r.status_code for r in answers) == [200, 409], [r.text for r in answers]
+            assert [r.json()["type"].endswith("/last-admin") for r in answers if r.status_code == 409] == [True]
+            admins = await conn.fetch("SELECT id FROM users WHERE role = 'admin' AND NOT disabled")
+            assert len(admins) == 1
+            # the same with the command line: demote and disable at once
+            (survivor,) = (r["id"] for r in admins)
+            other = b_id if survivor == a_id else a_id
+            await conn.execute("UPDATE users SET role = 'admin' WHERE id = $1", other)
+            second = await db.connect(service.dsn)
+            try:
+                outcomes = await asyncio.gather(
+                    users.set_disabled(conn, survivor, True, actor=cli_principal(), reason="x"),
+                    users.update_user(second, other, actor=cli_principal(), reason="y", role=Role.QA),
+                    return_exceptions=True)
+            finally:
+                await second.close()
+            refused = [o for o in outcomes if isinstance(o, BaseException)]
+            assert len(refused) == 1 and isinstance(refused[0], Problem) and refused[0].kind == "last-admin", outcomes
+            assert len(await conn.fetch("SELECT id FROM users WHERE role = 'admin' AND NOT disabled")) == 1
+            await conn.execute("UPDATE users SET role = 'admin', disabled = false WHERE id = ANY($1::int[])",
+                               [a_id, b_id])
+            # a role change ended the demoted one's sessions: both log in again
+            a = bearer((await service.login_as(a_name, a_password)).json()["access_token"])
+            b = bearer((await service.login_as(b_name, b_password)).json()["access_token"])
+    finally:
+        await conn.execute("UPDATE users SET disabled = false WHERE role = 'admin'")
+        await conn.close()
+
+
 async def _backdate_password(dsn: str, user_id: int, days: float) -> None:
     conn = await db.connect(dsn)
     try:
@@ -151,6 +193,58 @@ async def test_an_expired_password_must_be_changed_before_anything_else(db_dsn: 
         assert (await svc.client.get("/api/v1/runs", headers=expired)).status_code == 200
         r = await svc.login_as(username, new)
         assert r.json()["password_expired"] is False
+
+
+async def test_an_expired_password_signs_nothing_and_acknowledges_nothing_whenever_the_session_began(
+        db_dsn: str, tmp_path: Path) -> None:
+    async with running_service(db_dsn, tmp_path, password_max_age_days=30) as svc:
+        user_id, username, password, headers = await svc.user("operator")
+        conn = await db.connect(db_dsn)
+        try:
+            run = int(await conn.fetchval("INSERT INTO culture_run (code) VALUES ($1) RETURNING id",
+                                          f"EXP-{user_id}"))
+            await _backdate_password(db_dsn, user_id, 31)  # expired after this session was opened (2 days ago)
+            await conn.execute("UPDATE sessions SET issued_at = now() - interval '2 days' WHERE user_id = $1",
+                               user_id)
+        finally:
+            await conn.close()
+        sign = {"entity_type": "culture_run", "entity_id": str(run), "meaning": "performed", "password": password}
+        assert (await svc.client.get("/api/v1/runs", headers=headers)).status_code == 200
+        before = await audit_head(svc)
+        r = await svc.client.post("/api/v1/signatures", headers=headers, json=sign)
+        assert r.status_code == 403 and r.json()["type"].endswith("/password-expired"), r.text
+        assert r.json()["change_password"] == "/api/v1/users/me/password"
+        rows = await audit_rows(svc, before)
+        assert [(x["action"], _json(x["new"])["cause"]) for x in rows] == [("signature.failed", "password expired")]
+        # a wrong password is a wrong password (the expiry is told only to who knows the password)
+        r = await svc.client.post("/api/v1/signatures", headers=headers, json={**sign, "password": "Not-It-123456"})
+        assert r.status_code == 401 and r.json()["type"].endswith("/signature-password")
+        # the remote acknowledgement's password check refuses it the same way
+        limits = svc.app.state.runtime.limits
+        token = throttle.activate(limits)
+        conn = await db.connect(db_dsn)
+        try:
+            with pytest.raises(users.PasswordExpired):
+                await users.verify_password_for(conn, user_id, password, purpose="remote acknowledgement",
+                                                client=None, rule="login_rate", refuse_expired=True)
+            # the lock screen and a password change still take it
+            assert await users.verify_password_for(conn, user_id, password, purpose="session unlock", client=None,
+                                                   rule="login_rate")
+        finally:
+            throttle.reset(token)
+            await conn.close()
+
+        # a session opened after the expiry: renewal says so, and its lock screen still unlocks
+        r = await svc.login_as(username, password)
+        expired = bearer(r.json()["access_token"])
+        assert r.json()["password_expired"] is True
+        r = await svc.client.post("/api/v1/auth/refresh", headers=expired)
+        assert r.status_code == 200 and r.json()["password_expired"] is True
+        r = await svc.client.post("/api/v1/auth/unlock", headers=expired, json={"password": password})
+        assert r.status_code == 200 and r.json()["unlocked"] is True, r.text
+        r = await svc.client.post("/api/v1/users/me/password", headers=expired,
+                                  json={"current_password": password, "new_password": new_password()})
+        assert r.status_code == 204, r.text
 
 
 async def test_the_last_passwords_may_not_be_reused(db_dsn: str, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from app import db
-from tests.api.conftest import Service, bearer, new_password, running_service
+from tests.api.conftest import Service, bearer, lockout_threshold, new_password, running_service
 from tests.support import wait_for
 
 ME = "/api/v1/auth/me"
@@ -126,47 +126,50 @@ async def test_token_expires_after_its_ttl(db_dsn: str, tmp_path: Path) -> None:
 
 
 async def test_five_failed_logins_lock_the_account_until_an_admin_unlocks_it(service: Service) -> None:
-    user_id, username, password = await service.create_user("operator")
-    admin = await service.login("admin")
-    before = await audit_head(service)
-    for attempt in range(1, 5):
-        r = await service.login_as(username, f"Wrong-Password-{attempt}")
-        assert r.status_code == 401, attempt
-    # A success in between resets the count: the lockout is for consecutive failures.
-    assert (await service.login_as(username, password)).status_code == 200
-    for attempt in range(1, 5):
-        assert (await service.login_as(username, f"Wrong-Password-{attempt}")).status_code == 401
-    r = await service.login_as(username, "Wrong-Password-5")
-    assert r.status_code == 403 and "locked" in r.json()["detail"]
-    # Now even the right password is refused.
-    r = await service.login_as(username, password)
-    assert r.status_code == 403 and "admin must unlock" in r.json()["detail"]
-    locks = await audit_rows(service, before, "user.lock")
-    assert len(locks) == 1 and locks[0]["actor_kind"] == "system" and locks[0]["entity_id"] == str(user_id)
-    assert locks[0]["new"] is not None and "5 consecutive failed" in locks[0]["reason"]
+    with lockout_threshold(service, 5):  # the default is 20
+        user_id, username, password = await service.create_user("operator")
+        admin = await service.login("admin")
+        before = await audit_head(service)
+        for attempt in range(1, 5):
+            r = await service.login_as(username, f"Wrong-Password-{attempt}")
+            assert r.status_code == 401, attempt
+        # A success in between resets the count: the lockout is for consecutive failures.
+        assert (await service.login_as(username, password)).status_code == 200
+        for attempt in range(1, 5):
+            assert (await service.login_as(username, f"Wrong-Password-{attempt}")).status_code == 401
+        r = await service.login_as(username, "Wrong-Password-5")
+        assert r.status_code == 403 and "locked" in r.json()["detail"]
+        # Now even the right password is refused.
+        r = await service.login_as(username, password)
+        assert r.status_code == 403 and "unlocks by itself at" in r.json()["detail"]
+        assert int(r.headers["Retry-After"]) > 1700  # until the automatic unlock (30 min)
+        locks = await audit_rows(service, before, "user.lock")
+        assert len(locks) == 1 and locks[0]["actor_kind"] == "system" and locks[0]["entity_id"] == str(user_id)
+        assert locks[0]["new"] is not None and "5 consecutive failed" in locks[0]["reason"]
 
-    listed = {u["id"]: u for u in (await service.client.get("/api/v1/users", headers=admin)).json()}
-    assert listed[user_id]["locked"] is True and listed[user_id]["failed_logins"] == 5
+        listed = {u["id"]: u for u in (await service.client.get("/api/v1/users", headers=admin)).json()}
+        assert listed[user_id]["locked"] is True and listed[user_id]["failed_logins"] == 5
 
-    r = await service.client.post(f"/api/v1/users/{user_id}/unlock", headers=admin, json={})
-    assert r.status_code == 422 and "reason" in r.json()["detail"]
-    r = await service.client.post(f"/api/v1/users/{user_id}/unlock", headers=admin,
-                                  json={"reason": "user called the help desk, identity checked"})
-    assert r.status_code == 200 and r.json()["locked"] is False and r.json()["failed_logins"] == 0
-    assert (await service.login_as(username, password)).status_code == 200
-    unlocks = await audit_rows(service, before, "user.unlock")
-    assert [(x["entity_id"], x["reason"]) for x in unlocks] == [
-        (str(user_id), "user called the help desk, identity checked")]
+        r = await service.client.post(f"/api/v1/users/{user_id}/unlock", headers=admin, json={})
+        assert r.status_code == 422 and "reason" in r.json()["detail"]
+        r = await service.client.post(f"/api/v1/users/{user_id}/unlock", headers=admin,
+                                      json={"reason": "user called the help desk, identity checked"})
+        assert r.status_code == 200 and r.json()["locked"] is False and r.json()["failed_logins"] == 0
+        assert (await service.login_as(username, password)).status_code == 200
+        unlocks = await audit_rows(service, before, "user.unlock")
+        assert [(x["entity_id"], x["reason"]) for x in unlocks] == [
+            (str(user_id), "user called the help desk, identity checked")]
 
 
 async def test_a_locked_or_disabled_user_is_refused_at_once_with_a_live_token(service: Service) -> None:
     admin = await service.login("admin")
     # Locked by wrong current passwords (a password check counts toward the lockout too).
     user_id, _username, password, headers = await service.user("operator")
-    for i in range(5):
-        r = await service.client.post("/api/v1/users/me/password", headers=headers,
-                                      json={"current_password": f"Not-It-At-All-{i}", "new_password": new_password()})
-        assert r.status_code == 401 if i < 4 else r.status_code in (401, 403)
+    with lockout_threshold(service, 5):
+        for i in range(5):
+            r = await service.client.post("/api/v1/users/me/password", headers=headers, json={
+                "current_password": f"Not-It-At-All-{i}", "new_password": new_password()})
+            assert r.status_code == 401 if i < 4 else r.status_code in (401, 403)
     r = await service.client.get(ME, headers=headers)
     assert r.status_code == 401, r.text
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from app import db
+from app.api.limits import limits_from
 from app.auth import throttle
 from app.auth.principal import Role
 from app.demo import stack as stack_builder
@@ -159,7 +161,8 @@ async def test_the_lockout_is_the_last_line_and_unlocks_by_itself(limited: Servi
         now.t += 10
         r = await login_from(limited, f"10.3.0.{i + 1}", username, f"Wrong-{i}-Password")
         assert r.status_code == (403 if i == 7 else 401), r.text
-    assert "unlocks by itself at" in r.json()["detail"] and "admin must unlock" in r.json()["detail"]
+    assert "unlocks by itself at" in r.json()["detail"] and "admin unlocks it sooner" in r.json()["detail"]
+    assert 1700 < int(r.headers["Retry-After"]) <= 1800
     now.t += 10
     r = await login_from(limited, "10.3.0.20", username, password)
     assert r.status_code == 403 and "locked" in r.json()["detail"]
@@ -236,3 +239,44 @@ async def test_open_streams_are_capped_per_principal_and_in_total(db_dsn: str, t
             text = (await api.get("/metrics")).text
             assert metric(text, 'culturectl_sse_refused_total{cap="sse_streams_per_principal"}') == 1
             assert metric(text, 'culturectl_sse_refused_total{cap="sse_streams_total"}') == 1
+
+
+def test_with_the_defaults_one_attacker_locks_an_account_rarely_and_not_for_long() -> None:
+    """The arithmetic of docs/identity.md ("What one attacker can do"): one user name, one client, one replica,
+    every attempt made the moment the throttle allows it, the account locked at the threshold and unlocked by
+    itself at the first attempt after the unlock time (which resets its count, not the throttle's)."""
+    defaults = {name: Settings.model_fields[name].default for name in (
+        "lockout_threshold", "lockout_unlock_minutes", "login_throttle_after", "login_throttle_client_after",
+        "throttle_delay_s", "throttle_max_delay_s", "throttle_window_s")}
+    assert (defaults["lockout_threshold"], defaults["throttle_window_s"]) == (20, 3600.0)
+    settings = Settings(database_url=SecretStr("postgresql://unused/x"), **defaults)
+    limits = limits_from(settings)
+    clock = FakeTime()
+    clock.t = 0.0
+    limits.now = clock
+    keys: dict[throttle.KeyKind, str | None] = {"client": "10.9.9.9", "user": "operator.one"}
+    failures, locked_at, locked_s, locks = 0, None, 0.0, []
+    horizon = 24 * 3600.0
+    while clock.t < horizon:
+        waits = [throttle.retry_after(limits.rules[("login_rate", kind)],
+                                      limits._keys[("login_rate", kind, str(value))].failures, clock.t)
+                 for kind, value in keys.items() if ("login_rate", kind, value) in limits._keys]
+        if max(waits, default=0.0) > 0:
+            clock.t += max(waits)
+            continue
+        assert limits.refusal("login_rate", keys) is None
+        if locked_at is not None and clock.t - locked_at >= settings.lockout_unlock_minutes * 60:
+            locked_s += clock.t - locked_at
+            locked_at, failures = None, 0
+        if locked_at is None:
+            failures += 1
+            if failures >= settings.lockout_threshold:
+                locked_at = clock.t
+                locks.append(clock.t)
+        limits.failed("login_rate", keys)  # a wrong password counts toward the throttle, locked or not
+    if locked_at is not None:
+        locked_s += min(horizon, locked_at + settings.lockout_unlock_minutes * 60) - locked_at
+    assert 43 * 60 <= locks[0] <= 44 * 60  # the first lock after about 43.5 minutes
+    gaps = [b - a for a, b in itertools.pairwise(locks)]
+    assert gaps and min(gaps) >= 125 * 60  # locked again about 128 minutes later (30 locked + ~98 to relock)
+    assert 0.2 < locked_s / horizon < 0.3  # about a quarter of the time

@@ -13,7 +13,7 @@ from app.auth import users
 from app.auth.principal import Role
 from app.core.problems import Problem
 from app.records import audit, signatures
-from tests.api.conftest import Service
+from tests.api.conftest import Service, lockout_threshold
 
 SIG = "/api/v1/signatures"
 
@@ -125,9 +125,11 @@ async def test_wrong_password_fails_is_audited_and_counts_toward_lockout(service
         await conn.close()
 
     # four more: the account locks (audited), and then even the right password signs nothing
-    for _ in range(users.LOCKOUT_THRESHOLD - 1):
-        r = await service.client.post(SIG, json=_body(run, "still-wrong", "performed"), headers=headers)
-        assert r.status_code == 401
+    with lockout_threshold(service, 5):  # the default is 20
+        for _ in range(4):
+            r = await service.client.post(SIG, json=_body(run, "still-wrong", "performed"), headers=headers)
+            assert r.status_code == 401
+    assert "unlocks by itself at" in r.json()["detail"]
     rows = await _audit_after(service, before)
     assert [x["action"] for x in rows].count("user.lock") == 1
     r = await service.client.post(SIG, json=_body(run, password, "performed"), headers=headers)

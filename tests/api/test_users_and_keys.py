@@ -8,7 +8,7 @@ import os
 import sys
 
 from app import db
-from tests.api.conftest import Service, bearer, new_password
+from tests.api.conftest import Service, bearer, lockout_threshold, new_password
 from tests.api.test_auth import audit_head, audit_rows
 
 KEYS = "/api/v1/apikeys"
@@ -147,8 +147,9 @@ async def test_user_and_apikey_commands(service: Service) -> None:
     assert code == 0 and (await service.client.get(ME, headers=headers)).status_code == 401
     code, out, _ = await _culturectl(dsn, "user", "enable", "lee.cli", "--reason", "back")
     assert code == 0
-    for i in range(5):
-        await service.login_as("lee.cli", f"Wrong-Password-{i}")
+    with lockout_threshold(service, 5):
+        for i in range(5):
+            await service.login_as("lee.cli", f"Wrong-Password-{i}")
     assert (await service.login_as("lee.cli", password)).status_code == 403
     code, out, _ = await _culturectl(dsn, "user", "unlock", "lee.cli", "--reason", "identity checked")
     assert code == 0 and (await service.login_as("lee.cli", password)).status_code == 200

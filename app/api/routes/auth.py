@@ -118,7 +118,12 @@ async def refresh(principal: CurrentPrincipal, request: Request, response: Respo
     _set_cookie(response, t, s.cookie_secure)
     user = await users.get_user_by_name(conn, principal.name)
     assert user is not None
-    return LoginResponse(access_token=t.token, expires_at=t.expires_at, user=UserPublic(**users.user_public(user)))
+    # the same rule as the session's check: the password's age at the login that opened this session
+    opened = await conn.fetchval("SELECT issued_at FROM sessions WHERE jti = $1", principal.token_id)
+    expired = opened is not None and sessions.password_expired(
+        user["password_changed_at"], opened, inactivity.SessionRules.of(s).password_max_age)
+    return LoginResponse(access_token=t.token, expires_at=t.expires_at, user=UserPublic(**users.user_public(user)),
+                         password_expired=expired)
 
 
 def _set_cookie(response: Response, t: tokens.IssuedToken, secure: bool) -> None:
