@@ -51,8 +51,10 @@ async def test_login_returns_a_token_and_an_httponly_strict_cookie_and_is_audite
 
     # The token authenticates; so does the cookie alone (the dashboard).
     me = await service.client.get(ME, headers=bearer(body["access_token"]))
-    assert me.json() == {"kind": "user", "id": user_id, "name": username, "display_name": "Operator Tester",
-                         "role": "operator", "can_sign": True}
+    seen = me.json()
+    assert seen.pop("locked") is False and 0 <= seen.pop("idle_s") < 60  # a login session: its idle time
+    assert seen == {"kind": "user", "id": user_id, "name": username, "display_name": "Operator Tester",
+                    "role": "operator", "can_sign": True}
     token = r.cookies["culturectl_session"]
     by_cookie = await service.client.get(ME, headers={"Cookie": f"culturectl_session={token}"})
     assert by_cookie.status_code == 200 and by_cookie.json()["name"] == username

@@ -82,7 +82,8 @@ async def test_api_key_is_shown_once_stored_hashed_and_works_until_revoked(servi
         me = await service.client.get(ME, headers=headers)
         assert me.status_code == 200
         assert me.json() == {"kind": "apikey", "id": created["id"], "name": "feed-script",
-                             "display_name": "API key feed-script", "role": "automation", "can_sign": False}
+                             "display_name": "API key feed-script", "role": "automation", "can_sign": False,
+                             "idle_s": None, "locked": False}  # a key has no session to lock
     used = next(k for k in (await service.client.get(KEYS, headers=admin)).json() if k["id"] == created["id"])
     assert used["last_used_at"] is not None
     # A near miss is refused.

@@ -28,7 +28,7 @@ from app.core.problems import Problem
 from app.runtime import Runtime
 
 router = APIRouter(tags=["live"])
-log = logging.getLogger(__name__)
+log = logging.getLogger("culturectl.api")
 
 KINDS = ("reading", "device_state", "device_check", "step", "deviation", "run", "setpoint", "alarm", "qc_result")
 
