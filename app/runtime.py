@@ -95,8 +95,6 @@ class Runtime:
     beacon: Beacon | None = None
     cluster: Cluster | None = None  # this replica's device leases and the leader lease (app/cluster/node.py)
     forwarder: Forwarder | None = None  # commands for what another replica owns go there (app/cluster/forward.py)
-    # device -> (state, since) of the devices other replicas own, as their device_state events told
-    remote_states: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     relay: EventRelay | None = None  # every replica's live events on this one's stream (app/cluster/events.py)
     limits: Limits = field(default_factory=Limits)  # abuse limits and their counters (app/api/limits.py limits_from)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -135,7 +133,7 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.writer.run(), name="telemetry-writer"))
         self.cluster = Cluster(self.pool, self.replica_id(), self.replica_url(), [d.name for d in self.devices],
                                ttl=s.lease_ttl_s, interval=s.lease_interval_s, on_gain=self._gained,
-                               on_lose=self._lost)
+                               on_lose=self._lost, states=self._supervised_states)
         self.alarms = AlarmService(
             self.clock, self.live, self.devices, pool=self.pool,
             shelve_max=timedelta(minutes=s.alarm_shelve_max_minutes), stale_floor=s.alarm_stale_floor,
@@ -182,19 +180,17 @@ class Runtime:
         # each claimed device starts here (`_gained`), then the loop keeps the leases.
         await self.cluster.start()
         self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
-        self._tasks.append(asyncio.create_task(self._follow_remote_states(), name="remote-states"))
 
-    async def _follow_remote_states(self) -> None:
-        """The connection state of the devices other replicas own, from their events on the live stream."""
-        async for event in self.live.subscribe(lambda e: e.kind == "device_state"):
-            device = str(event.data.get("device"))
-            # "stopped" is a replica letting a device go, never news about the device itself
-            if self.cluster is not None and not self.cluster.owns(device) and event.data.get("state") != "stopped":
-                self.remote_states[device] = (str(event.data.get("state")), event.data.get("since"))
+    def _supervised_states(self) -> dict[str, tuple[str, datetime | None]]:
+        """The connection state of the devices this replica supervises (written to their leases each pass)."""
+        hub = self.hub
+        if hub is None:
+            return {}
+        return {name: (st.state.value, st.since) for name, st in hub.status.items() if hub.supervisor(name) is not None}
 
     def device_state(self, device: str) -> dict[str, Any]:
-        """A device's connection state as this replica knows it (its own supervisor's, or its owner's events) and
-        its owner."""
+        """A device's connection state as this replica knows it (its own supervisor's, or what its owner wrote in
+        the device's lease at its last pass) and its owner."""
         c = self.cluster
         owner = c.owner_of(device) if c is not None else None
         status = self.hub.status.get(device) if self.hub is not None else None
@@ -202,7 +198,9 @@ class Runtime:
             state = status.state.value if status is not None else "stopped"
             since = status.since.isoformat() if status is not None and status.since else None
         else:
-            state, since = self.remote_states.get(device, ("unknown" if owner else "unowned", None))
+            known, at = c.device_states.get(device, (None, None))
+            state = known if owner is not None and known is not None else ("unknown" if owner else "unowned")
+            since = at.isoformat() if owner is not None and at is not None else None
         return {"state": state, "since": since, "owner": owner,
                 "owned_here": c.owns(device) if c is not None else True}
 

@@ -43,8 +43,8 @@ class DevicePublic(BaseModel):
     profile: str = Field(description="the device profile it runs with")
     profile_version: str
     state: str = Field(description="connecting, online, offline, stopped; on a replica that does not own the device "
-                                   "its owner's state (unknown until the owner reports one, unowned while nobody "
-                                   "holds its lease)")
+                                   "its owner's state, as the owner wrote it in the device's lease at its last pass "
+                                   "(unknown before that, unowned while nobody holds its lease)")
     state_since: datetime | None
     owner: str | None = Field(default=None, description="the replica that reads and writes the device now")
     owned_here: bool = Field(default=True, description="whether the replica that answered owns the device")

@@ -8,7 +8,7 @@ database was down for everyone) renews it again when the database is back, with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,8 @@ class LeaseRow:
     expires_at: datetime | None
     acquired_at: datetime | None
     expired: bool
+    state: str | None = None  # a device's connection state as its holder last said, and since when
+    state_since: datetime | None = None
 
     def view(self) -> LeaseView:
         return LeaseView(self.holder, self.expired)
@@ -89,10 +91,23 @@ async def release_all(conn: DBConnection, me: str) -> list[str]:
 
 async def leases(conn: DBConnection) -> list[LeaseRow]:
     rows = await conn.fetch(
-        "SELECT name, holder, epoch, expires_at, acquired_at, "
+        "SELECT name, holder, epoch, expires_at, acquired_at, state, state_since, "
         "coalesce(expires_at <= now(), false) AS expired FROM cluster_lease ORDER BY name")
     return [LeaseRow(str(r["name"]), r["holder"], int(r["epoch"]), r["expires_at"], r["acquired_at"],
-                     bool(r["expired"])) for r in rows]
+                     bool(r["expired"]), r["state"], r["state_since"]) for r in rows]
+
+
+async def report_states(conn: DBConnection, me: str, states: Mapping[str, tuple[str, datetime | None]]) -> None:
+    """Write the connection state of the devices `me` holds (lease name -> (state, since)) where it changed."""
+    if not states:
+        return
+    names = list(states)
+    await conn.execute(
+        "UPDATE cluster_lease l SET state = s.state, state_since = s.since "
+        "FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS s(name, state, since) "
+        "WHERE l.name = s.name AND l.holder = $1 "
+        "AND (l.state IS DISTINCT FROM s.state OR l.state_since IS DISTINCT FROM s.since)",
+        me, names, [states[n][0] for n in names], [states[n][1] for n in names])
 
 
 async def replicas(conn: DBConnection, ttl_s: float) -> list[Replica]:

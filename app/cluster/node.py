@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -66,7 +67,8 @@ class Cluster:
 
     def __init__(self, pool: asyncpg.Pool | None, replica_id: str, url: str, devices: Sequence[str], *,
                  ttl: float = 10.0, interval: float = 1.0, on_gain: Callback = _never, on_lose: Callback = _never,
-                 probe: Probe = probe_ready) -> None:
+                 probe: Probe = probe_ready,
+                 states: Callable[[], Mapping[str, tuple[str, datetime | None]]] | None = None) -> None:
         self.pool = pool
         self.replica_id = replica_id
         self.url = url
@@ -77,6 +79,8 @@ class Cluster:
         self.on_gain = on_gain
         self.on_lose = on_lose
         self.probe = probe
+        self.states = states  # device -> (state, since) of the devices this replica supervises
+        self.device_states: dict[str, tuple[str | None, datetime | None]] = {}  # every device, from the table
         self.held: dict[str, Held] = {}
         self.owners: dict[str, str | None] = {}  # lease -> holder, as the last pass read it
         self.epochs: dict[str, int] = {}
@@ -181,6 +185,10 @@ class Cluster:
                 async with asyncio.timeout(timeout), self.pool.acquire() as conn:
                     await leases.heartbeat(conn, self.replica_id, self.url)
                     renewed = await leases.renew(conn, self.replica_id, self.ttl)
+                    if self.states is not None:
+                        await leases.report_states(conn, self.replica_id, {
+                            device_lease(d): st for d, st in self.states().items()
+                            if device_lease(d) in renewed})
                     rows = await leases.leases(conn)
                     peers = [r for r in await leases.replicas(conn, self.ttl) if r.live]
             except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:  # any failed pass renews nothing
@@ -207,6 +215,7 @@ class Cluster:
                 await self._start(name)
             self.owners = {r.name: (None if r.expired else r.holder) for r in rows}
             self.epochs = {r.name: r.epoch for r in rows}
+            self.device_states = {d: (r.state, r.state_since) for r in rows if (d := lease_device(r.name)) is not None}
             self.peers = peers
             views = {r.name: r.view() for r in rows}
             # Back from an outage (or just started): leases others held stay theirs to renew for a lease time; a

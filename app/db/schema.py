@@ -856,6 +856,8 @@ cluster_lease = Table(
     Column("expires_at", DateTime(True)),
     Column("acquired_at", DateTime(True)),
     Column("renewed_at", DateTime(True)),
+    Column("state", Text),
+    Column("state_since", DateTime(True)),
     CheckConstraint("(holder IS NULL) = (expires_at IS NULL)", name="cluster_lease_check"),
     PrimaryKeyConstraint("name", name="cluster_lease_pkey"),
 )

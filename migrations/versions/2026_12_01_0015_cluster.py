@@ -4,7 +4,8 @@
   reach it at, when it started, when it was last seen, whether it is stopping). A replica is live while it was
   seen within its lease time.
 - cluster_lease: one row per lease (`device:<name>` for each configured device, `leader` for the site-wide jobs):
-  its holder, its epoch (the fencing token, raised on every change of holder) and when it expires. Expiry is
+  its holder, its epoch (the fencing token, raised on every change of holder) and when it expires; for a device,
+  its connection state and since when, as its holder last said (every replica shows it from here). Expiry is
   the database's clock, so replicas' clocks never have to agree.
 
 Revision ID: 20261201_0015
@@ -45,6 +46,8 @@ def upgrade() -> None:
             expires_at  timestamptz NULL,
             acquired_at timestamptz NULL,
             renewed_at  timestamptz NULL,
+            state       text NULL,
+            state_since timestamptz NULL,
             CONSTRAINT cluster_lease_check CHECK ((holder IS NULL) = (expires_at IS NULL))
         )
         """
