@@ -282,6 +282,14 @@ def _stuck_client(port: int, token: str) -> socket.socket:
     return sock
 
 
+def _full(stuck: list[socket.socket], seen: list[list[int]]) -> bool:
+    """Each stuck client holds unread bytes and no more arrive (two looks half a second apart): its receive window
+    is closed and the server's sends to it block (how many bytes that takes depends on the kernel's accounting)."""
+    now = [_unread(sock) for sock in stuck]
+    seen.append(now)
+    return len(seen) >= 2 and all(n > 0 for n in now) and seen[-2] == now
+
+
 def _unread(sock: socket.socket) -> int:
     """Bytes waiting unread in a client socket's receive buffer."""
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
@@ -295,6 +303,7 @@ async def test_sigterm_ends_the_service_in_seconds_with_reading_and_stuck_sse_cl
         token = r.json()["access_token"]
         stuck = [_stuck_client(svc.port, token) for _ in range(3)]
         got: list[dict[str, object]] = []
+        seen_unread: list[list[int]] = []
 
         async def read() -> None:
             async with http.stream("GET", "/api/v1/stream", params={"kinds": "reading"},
@@ -306,7 +315,7 @@ async def test_sigterm_ends_the_service_in_seconds_with_reading_and_stuck_sse_cl
         try:
             await wait_for(lambda: len(got) > 20, 15, what="the reading client to get events")
             await wait_for(lambda: svc.metric_is("culturectl_live_subscribers", 4), 15, what="four open streams")
-            await wait_for(lambda: all(_unread(sock) >= 1024 for sock in stuck), 15,
+            await wait_for(lambda: _full(stuck, seen_unread), 15, interval=0.5,
                            what="the stuck clients' receive buffers full")
             seconds = await svc.end(signal.SIGTERM)
             with contextlib.suppress(Exception):
