@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -150,3 +150,41 @@ def artifacts() -> Path:
     """Where tests save screenshots (test-artifacts/ in the repository, ignored by git)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@dataclass
+class DashboardSite:
+    """The dashboard's world: the demo's accounts and recipe, both simulators, the service, an API client signed in
+    as the operator, and a run planned on both devices with T0 in 20 clock hours (vessel coating open now)."""
+
+    base_url: str
+    api: httpx.AsyncClient
+    run_id: int
+    sims: stack_builder.Simulators
+
+
+@contextlib.asynccontextmanager
+async def dashboard_site(db_dsn: str, tmp: Path, clock: ScaledClock, *, seed: int,
+                         **settings: Any) -> AsyncIterator[DashboardSite]:
+    """See DashboardSite; `settings` are the service's settings besides the usual ones."""
+    from app.demo.setup import ensure_demo_accounts, ensure_demo_recipe
+    from tests.api.protocol_support import run_body
+
+    conn = await db.connect(db_dsn)
+    try:  # the demo's users (operator, supervisor, qa, admin) and its released recipe
+        await ensure_demo_accounts(conn, tmp)
+        await ensure_demo_recipe(conn)
+    finally:
+        await conn.close()
+    async with stack_builder.simulators(clock, tmp / "devices.yaml", seed=seed, poll_interval=0.5) as sims:
+        config = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=sims.devices_file,
+                          time_scale=clock.scale, port=free_port(), ingest_flush_interval=0.2, **settings)
+        async with serve(config, clock) as (base_url, _runtime), \
+                httpx.AsyncClient(base_url=base_url, timeout=10) as api:
+            await demo_bearer(api)
+            t0 = clock.now() + timedelta(hours=20)
+            r = await api.post("/api/v1/runs", json=run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
+                                                             incubator="incubator-1",
+                                                             culture_system="culture-system-1"))
+            assert r.status_code == 201, r.text
+            yield DashboardSite(base_url, api, int(r.json()["id"]), sims)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,17 +16,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app import db
 from app.auth.principal import Role
 from app.core.clock import ScaledClock
-from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
-from app.demo.stack import simulators
+from app.demo.setup import DEMO_PASSWORD
 from app.settings import Settings
 from simulators.culture_system import CultureSystemSimulator
 from simulators.faults import Fault
 from simulators.incubator import IncubatorSimulator
-from tests.api.protocol_support import INPUTS, LOTS, run_body
-from tests.e2e.conftest import DESKTOP, demo_bearer, demo_page, page_ready, serve
+from tests.api.protocol_support import INPUTS, LOTS
+from tests.e2e.conftest import DESKTOP, dashboard_site, demo_page, page_ready, serve
 from tests.support import free_port, wait_for
 
 if TYPE_CHECKING:
@@ -50,26 +47,8 @@ class Dash:
 @pytest.fixture(scope="module")
 async def dash(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dash]:
     tmp: Path = tmp_path_factory.mktemp("dash")
-    clock = ScaledClock(scale=SCALE)
-    conn = await db.connect(db_dsn)
-    try:  # the demo's users (operator, supervisor, qa, admin) and its released recipe
-        await ensure_demo_accounts(conn, tmp)
-        await ensure_demo_recipe(conn)
-    finally:
-        await conn.close()
-    async with simulators(clock, tmp / "devices.yaml", seed=3, poll_interval=0.5) as sims:
-        settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=sims.devices_file,
-                            time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2)
-        async with serve(settings, clock) as (base_url, _runtime), \
-                httpx.AsyncClient(base_url=base_url, timeout=10) as api:
-            await demo_bearer(api)
-            # T0 in 20 clock hours: vessel coating is open now, receiving cells opens at T0 - 6 h
-            t0 = clock.now() + timedelta(hours=20)
-            r = await api.post("/api/v1/runs", json=run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
-                                                             incubator="incubator-1",
-                                                             culture_system="culture-system-1"))
-            assert r.status_code == 201, r.text
-            yield Dash(base_url, sims.incubator, sims.culture, api, int(r.json()["id"]))
+    async with dashboard_site(db_dsn, tmp, ScaledClock(scale=SCALE), seed=3) as site:
+        yield Dash(site.base_url, site.sims.incubator, site.sims.culture, site.api, site.run_id)
 
 
 async def _page(browser: Browser, dash: Dash, role: Role = Role.OPERATOR,

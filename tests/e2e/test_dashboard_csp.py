@@ -11,23 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
-from app import db
 from app.api.headers import PERMISSIONS_POLICY
 from app.core.clock import ScaledClock
-from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
-from app.demo.stack import simulators
-from app.settings import Settings
-from tests.api.protocol_support import run_body
-from tests.e2e.conftest import DESKTOP, demo_bearer, page_ready, serve
-from tests.support import free_port
+from app.demo.setup import DEMO_PASSWORD
+from tests.e2e.conftest import DESKTOP, dashboard_site, page_ready
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Request
@@ -76,25 +69,8 @@ async def _violations(page: Page) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 async def site(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
     tmp: Path = tmp_path_factory.mktemp("csp")
-    clock = ScaledClock(scale=60.0)
-    conn = await db.connect(db_dsn)
-    try:
-        await ensure_demo_accounts(conn, tmp)
-        await ensure_demo_recipe(conn)
-    finally:
-        await conn.close()
-    async with simulators(clock, tmp / "devices.yaml", seed=5, poll_interval=0.5) as sims:
-        settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=sims.devices_file,
-                            time_scale=60.0, port=free_port(), ingest_flush_interval=0.2)
-        async with serve(settings, clock) as (base_url, _runtime), \
-                httpx.AsyncClient(base_url=base_url, timeout=10) as api:
-            await demo_bearer(api)
-            t0 = clock.now() + timedelta(hours=20)
-            r = await api.post("/api/v1/runs", json=run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
-                                                             incubator="incubator-1",
-                                                             culture_system="culture-system-1"))
-            assert r.status_code == 201, r.text
-            yield Site(base_url, api, int(r.json()["id"]))
+    async with dashboard_site(db_dsn, tmp, ScaledClock(scale=60.0), seed=5) as world:
+        yield Site(world.base_url, world.api, world.run_id)
 
 
 @pytest.fixture

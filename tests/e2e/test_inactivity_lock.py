@@ -7,22 +7,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from app import db
 from app.core.clock import ScaledClock
-from app.demo.setup import DEMO_PASSWORD, ensure_demo_accounts, ensure_demo_recipe
-from app.demo.stack import simulators
-from app.settings import Settings
-from tests.api.protocol_support import run_body
-from tests.e2e.conftest import DESKTOP, demo_bearer, serve
-from tests.support import free_port, wait_for
+from app.demo.setup import DEMO_PASSWORD
+from tests.e2e.conftest import DESKTOP, dashboard_site
+from tests.support import wait_for
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -53,26 +48,9 @@ async def _audit(wall: Wall, action: str) -> list[tuple[str, str | None]]:
 @pytest.fixture(scope="module")
 async def wall(db_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wall]:
     tmp: Path = tmp_path_factory.mktemp("wall")
-    clock = ScaledClock(scale=SCALE)
-    conn = await db.connect(db_dsn)
-    try:
-        await ensure_demo_accounts(conn, tmp)
-        await ensure_demo_recipe(conn)
-    finally:
-        await conn.close()
-    async with simulators(clock, tmp / "devices.yaml", seed=5, poll_interval=0.5) as sims:
-        settings = Settings(database_url=SecretStr(db_dsn), data_dir=tmp / "data", devices_file=sims.devices_file,
-                            time_scale=SCALE, port=free_port(), ingest_flush_interval=0.2,
-                            inactivity_minutes=LIMIT_MINUTES, inactivity_keep_live=True)
-        async with serve(settings, clock) as (base_url, _runtime), \
-                httpx.AsyncClient(base_url=base_url, timeout=10) as api:
-            await demo_bearer(api)
-            t0 = clock.now() + timedelta(hours=20)
-            r = await api.post("/api/v1/runs", json=run_body(t0 - timedelta(days=3), planned_t0=t0.isoformat(),
-                                                             incubator="incubator-1",
-                                                             culture_system="culture-system-1"))
-            assert r.status_code == 201, r.text
-            yield Wall(base_url, db_dsn, int(r.json()["id"]))
+    async with dashboard_site(db_dsn, tmp, ScaledClock(scale=SCALE), seed=5, inactivity_minutes=LIMIT_MINUTES,
+                              inactivity_keep_live=True) as site:
+        yield Wall(site.base_url, db_dsn, site.run_id)
 
 
 async def _login_to(browser: Browser, wall: Wall, path: str) -> Page:
