@@ -78,7 +78,6 @@ class Forwarder:
         self.key = key
         self.url_of = url_of
         self.timeout = timeout
-        self.stats = {"forwarded": 0, "failed": 0}
 
     async def post(self, replica: str, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """POST `payload` to `replica`; its JSON answer, or its problem raised here."""
@@ -96,12 +95,10 @@ class Forwarder:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 resp = await client.post(url.rstrip("/") + full, content=body, headers=headers)
         except (httpx.HTTPError, OSError) as exc:
-            self.stats["failed"] += 1
             raise Problem(503, "owner-unreachable", "Owner unreachable",
                           f"replica {replica} owns this and cannot be reached now ({type(exc).__name__}); it is "
                           f"taken over within the lease time if it is gone: try again", rule="replica_owner",
                           replica=replica) from None
-        self.stats["forwarded"] += 1
         try:
             data = resp.json()
         except ValueError:

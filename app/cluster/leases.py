@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from app.cluster.share import LeaseView
 from app.db import DBConnection
@@ -126,9 +125,3 @@ async def holds(conn: DBConnection, name: str, me: str, epoch: int) -> bool:
         "SELECT true FROM cluster_lease WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now() "
         "FOR SHARE", name, me, epoch)
     return bool(found)
-
-
-def row_view(row: LeaseRow) -> dict[str, Any]:
-    return {"holder": row.holder, "epoch": row.epoch,
-            "expires_at": row.expires_at.isoformat() if row.expires_at else None,
-            "acquired_at": row.acquired_at.isoformat() if row.acquired_at else None, "expired": row.expired}

@@ -83,7 +83,6 @@ class Cluster:
         self.device_states: dict[str, tuple[str | None, datetime | None]] = {}  # every device, from the table
         self.held: dict[str, Held] = {}
         self.owners: dict[str, str | None] = {}  # lease -> holder, as the last pass read it
-        self.epochs: dict[str, int] = {}
         self.peers: list[leases.Replica] = []  # live replicas, this one included, as the last pass read them
         self.stats: dict[str, int] = {"takeovers": 0, "handovers": 0, "lost": 0, "renew_failures": 0, "passes": 0}
         self.db_ok = False
@@ -214,7 +213,6 @@ class Cluster:
             for name in [n for n in self.held if n not in self._started]:  # a start that failed: again
                 await self._start(name)
             self.owners = {r.name: (None if r.expired else r.holder) for r in rows}
-            self.epochs = {r.name: r.epoch for r in rows}
             self.device_states = {d: (r.state, r.state_since) for r in rows if (d := lease_device(r.name)) is not None}
             self.peers = peers
             views = {r.name: r.view() for r in rows}
