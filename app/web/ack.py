@@ -42,10 +42,10 @@ def _runtime(request: Request) -> Runtime:
 
 
 def _render(request: Request, status: int, **ctx: Any) -> HTMLResponse:
-    from app.web.pages import TEMPLATES, _clock
+    from app.web.render import TEMPLATES, clock_context
 
     return TEMPLATES.TemplateResponse(request, "ack.html", {"principal": None, "page": "ack", "sse_kinds": "",
-                                                            **_clock(request), **ctx}, status_code=status,
+                                                            **clock_context(request), **ctx}, status_code=status,
                                       headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app.api.headers import NONCE_STATE
-from app.web.pages import HERE
+from app.web.render import HERE
 
 OPENAPI_URL = "/openapi.json"
 TEMPLATES = Jinja2Templates(directory=HERE / "templates" / "api_docs")

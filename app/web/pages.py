@@ -10,66 +10,41 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import json
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
 from app.api.deps import ConnectionDep, RuntimeDep
-from app.api.headers import NONCE_STATE
 from app.api.routes import alarms as alarms_api
 from app.api.routes import audit as audit_api
 from app.api.security import CurrentPrincipal
-from app.auth.inactivity import heartbeat_seconds
-from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.devices import registry
 from app.ingest import history
 from app.protocol import deviations, recipes, runs
 from app.records import record_issue, record_render
 from app.runtime import Runtime
-from app.web import views
+from app.web import render, views
 
-HERE = Path(__file__).resolve().parent
-TEMPLATES = Jinja2Templates(directory=HERE / "templates")
-TEMPLATES.env.filters["utc"] = views.fmt_time
-TEMPLATES.env.filters["num"] = views.fmt_number
-TEMPLATES.env.globals.update(status_text=views.alarm_status_text, priority_icons=views.PRIORITY_ICONS)
 ACTIVE_RUN_STATES = ("planned", "running", "held")
-# Every page and fragment: never kept by the browser, so Back on a locked screen cannot show one from its cache
-# (the page asks the server again, and the inactivity lock redirects it to the login).
-NO_STORE = {"Cache-Control": "no-store"}
-# What each page listens to on its one SSE connection.
-PAGE_KINDS = {
-    "overview": "alarm,device_state,step,run,deviation",
-    "run": "reading,alarm,device_state,step,run,deviation",
-    "alarms": "alarm,device_state",
-    "audit": "device_state,alarm",  # alarm: the title's count
-    "record": "alarm",  # the title's count; the record itself is a snapshot (reload for a newer one)
-}
-
-
-def _mark_page(request: Request) -> None:
-    """Before the credentials are checked: a 401 of this request becomes a redirect to the login page."""
-    request.state.web_page = True
-
-
-router = APIRouter(include_in_schema=False, dependencies=[Depends(_mark_page)])
+router = render.page_router()
 public_router = APIRouter(include_in_schema=False)
+# The other pages' modules, installed with these (each declares its routes on render.page_router()).
+PAGE_MODULES: tuple[Any, ...] = ()
 
 
 def install(app: FastAPI) -> None:
     """Serve the static files and the pages; turn page errors into HTML (401: a redirect to /login)."""
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount("/static", StaticFiles(directory=render.HERE / "static"), name="static")
     app.include_router(public_router)
     app.include_router(router)
+    for module in PAGE_MODULES:
+        app.include_router(module.router)
     api_handler = app.exception_handlers[Problem]
 
     async def on_problem(request: Request, exc: Exception) -> Response:
@@ -83,11 +58,11 @@ def install(app: FastAPI) -> None:
                 page = request.headers.get("HX-Current-URL", "/")
                 return Response(status_code=401, headers={"HX-Redirect": f"/login?next={quote(_local(page))}"})
             return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-        return TEMPLATES.TemplateResponse(request, "error.html", {
+        return render.TEMPLATES.TemplateResponse(request, "error.html", {
             "status": exc.status, "title": exc.title, "detail": exc.detail,
             "principal": getattr(request.state, "principal", None), "page": "error", "sse_kinds": "device_state",
-            **_clock(request)},
-            status_code=exc.status, headers=NO_STORE)
+            **render.clock_context(request)},
+            status_code=exc.status, headers=render.NO_STORE)
 
     app.add_exception_handler(Problem, on_problem)
 
@@ -101,44 +76,7 @@ def _local(url: str) -> str:
     return path + (f"?{parts.query}" if parts.query else "")
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def _clock(request: Request) -> dict[str, Any]:
-    runtime = _runtime(request)
-    clock = runtime.clock
-    limit_s = runtime.settings.inactivity_minutes * 60  # the inactivity lock (app/web/static/session.js)
-    return {"clock_now": clock.now().isoformat(), "clock_scale": clock.scale,
-            "session_ttl": runtime.settings.token_ttl_minutes * 60, "inactivity_s": limit_s,
-            "inactivity_heartbeat_s": heartbeat_seconds(limit_s) if limit_s > 0 else 0,
-            "inactivity_keep_live": runtime.settings.inactivity_keep_live}
-
-
-def _page(request: Request, name: str, principal: Principal | None, page: str, **ctx: Any) -> HTMLResponse:
-    # the title counts the alarms waiting for acknowledgement; the page keeps it current from its `alarm` events
-    unack = views.unacknowledged(_alarm_views(_runtime(request))) if principal is not None else {}
-    return TEMPLATES.TemplateResponse(request, name, {
-        "principal": principal, "page": page, "sse_kinds": PAGE_KINDS.get(page, ""), **_clock(request),
-        "unack_count": len(unack), "unack_json": json.dumps(unack, sort_keys=True),
-        "csp_nonce": getattr(request.state, NONCE_STATE, ""), **ctx},  # for a <style> element (the record's)
-        headers=NO_STORE)
-
-
-def _fragment(request: Request, name: str, **ctx: Any) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, name, {**_clock(request), **ctx},
-                                      headers=NO_STORE)
-
-
 # ---- data, loaded as the API loads it -------------------------------------------------------------------------
-
-def _alarm_views(runtime: Runtime, devices: set[str] | None = None) -> list[dict[str, Any]]:
-    if runtime.alarms is None:
-        return []
-    out = [a.view() for a in runtime.alarms.active()]
-    return [a for a in out if devices is None or a["device"] in devices]
-
 
 def _device_states(runtime: Runtime) -> list[dict[str, Any]]:
     hub = runtime.hub
@@ -157,7 +95,7 @@ def _device_states(runtime: Runtime) -> list[dict[str, Any]]:
 async def _run_cards(conn: asyncpg.Connection, runtime: Runtime) -> list[dict[str, Any]]:
     now = runtime.clock.now()
     rows = [r for r in await runs.list_runs(conn, None, 200) if r["status"] in ACTIVE_RUN_STATES]
-    alarms = _alarm_views(runtime)
+    alarms = render.alarm_views(runtime)
     cards = []
     for row in sorted(rows, key=lambda r: r["id"]):
         run = await runs.run_view(conn, int(row["id"]), now)
@@ -184,11 +122,6 @@ async def _run_and_recipe(conn: asyncpg.Connection, run_id: int, now: datetime) 
     return run, recipe
 
 
-def _script_json(data: Any) -> str:
-    """JSON to embed in a <script> element: no "</" can end it early."""
-    return json.dumps(data).replace("</", "<\\/")
-
-
 async def _calibrations(conn: asyncpg.Connection, runtime: Runtime, run_id: int, now: datetime) -> list[Any]:
     return await runs.run_calibrations(conn, run_id, now, runtime.settings.zone(),
                                        runtime.settings.calibration_warn_days)
@@ -202,14 +135,14 @@ def _run_devices(run: dict[str, Any]) -> set[str]:
 
 @public_router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, next_url: Annotated[str, Query(alias="next")] = "/") -> HTMLResponse:
-    return _page(request, "login.html", None, "login", next=_local(next_url))
+    return render.page(request, "login.html", None, "login", next=_local(next_url))
 
 
 @router.get("/", response_class=HTMLResponse)
 async def overview(request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
                    runtime: RuntimeDep) -> HTMLResponse:
-    return _page(request, "overview.html", principal, "overview", cards=await _run_cards(conn, runtime),
-                 groups=views.group_alarms(_alarm_views(runtime)), devices=_device_states(runtime))
+    return render.page(request, "overview.html", principal, "overview", cards=await _run_cards(conn, runtime),
+                 groups=views.group_alarms(render.alarm_views(runtime)), devices=_device_states(runtime))
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -229,10 +162,10 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
     first_data = None if since is None else await history.first_reading(
         conn, [c["channel_id"] for c in charts if c["channel_id"]], since)
     devices = _run_devices(run)
-    return _page(request, "run.html", principal, "run", run=run, card=_card(run, now),
+    return render.page(request, "run.html", principal, "run", run=run, card=_card(run, now),
                  timeline=views.timeline(run.get("schedule") or [], now), forms=views.step_forms(recipe), charts=charts,
-                 chart_json=_script_json({"charts": charts, "range": views.chart_range(run, now, first_data)}),
-                 groups=views.group_alarms(_alarm_views(runtime, devices)),
+                 chart_json=render.script_json({"charts": charts, "range": views.chart_range(run, now, first_data)}),
+                 groups=views.group_alarms(render.alarm_views(runtime, devices)),
                  empty_text="No active alarms on this run's devices", devices=[d for d in _device_states(runtime)
                                                                   if d["name"] in devices],
                  deviations=await deviations.list_deviations(conn, run_id, None, 200),
@@ -247,7 +180,7 @@ async def record_page(run_id: int, request: Request, principal: CurrentPrincipal
     record = await record_issue.draft(conn, run_id, runtime.build_record)
     # the charts' SVG and a draft's content hash are some 100 ms of CPU for a 7-day run: off the loop
     context = await asyncio.to_thread(functools.partial(record_render.record_context, record, for_pdf=False))
-    return _page(request, record_render.TEMPLATE, principal, "record", layout="base.html", **context)
+    return render.page(request, record_render.TEMPLATE, principal, "record", layout="base.html", **context)
 
 
 @router.get("/alarms", response_class=HTMLResponse)
@@ -266,15 +199,15 @@ async def alarms_page(
     prio = filters["priority"] if filters["priority"] in views.PRIORITIES else None
     events = await alarms_api.history(
         principal, conn, runtime, device=filters["device"], channel=filters["channel"], priority=prio,  # type: ignore[arg-type]
-        since=_utc(filters["since"], "since"), until=_utc(filters["until"], "until"), limit=limit,
-        before_id=before_id)
+        since=render.utc_param(filters["since"], "since"), until=render.utc_param(filters["until"], "until"),
+        limit=limit, before_id=before_id)
     older = None
     if len(events) == limit:
         older = "?" + urlencode({**{k: v for k, v in filters.items() if v}, "before_id": events[-1]["id"],
                                  "limit": limit})
-    return _page(request, "alarms.html", principal, "alarms", groups=views.group_alarms(_alarm_views(runtime)),
-                 events=events, filters=filters, older=older, devices=_device_states(runtime),
-                 priorities=views.PRIORITIES)
+    return render.page(request, "alarms.html", principal, "alarms",
+                       groups=views.group_alarms(render.alarm_views(runtime)), events=events, filters=filters,
+                       older=older, devices=_device_states(runtime), priorities=views.PRIORITIES)
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -293,26 +226,14 @@ async def audit_page(
                "action": action or None, "from": start or None, "to": end or None}
     page = await audit_api.list_audit(
         principal, conn, entity_type=filters["entity_type"], entity_id=filters["entity_id"], actor=filters["actor"],
-        action=filters["action"], start=_utc(filters["from"], "from"), end=_utc(filters["to"], "to"),
-        after_seq=after_seq, limit=limit)
+        action=filters["action"], start=render.utc_param(filters["from"], "from"),
+        end=render.utc_param(filters["to"], "to"), after_seq=after_seq, limit=limit)
     query = {k: v for k, v in filters.items() if v}
     nxt = None if page.next_after_seq is None else "?" + urlencode(
         {**query, "after_seq": page.next_after_seq, "limit": limit})
     first = "?" + urlencode({**query, "limit": limit}) if after_seq else None
-    return _page(request, "audit.html", principal, "audit", items=page.items, filters=filters, next_page=nxt,
+    return render.page(request, "audit.html", principal, "audit", items=page.items, filters=filters, next_page=nxt,
                  first_page=first, after_seq=after_seq)
-
-
-def _utc(text: str | None, name: str) -> datetime | None:
-    """A time from a filter form (datetime-local, read as UTC) or with an offset."""
-    if not text:
-        return None
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise Problem(400, "invalid-time", "Invalid time",
-                      f"{name}: {text!r} is not a time; use YYYY-MM-DDTHH:MM (UTC)") from None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 # ---- fragments (re-fetched on stream events) -------------------------------------------------------------------
@@ -320,14 +241,14 @@ def _utc(text: str | None, name: str) -> datetime | None:
 @router.get("/fragments/runs", response_class=HTMLResponse)
 async def runs_fragment(request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
                         runtime: RuntimeDep) -> HTMLResponse:
-    return _fragment(request, "fragments/run_cards.html", cards=await _run_cards(conn, runtime))
+    return render.fragment(request, "fragments/run_cards.html", cards=await _run_cards(conn, runtime))
 
 
 @router.get("/fragments/alarms", response_class=HTMLResponse)
 async def alarms_fragment(request: Request, principal: CurrentPrincipal, runtime: RuntimeDep,
                           device: Annotated[list[str] | None, Query()] = None) -> HTMLResponse:
-    alarms = _alarm_views(runtime, set(device) if device else None)
-    return _fragment(request, "fragments/alarm_groups.html", groups=views.group_alarms(alarms),
+    alarms = render.alarm_views(runtime, set(device) if device else None)
+    return render.fragment(request, "fragments/alarm_groups.html", groups=views.group_alarms(alarms),
                      empty_text="No active alarms" + (" on this run's devices" if device else ""))
 
 
@@ -336,7 +257,7 @@ async def timeline_fragment(run_id: int, request: Request, principal: CurrentPri
                             runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
     run = await runs.run_view(conn, run_id, now)
-    return _fragment(request, "fragments/timeline.html", run=run, card=_card(run, now),
+    return render.fragment(request, "fragments/timeline.html", run=run, card=_card(run, now),
                      timeline=views.timeline(run.get("schedule") or [], now))
 
 
@@ -345,6 +266,6 @@ async def record_fragment(run_id: int, request: Request, principal: CurrentPrinc
                           runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
     run = await runs.run_view(conn, run_id, now)
-    return _fragment(request, "fragments/run_record.html", run=run, card=_card(run, now),
+    return render.fragment(request, "fragments/run_record.html", run=run, card=_card(run, now),
                      deviations=await deviations.list_deviations(conn, run_id, None, 200),
                      calibrations=await _calibrations(conn, runtime, run_id, now))
