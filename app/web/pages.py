@@ -29,13 +29,13 @@ from app.ingest import history
 from app.protocol import deviations, recipes, runs
 from app.records import record_issue, record_render
 from app.runtime import Runtime
-from app.web import render, views
+from app.web import archive, equipment, people, qa, recipe_pages, render, views
 
 ACTIVE_RUN_STATES = ("planned", "running", "held")
 router = render.page_router()
 public_router = APIRouter(include_in_schema=False)
 # The other pages' modules, installed with these (each declares its routes on render.page_router()).
-PAGE_MODULES: tuple[Any, ...] = ()
+PAGE_MODULES: tuple[Any, ...] = (archive, qa, equipment, recipe_pages, people)
 
 
 def install(app: FastAPI) -> None:
