@@ -54,7 +54,8 @@ RATE_LIMITS: dict[str, RateLimit] = {
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A command refused by a rule: HTTP status, the rule's name, a detail naming the limit, and facts."""
+    """A command refused by a rule: HTTP status, the rule's name, a detail naming the limit, and facts (`field`:
+    the request body's field the refusal is about, when it is one)."""
 
     status: int
     rule: str
@@ -81,15 +82,16 @@ def check_point(spec: PointSpec, value: float) -> Refusal | None:
     """The point map: writable, finite, within min..max (422 point_not_writable / point_limit)."""
     if not spec.writable:
         return Refusal(422, "point_not_writable", f"point {spec.name!r} is not writable",
-                       {"point": spec.name})
+                       {"point": spec.name, "field": "point"})
     if not math.isfinite(value):
         return Refusal(422, "point_limit", f"point {spec.name!r}: the value must be a finite number within "
                        f"{_range(spec)}",
-                       {"point": spec.name, "min": spec.min, "max": spec.max, "unit": spec.unit})
+                       {"point": spec.name, "min": spec.min, "max": spec.max, "unit": spec.unit, "field": "value"})
     if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
         return Refusal(422, "point_limit",
                        f"point {spec.name!r}: {value:g} {spec.unit} is outside its limits {_range(spec)}",
-                       {"point": spec.name, "min": spec.min, "max": spec.max, "unit": spec.unit, "value": value})
+                       {"point": spec.name, "min": spec.min, "max": spec.max, "unit": spec.unit, "value": value,
+                        "field": "value"})
     return None
 
 
@@ -150,7 +152,7 @@ def check_step(point: str, current: float | None, value: float, source: Source,
                    f"{point}: {current:g} -> {value:g} {rate.unit} is a step of {step:g} {rate.unit}; at most "
                    f"{rate.max_step:g} {rate.unit} per command (make the change in steps)",
                    {"point": point, "max_step": rate.max_step, "unit": rate.unit, "current": current,
-                    "step": step})
+                    "step": step, "field": "value"})
 
 
 def check_device(device: str, state: DeviceState) -> Refusal | None:

@@ -8,7 +8,8 @@
 // (the default) reloads the page, data-done="/path/{id}" goes to that path filled from the answer's JSON, and
 // data-done="show" writes the answer's fields into the form's [data-show=<field>] elements and reveals them.
 // A problem answer: each error of a 422 goes to the [data-field=<name>] slot of its field (the last part of its
-// loc, or its "field"), with aria-invalid on the input; anything else to the form's [data-testid=form-error].
+// loc, or its "field"), with aria-invalid on the input; so does a refusal whose problem names a top-level "field";
+// anything else goes to the form's [data-testid=form-error].
 // A form with data-confirm asks the browser's confirm() with that text first.
 (function () {
   "use strict";
@@ -117,6 +118,15 @@
         loose.push((loc.length ? loc.join(".") + ": " : e.field ? e.field + ": " : "") + text);
       }
     });
+    if (!shown && d.field && d.detail) {  // a rule's refusal about one field of the body (its "field" fact)
+      var own = slotFor(form, [d.field]);
+      if (own) {
+        own.slot.textContent = d.detail;
+        var el = form.querySelector("[name='" + own.name + "']");
+        if (el) el.setAttribute("aria-invalid", "true");
+        shown = true;
+      }
+    }
     var fe = form.querySelector("[data-testid=form-error]");
     var text = loose.join("; ");
     if (!shown && !text) text = d.detail || ("refused (" + res.status + ")");  // the rule, the limit, the window
