@@ -26,6 +26,7 @@ from app.api.routes import contacts as contacts_api
 from app.api.routes import notifications as notifications_api
 from app.api.routes import record_reviews as record_reviews_api
 from app.api.routes import records as records_api
+from app.api.routes import sessions as sessions_api
 from app.api.routes import setpoints as setpoints_api
 from app.api.routes import signatures as signatures_api
 from app.api.schemas import API_ERRORS, DEVICE_ERRORS, problem_responses
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                            responses=errors)
     # These declare CurrentPrincipal per route (login is public).
     for module in (auth, users, apikeys, audit_api, signatures_api, recipes, runs, deviations, alarms_api,
-                   calibrations_api, records_api):
+                   calibrations_api, records_api, sessions_api):
         app.include_router(module.router, prefix=API_PREFIX, responses=errors)
     app.include_router(notifications_api.router, prefix=API_PREFIX, responses=errors)
     app.include_router(record_reviews_api.router, prefix=API_PREFIX, responses=errors)

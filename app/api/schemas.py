@@ -262,6 +262,8 @@ class RunSummary(_Strict):
     created_at: datetime
     ended_at: datetime | None
     open_deviations: int
+    graft_din: str | None = None
+    record_version: int | None = Field(default=None, description="the newest issued batch record version, if any")
 
 
 class CommentPublic(_Strict):
@@ -289,6 +291,7 @@ class DeviationPublic(_Strict):
     impact: str | None = None
     actions: str | None = None
     comments: list[CommentPublic] | None = None
+    run_code: str | None = Field(default=None, description="the run's code (in lists)")
 
 
 class StepRecordPublic(_Strict):

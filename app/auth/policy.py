@@ -101,6 +101,9 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", f"{V1}/apikeys"): ADMIN,
     ("POST", f"{V1}/apikeys"): ADMIN,
     ("POST", f"{V1}/apikeys/{{key_id}}/revoke"): ADMIN,
+    # Sessions in use: the list (never a token) and the revocation, with a reason.
+    ("GET", f"{V1}/sessions"): ADMIN,
+    ("POST", f"{V1}/sessions/{{session_id}}/revoke"): roles(Role.ADMIN, note="reason required"),
     # Contact points (how notifications reach a person): one's own; an admin anyone's (checked by the route).
     ("GET", f"{V1}/users/{{username}}/contact-points"): OWN_CONTACTS,
     ("POST", f"{V1}/users/{{username}}/contact-points"): OWN_CONTACTS,
@@ -174,6 +177,8 @@ POLICY: dict[tuple[str, str], Access] = {
                                                                               note="reason required"),
     ("GET", f"{V1}/notifications/episodes"): ANY,
     ("GET", f"{V1}/notifications/deliveries/{{delivery_id}}"): ANY,
+    ("POST", f"{V1}/notifications/test"): people(Role.ADMIN, note="sends through the real channels, each send "
+                                                                  "audited"),
     # The dashboard's pages and fragments (app/web): without credentials a page redirects to the login page.
     ("GET", "/login"): PUBLIC,
     # a notification's single-use link: the page asks for the recipient's password (app/web/ack.py)
@@ -190,6 +195,23 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/runs/{run_id}/fragments/timeline"): ANY,
     ("GET", "/runs/{run_id}/fragments/record"): ANY,
     ("GET", "/runs/{run_id}/record"): roles(Role.OPERATOR, Role.SUPERVISOR, Role.QA, Role.ADMIN),  # the batch record
+    # the runs archive and QA's deviations (app/web/archive.py, app/web/qa.py)
+    ("GET", "/runs"): ANY,
+    ("GET", "/fragments/archive"): ANY,
+    ("GET", "/deviations"): ANY,
+    ("GET", "/fragments/deviations"): ANY,
+    ("GET", "/deviations/{deviation_id}"): ANY,
+    # Devices and recipes (app/web/equipment.py, app/web/recipe_pages.py); the setpoint form posts to the API
+    ("GET", "/devices"): ANY,
+    ("GET", "/devices/{name}"): ANY,
+    ("GET", "/devices/{name}/fragments/alarms"): ANY,
+    ("GET", "/recipes"): ANY,
+    ("GET", "/recipes/diff"): ANY,
+    ("GET", "/recipes/{key}/{version}"): ANY,
+    # People (app/web/people.py): users, API keys, sessions in use; notification rules and rotas.
+    ("GET", "/people"): ADMIN,
+    ("GET", "/people/notifications"): ADMIN,
+    ("GET", "/people/{user_id}"): ADMIN,
 }
 
 

@@ -3,6 +3,7 @@ the principal of a token. Failed logins count toward the user's lockout (app.aut
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from app.auth.users import (
     auto_unlock,
     locked_problem,
     register_failure,
+    require_reason,
     unlock_note,
     user_principal,
     verify_password_for,
@@ -290,3 +292,66 @@ async def take_over(conn: asyncpg.Connection, first: Principal, username: str, p
                                new={"ended_by": str(result.user["username"])},
                                reason="another user logged in on the locked screen", client=client)
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Sessions in use (admin): the list and the revocation
+# --------------------------------------------------------------------------------------------------
+
+SESSION_ID_LENGTH = 24
+"""Hex digits of a session's public id: the start of the SHA-256 of its jti (the jti itself is never shown)."""
+_PUBLIC_ID_SQL = f"left(encode(sha256(convert_to(s.jti, 'UTF8')), 'hex'), {SESSION_ID_LENGTH})"
+
+
+def session_public_id(jti: str) -> str:
+    """The id under which the API lists and revokes a session: a digest of its jti, never the token or jti."""
+    return hashlib.sha256(jti.encode()).hexdigest()[:SESSION_ID_LENGTH]
+
+
+def _session_view(row: Mapping[str, Any], current: str | None) -> dict[str, Any]:
+    return {"id": session_public_id(row["jti"]), "user_id": row["user_id"], "username": row["username"],
+            "display_name": row["display_name"], "role": row["role"], "issued_at": row["issued_at"],
+            "last_activity_at": row["last_activity_at"], "expires_at": row["expires_at"],
+            "current": current is not None and row["jti"] == current}
+
+
+async def list_active(conn: asyncpg.Connection, *, user_id: int | None = None,
+                      current: str | None = None) -> list[dict[str, Any]]:
+    """Sessions in use (not revoked, not expired), newest login first, of one user when given; `current`: the
+    caller's jti (its session is marked)."""
+    rows = await conn.fetch(
+        "SELECT s.jti, s.user_id, s.issued_at, s.last_activity_at, s.expires_at, u.username, u.display_name, u.role "
+        "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.revoked_at IS NULL AND s.expires_at > now() "
+        "AND ($1::int IS NULL OR s.user_id = $1) ORDER BY s.issued_at DESC, s.user_id", user_id)
+    return [_session_view(r, current) for r in rows]
+
+
+async def last_logins(conn: asyncpg.Connection) -> dict[int, datetime]:
+    """Each user's last login (the newest session opened), by user id."""
+    rows = await conn.fetch("SELECT user_id, max(issued_at) AS at FROM sessions GROUP BY user_id")
+    return {int(r["user_id"]): r["at"] for r in rows}
+
+
+async def revoke_session(conn: asyncpg.Connection, session_id: str, *, actor: Principal, reason: str | None,
+                         client: str | None = None) -> dict[str, Any]:
+    """End a session in use by its public id (its token is refused from the next request). Audited as
+    session.revoke on the session's user, with the reason."""
+    why = require_reason(reason, "session.revoke")
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT s.jti, s.user_id, s.issued_at, s.last_activity_at, s.expires_at, s.revoked_at, u.username, "
+            f"u.display_name, u.role FROM sessions s JOIN users u ON u.id = s.user_id WHERE {_PUBLIC_ID_SQL} = $1 "
+            "FOR UPDATE OF s", session_id)
+        if row is None:
+            raise Problem(404, "session-not-found", "No such session", f"there is no session {session_id}")
+        if row["revoked_at"] is not None or row["expires_at"] <= datetime.now(UTC):
+            raise Problem(409, "session-ended", "Session already ended",
+                          f"session {session_id} of {row['username']} has already ended (logged out, revoked or "
+                          "expired)", rule="session_in_use")
+        at = await conn.fetchval("UPDATE sessions SET revoked_at = now() WHERE jti = $1 RETURNING revoked_at",
+                                 row["jti"])
+        await audit.record(conn, actor=actor, action="session.revoke", entity_type="user", entity_id=row["user_id"],
+                           old={"session": session_id, "issued_at": row["issued_at"].isoformat(),
+                                "revoked_at": None},
+                           new={"session": session_id, "revoked_at": at.isoformat()}, reason=why, client=client)
+    return _session_view(row, actor.token_id)

@@ -320,3 +320,28 @@ def recipients(tier: Tier, policy: Policy, overrides: Iterable[Override], at: da
     for role in tier.notify.roles:
         out += [u for u in role_users.get(role, ()) if u not in out]
     return tuple(out)
+
+
+# -- a test notification -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Who a test notification of a rule or a rota reaches now, and on which kinds of contact points (empty: all)."""
+
+    users: tuple[str, ...]
+    channels: tuple[str, ...] = ()
+
+
+def audience_now(policy: Policy, *, rule: str | None = None, rota: str | None = None,
+                  overrides: Iterable[Override] = (), at: datetime, zone: tzinfo,
+                  role_users: dict[str, tuple[str, ...]]) -> Audience | None:
+    """Whom a test of `rota` (its on-call people now) or of `rule` (its first tier now, on the tier's channels)
+    reaches; None when the policy has no such rule or rota."""
+    if rota is not None:
+        found_rota = policy.rota(rota)
+        return None if found_rota is None else Audience(on_call(found_rota, overrides, at, zone))
+    found = policy.rule(rule) if rule is not None else None
+    if found is None:
+        return None
+    first = found.tiers[0]
+    return Audience(recipients(first, policy, overrides, at, zone, role_users), tuple(first.notify.channels))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select, tuple_
 
 from app.auth.principal import Principal
 from app.core.problems import Problem
@@ -100,19 +100,40 @@ async def deviation_view(conn: DBConnection, deviation_id: int, *, comments: boo
     return dict(json_ready(out))
 
 
-async def list_deviations(conn: DBConnection, run_id: int | None, status: str | None,
-                          limit: int = 200) -> list[dict[str, Any]]:
-    """Deviations, oldest first, of one run and of one status when given."""
-    t = schema.deviation
-    q = select(*(t.c[name.strip()] for name in DEVIATION_COLUMNS.split(",")))
-    if run_id is not None:
-        q = q.where(t.c.run_id == run_id)
-    if status is not None:
-        q = q.where(t.c.status == status)
+# QA's work list (order "work"): open ones first, the graver severities first, then the oldest first. The code opens
+# deviations of severity "deviation" today; the graver names rank above it should a rule open them.
+SEVERITY_RANK = {"critical": 0, "major": 1, "high": 2}
+
+
+def _work_keys(t: Any) -> tuple[Any, ...]:
+    open_first = case((t.c.status == "open", 0), else_=1)
+    severity = case(*((t.c.severity == name, rank) for name, rank in SEVERITY_RANK.items()),
+                    else_=len(SEVERITY_RANK))
+    return open_first, severity, t.c.opened_at, t.c.id
+
+
+async def list_deviations(conn: DBConnection, run_id: int | None, status: str | None, limit: int = 200, *,
+                          severity: str | None = None, rule: str | None = None, run_code: str | None = None,
+                          order: Literal["id", "work"] = "id", after_id: int | None = None) -> list[dict[str, Any]]:
+    """Deviations of one run, status, severity, rule when given, each with its run's code; oldest first (order
+    "id"), or QA's work order ("work": open first, graver first, oldest first). `after_id`: the page after it."""
+    t, r = schema.deviation, schema.culture_run
+    q = (select(*(t.c[name.strip()] for name in DEVIATION_COLUMNS.split(",")), r.c.code.label("run_code"))
+         .select_from(t.join(r, r.c.id == t.c.run_id)))
+    for column, value in ((t.c.run_id, run_id), (t.c.status, status), (t.c.severity, severity), (t.c.rule, rule)):
+        if value is not None:
+            q = q.where(column == value)
+    if run_code is not None:
+        q = q.where(func.lower(r.c.code) == run_code.lower())
+    cursor = t.alias("cursor")  # the row the page starts after: the same keys on it
+    keys, cursor_keys = (_work_keys(t), _work_keys(cursor)) if order == "work" else ((t.c.id,), (cursor.c.id,))
+    if after_id is not None:
+        at = [select(k).where(cursor.c.id == after_id).scalar_subquery() for k in cursor_keys]
+        q = q.where(tuple_(*keys) > tuple_(*at))
     out = []
-    for r in await query.fetch(conn, q.order_by(t.c.id).limit(limit)):
-        d = dict(r)
-        d["facts"] = None if r["facts"] is None else json.loads(r["facts"])
+    for row in await query.fetch(conn, q.order_by(*keys).limit(limit)):
+        d = dict(row)
+        d["facts"] = None if row["facts"] is None else json.loads(row["facts"])
         out.append(json_ready(d))
     return out
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any, Literal
 
 import asyncpg
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from app.auth.principal import Principal
 from app.core.problems import Problem
@@ -456,22 +456,79 @@ async def bound_runs(conn: DBConnection, statuses: Sequence[str], in_window: Seq
         "WHERE r.status = ANY($1::text[]) ORDER BY r.id", list(statuses), list(in_window)))
 
 
-async def list_runs(conn: DBConnection, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Runs, newest first, of one status when given, with their recipe and open deviation count."""
-    r, rc, d = schema.culture_run, schema.recipe, schema.deviation
+@dataclass(frozen=True)
+class RunFilter:
+    """What GET /api/v1/runs and the runs archive (/runs) select: each field given narrows the list.
+
+    Texts match whole and case-insensitively (a graft DIN also without its spaces); `device` is the run's incubator
+    or culture system; `start`/`end` bound the run's date, its creation or its T0 (`date_of`), start included, end
+    not. Pages are keyset on the id, newest first: `before_id` the next older page, `after_id` the next newer one.
+    """
+
+    status: str | None = None
+    code: str | None = None
+    recipe: str | None = None
+    donor_id: str | None = None
+    patient_id: str | None = None
+    graft_din: str | None = None
+    device: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    date_of: Literal["created", "t0"] = "created"
+    before_id: int | None = None
+    after_id: int | None = None
+
+
+def din_key(text: str) -> str:
+    """A DIN as culturectl stores it (its check character computed when missing); the bare text if it is none."""
+    try:
+        return identity.keyed(identity.parse_din(text, require_check=False))
+    except identity.DinError:
+        return "".join(text.split()).upper()
+
+
+async def list_runs(conn: DBConnection, status: str | None = None, limit: int = 100,
+                    filters: RunFilter | None = None) -> list[dict[str, Any]]:
+    """Runs, newest first, as `filters` (and `status`, when given) select them, with their recipe, open deviation
+    count and the number of their batch record's newest issued version (None before release)."""
+    f = filters or RunFilter()
+    if status is not None:
+        f = replace(f, status=status)
+    r, rc, d, v = schema.culture_run, schema.recipe, schema.deviation, schema.batch_record_version
     inc, cs = schema.device.alias("inc"), schema.device.alias("cs")
     open_deviations = (select(func.count()).select_from(d)
                        .where(d.c.run_id == r.c.id, d.c.status == "open").scalar_subquery())
+    record_version = select(func.max(v.c.number)).where(v.c.run_id == r.c.id).scalar_subquery()
     q = (select(r.c.id, r.c.code, r.c.status, rc.c.key.label("recipe_key"), rc.c.version.label("recipe_version"),
-                r.c.donor_id, r.c.patient_id, r.c.cell_source, r.c.planned_t0, r.c.t0, r.c.hsct_at,
+                r.c.donor_id, r.c.patient_id, r.c.graft_din, r.c.cell_source, r.c.planned_t0, r.c.t0, r.c.hsct_at,
                 inc.c.name.label("incubator"), cs.c.name.label("culture_system"), r.c.created_by, r.c.created_at,
-                r.c.ended_at, open_deviations.label("open_deviations"))
+                r.c.ended_at, open_deviations.label("open_deviations"), record_version.label("record_version"))
          .select_from(r.outerjoin(inc, inc.c.id == r.c.incubator_device_id)
                       .outerjoin(cs, cs.c.id == r.c.culture_system_device_id)
                       .outerjoin(rc, rc.c.id == r.c.recipe_id)))
-    if status is not None:
-        q = q.where(r.c.status == status)
-    return [json_ready(dict(row)) for row in await query.fetch(conn, q.order_by(r.c.id.desc()).limit(limit))]
+    same = {r.c.code: f.code, rc.c.key: f.recipe, r.c.donor_id: f.donor_id, r.c.patient_id: f.patient_id}
+    for column, value in same.items():
+        if value is not None:
+            q = q.where(func.lower(column) == value.lower())
+    if f.status is not None:
+        q = q.where(r.c.status == f.status)
+    if f.graft_din is not None:
+        q = q.where(r.c.graft_din == din_key(f.graft_din))
+    if f.device is not None:
+        q = q.where(or_(inc.c.name == f.device, cs.c.name == f.device))
+    when = r.c.created_at if f.date_of == "created" else func.coalesce(r.c.t0, r.c.planned_t0)
+    if f.start is not None:
+        q = q.where(when >= f.start)
+    if f.end is not None:
+        q = q.where(when < f.end)
+    if f.before_id is not None:
+        q = q.where(r.c.id < f.before_id)
+    if f.after_id is not None:  # the newer page: the nearest ones above the cursor, shown newest first
+        q = q.where(r.c.id > f.after_id)
+        rows = list(reversed(await query.fetch(conn, q.order_by(r.c.id.asc()).limit(limit))))
+    else:
+        rows = list(await query.fetch(conn, q.order_by(r.c.id.desc()).limit(limit)))
+    return [json_ready(dict(row)) for row in rows]
 
 
 async def decision_view(conn: DBConnection, run_id: int) -> dict[str, Any] | None:

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app import db
 from app.core.clock import ManualClock
+from app.protocol import deviations
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import INPUTS, create_run_api, ensure_recipe, post_step, review_exceptions
 
@@ -73,6 +75,12 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
     assert (await service.client.post(f"/api/v1/deviations/{dev_id}/close", json=close,
                                       headers=sup)).status_code == 403
     close["signature"]["password"] = qpw
+    # classified major, it needs its impact and its corrective actions: each missing one named where it belongs
+    r = await service.client.post(f"/api/v1/deviations/{dev_id}/close", headers=qa,
+                                  json={**close, "classification": "major", "impact": "none: recounted"})
+    assert r.status_code == 422, r.text
+    assert [(e["loc"][-1], e["type"]) for e in r.json()["errors"]] == [("actions", "assessment_required")]
+    assert (await service.client.get(f"/api/v1/deviations/{dev_id}", headers=op)).json()["status"] == "open"
     r = await service.client.post(f"/api/v1/deviations/{dev_id}/close", json=close, headers=qa)
     assert r.status_code == 200 and r.json()["status"] == "closed" and r.json()["close_reason"] == close["reason"]
     sigs = (await service.client.get("/api/v1/signatures", params={"entity_type": "deviation",
@@ -121,3 +129,38 @@ async def test_a_whole_run_release_held_by_a_deviation_until_qa_closes_it(servic
                                        headers=op)).json()
     assert [d["id"] for d in closed] == [dev_id]
     assert (await service.client.get("/api/v1/deviations/999999", headers=op)).status_code == 404
+
+
+async def test_qa_work_order_open_first_graver_first_oldest_first_with_filters_and_pages(
+        service: Service, clock: ManualClock) -> None:
+    op = await service.login("operator")
+    run_id = await create_run_api(service, op, START + timedelta(days=9))
+    code = (await service.client.get(f"/api/v1/runs/{run_id}", headers=op)).json()["code"]
+    conn = await db.connect(service.dsn)
+    try:  # as the rules open them (app.protocol.deviations), at set times; one closed before the others opened
+        made = {}
+        for name, severity, hours in (("old", "deviation", 1), ("new", "deviation", 5), ("grave", "critical", 9),
+                                      ("closed", "deviation", 0)):
+            made[name] = await deviations.open_deviation(
+                conn, run_id, step_key=None, rule=f"work_{name}", severity=severity, description=name, facts=None,
+                at=START + timedelta(hours=hours), opened_by="test")
+        await conn.execute("UPDATE deviation SET status = 'closed', closed_at = opened_at, closed_by = 'test' "
+                           "WHERE id = $1", made["closed"])
+    finally:
+        await conn.close()
+
+    async def listed(**params: object) -> list[int]:
+        r = await service.client.get("/api/v1/deviations", params={"run_code": code.lower(), **params}, headers=op)
+        assert r.status_code == 200, r.text
+        assert all(d["run_code"] == code for d in r.json())
+        return [int(d["id"]) for d in r.json()]
+
+    assert await listed() == sorted(made.values())  # the default: oldest first by id, as before
+    work = [made["grave"], made["old"], made["new"], made["closed"]]
+    assert await listed(order="work") == work
+    assert await listed(order="work", limit=2) == work[:2]
+    assert await listed(order="work", limit=2, after_id=work[1]) == work[2:]
+    assert await listed(order="work", status="open", severity="deviation") == [made["old"], made["new"]]
+    assert await listed(rule="work_new") == [made["new"]]
+    r = await service.client.get("/api/v1/deviations", params={"order": "severity"}, headers=op)
+    assert r.status_code == 422 and "order" in r.json()["errors"][0]["loc"]

@@ -347,6 +347,38 @@ async def _revoke_override(service: Service, actor: Actor) -> Request:
     return f"/api/v1/notifications/overrides/{row['id']}/revoke", {"reason": "walk: swap cancelled"}
 
 
+async def _revoke_session(service: Service, actor: Actor) -> Request:
+    import jwt
+
+    from app.auth.sessions import session_public_id
+
+    _id, username, password = await service.create_user(Role.OPERATOR)
+    token = (await service.login_as(username, password)).json()["access_token"]
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    return f"/api/v1/sessions/{session_public_id(jti)}/revoke", {"reason": "walk: revoke a session"}
+
+
+async def _notification_test(service: Service, actor: Actor) -> Request:
+    """The rota `walk` with a fresh user on call now (an override) who has one email contact point."""
+    from app.notify import store
+
+    await _walk_policy(service)
+    runtime = service.app.state.runtime
+    runtime.channels = _Delivered(service.settings.model_copy(update={"smtp_host": "mail.site.example"}))
+    _id, username, _password = await service.create_user(Role.OPERATOR)
+    conn = await db.connect(service.dsn)
+    try:
+        await contacts.create(conn, username=username, kind="email", actor=cli_principal(),
+                              address=f"walk-{uuid.uuid4().hex[:8]}@site.example")
+        start = datetime.now().astimezone()
+        await store.create_override(conn, rota="walk", starts_at=start - timedelta(minutes=1),
+                                    ends_at=start + timedelta(hours=1), users=[username], reason="walk: test",
+                                    principal=cli_principal(), at=start)
+    finally:
+        await conn.close()
+    return "/api/v1/notifications/test", {"rota": "walk"}
+
+
 BODIES: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): _alarm_action("acknowledge"),
     ("POST", "/api/v1/alarms/{alarm_id}/shelve"): _alarm_action("shelve"),
@@ -386,6 +418,8 @@ BODIES: dict[tuple[str, str], Builder] = {
     ("PUT", "/api/v1/notifications/policy"): _policy,
     ("POST", "/api/v1/notifications/overrides"): _override,
     ("POST", "/api/v1/notifications/overrides/{override_id}/revoke"): _revoke_override,
+    ("POST", "/api/v1/notifications/test"): _notification_test,
+    ("POST", "/api/v1/sessions/{session_id}/revoke"): _revoke_session,
 }
 
 # Endpoints that sign their own change: the change's record and the signature's own record (signature.create,

@@ -58,6 +58,7 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/api/v1/runs/{run_id}/record.pdf": {"operator", "supervisor", "qa", "admin"},
     # anyone's contact points: admin; one's own: any user (tests/api/test_contact_points.py)
     "/api/v1/users/{username}/contact-points": {"admin"},
+    "/api/v1/sessions": {"admin"},
     # The dashboard (app/web): pages and the fragments they re-fetch.
     "/": SIGNED_IN,
     "/runs/{run_id}": SIGNED_IN,
@@ -68,6 +69,20 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/runs/{run_id}/fragments/timeline": SIGNED_IN,
     "/runs/{run_id}/fragments/record": SIGNED_IN,
     "/runs/{run_id}/record": {"operator", "supervisor", "qa", "admin"},  # the batch record page, as its JSON
+    "/runs": SIGNED_IN,
+    "/fragments/archive": SIGNED_IN,
+    "/deviations": SIGNED_IN,
+    "/fragments/deviations": SIGNED_IN,
+    "/deviations/{deviation_id}": SIGNED_IN,
+    "/devices": SIGNED_IN,
+    "/devices/{name}": SIGNED_IN,
+    "/devices/{name}/fragments/alarms": SIGNED_IN,
+    "/recipes": SIGNED_IN,
+    "/recipes/diff": SIGNED_IN,
+    "/recipes/{key}/{version}": SIGNED_IN,
+    "/people": {"admin"},
+    "/people/notifications": {"admin"},
+    "/people/{user_id}": {"admin"},
 }
 STREAMS = {"/api/v1/stream"}  # endless responses: tested on a real server in tests/e2e
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/api/v1/auth/login"),
@@ -81,7 +96,9 @@ TOKEN_PAGES = {"/ack/{token}"}
 def _is_page(path: str) -> bool:
     """A dashboard page or fragment: HTML for people in a browser, not the JSON API."""
     return not path.startswith("/api/") and (path == "/" or path.split("/")[1] in {"runs", "alarms", "audit",
-                                                                                   "fragments"})
+                                                                                   "fragments", "people",
+                                                                                   "deviations", "devices",
+                                                                                   "recipes"})
 
 
 def _routes(service: Service) -> Iterator[tuple[str, str, Any]]:

@@ -127,3 +127,45 @@ async def test_seed_starts_the_run_then_hold_resume_abort(service: Service, cloc
         assert again.status_code == 409 and again.json()["rule"] == "run_not_running", again.text
     r = await post_step(service, sup, run_id, "feed_day3")
     assert r.status_code == 409 and r.json()["rule"] == "run_not_running"
+
+
+async def test_the_list_filters_and_pages_newest_first(service: Service, clock: ManualClock) -> None:
+    clock.set(START)
+    op = await service.login("operator")
+    t0 = START + timedelta(days=4)
+    ids = [await create_run_api(service, op, t0 + timedelta(hours=i), donor_id=f"D-ARCH-{i}", patient_id="P-ARCH")
+           for i in range(3)]
+    await service.client.post(f"/api/v1/runs/{ids[0]}/abort", json={"reason": "archive test"},
+                              headers=await service.login("supervisor"))
+
+    async def listed(**params: object) -> list[int]:
+        r = await service.client.get("/api/v1/runs", params=params, headers=op)
+        assert r.status_code == 200, r.text
+        return [int(x["id"]) for x in r.json()]
+
+    assert await listed(patient_id="p-arch") == ids[::-1]  # whole and any case, newest first
+    assert await listed(donor_id="D-ARCH-1") == [ids[1]]
+    assert await listed(patient_id="P-ARCH", status="aborted") == [ids[0]]
+    assert await listed(patient_id="P-ARCH", recipe=RECIPE.key, device="incubator-1") == ids[::-1]
+    assert await listed(patient_id="P-ARCH", device="no-such-device") == []
+    spaced = "W1234 26 123456 7"  # the DIN as typed, with its spaces; stored as W1234261234567
+    assert await listed(patient_id="P-ARCH", graft_din=spaced) == ids[::-1]
+    assert await listed(patient_id="P-ARCH", graft_din="W9999 26 000001") == []
+    # the T0 bounds: from included, to not (naive times are UTC)
+    at = (t0 + timedelta(hours=1)).replace(tzinfo=None).isoformat()
+    assert await listed(patient_id="P-ARCH", date_of="t0", **{"from": at, "to": (t0 + timedelta(hours=2))
+                                                                 .isoformat()}) == [ids[1]]
+    assert await listed(patient_id="P-ARCH", **{"to": "2000-01-01T00:00:00Z"}) == []  # created long after
+    # keyset pages on the id: older, then newer again from the last one
+    assert await listed(patient_id="P-ARCH", limit=2) == [ids[2], ids[1]]
+    assert await listed(patient_id="P-ARCH", limit=2, before_id=ids[1]) == [ids[0]]
+    assert await listed(patient_id="P-ARCH", limit=1, after_id=ids[0]) == [ids[1]]
+    assert await listed(patient_id="P-ARCH", limit=2, after_id=ids[0]) == [ids[2], ids[1]]
+    row = (await service.client.get("/api/v1/runs", params={"donor_id": "D-ARCH-2"}, headers=op)).json()[0]
+    assert row["graft_din"] == "W1234261234567" and row["record_version"] is None and row["open_deviations"] == 0
+    # a bad filter: 422 naming the parameter
+    for params, name in (({"status": "lost"}, "status"), ({"from": "yesterday"}, "from"),
+                         ({"before_id": "x"}, "before_id"), ({"date_of": "ended"}, "date_of"),
+                         ({"donor_id": "D\x00"}, "donor_id")):
+        r = await service.client.get("/api/v1/runs", params=params, headers=op)
+        assert r.status_code == 422 and name in [str(p) for p in r.json()["errors"][0]["loc"]], r.text

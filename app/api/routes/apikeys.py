@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.deps import ConnectionDep, SmallId
-from app.api.routes.users import Reason
+from app.api.routes.users import Reason, refusals_on_fields
 from app.api.security import CurrentPrincipal, client_address
 from app.auth import apikeys, users
 from app.auth.principal import Role
@@ -63,8 +63,9 @@ async def list_keys(principal: CurrentPrincipal, conn: ConnectionDep) -> list[Ap
              summary="Create an API key (admin); the response holds the key, shown once")
 async def create_key(body: ApiKeyCreate, principal: CurrentPrincipal, request: Request,
                      conn: ConnectionDep) -> ApiKeyCreated:
-    row, key = await apikeys.create_api_key(conn, name=body.name, role=Role(body.role), actor=principal,
-                                             client=client_address(request), reason=body.reason)
+    with refusals_on_fields():
+        row, key = await apikeys.create_api_key(conn, name=body.name, role=Role(body.role), actor=principal,
+                                                 client=client_address(request), reason=body.reason)
     return ApiKeyCreated(**apikeys.key_public(row), key=key)
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 
 from app.api.deps import INT64_MAX, ConnectionDep, RecordId, RuntimeDep
-from app.api.schemas import DeviationPublic
+from app.api.routes.runs import NO_NUL
+from app.api.schemas import DeviationPublic, problem_responses
 from app.api.security import CurrentPrincipal, client_address
 from app.protocol import deviations, schemas
 from app.records import signatures
@@ -15,14 +16,24 @@ from app.records import signatures
 router = APIRouter(prefix="/deviations", tags=["deviations"])
 
 
-@router.get("", response_model=list[DeviationPublic], summary="Deviations, oldest first (filters: run, status)")
+@router.get("", response_model=list[DeviationPublic], responses=problem_responses(422),
+            summary="Deviations, oldest first or in QA's work order (filters: run, status, severity, rule)")
 async def list_deviations(
     principal: CurrentPrincipal, conn: ConnectionDep,
     run_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="only this run's")] = None,
     status: Annotated[Literal["open", "closed"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    run_code: Annotated[str | None, Query(min_length=1, max_length=200, pattern=NO_NUL,
+                                                       description="only this run's (code)")] = None,
+    severity: Annotated[str | None, Query(min_length=1, max_length=40, pattern=NO_NUL)] = None,
+    rule: Annotated[str | None, Query(min_length=1, max_length=200, pattern=NO_NUL)] = None,
+    order: Annotated[Literal["id", "work"], Query(description="id: oldest first; work: open first, graver "
+                                                               "severity first, then oldest first")] = "id",
+    after_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="the next page: after this "
+                                                                           "deviation in the order")] = None,
 ) -> list[dict[str, Any]]:
-    return await deviations.list_deviations(conn, run_id, status, limit)
+    return await deviations.list_deviations(conn, run_id, status, limit, severity=severity, rule=rule,
+                                            run_code=run_code, order=order, after_id=after_id)
 
 
 @router.get("/{deviation_id}", response_model=DeviationPublic, summary="One deviation with its facts and comments")

@@ -7,12 +7,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.api.deps import ConnectionDep, RecordId, RuntimeDep
+from app.api.routes import contacts as contacts_api
+from app.api.schemas import problem_responses
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
-from app.notify import outbox, rules, store
+from app.notify import contacts, outbox, rules, store
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
@@ -126,3 +128,75 @@ async def delivery(delivery_id: RecordId, principal: CurrentPrincipal, conn: Con
         raise Problem(404, "delivery-not-found", "Not found", f"there is no notification delivery {delivery_id}",
                       rule="unknown_delivery")
     return found
+
+
+class NotificationTestIn(BaseModel):
+    """What to test: a rota (its on-call people now) or a rule (its first tier now); exactly one."""
+
+    model_config = ConfigDict(extra="forbid")
+    rota: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    rule: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> NotificationTestIn:
+        if (self.rota is None) == (self.rule is None):
+            raise ValueError("give either rota or rule (the test reaches whoever it would notify now)")
+        return self
+
+
+class NotificationTestSend(BaseModel):
+    username: str
+    contact_point_id: int | None = Field(description="null: the user has no enabled contact point of those kinds")
+    kind: str | None
+    label: str | None = Field(description="the contact point's label, else its address")
+    ok: bool
+    detail: str = Field(description="what the channel answered, or why nothing was sent")
+
+
+class NotificationTestResult(BaseModel):
+    rota: str | None
+    rule: str | None
+    at: datetime = Field(description="the instant whose on-call people were taken")
+    recipients: list[str] = Field(description="the users reached, in the order the rota or tier names them")
+    sends: list[NotificationTestSend] = Field(description="one per contact point tried (and per user without one)")
+
+
+@router.post("/test", response_model=NotificationTestResult, responses=problem_responses(502),
+             summary="Send a test notification, through the real channels, to whoever a rota or a rule's first "
+                     "tier would notify now (admin; each send audited as contact_point.test)")
+async def send_test(body: NotificationTestIn, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,
+                    runtime: RuntimeDep) -> NotificationTestResult:
+    current = await store.current(conn)
+    if current is None:
+        raise Problem(404, "no-notification-policy", "No notification policy",
+                      "no notification policy was saved: there is nothing to test", rule="no_policy")
+    at = runtime.clock.now()
+    overrides = store.as_overrides(await store.overrides(conn, covering=at))
+    audience = rules.audience_now(current[1], rule=body.rule, rota=body.rota, overrides=overrides, at=at,
+                                  zone=runtime.settings.zone(), role_users=await store.role_users(conn))
+    what, name = ("rota", body.rota) if body.rota is not None else ("rule", body.rule)
+    if audience is None:
+        raise Problem(404, f"unknown-{what}", f"Unknown {what}", f"the notification policy has no {what} {name!r}",
+                      rule=f"unknown_{what}", field=what, errors=[{"field": what, "detail": f"no {what} {name!r}"}])
+    if not audience.users:
+        raise Problem(409, "nobody-to-notify", "Nobody to notify",
+                      f"the {what} {name!r} notifies nobody now (nobody on call): no test was sent",
+                      rule="nobody_on_call")
+    points = await contacts.for_users(conn, audience.users, audience.channels or None)
+    sends: list[NotificationTestSend] = []
+    for user in audience.users:
+        mine = [cp for cp in points if cp.username == user]
+        if not mine:
+            kinds = f" of kind {', '.join(audience.channels)}" if audience.channels else ""
+            sends.append(NotificationTestSend(username=user, contact_point_id=None, kind=None, label=None,
+                                              ok=False, detail=f"no enabled contact point{kinds}: nothing sent"))
+        for cp in mine:  # the contact point's own test send: recorded on it and audited (contact_point.test)
+            ok, detail = True, ""
+            try:
+                detail = (await contacts_api.test_contact_point(cp.id, principal, request, conn, runtime)).detail
+            except Problem as exc:
+                ok, detail = False, exc.detail
+            sends.append(NotificationTestSend(username=user, contact_point_id=cp.id, kind=cp.kind,
+                                              label=cp.label or cp.address, ok=ok, detail=detail))
+    return NotificationTestResult(rota=body.rota, rule=body.rule, at=at, recipients=list(audience.users),
+                                  sends=sends)

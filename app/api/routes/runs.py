@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from app.api import idempotency
-from app.api.deps import ConnectionDep, RecordId, RuntimeDep
+from app.api.deps import INT64_MAX, ConnectionDep, RecordId, RuntimeDep
 from app.api.routes.calibrations import RunCalibrationPublic
 from app.api.schemas import (
     CountImportPublic,
@@ -20,6 +21,7 @@ from app.api.schemas import (
     RunSummary,
     StepPosted,
     StepRecordView,
+    problem_responses,
 )
 from app.api.security import CurrentPrincipal, client_address
 from app.core.problems import Problem
@@ -45,13 +47,42 @@ async def create_run(body: schemas.RunCreate, principal: CurrentPrincipal, reque
                                   client=client_address(request), devices={d.name: d for d in runtime.devices})
 
 
-@router.get("", response_model=list[RunSummary], summary="Culture runs, newest first")
+NO_NUL = r"^[^\x00]*$"  # text the database can compare (PostgreSQL text holds no NUL)
+
+
+def _text(description: str) -> Any:
+    return Query(min_length=1, max_length=200, pattern=NO_NUL, description=f"{description} (whole, any case)")
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    """A filter time: one without an offset is UTC."""
+    return t if t is None or t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+@router.get("", response_model=list[RunSummary], responses=problem_responses(422),
+            summary="Culture runs, newest first (filters: status, code, recipe, donor, patient, graft, device, "
+                    "dates; keyset pages on the id)")
 async def list_runs(
     principal: CurrentPrincipal, conn: ConnectionDep,
-    status: Literal["planned", "running", "held", "completed", "aborted"] | None = None,
+    status: runs.RunStatus | None = None,
     limit: int = 100,
+    code: Annotated[str | None, _text("the run code")] = None,
+    recipe: Annotated[str | None, _text("the recipe key")] = None,
+    donor_id: Annotated[str | None, _text("the donor id")] = None,
+    patient_id: Annotated[str | None, _text("the patient id")] = None,
+    graft_din: Annotated[str | None, _text("the graft's DIN, with or without its check character")] = None,
+    device: Annotated[str | None, _text("the incubator or culture system's name")] = None,
+    start: Annotated[datetime | None, Query(alias="from", description="from this time (UTC unless an offset)")] = None,
+    end: Annotated[datetime | None, Query(alias="to", description="before this time (UTC unless an offset)")] = None,
+    date_of: Annotated[Literal["created", "t0"], Query(
+        description="what from/to bound: the run's creation or its T0 (planned T0 before it starts)")] = "created",
+    before_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="the next page: older than this id")] = None,
+    after_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="the newer page: newer than this id")] = None,
 ) -> list[dict[str, Any]]:
-    return await runs.list_runs(conn, status, max(1, min(limit, 1000)))
+    filters = runs.RunFilter(status=status, code=code, recipe=recipe, donor_id=donor_id, patient_id=patient_id,
+                             graft_din=graft_din, device=device, start=_utc(start), end=_utc(end), date_of=date_of,
+                             before_id=before_id, after_id=after_id)
+    return await runs.list_runs(conn, None, max(1, min(limit, 1000)), filters)
 
 
 @router.get("/{run_id}", response_model=RunRecordPublic,

@@ -3,6 +3,9 @@ one's own password."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +14,7 @@ from app.api.routes.auth import UserPublic
 from app.api.security import CurrentPrincipal, client_address
 from app.auth import users
 from app.auth.principal import Role
+from app.core.problems import Problem
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -48,6 +52,27 @@ class PasswordChange(BaseModel):
     new_password: str = Field(min_length=1, max_length=1024, repr=False)
 
 
+# The body field a refusal is about: the problem names it (`field`, and an `errors` entry), so a form shows the
+# refusal next to that field (app/web/static/forms.js).
+PROBLEM_FIELDS = {"password-rule": "password", "invalid-username": "username", "username-taken": "username",
+                  "invalid-display-name": "display_name", "reason-required": "reason",
+                  "cannot-change-own-role": "role", "key-name-taken": "name",
+                  "invalid-key-role": "role"}
+
+
+@contextlib.contextmanager
+def refusals_on_fields(extra: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Problems raised inside name the field they are about (PROBLEM_FIELDS, plus `extra` for this route)."""
+    try:
+        yield
+    except Problem as exc:
+        field = (extra or {}).get(exc.kind) or PROBLEM_FIELDS.get(exc.kind)
+        if field is not None and "errors" not in exc.extra:
+            exc.extra.setdefault("field", field)
+            exc.extra["errors"] = [{"field": field, "detail": exc.detail, "rule": exc.kind}]
+        raise
+
+
 def _public(row: object) -> UserPublic:
     return UserPublic(**users.user_public(row))  # type: ignore[arg-type]
 
@@ -60,9 +85,10 @@ async def list_users(principal: CurrentPrincipal, conn: ConnectionDep) -> list[U
 @router.post("", response_model=UserPublic, status_code=201, summary="Create a user (admin)")
 async def create_user(body: UserCreate, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep) -> UserPublic:
-    row = await users.create_user(conn, username=body.username, display_name=body.display_name, role=body.role,
-                                     password=body.password, actor=principal, client=client_address(request),
-                                     reason=body.reason)
+    with refusals_on_fields():
+        row = await users.create_user(conn, username=body.username, display_name=body.display_name,
+                                      role=body.role, password=body.password, actor=principal,
+                                      client=client_address(request), reason=body.reason)
     return _public(row)
 
 
@@ -80,8 +106,10 @@ async def change_password(body: PasswordChange, principal: CurrentPrincipal, req
               summary="Change a user's role and/or printed name (admin, with a reason; audited user.update)")
 async def update_user(user_id: SmallId, body: UserUpdate, principal: CurrentPrincipal, request: Request,
                       conn: ConnectionDep) -> UserPublic:
-    return _public(await users.update_user(conn, user_id, actor=principal, reason=body.reason, role=body.role,
-                                           display_name=body.display_name, client=client_address(request)))
+    with refusals_on_fields({"last-admin": "role", "nothing-to-change": "role"}):
+        row = await users.update_user(conn, user_id, actor=principal, reason=body.reason, role=body.role,
+                                      display_name=body.display_name, client=client_address(request))
+    return _public(row)
 
 
 @router.post("/{user_id}/disable", response_model=UserPublic,
