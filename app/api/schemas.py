@@ -292,6 +292,8 @@ class DeviationPublic(_Strict):
     actions: str | None = None
     comments: list[CommentPublic] | None = None
     run_code: str | None = Field(default=None, description="the run's code (in lists)")
+    work_cursor: str | None = Field(default=None, description="in a list in the work order: `after` for the next "
+                                                              "page")
 
 
 class StepRecordPublic(_Strict):

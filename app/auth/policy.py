@@ -210,7 +210,7 @@ POLICY: dict[tuple[str, str], Access] = {
     ("GET", "/recipes/{key}/{version}"): ANY,
     # People (app/web/people.py): users, API keys, sessions in use; notification rules and rotas.
     ("GET", "/people"): ADMIN,
-    ("GET", "/people/notifications"): ADMIN,
+    ("GET", "/people/notifications"): roles(Role.SUPERVISOR, Role.ADMIN),  # its forms: as their API routes allow
     ("GET", "/people/{user_id}"): ADMIN,
 }
 

@@ -103,6 +103,7 @@ async def deviation_view(conn: DBConnection, deviation_id: int, *, comments: boo
 # QA's work list (order "work"): open ones first, the graver severities first, then the oldest first. The code opens
 # deviations of severity "deviation" today; the graver names rank above it should a rule open them.
 SEVERITY_RANK = {"critical": 0, "major": 1, "high": 2}
+CURSOR_SEP = "~"
 
 
 def _work_keys(t: Any) -> tuple[Any, ...]:
@@ -112,11 +113,39 @@ def _work_keys(t: Any) -> tuple[Any, ...]:
     return open_first, severity, t.c.opened_at, t.c.id
 
 
+def work_cursor(row: Mapping[str, Any]) -> str:
+    """Where a deviation stands in the work order, as it was listed: the next page starts after these keys, so a
+    deviation closed meanwhile moves nothing (its keys in the link are those it was shown with)."""
+    opened = row["opened_at"]
+    opened_text = opened if isinstance(opened, str) else opened.isoformat()
+    keys = (0 if row["status"] == "open" else 1, SEVERITY_RANK.get(str(row["severity"]), len(SEVERITY_RANK)),
+            opened_text, row["id"])
+    return CURSOR_SEP.join(str(k) for k in keys)
+
+
+def parse_work_cursor(text: str) -> tuple[int, int, datetime, int]:
+    """A work_cursor back as its keys; 422 `invalid_cursor` (field `after`) when it is none."""
+    parts = text.split(CURSOR_SEP)
+    try:
+        if len(parts) != 4:
+            raise ValueError(text)
+        opened = datetime.fromisoformat(parts[2].replace("Z", "+00:00"))
+        if opened.tzinfo is None:
+            raise ValueError(text)
+        return int(parts[0]), int(parts[1]), opened, int(parts[3])
+    except ValueError:
+        raise Problem(422, "invalid-cursor", "Invalid cursor",
+                      f"after: {text!r} is not the work_cursor of a listed deviation", rule="invalid_cursor",
+                      field="after") from None
+
+
 async def list_deviations(conn: DBConnection, run_id: int | None, status: str | None, limit: int = 200, *,
                           severity: str | None = None, rule: str | None = None, run_code: str | None = None,
-                          order: Literal["id", "work"] = "id", after_id: int | None = None) -> list[dict[str, Any]]:
+                          order: Literal["id", "work"] = "id", after_id: int | None = None,
+                          after: str | None = None) -> list[dict[str, Any]]:
     """Deviations of one run, status, severity, rule when given, each with its run's code; oldest first (order
-    "id"), or QA's work order ("work": open first, graver first, oldest first). `after_id`: the page after it."""
+    "id", `after_id`: the page after that id), or QA's work order ("work": open first, graver first, oldest first;
+    each with its `work_cursor`, and `after`: the page after the deviation that carried it)."""
     t, r = schema.deviation, schema.culture_run
     q = (select(*(t.c[name.strip()] for name in DEVIATION_COLUMNS.split(",")), r.c.code.label("run_code"))
          .select_from(t.join(r, r.c.id == t.c.run_id)))
@@ -125,15 +154,17 @@ async def list_deviations(conn: DBConnection, run_id: int | None, status: str | 
             q = q.where(column == value)
     if run_code is not None:
         q = q.where(func.lower(r.c.code) == run_code.lower())
-    cursor = t.alias("cursor")  # the row the page starts after: the same keys on it
-    keys, cursor_keys = (_work_keys(t), _work_keys(cursor)) if order == "work" else ((t.c.id,), (cursor.c.id,))
-    if after_id is not None:
-        at = [select(k).where(cursor.c.id == after_id).scalar_subquery() for k in cursor_keys]
-        q = q.where(tuple_(*keys) > tuple_(*at))
+    keys = _work_keys(t) if order == "work" else (t.c.id,)
+    if order == "work" and after is not None:
+        q = q.where(tuple_(*keys) > tuple_(*parse_work_cursor(after)))
+    elif order == "id" and after_id is not None:
+        q = q.where(t.c.id > after_id)
     out = []
     for row in await query.fetch(conn, q.order_by(*keys).limit(limit)):
         d = dict(row)
         d["facts"] = None if row["facts"] is None else json.loads(row["facts"])
+        if order == "work":
+            d["work_cursor"] = work_cursor(row)
         out.append(json_ready(d))
     return out
 

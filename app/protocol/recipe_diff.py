@@ -80,6 +80,8 @@ def _flatten(value: Any, path: str, out: dict[str, Any]) -> None:
         return
     if isinstance(value, list | tuple):
         items = list(value)
+        if not items:  # like an empty object: an empty list and no list are the same, so [] -> [a] is "a added"
+            return
         ident = _identity(items)
         if ident is None:
             out[path] = items

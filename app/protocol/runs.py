@@ -515,7 +515,7 @@ async def list_runs(conn: DBConnection, status: str | None = None, limit: int = 
     if f.graft_din is not None:
         q = q.where(r.c.graft_din == din_key(f.graft_din))
     if f.device is not None:
-        q = q.where(or_(inc.c.name == f.device, cs.c.name == f.device))
+        q = q.where(or_(func.lower(inc.c.name) == f.device.lower(), func.lower(cs.c.name) == f.device.lower()))
     when = r.c.created_at if f.date_of == "created" else func.coalesce(r.c.t0, r.c.planned_t0)
     if f.start is not None:
         q = q.where(when >= f.start)

@@ -31,15 +31,11 @@ PAGE_SIZES = (25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50
 
 
-def _bad(name: str, detail: str) -> Problem:
-    return Problem(400, "invalid-filter", "Invalid filter", f"{name}: {detail}", rule="invalid_filter", parameter=name)
-
-
 def _cursor(text: str | None, name: str) -> int | None:
     if not text:
         return None
     if not text.isdigit() or not 1 <= int(text) <= INT64_MAX:
-        raise _bad(name, f"{text!r} is not a run id")
+        raise render.bad_filter(name, f"{text!r} is not a run id")
     return int(text)
 
 
@@ -47,20 +43,21 @@ def _time(text: str | None, name: str) -> datetime | None:
     try:
         return render.utc_param(text, name)
     except Problem as exc:
-        raise _bad(name, exc.detail.removeprefix(f"{name}: ")) from None
+        raise render.bad_filter(name, exc.detail.removeprefix(f"{name}: ")) from None
 
 
 def parse_filters(params: Mapping[str, str]) -> tuple[runs.RunFilter, int]:
     """The page's query string as the API's filters and the page size; 400 naming the first bad parameter."""
     status = params.get("status") or None
     if status is not None and status not in get_args(runs.RunStatus):
-        raise _bad("status", f"{status!r} is not a run status; one of {', '.join(get_args(runs.RunStatus))}")
+        known = ", ".join(get_args(runs.RunStatus))
+        raise render.bad_filter("status", f"{status!r} is not a run status; one of {known}")
     date_of = params.get("date_of") or "created"
     if date_of not in ("created", "t0"):
-        raise _bad("date_of", f"{date_of!r}: the date is 'created' or 't0'")
+        raise render.bad_filter("date_of", f"{date_of!r}: the date is 'created' or 't0'")
     size = params.get("limit") or str(DEFAULT_PAGE_SIZE)
     if not size.isdigit() or not 1 <= int(size) <= 1000:
-        raise _bad("limit", f"{size!r} is not a page size (1 to 1000)")
+        raise render.bad_filter("limit", f"{size!r} is not a page size (1 to 1000)")
     texts = {k: (params.get(k) or "").strip() or None for k in TEXT_FILTERS}
     filters = runs.RunFilter(status=status, **texts, start=_time(params.get("from"), "from"),
                              end=_time(params.get("to"), "to"), date_of=date_of,  # type: ignore[arg-type]

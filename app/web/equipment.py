@@ -8,7 +8,6 @@ shown follows the policy table's entry for that API route.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import Path, Request
 from fastapi.responses import HTMLResponse
@@ -31,14 +30,6 @@ DeviceName = Annotated[str, Path(max_length=63)]
 SETPOINT_ROUTE = f"{V1}/devices/{{name}}/setpoints"
 RECENT_SETPOINTS = 20
 CALIBRATION_TEXT = {"valid": "\u2714 valid", "due_soon": "\u26a0 due soon", "overdue": "\u2716 overdue"}
-
-
-def safe_endpoint(endpoint: str) -> str:
-    """The endpoint without any user name or password it may carry (opc.tcp://user:pw@host:4840 -> host:4840)."""
-    parts = urlsplit(endpoint)
-    if "@" not in parts.netloc:
-        return endpoint
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _check_text(dev: DevicePublic) -> dict[str, Any]:
@@ -96,8 +87,7 @@ def _command_roles() -> str:
 
 
 def may_command(principal: Principal) -> bool:
-    access = access_for("POST", SETPOINT_ROUTE)
-    return access is not None and access.allows(principal)
+    return render.may(principal, "POST", SETPOINT_ROUTE)
 
 
 def _sse_channels(runtime: Runtime, dev: DevicePublic) -> str:
@@ -120,7 +110,7 @@ async def device_page(name: DeviceName, request: Request, principal: CurrentPrin
         principal, conn, runtime, status=None, device=name)}
     commands = await setpoints_api.list_setpoints(name, principal, conn, runtime, point=None, limit=RECENT_SETPOINTS)
     return render.page(
-        request, "device.html", principal, "device", row=_row(dev), endpoint=safe_endpoint(dev.endpoint),
+        request, "device.html", principal, "device", row=_row(dev), endpoint=dev.endpoint,
         points=_points(dev, channels, calibrations), groups=views.group_alarms(render.alarm_views(runtime, {name})),
         commands=commands, may_command=may_command(principal), writable=_writable(dev),
         writable_choices=[(p.name, _point_label(p)) for p in _writable(dev)], command_roles=_command_roles(),

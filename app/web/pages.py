@@ -24,7 +24,6 @@ from app.api.routes import alarms as alarms_api
 from app.api.routes import audit as audit_api
 from app.api.security import CurrentPrincipal
 from app.core.problems import Problem
-from app.devices import registry
 from app.ingest import history
 from app.protocol import deviations, recipes, runs
 from app.records import record_issue, record_render
@@ -150,14 +149,7 @@ async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, c
                    runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
     run, recipe = await _run_and_recipe(conn, run_id, now)
-    units, roles = await registry.channel_units_and_roles(conn)
-    limits: dict[str, dict[str, float]] = {}
-    if runtime.alarms is not None:
-        for key in units:
-            alarm = runtime.alarms.alarms.get(f"{key}:limit")
-            if alarm is not None:
-                limits[key] = views.limit_bands(alarm.defn.model_dump(mode="json"))
-    charts = views.chart_specs(run, runtime.channel_ids, units, limits, recipe, roles)
+    charts = await render.run_charts(conn, runtime, run, recipe)
     since = views.parse_time(views.chart_range(run, now)["start"])
     first_data = None if since is None else await history.first_reading(
         conn, [c["channel_id"] for c in charts if c["channel_id"]], since)

@@ -23,6 +23,7 @@ from app.api.routes import users as users_api
 from app.api.routes.auth import UserPublic
 from app.api.security import CurrentPrincipal
 from app.auth import apikeys, sessions, users
+from app.auth.policy import V1, access_for
 from app.auth.principal import Role
 from app.notify import rules
 from app.web import render
@@ -140,6 +141,10 @@ async def people_page(request: Request, principal: CurrentPrincipal, conn: Conne
                        names=names, roles=ROLES, key_roles=KEY_ROLES, state_icons=STATE_ICONS)
 
 
+# What the notifications page's forms do (API route by method and path): shown only to the roles the policy allows.
+NOTIFY_ACTIONS = {"edit": ("PUT", "policy"), "override": ("POST", "overrides"), "test": ("POST", "test")}
+
+
 @router.get("/people/notifications", response_class=HTMLResponse)
 async def notifications_page(request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
                              runtime: RuntimeDep) -> HTMLResponse:
@@ -149,7 +154,11 @@ async def notifications_page(request: Request, principal: CurrentPrincipal, conn
     oncall = await notifications_api.oncall(principal, conn, runtime, at=None)
     overrides = await notifications_api.list_overrides(principal, conn, since=now, include_revoked=False)
     content = current["content"] if current else {"rules": [], "rotas": []}
-    return render.page(request, "notifications.html", principal, "people", current=current,
+    may = {what: render.may(principal, method, f"{V1}/notifications/{path}") for what, (method, path) in
+           NOTIFY_ACTIONS.items()}
+    who = {what: access.describe() if (access := access_for(method, f"{V1}/notifications/{path}")) else "nobody"
+           for what, (method, path) in NOTIFY_ACTIONS.items()}
+    return render.page(request, "notifications.html", principal, "notifications", may=may, who=who, current=current,
                        versions=versions, view=policy_view(current["content"] if current else None),
                        oncall=oncall, overrides=overrides, document=json.dumps(content, indent=2),
                        starts_at=now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),

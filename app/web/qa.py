@@ -16,16 +16,14 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import INT64_MAX, ConnectionDep, RecordId, RuntimeDep
+from app.api.deps import ConnectionDep, RecordId, RuntimeDep
 from app.api.routes import deviations as deviations_api
 from app.api.security import CurrentPrincipal
-from app.auth.policy import V1, access_for
+from app.auth.policy import V1
 from app.auth.principal import Principal
 from app.core.problems import Problem
-from app.devices import registry
-from app.protocol import recipes, runs
+from app.protocol import deviations, recipes, runs
 from app.records import signatures
-from app.runtime import Runtime
 from app.web import render, views
 from app.web.archive import STATUS_WORDS
 
@@ -37,25 +35,25 @@ CHART_HOURS = 6  # the deviation page's charts: this long before and after the d
 CLASSIFICATIONS = (("minor", "minor"), ("major", "major"), ("critical", "critical"))
 
 
-def _bad(name: str, detail: str) -> Problem:
-    return Problem(400, "invalid-filter", "Invalid filter", f"{name}: {detail}", rule="invalid_filter", parameter=name)
-
-
 def parse_filters(params: Mapping[str, str]) -> dict[str, Any]:
     """The work list's query string as the API route's arguments; 400 naming the first bad parameter."""
     status = params.get("status") or None
     if status not in (None, "open", "closed"):
-        raise _bad("status", f"{status!r}: a deviation is 'open' or 'closed'")
+        raise render.bad_filter("status", f"{status!r}: a deviation is 'open' or 'closed'")
     out: dict[str, Any] = {"status": status, "run_code": (params.get("run") or "").strip() or None,
                            "severity": (params.get("severity") or "").strip() or None,
-                           "rule": (params.get("rule") or "").strip() or None, "after_id": None, "limit": PAGE_SIZE}
-    for name in ("after_id", "limit"):
-        text = params.get(name) or ""
-        if text and (not text.isdigit() or not 1 <= int(text) <= (INT64_MAX if name == "after_id" else 1000)):
-            raise _bad(name, f"{text!r} is not " + ("a deviation id" if name == "after_id" else "a page size (1 to "
-                                                                                                  "1000)"))
-        if text:
-            out[name] = int(text)
+                           "rule": (params.get("rule") or "").strip() or None, "limit": PAGE_SIZE,
+                           "after": (params.get("after") or "").strip() or None}
+    size = params.get("limit") or ""
+    if size and (not size.isdigit() or not 1 <= int(size) <= 1000):
+        raise render.bad_filter("limit", f"{size!r} is not a page size (1 to 1000)")
+    if size:
+        out["limit"] = int(size)
+    if out["after"] is not None:
+        try:
+            deviations.parse_work_cursor(out["after"])
+        except Problem as exc:
+            raise render.bad_filter("after", exc.detail.removeprefix("after: ")) from None
     return out
 
 
@@ -103,9 +101,8 @@ def chart_window(opened: str | datetime, now: datetime, hours: int = CHART_HOURS
     return {"start": (t - timedelta(hours=hours)).isoformat(), "end": min(end, now).isoformat(), "fixed": end < now}
 
 
-def _allowed(principal: Principal, path: str) -> bool:
-    access = access_for("POST", f"{V1}/deviations/{{deviation_id}}/{path}")
-    return access is not None and access.allows(principal)
+def _allowed(principal: Principal, action: str) -> bool:
+    return render.may(principal, "POST", f"{V1}/deviations/{{deviation_id}}/{action}")
 
 
 async def _work_list(request: Request, principal: Principal, conn: ConnectionDep, now: datetime) -> dict[str, Any]:
@@ -121,8 +118,8 @@ async def _work_list(request: Request, principal: Principal, conn: ConnectionDep
     nxt = None
     if len(rows) > limit:
         rows = rows[:limit]
-        nxt = "?" + urlencode({**kept, "after_id": rows[-1]["id"], "limit": limit})
-    first = "?" + urlencode({**kept, "limit": limit}) if args["after_id"] is not None else None
+        nxt = "?" + urlencode({**kept, "after": rows[-1]["work_cursor"], "limit": limit})
+    first = "?" + urlencode({**kept, "limit": limit}) if args["after"] is not None else None
     for r in rows:
         r["age"] = age_text(r["opened_at"], now) if r["status"] == "open" else ""
     return {"problem": None, "rows": rows, "next_page": nxt, "first_page": first, "query": query,
@@ -147,28 +144,16 @@ async def deviations_fragment(request: Request, principal: CurrentPrincipal, con
     return render.fragment(request, "fragments/deviation_rows.html", **ctx)
 
 
-async def _charts(conn: ConnectionDep, runtime: Runtime, run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The run page's charts (app.web.views.chart_specs) of the run."""
-    recipe = None
-    if run.get("recipe"):
-        recipe = recipes.recipe_of(await recipes.recipe_row(conn, int(run["recipe"]["id"])))
-    units, roles = await registry.channel_units_and_roles(conn)
-    limits: dict[str, dict[str, float]] = {}
-    if runtime.alarms is not None:
-        for key in units:
-            alarm = runtime.alarms.alarms.get(f"{key}:limit")
-            if alarm is not None:
-                limits[key] = views.limit_bands(alarm.defn.model_dump(mode="json"))
-    return views.chart_specs(run, runtime.channel_ids, units, limits, recipe, roles)
-
-
 @router.get("/deviations/{deviation_id}", response_class=HTMLResponse)
 async def deviation_page(deviation_id: RecordId, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
                          runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
     dev = await deviations_api.get_deviation(deviation_id, principal, conn)
     run = await runs.run_view(conn, int(dev["run_id"]), now)
-    charts = relevant_charts(await _charts(conn, runtime, run), dev.get("facts"))
+    recipe = None
+    if run.get("recipe"):
+        recipe = recipes.recipe_of(await recipes.recipe_row(conn, int(run["recipe"]["id"])))
+    charts = relevant_charts(await render.run_charts(conn, runtime, run, recipe), dev.get("facts"))
     window = chart_window(dev["opened_at"], now)
     signed = [s.model_dump(mode="json") for s in
               await signatures.list_signatures(conn, "deviation", str(deviation_id))]

@@ -1,6 +1,6 @@
 """How every dashboard page and fragment is rendered: the templates, the page context, the routers.
 
-Each page module (app/web/pages.py, archive.py, deviations.py, equipment.py, recipes.py, people.py) declares its
+Each page module (app/web/pages.py, archive.py, qa.py, equipment.py, recipe_pages.py, people.py) declares its
 routes on `page_router()` and renders with `page()` and `fragment()`; app/web/pages.py installs them all. Actions on
 a page are forms the browser sends to the JSON API (app/web/static/forms.js), so the rules live in the API alone.
 """
@@ -8,18 +8,23 @@ a page are forms the browser sends to the JSON API (app/web/static/forms.js), so
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from app.api.headers import NONCE_STATE
 from app.auth.inactivity import heartbeat_seconds
+from app.auth.policy import access_for
 from app.auth.principal import Principal
 from app.core.problems import Problem
+from app.devices import registry
+from app.protocol.recipe import Recipe
 from app.runtime import Runtime
 from app.web import views
 
@@ -38,13 +43,14 @@ PAGE_KINDS = {
     "alarms": "alarm,device_state",
     "audit": "device_state,alarm",  # alarm: the title's count
     "record": "alarm",  # the title's count; the record itself is a snapshot (reload for a newer one)
-    "runs": "alarm,run",
+    "runs": "alarm,run,deviation",
     "deviations": "alarm,deviation",
     "deviation": "alarm,deviation,reading",
     "devices": "alarm,device_state",
     "device": "alarm,device_state,reading",
     "recipes": "alarm",
     "people": "alarm",
+    "notifications": "alarm",
 }
 
 
@@ -81,6 +87,20 @@ def alarm_views(runtime: Runtime, devices: set[str] | None = None) -> list[dict[
     return [a for a in out if devices is None or a["device"] in devices]
 
 
+async def run_charts(conn: asyncpg.Connection, runtime: Runtime, run: Mapping[str, Any],
+                     recipe: Recipe | None) -> list[dict[str, Any]]:
+    """The charts of a run (views.chart_specs): its devices' points by role, with their alarm limits and the
+    recipe's excursion bands; the run page's and a deviation's page's."""
+    units, roles = await registry.channel_units_and_roles(conn)
+    limits: dict[str, dict[str, float]] = {}
+    if runtime.alarms is not None:
+        for key in units:
+            alarm = runtime.alarms.alarms.get(f"{key}:limit")
+            if alarm is not None:
+                limits[key] = views.limit_bands(alarm.defn.model_dump(mode="json"))
+    return views.chart_specs(run, runtime.channel_ids, units, limits, recipe, roles)
+
+
 def page(request: Request, name: str, principal: Principal | None, page_name: str, **ctx: Any) -> HTMLResponse:
     # the title counts the alarms waiting for acknowledgement; the page keeps it current from its `alarm` events
     unack = views.unacknowledged(alarm_views(runtime_of(request))) if principal is not None else {}
@@ -98,6 +118,17 @@ def fragment(request: Request, name: str, **ctx: Any) -> HTMLResponse:
 def script_json(data: Any) -> str:
     """JSON to embed in a <script> element: no "</" can end it early."""
     return json.dumps(data).replace("</", "<\\/")
+
+
+def bad_filter(name: str, detail: str) -> Problem:
+    """A list page's query parameter that is none (400 naming it; the page shows it above the list)."""
+    return Problem(400, "invalid-filter", "Invalid filter", f"{name}: {detail}", rule="invalid_filter", parameter=name)
+
+
+def may(principal: Principal, method: str, path: str) -> bool:
+    """Whether the policy lets `principal` call the API route (`path` as declared): a page shows a form only then."""
+    access = access_for(method, path)
+    return access is not None and access.allows(principal)
 
 
 def utc_param(text: str | None, name: str) -> datetime | None:

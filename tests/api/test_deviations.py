@@ -159,8 +159,20 @@ async def test_qa_work_order_open_first_graver_first_oldest_first_with_filters_a
     work = [made["grave"], made["old"], made["new"], made["closed"]]
     assert await listed(order="work") == work
     assert await listed(order="work", limit=2) == work[:2]
-    assert await listed(order="work", limit=2, after_id=work[1]) == work[2:]
-    assert await listed(order="work", status="open", severity="deviation") == [made["old"], made["new"]]
+    first = (await service.client.get("/api/v1/deviations", headers=op, params={
+        "run_code": code, "order": "work", "limit": 2})).json()
+    assert [d["id"] for d in first] == work[:2]
+    # QA closes the last one of the first page meanwhile: the next page still starts where that page ended
+    conn = await db.connect(service.dsn)
+    try:
+        await conn.execute("UPDATE deviation SET status = 'closed', closed_at = opened_at, closed_by = 'test' "
+                           "WHERE id = $1", work[1])
+    finally:
+        await conn.close()
+    assert await listed(order="work", after=first[-1]["work_cursor"]) == [made["new"], made["closed"], made["old"]]
+    r = await service.client.get("/api/v1/deviations", params={"order": "work", "after": "12~x"}, headers=op)
+    assert r.status_code == 422 and r.json()["field"] == "after", r.text
+    assert await listed(order="work", status="open", severity="deviation") == [made["new"]]
     assert await listed(rule="work_new") == [made["new"]]
     r = await service.client.get("/api/v1/deviations", params={"order": "severity"}, headers=op)
     assert r.status_code == 422 and "order" in r.json()["errors"][0]["loc"]

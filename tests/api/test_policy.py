@@ -81,7 +81,7 @@ EXPECTED_GET: dict[str, set[str]] = {
     "/recipes/diff": SIGNED_IN,
     "/recipes/{key}/{version}": SIGNED_IN,
     "/people": {"admin"},
-    "/people/notifications": {"admin"},
+    "/people/notifications": {"supervisor", "admin"},
     "/people/{user_id}": {"admin"},
 }
 STREAMS = {"/api/v1/stream"}  # endless responses: tested on a real server in tests/e2e

@@ -146,7 +146,7 @@ async def test_the_list_filters_and_pages_newest_first(service: Service, clock: 
     assert await listed(patient_id="p-arch") == ids[::-1]  # whole and any case, newest first
     assert await listed(donor_id="D-ARCH-1") == [ids[1]]
     assert await listed(patient_id="P-ARCH", status="aborted") == [ids[0]]
-    assert await listed(patient_id="P-ARCH", recipe=RECIPE.key, device="incubator-1") == ids[::-1]
+    assert await listed(patient_id="P-ARCH", recipe=RECIPE.key, device="Incubator-1") == ids[::-1]
     assert await listed(patient_id="P-ARCH", device="no-such-device") == []
     spaced = "W1234 26 123456 7"  # the DIN as typed, with its spaces; stored as W1234261234567
     assert await listed(patient_id="P-ARCH", graft_din=spaced) == ids[::-1]

@@ -74,6 +74,16 @@ async def test_non_admins_get_403_on_people(browser: Browser, site: DashboardSit
             response = await page.goto(path)
             assert response is not None and response.status == 403, path
         await page.context.close()
+    # a supervisor keeps the rotas and their overrides (as the API lets them) but sends no test and manages nobody
+    page = await demo_page(browser, site.base_url, Role.SUPERVISOR)
+    await page.click("header nav a[href='/people/notifications']")
+    await page.wait_for_url("**/people/notifications")
+    await page_ready(page)
+    assert await page.locator("[data-testid=policy-editor]").count() == 1
+    assert await page.locator("[data-testid=notify-test]").count() == 0
+    response = await page.goto("/people")
+    assert response is not None and response.status == 403
+    await page.context.close()
 
 
 async def test_an_admin_unlocks_a_locked_user_who_then_logs_in(browser: Browser, site: DashboardSite,
@@ -88,7 +98,9 @@ async def test_an_admin_unlocks_a_locked_user_who_then_logs_in(browser: Browser,
     await page.click(f"[data-testid=user-row][data-username='{name}'] a")
     await page.wait_for_url(f"**/people/{user_id}")
     form = page.locator("[data-testid=user-unlock]")
-    await form.locator("button[type=submit]").click()  # no reason: the browser refuses (required)
+    await form.locator("button[type=submit]").click()  # no reason: the browser refuses (required), nothing sent
+    assert await form.locator("input[name=reason]").evaluate("e => !e.validity.valid && e === document.activeElement")
+    assert "locked" in (await page.locator("[data-testid=person-state]").inner_text()).lower()
     await form.locator("input[name=reason]").fill("identity checked on the phone")
     async with page.expect_navigation():
         await form.locator("button[type=submit]").click()

@@ -115,3 +115,10 @@ def test_values_in_words() -> None:
     assert value_text(None) == "\u2014" and value_text(True) == "yes" and value_text(85.0) == "85"
     assert value_text(["performed", "verified"]) == "performed, verified"
     assert value_text({"name": "x", "unit": "cells", "min": 0.0, "description": ""}) == "name: x; unit: cells; min: 0"
+
+
+def test_a_named_list_that_was_empty_lists_only_what_was_added() -> None:
+    changes = diff_values({"inputs": []}, {"inputs": [{"name": "a", "kind": "number"}]})
+    assert [(c.path, c.kind) for c in changes] == [("inputs[a]", "added")]
+    gone = diff_values({"materials": ["dl4"]}, {"materials": []})
+    assert [(c.path, c.kind, c.old) for c in gone] == [("materials", "removed", ["dl4"])]

@@ -70,12 +70,15 @@ def test_a_row_says_its_status_in_words_and_links_the_issued_record() -> None:
 
 
 def test_the_work_list_reads_its_filters() -> None:
-    args = qa.parse_filters({"status": "open", "run": " RUN-1 ", "rule": "", "after_id": "5"})
-    assert args == {"status": "open", "run_code": "RUN-1", "severity": None, "rule": None, "after_id": 5,
+    cursor = "0~3~2026-11-30T08:00:00+00:00~5"  # a work_cursor as the list hands it out
+    args = qa.parse_filters({"status": "open", "run": " RUN-1 ", "rule": "", "after": cursor})
+    assert args == {"status": "open", "run_code": "RUN-1", "severity": None, "rule": None, "after": cursor,
                     "limit": qa.PAGE_SIZE}
-    for params in ({"status": "done"}, {"after_id": "-1"}, {"limit": "0"}):
-        with pytest.raises(Problem):
+    for params, name in (({"status": "done"}, "status"), ({"after": "5"}, "after"), ({"limit": "0"}, "limit"),
+                         ({"after": "0~3~yesterday~5"}, "after")):
+        with pytest.raises(Problem) as raised:
             qa.parse_filters(params)
+        assert raised.value.status == 400 and raised.value.extra["parameter"] == name
 
 
 def test_a_deviation_age_facts_and_charts() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Path
 
@@ -15,6 +16,15 @@ from drivers.devices import DeviceConfig
 router = APIRouter(tags=["devices"])
 
 
+def public_endpoint(endpoint: str) -> str:
+    """The endpoint as the API shows it: without a user name or password in it, nor a query or fragment (where a
+    token could be): opc.tcp://user:pw@host:4840/path?token=x -> opc.tcp://host:4840/path."""
+    parts = urlsplit(endpoint)
+    if not parts.netloc:
+        return endpoint.split("?", 1)[0].split("#", 1)[0]
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment=""))
+
+
 def _public(runtime: Runtime, d: DeviceConfig) -> DevicePublic:
     hub = runtime.hub
     status = hub.status.get(d.name) if hub else None
@@ -22,7 +32,7 @@ def _public(runtime: Runtime, d: DeviceConfig) -> DevicePublic:
     checks = status.checks if status else []
     view = runtime.device_state(d.name)
     return DevicePublic(
-        name=d.name, kind=d.kind, protocol=d.protocol, endpoint=d.endpoint, description=d.description,
+        name=d.name, kind=d.kind, protocol=d.protocol, endpoint=public_endpoint(d.endpoint), description=d.description,
         profile=d.profile_spec.name, profile_version=d.profile_spec.version,
         state=view["state"], state_since=view["since"], owner=view["owner"], owned_here=view["owned_here"],
         last_reading_time=stats.get("last_reading_time"),

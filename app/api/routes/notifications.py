@@ -161,7 +161,7 @@ class NotificationTestResult(BaseModel):
     sends: list[NotificationTestSend] = Field(description="one per contact point tried (and per user without one)")
 
 
-@router.post("/test", response_model=NotificationTestResult, responses=problem_responses(502),
+@router.post("/test", response_model=NotificationTestResult, responses=problem_responses(404, 409),
              summary="Send a test notification, through the real channels, to whoever a rota or a rule's first "
                      "tier would notify now (admin; each send audited as contact_point.test)")
 async def send_test(body: NotificationTestIn, principal: CurrentPrincipal, request: Request, conn: ConnectionDep,

@@ -42,11 +42,12 @@
     if (h > 0) return h + " h " + pad(m) + " min";
     return m + " min " + pad(s % 60) + " s";
   }
-  function fmtNum(v) {
+  function fmtNum(v, digits) { // `digits` significant digits (4; the server's `num` filter shows 3)
     if (v === null || v === undefined) return "—";
     var a = Math.abs(v);
-    return (a !== 0 && (a >= 1e5 || a < 1e-3)) ? v.toExponential(2).replace("e+", "e") : String(+v.toPrecision(4));
+    return (a !== 0 && (a >= 1e5 || a < 1e-3)) ? v.toExponential(2).replace("e+", "e") : String(+v.toPrecision(digits || 4));
   }
+  cc.fmt = { utc: fmtUtc, num: fmtNum, duration: fmtDuration };
   function tick() {
     var now = clockNow();
     var el = document.getElementById("clock");
@@ -103,6 +104,7 @@
     if (cc.lock && cc.lock.active) return; // the locked screen asks for the password (session.js)
     location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
   }
+  cc.toLogin = toLogin;
 
   // ---- login / logout --------------------------------------------------------------------------------------
   var loginForm = document.getElementById("login");

@@ -10,26 +10,14 @@
 // A problem answer: each error of a 422 goes to the [data-field=<name>] slot of its field (the last part of its
 // loc, or its "field"), with aria-invalid on the input; so does a refusal whose problem names a top-level "field";
 // anything else goes to the form's [data-testid=form-error].
-// A form with data-confirm asks the browser's confirm() with that text first.
+// A form with data-confirm asks the browser's confirm() with that text first. A 401 whose session has ended goes
+// to the login page (app.js toLogin); a 401 of a wrong signature password is shown like any problem.
 (function () {
   "use strict";
   var cc = window.culturectl || (window.culturectl = {});
   var body = document.body;
 
-  function api(method, url, payload) {
-    if (cc.api) return cc.api(method, url, payload);
-    return fetch(url, {
-      method: method, credentials: "same-origin",
-      headers: payload === undefined ? {} : { "Content-Type": "application/json" },
-      body: payload === undefined ? undefined : JSON.stringify(payload),
-    }).then(function (r) {
-      return r.text().then(function (t) {
-        var data = null;
-        try { data = t ? JSON.parse(t) : null; } catch (e) { data = { detail: t }; }
-        return { ok: r.ok, status: r.status, data: data };
-      });
-    });
-  }
+  var api = cc.api; // app.js: the JSON API with the session cookie, problem JSON back
 
   function setPath(obj, path, value) {
     var parts = path.split(".");
@@ -162,7 +150,12 @@
     api(form.dataset.method || "POST", form.dataset.url, p.body).then(function (res) {
       if (btn) btn.disabled = false;
       form.dataset.busy = "false";
-      if (res.ok) done(form, res); else showProblem(form, res);
+      if (res.ok) { done(form, res); return; }
+      if (res.status !== 401) { showProblem(form, res); return; }
+      // a wrong signature password is a 401 too: only an ended session goes to the login
+      api("GET", "/api/v1/auth/me").then(function (me) {
+        if (me.status === 401 && cc.toLogin) cc.toLogin(); else showProblem(form, res);
+      }, function () { showProblem(form, res); });
     }, function () {
       if (btn) btn.disabled = false;
       form.dataset.busy = "false";

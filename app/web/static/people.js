@@ -51,16 +51,10 @@
     fe.textContent = "";
     out.hidden = true;
     btn.disabled = true;
-    fetch("/api/v1/notifications/test", {
-      method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    }).then(function (r) {
-      return r.text().then(function (t) {
-        var d = null;
-        try { d = t ? JSON.parse(t) : null; } catch (e) { d = { detail: t }; }
-        btn.disabled = false;
-        if (r.ok) draw(out, d || {}); else fe.textContent = (d && d.detail) || ("refused (" + r.status + ")");
-      });
+    window.culturectl.api("POST", "/api/v1/notifications/test", body).then(function (res) {
+      btn.disabled = false;
+      if (res.ok) draw(out, res.data || {});
+      else fe.textContent = (res.data && res.data.detail) || ("refused (" + res.status + ")");
     }, function () {
       btn.disabled = false;
       fe.textContent = "the service cannot be reached";
