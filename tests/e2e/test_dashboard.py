@@ -232,14 +232,14 @@ async def _fill(form: Any, values: dict[str, Any]) -> None:
 
 
 async def _sign_if_asked(page: Page) -> bool:
-    dialog = page.locator("dialog[data-testid=signature-dialog]")
+    dialog = page.locator("dialog[data-testid=api-sign-dialog]")
     try:
         await dialog.wait_for(state="visible", timeout=3_000)
     except Exception:
         return False
     await dialog.locator("input[name=password]").fill(DEMO_PASSWORD)
     await dialog.locator("select[name=meaning]").select_option("performed")
-    await dialog.locator("[data-testid=sign-confirm]").click()
+    await dialog.locator("[data-testid=api-sign-confirm]").click()
     return True
 
 

@@ -412,37 +412,19 @@
     var c = ev.target.closest && ev.target.closest("[data-close-form]");
     if (c) { c.closest("form").hidden = true; }
   });
-  var sdlg = document.getElementById("signature-dialog");
-  var signingForm = null;
   document.querySelectorAll("form[data-testid=step-form]").forEach(function (form) {
     form.addEventListener("submit", function (ev) {
       ev.preventDefault();
       clearErrors(form);
       var meanings = (form.dataset.signatures || "").split(",").filter(Boolean);
-      if (meanings.length && sdlg) {
-        signingForm = form;
-        var sel = document.getElementById("sig-meaning");
-        sel.innerHTML = "";
-        meanings.forEach(function (m) { var o = document.createElement("option"); o.value = m; o.textContent = m; sel.appendChild(o); });
-        document.getElementById("sig-password").value = "";
-        sdlg.showModal();
-        document.getElementById("sig-password").focus();
+      var sign = cc.forms && cc.forms.sign;  // the signature dialog of base.html (forms.js)
+      if (meanings.length && sign) {
+        sign(meanings, "", function (sig) { postStep(form, sig); });
       } else {
         postStep(form, null);
       }
     });
   });
-  if (sdlg) {
-    document.getElementById("sig-cancel").addEventListener("click", function () { sdlg.close(); signingForm = null; });
-    document.getElementById("signature-form").addEventListener("submit", function (ev) {
-      ev.preventDefault();
-      var sig = { meaning: document.getElementById("sig-meaning").value, password: document.getElementById("sig-password").value };
-      document.getElementById("sig-password").value = "";
-      sdlg.close();
-      if (signingForm) postStep(signingForm, sig);
-      signingForm = null;
-    });
-  }
   function clearErrors(form) {
     form.querySelectorAll("[data-testid=field-error]").forEach(function (e) { e.textContent = ""; });
     form.querySelectorAll("[aria-invalid]").forEach(function (e) { e.removeAttribute("aria-invalid"); });

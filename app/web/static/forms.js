@@ -164,29 +164,30 @@
     });
   }
 
-  // ---- the electronic signature dialog (base.html) --------------------------------------------------------
+  // ---- the electronic signature dialog (base.html): every signed action of the dashboard asks through it --------
   var dlg = document.getElementById("api-sign-dialog");
-  var signing = null;
+  var onSigned = null;
   if (dlg) {
-    document.getElementById("api-sign-cancel").addEventListener("click", function () { dlg.close(); signing = null; });
+    document.getElementById("api-sign-cancel").addEventListener("click", function () { dlg.close(); onSigned = null; });
     document.getElementById("api-sign-form").addEventListener("submit", function (ev) {
       ev.preventDefault();
       var pw = document.getElementById("api-sign-password");
       var sig = { meaning: document.getElementById("api-sign-meaning").value, password: pw.value };
       pw.value = "";
       dlg.close();
-      if (signing) send(signing, sig);
-      signing = null;
+      var then = onSigned;
+      onSigned = null;
+      if (then) then(sig);
     });
   }
-  function askSignature(form) {
-    var meanings = (form.dataset.sign || "").split(",").filter(Boolean);
+  // Ask for a signature with one of `meanings`; `then({meaning, password})` once given (not on cancel).
+  function sign(meanings, what, then) {
     var sel = document.getElementById("api-sign-meaning");
     sel.innerHTML = "";
     meanings.forEach(function (m) { var o = document.createElement("option"); o.value = m; o.textContent = m; sel.appendChild(o); });
-    document.getElementById("api-sign-what").textContent = form.dataset.signWhat || "";
+    document.getElementById("api-sign-what").textContent = what || "";
     document.getElementById("api-sign-password").value = "";
-    signing = form;
+    onSigned = then;
     dlg.showModal();
     document.getElementById("api-sign-password").focus();
   }
@@ -197,7 +198,11 @@
     ev.preventDefault();
     clear(form);
     if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
-    if (form.dataset.sign && dlg) askSignature(form); else send(form, null);
+    if (form.dataset.sign && dlg) {
+      sign(form.dataset.sign.split(",").filter(Boolean), form.dataset.signWhat, function (sig) { send(form, sig); });
+    } else {
+      send(form, null);
+    }
   });
-  cc.forms = { payloadOf: payloadOf, showProblem: showProblem };
+  cc.forms = { payloadOf: payloadOf, showProblem: showProblem, sign: dlg ? sign : null };
 })();
