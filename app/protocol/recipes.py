@@ -28,7 +28,7 @@ async def _load_recipe(conn: DBConnection, entity_id: str) -> Mapping[str, Any] 
 
 
 RECIPE_COLUMNS = "id, key, version, title, content, content_hash, released_at, released_by"
-_RECIPES: dict[int, Recipe] = {}
+_RECIPES: dict[tuple[int, str], Recipe] = {}
 
 
 def recipe_view(row: Mapping[str, Any], *, with_content: bool = False) -> dict[str, Any]:
@@ -41,11 +41,13 @@ def recipe_view(row: Mapping[str, Any], *, with_content: bool = False) -> dict[s
 
 
 def recipe_of(row: Mapping[str, Any]) -> Recipe:
-    """The validated recipe of a recipe row (cached by id: a released recipe never changes)."""
-    rid = int(row["id"])
-    if rid not in _RECIPES:
-        _RECIPES[rid] = Recipe.model_validate(json.loads(row["content"]))
-    return _RECIPES[rid]
+    """The validated recipe of a recipe row, cached: a released recipe never changes. The key is the row's id and
+    its content, not the id alone: one process may read several databases (a restored copy, another site's
+    database, each test module's), where the same id is another recipe."""
+    key = (int(row["id"]), str(row["content"]))
+    if key not in _RECIPES:
+        _RECIPES[key] = Recipe.model_validate(json.loads(row["content"]))
+    return _RECIPES[key]
 
 
 async def recipe_row(conn: DBConnection, recipe_id: int) -> asyncpg.Record:

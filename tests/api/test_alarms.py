@@ -22,6 +22,7 @@ from app.protocol import runs, schemas
 from drivers.base import DeviceState, Quality, Reading
 from tests.api.conftest import Service, running_service
 from tests.api.protocol_support import ensure_recipe, run_body
+from tests.support import wait_for
 
 START = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 TEMP = "incubator-1.temperature"
@@ -159,6 +160,10 @@ async def test_return_after_off_delay_then_state_survives_restart(env: Env) -> N
         assert rt.alarms is not None
         st = rt.alarms.alarms[LIMIT]
         assert (st.state.status.value, st.state.active and st.state.active.value) == ("active_unack", "l")
+    # svc2 ran under the same replica id and handed its leases back on the way out: this service takes them again
+    cluster = env.svc.app.state.runtime.cluster
+    await wait_for(lambda: cluster.is_leader() and all(cluster.owns(d) for d in ("incubator-1", "culture-system-1")),
+                   timeout=20, what="the first service holding its devices and the leader lease again")
     r = await env.svc.client.get("/api/v1/alarms/history", params={"alarm_id": LIMIT, "limit": 50}, headers=op)
     assert [e["reason"] for e in r.json()][:2] == ["activated", "returned"]
 

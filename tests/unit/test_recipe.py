@@ -407,3 +407,16 @@ def test_cli_validate(tmp_path: Path) -> None:
     assert res.exit_code == 1
     out = json.loads(res.output)
     assert out["ok"] is False and any("feed_day4" in e for e in out["errors"])
+
+
+def test_the_cache_of_released_recipes_keeps_apart_rows_of_the_same_id_from_other_databases() -> None:
+    import json as _json
+
+    from app.protocol import recipes as recipes_store
+
+    base = default_recipe().model_dump(mode="json")
+    other = {**base, "title": base["title"] + " (other site)"}
+    one = recipes_store.recipe_of({"id": 1, "content": _json.dumps(base)})
+    two = recipes_store.recipe_of({"id": 1, "content": _json.dumps(other)})
+    assert one.title == base["title"] and two.title == other["title"]
+    assert recipes_store.recipe_of({"id": 1, "content": _json.dumps(base)}) is one  # still a cache
