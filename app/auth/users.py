@@ -89,8 +89,12 @@ async def get_user_by_name(conn: asyncpg.Connection, username: str) -> asyncpg.R
     return await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE username = $1", username)
 
 
-async def require_user(conn: asyncpg.Connection, user_id: int) -> asyncpg.Record:
-    row = await get_user(conn, user_id)
+async def require_user(conn: asyncpg.Connection, user_id: int, *, for_update: bool = False) -> asyncpg.Record:
+    """The user's row (404 user-not-found); `for_update`: locked until the caller's transaction ends."""
+    if for_update:
+        row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
+    else:
+        row = await get_user(conn, user_id)
     if row is None:
         raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
     return row
@@ -144,9 +148,7 @@ async def set_disabled(
                       "an admin cannot disable their own account; another admin must do it")
     async with conn.transaction():
         await lock_admin_changes(conn)
-        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
-        if old is None:
-            raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+        old = await require_user(conn, user_id, for_update=True)
         if disabled and not old["disabled"] and old["role"] == Role.ADMIN.value:
             await _keep_an_admin(conn, user_id, "disabled")
         row = await conn.fetchrow(f"UPDATE users SET disabled = $2 WHERE id = $1 RETURNING {USER_COLUMNS}",
@@ -165,9 +167,7 @@ async def unlock_user(
     """Clear a lockout and the failed-login count. Audited as user.unlock."""
     why = require_reason(reason, "user.unlock")
     async with conn.transaction():
-        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
-        if old is None:
-            raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+        old = await require_user(conn, user_id, for_update=True)
         row = await conn.fetchrow(
             f"UPDATE users SET locked_at = NULL, failed_logins = 0 WHERE id = $1 RETURNING {USER_COLUMNS}", user_id)
         assert row is not None
@@ -213,9 +213,7 @@ async def update_user(
                       "display_name (the printed name on signatures) must not be empty")
     async with conn.transaction():
         await lock_admin_changes(conn)
-        old = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id)
-        if old is None:
-            raise Problem(404, "user-not-found", "No such user", f"there is no user with id {user_id}")
+        old = await require_user(conn, user_id, for_update=True)
         role_changes = new_role is not None and new_role.value != old["role"]
         if role_changes and actor.kind == "user" and actor.id == user_id:
             raise Problem(409, "cannot-change-own-role", "Cannot change your own role",

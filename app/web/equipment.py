@@ -19,7 +19,7 @@ from app.api.routes import devices as devices_api
 from app.api.routes import setpoints as setpoints_api
 from app.api.schemas import DevicePublic, PointPublic
 from app.api.security import CurrentPrincipal
-from app.auth.policy import V1, access_for
+from app.auth.policy import V1
 from app.auth.principal import Principal
 from app.runtime import Runtime
 from app.web import render, views
@@ -81,11 +81,6 @@ def _point_label(p: PointPublic) -> str:
     return f"{p.name}{limits}"
 
 
-def _command_roles() -> str:
-    access = access_for("POST", SETPOINT_ROUTE)
-    return "nobody" if access is None else access.describe()
-
-
 def may_command(principal: Principal) -> bool:
     return render.may(principal, "POST", SETPOINT_ROUTE)
 
@@ -109,12 +104,13 @@ async def device_page(name: DeviceName, request: Request, principal: CurrentPrin
     calibrations = {c["point"]: c for c in await calibrations_api.list_calibrations(
         principal, conn, runtime, status=None, device=name)}
     commands = await setpoints_api.list_setpoints(name, principal, conn, runtime, point=None, limit=RECENT_SETPOINTS)
+    writable = _writable(dev)
     return render.page(
         request, "device.html", principal, "device", row=_row(dev), endpoint=dev.endpoint,
         points=_points(dev, channels, calibrations), groups=views.group_alarms(render.alarm_views(runtime, {name})),
-        commands=commands, may_command=may_command(principal), writable=_writable(dev),
-        writable_choices=[(p.name, _point_label(p)) for p in _writable(dev)], command_roles=_command_roles(),
-        sse_channels=_sse_channels(runtime, dev))
+        commands=commands, may_command=may_command(principal), writable=writable,
+        writable_choices=[(p.name, _point_label(p)) for p in writable],
+        command_roles=render.who_may("POST", SETPOINT_ROUTE), sse_channels=_sse_channels(runtime, dev))
 
 
 @router.get("/devices/{name}/fragments/alarms", response_class=HTMLResponse)

@@ -25,7 +25,7 @@ from app.api.routes import audit as audit_api
 from app.api.security import CurrentPrincipal
 from app.core.problems import Problem
 from app.ingest import history
-from app.protocol import deviations, recipes, runs
+from app.protocol import deviations, runs
 from app.records import record_issue, record_render
 from app.runtime import Runtime
 from app.web import archive, equipment, people, qa, recipe_pages, render, views
@@ -113,14 +113,6 @@ def _card(run: dict[str, Any], now: datetime) -> dict[str, Any]:
             "countdown_label": label, "countdown_until": until, "dose": views.dose_status(run.get("dose"))}
 
 
-async def _run_and_recipe(conn: asyncpg.Connection, run_id: int, now: datetime) -> tuple[dict[str, Any], Any]:
-    run = await runs.run_view(conn, run_id, now)
-    recipe = None
-    if run.get("recipe"):
-        recipe = recipes.recipe_of(await recipes.recipe_row(conn, int(run["recipe"]["id"])))
-    return run, recipe
-
-
 async def _calibrations(conn: asyncpg.Connection, runtime: Runtime, run_id: int, now: datetime) -> list[Any]:
     return await runs.run_calibrations(conn, run_id, now, runtime.settings.zone(),
                                        runtime.settings.calibration_warn_days)
@@ -148,7 +140,7 @@ async def overview(request: Request, principal: CurrentPrincipal, conn: Connecti
 async def run_page(run_id: int, request: Request, principal: CurrentPrincipal, conn: ConnectionDep,
                    runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
-    run, recipe = await _run_and_recipe(conn, run_id, now)
+    run, recipe = await render.run_and_recipe(conn, run_id, now)
     charts = await render.run_charts(conn, runtime, run, recipe)
     since = views.parse_time(views.chart_range(run, now)["start"])
     first_data = None if since is None else await history.first_reading(

@@ -23,7 +23,7 @@ from app.api.routes import users as users_api
 from app.api.routes.auth import UserPublic
 from app.api.security import CurrentPrincipal
 from app.auth import apikeys, sessions, users
-from app.auth.policy import V1, access_for
+from app.auth.policy import V1
 from app.auth.principal import Role
 from app.notify import rules
 from app.web import render
@@ -154,10 +154,9 @@ async def notifications_page(request: Request, principal: CurrentPrincipal, conn
     oncall = await notifications_api.oncall(principal, conn, runtime, at=None)
     overrides = await notifications_api.list_overrides(principal, conn, since=now, include_revoked=False)
     content = current["content"] if current else {"rules": [], "rotas": []}
-    may = {what: render.may(principal, method, f"{V1}/notifications/{path}") for what, (method, path) in
-           NOTIFY_ACTIONS.items()}
-    who = {what: access.describe() if (access := access_for(method, f"{V1}/notifications/{path}")) else "nobody"
-           for what, (method, path) in NOTIFY_ACTIONS.items()}
+    routes = {what: (method, f"{V1}/notifications/{path}") for what, (method, path) in NOTIFY_ACTIONS.items()}
+    may = {what: render.may(principal, *route) for what, route in routes.items()}
+    who = {what: render.who_may(*route) for what, route in routes.items()}
     return render.page(request, "notifications.html", principal, "notifications", may=may, who=who, current=current,
                        versions=versions, view=policy_view(current["content"] if current else None),
                        oncall=oncall, overrides=overrides, document=json.dumps(content, indent=2),

@@ -22,7 +22,7 @@ from app.api.security import CurrentPrincipal
 from app.auth.policy import V1
 from app.auth.principal import Principal
 from app.core.problems import Problem
-from app.protocol import deviations, recipes, runs
+from app.protocol import deviations
 from app.records import signatures
 from app.web import render, views
 from app.web.archive import STATUS_WORDS
@@ -149,10 +149,7 @@ async def deviation_page(deviation_id: RecordId, request: Request, principal: Cu
                          runtime: RuntimeDep) -> HTMLResponse:
     now = runtime.clock.now()
     dev = await deviations_api.get_deviation(deviation_id, principal, conn)
-    run = await runs.run_view(conn, int(dev["run_id"]), now)
-    recipe = None
-    if run.get("recipe"):
-        recipe = recipes.recipe_of(await recipes.recipe_row(conn, int(run["recipe"]["id"])))
+    run, recipe = await render.run_and_recipe(conn, int(dev["run_id"]), now)
     charts = relevant_charts(await render.run_charts(conn, runtime, run, recipe), dev.get("facts"))
     window = chart_window(dev["opened_at"], now)
     signed = [s.model_dump(mode="json") for s in

@@ -24,6 +24,7 @@ from app.auth.policy import access_for
 from app.auth.principal import Principal
 from app.core.problems import Problem
 from app.devices import registry
+from app.protocol import recipes, runs
 from app.protocol.recipe import Recipe
 from app.runtime import Runtime
 from app.web import views
@@ -129,6 +130,21 @@ def may(principal: Principal, method: str, path: str) -> bool:
     """Whether the policy lets `principal` call the API route (`path` as declared): a page shows a form only then."""
     access = access_for(method, path)
     return access is not None and access.allows(principal)
+
+
+def who_may(method: str, path: str) -> str:
+    """Who the policy lets call the API route, in words (a page says so where it shows no form)."""
+    access = access_for(method, path)
+    return "nobody" if access is None else access.describe()
+
+
+async def run_and_recipe(conn: asyncpg.Connection, run_id: int, now: datetime) -> tuple[dict[str, Any], Recipe | None]:
+    """A run as the API shows it, and its recipe (None for a run without one)."""
+    run = await runs.run_view(conn, run_id, now)
+    recipe = None
+    if run.get("recipe"):
+        recipe = recipes.recipe_of(await recipes.recipe_row(conn, int(run["recipe"]["id"])))
+    return run, recipe
 
 
 def utc_param(text: str | None, name: str) -> datetime | None:
