@@ -164,8 +164,8 @@ async def test_payloads_larger_than_a_notification_arrive(db_dsn: str) -> None:
     async with replicas(db_dsn, 2, max_batch_bytes=200_000) as (a, b):
         client = await Collector(b.hub).ready()
         a.hub.publish("deviation", "7", big)
-        for i in range(3_000):  # more than a batch holds
-            a.hub.publish("step", f"s{i}", {"n": i, "note": f"step {i} " + "x" * 100})
+        for i in range(3_000):  # more than a batch holds, compressed too (random notes: some 240 kB in all)
+            a.hub.publish("step", f"s{i}", {"n": i, "note": f"step {i} " + os.urandom(60).hex()})
         await wait_for(lambda: len(client.events) == 3_001, 20, what="the big event and the many")
         assert client.events[0].data == big
         assert [e.data["n"] for e in client.events[1:]] == list(range(3_000))
